@@ -1,0 +1,84 @@
+//! Postgres connection and schema migrations.
+//!
+//! The migrations in the repository's `migrations/` folder are embedded in
+//! the binary, so `questboard migrate` needs nothing but a `DATABASE_URL`.
+
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+/// Every migration questboard has, in order. Applied ones are never edited.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Errors from connecting or migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be reached or refused the connection.
+    #[error("database connection failed: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed to apply.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Opens a connection pool of at most `max_connections`.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    let options: PgConnectOptions = url.parse().map_err(Error::Connect)?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(Error::Connect)
+}
+
+/// Creates the database named in `url` if it does not exist yet, so a fresh
+/// machine needs no manual `createdb`.
+pub async fn create_database_if_missing(url: &str) -> Result<(), Error> {
+    if !Postgres::database_exists(url).await.map_err(Error::Connect)? {
+        Postgres::create_database(url).await.map_err(Error::Connect)?;
+    }
+    Ok(())
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Implements `sqlx` text encoding for a fieldless enum with `as_str` and
+/// `FromStr`, so roles and statuses are stored as readable text guarded by a
+/// `CHECK` constraint rather than as Postgres enum types (which cannot be
+/// extended inside a transaction).
+#[macro_export]
+macro_rules! text_column {
+    ($ty:ty) => {
+        impl ::sqlx::Type<::sqlx::Postgres> for $ty {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
+            }
+        }
+        impl<'q> ::sqlx::Encode<'q, ::sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> ::std::result::Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<::sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $ty {
+            fn decode(
+                value: ::sqlx::postgres::PgValueRef<'r>,
+            ) -> ::std::result::Result<Self, ::sqlx::error::BoxDynError> {
+                let text = <&str as ::sqlx::Decode<::sqlx::Postgres>>::decode(value)?;
+                Ok(text.parse::<$ty>()?)
+            }
+        }
+    };
+}

@@ -1,0 +1,25 @@
+//! # questboard-core
+//!
+//! The domain and infrastructure that questboard's API and its workers share.
+//! Nothing in here knows about HTTP; the API (`questboard`) and the workers
+//! call these typed functions, and SQL for each table lives in exactly one
+//! module.
+//!
+//! Map of the crate:
+//!
+//! - [`db`]: connecting to Postgres and applying the migrations in `migrations/`.
+//! - [`identity`]: the user id every request and membership is keyed by.
+//! - [`sessions`]: campaign sessions, their members and roles (`campaign_sessions`,
+//!   `campaign_session_members`).
+//! - [`invites`]: one-time invite tokens, stored only as hashes
+//!   (`campaign_session_invites`).
+//! - [`storage`]: the one abstraction over `object_store` for campaign files,
+//!   with a per-session prefix and validated paths.
+//! - [`metrics`]: the name, unit and help text of every metric questboard emits.
+
+pub mod db;
+pub mod identity;
+pub mod invites;
+pub mod metrics;
+pub mod sessions;
+pub mod storage;

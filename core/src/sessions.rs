@@ -1,0 +1,466 @@
+//! Campaign sessions and their members.
+//!
+//! A campaign session is what players share: it has one owner (who is also
+//! its game master), any number of members with a role, a storage prefix for
+//! its files, and a lifecycle (`active`, then `archived`). Every read here is
+//! scoped by membership: a caller who is not a member gets
+//! [`Error::NotFound`], exactly as if the session did not exist.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::identity::UserId;
+
+/// The longest session name accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// What a member may do in a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Created the session; manages members and invites; is the game master.
+    Owner,
+    /// A co-game-master.
+    Gm,
+    /// A player.
+    Player,
+}
+
+impl Role {
+    /// The role's stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Gm => "gm",
+            Role::Player => "player",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "owner" => Ok(Role::Owner),
+            "gm" => Ok(Role::Gm),
+            "player" => Ok(Role::Player),
+            other => Err(UnknownValue(other.to_owned())),
+        }
+    }
+}
+crate::text_column!(Role);
+
+/// Where a session is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    /// In play.
+    Active,
+    /// Closed by its owner: readable by members, no longer changed.
+    Archived,
+}
+
+impl SessionStatus {
+    /// The status's stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Active => "active",
+            SessionStatus::Archived => "archived",
+        }
+    }
+}
+
+impl FromStr for SessionStatus {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(SessionStatus::Active),
+            "archived" => Ok(SessionStatus::Archived),
+            other => Err(UnknownValue(other.to_owned())),
+        }
+    }
+}
+crate::text_column!(SessionStatus);
+
+/// A stored value that no variant matches (only possible if the schema and
+/// code disagree).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown value {0:?}")]
+pub struct UnknownValue(String);
+
+/// A campaign session as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Session {
+    /// The session id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// The user who created it.
+    pub owner_user_id: String,
+    /// Prefix of the session's files inside the object store.
+    pub storage_prefix: String,
+    /// Lifecycle state.
+    pub status: SessionStatus,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its metadata last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When anything last happened in it (orders the session list).
+    pub last_active_at: DateTime<Utc>,
+}
+
+/// A session seen by one of its members, with that member's role.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Membership {
+    /// The session.
+    #[sqlx(flatten)]
+    pub session: Session,
+    /// The caller's role in it.
+    pub role: Role,
+}
+
+/// One member of a session.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Member {
+    /// The member's user id.
+    pub user_id: String,
+    /// The member's role.
+    pub role: Role,
+    /// When they joined.
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A validated session name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no
+/// control characters.
+#[derive(Debug, Clone)]
+pub struct SessionName(String);
+
+impl SessionName {
+    /// Validates and trims `raw`.
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(Error::Invalid("name must not be empty".into()));
+        }
+        if name.chars().count() > MAX_NAME_CHARS {
+            return Err(Error::Invalid(format!(
+                "name must be at most {MAX_NAME_CHARS} characters"
+            )));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(Error::Invalid("name must not contain control characters".into()));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where the next page of a session list starts: the sort key of the last
+/// session on the previous page. Opaque to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    last_active_at: DateTime<Utc>,
+    id: Uuid,
+}
+
+impl Cursor {
+    /// Encodes the cursor as URL-safe text.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}:{}",
+            self.last_active_at.timestamp_micros(),
+            self.id
+        ))
+    }
+
+    /// Decodes a cursor produced by [`Cursor::encode`].
+    pub fn decode(text: &str) -> Result<Self, Error> {
+        let invalid = || Error::Invalid("cursor is not valid".into());
+        let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+        let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+        let (micros, id) = raw.split_once(':').ok_or_else(invalid)?;
+        let micros: i64 = micros.parse().map_err(|_| invalid())?;
+        Ok(Self {
+            last_active_at: DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
+            id: id.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// A page of sessions.
+#[derive(Debug)]
+pub struct Page {
+    /// The sessions, most recently active first.
+    pub items: Vec<Membership>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<Cursor>,
+}
+
+/// What can go wrong with sessions and members.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such session, or the caller is not a member (indistinguishable on purpose).
+    #[error("not found")]
+    NotFound,
+    /// The session exists for the caller but the named user is not a member.
+    #[error("no such member")]
+    NoSuchMember,
+    /// The caller is a member but their role does not allow this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The request conflicts with the session's state.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The input is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The object-store prefix under which a session's files live.
+pub fn storage_prefix_for(id: Uuid) -> String {
+    format!("sessions/{id}")
+}
+
+/// Creates a session owned by `owner`, who becomes its first member with role
+/// `owner`. Session and membership are written by one statement, so neither
+/// exists without the other.
+pub async fn create(pool: &PgPool, owner: &UserId, name: &SessionName) -> Result<Membership> {
+    let id = Uuid::now_v7();
+    let membership = sqlx::query_as::<_, Membership>(
+        r#"
+        WITH s AS (
+            INSERT INTO campaign_sessions (id, name, owner_user_id, storage_prefix)
+            VALUES ($1, $2, $3, $4)
+            RETURNING *
+        ), m AS (
+            INSERT INTO campaign_session_members (session_id, user_id, role)
+            SELECT id, owner_user_id, 'owner' FROM s
+            RETURNING role
+        )
+        SELECT s.*, m.role FROM s, m
+        "#,
+    )
+    .bind(id)
+    .bind(name.as_str())
+    .bind(owner.as_str())
+    .bind(storage_prefix_for(id))
+    .fetch_one(pool)
+    .await?;
+    Ok(membership)
+}
+
+/// The session as seen by `user`, or [`Error::NotFound`] if they are not a member.
+pub async fn require_member<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    user: &UserId,
+) -> Result<Membership> {
+    sqlx::query_as::<_, Membership>(
+        r#"
+        SELECT s.*, m.role
+        FROM campaign_session_members m
+        JOIN campaign_sessions s ON s.id = m.session_id
+        WHERE m.session_id = $1 AND m.user_id = $2
+        "#,
+    )
+    .bind(id)
+    .bind(user.as_str())
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::NotFound)
+}
+
+/// Like [`require_member`], but also requires the owner role.
+pub async fn require_owner<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    user: &UserId,
+    action: &'static str,
+) -> Result<Membership> {
+    let membership = require_member(db, id, user).await?;
+    if membership.role != Role::Owner {
+        return Err(Error::Forbidden(action));
+    }
+    Ok(membership)
+}
+
+/// The sessions `user` is a member of, most recently active first.
+pub async fn list_for_member(
+    pool: &PgPool,
+    user: &UserId,
+    limit: u32,
+    after: Option<Cursor>,
+) -> Result<Page> {
+    let limit = i64::from(limit.max(1));
+    let mut items = sqlx::query_as::<_, Membership>(
+        r#"
+        SELECT s.*, m.role
+        FROM campaign_session_members m
+        JOIN campaign_sessions s ON s.id = m.session_id
+        WHERE m.user_id = $1
+          AND ($2::timestamptz IS NULL OR (s.last_active_at, s.id) < ($2, $3))
+        ORDER BY s.last_active_at DESC, s.id DESC
+        LIMIT $4
+        "#,
+    )
+    .bind(user.as_str())
+    .bind(after.map(|c| c.last_active_at))
+    .bind(after.map(|c| c.id))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let next = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|m| Cursor {
+            last_active_at: m.session.last_active_at,
+            id: m.session.id,
+        })
+    } else {
+        None
+    };
+    Ok(Page { items, next })
+}
+
+/// The members of a session, in the order they joined.
+pub async fn members<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Vec<Member>> {
+    Ok(sqlx::query_as::<_, Member>(
+        r#"
+        SELECT user_id, role, joined_at
+        FROM campaign_session_members
+        WHERE session_id = $1
+        ORDER BY joined_at, user_id
+        "#,
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Renames an active session; owner only.
+pub async fn rename(
+    pool: &PgPool,
+    id: Uuid,
+    actor: &UserId,
+    name: &SessionName,
+) -> Result<Membership> {
+    let current = require_owner(pool, id, actor, "only the owner can rename a session").await?;
+    if current.session.status == SessionStatus::Archived {
+        return Err(Error::Conflict("the session is archived"));
+    }
+    let session = sqlx::query_as::<_, Session>(
+        r#"
+        UPDATE campaign_sessions
+        SET name = $2, updated_at = now()
+        WHERE id = $1 AND status = 'active'
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .bind(name.as_str())
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::Conflict("the session is archived"))?;
+    Ok(Membership {
+        session,
+        role: current.role,
+    })
+}
+
+/// Archives a session; owner only. Archiving an archived session is a no-op.
+pub async fn archive(pool: &PgPool, id: Uuid, actor: &UserId) -> Result<Membership> {
+    let current = require_owner(pool, id, actor, "only the owner can archive a session").await?;
+    if current.session.status == SessionStatus::Archived {
+        return Ok(current);
+    }
+    let session = sqlx::query_as::<_, Session>(
+        r#"
+        UPDATE campaign_sessions
+        SET status = 'archived', updated_at = now()
+        WHERE id = $1
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    Ok(Membership {
+        session,
+        role: current.role,
+    })
+}
+
+/// Removes `target` from a session. The owner may remove anyone but
+/// themself; any other member may remove only themself.
+pub async fn remove_member(pool: &PgPool, id: Uuid, actor: &UserId, target: &str) -> Result<()> {
+    let membership = require_member(pool, id, actor).await?;
+    if target == membership.session.owner_user_id {
+        return Err(Error::Conflict("the owner cannot be removed from their session"));
+    }
+    if membership.role != Role::Owner && target != actor.as_str() {
+        return Err(Error::Forbidden(
+            "only the owner can remove other members",
+        ));
+    }
+    let removed = sqlx::query(
+        r#"
+        DELETE FROM campaign_session_members
+        WHERE session_id = $1 AND user_id = $2 AND role <> 'owner'
+        "#,
+    )
+    .bind(id)
+    .bind(target)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if removed == 0 {
+        return Err(Error::NoSuchMember);
+    }
+    Ok(())
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let cursor = Cursor {
+            last_active_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default(),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
+        assert!(Cursor::decode("not a cursor").is_err());
+        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("12:nope")).is_err());
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(SessionName::parse("  The Keep ").map(|n| n.0).ok(), Some("The Keep".into()));
+        assert!(SessionName::parse("   ").is_err());
+        assert!(SessionName::parse(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+        assert!(SessionName::parse("a\u{7}b").is_err());
+    }
+}

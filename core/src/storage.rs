@@ -1,0 +1,478 @@
+//! Campaign files and media, behind one abstraction over `object_store`.
+//!
+//! Every part of questboard that reads or writes a campaign's files (turn
+//! logs, game state, generated images and audio) goes through [`Storage`],
+//! so the backend is chosen once, by `QB_STORAGE_URL`:
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `file:///abs/path` or a plain path | local filesystem (the default, `./data/storage`) |
+//! | `memory://` | in process memory (tests, throwaway runs) |
+//! | `s3://bucket/prefix` | S3 or any S3-compatible server (`AWS_*` variables) |
+//! | `gs://bucket/prefix` | Google Cloud Storage (`GOOGLE_*` variables) |
+//!
+//! A session's files live under its recorded `storage_prefix` in one of a
+//! fixed set of [`Area`]s (`logs/`, `data/`, `media/images/`,
+//! `media/audio/`). File names are validated component by component (a
+//! conservative character set, no `..`, no absolute paths, no NUL), so no
+//! name a client sends can reach outside its session. A file's content type
+//! must agree with its extension: a `.png` cannot be stored as `text/html`,
+//! which keeps stored media from becoming a cross-site scripting vector.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
+use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt as _, PutOptions};
+
+/// Longest file name component, in bytes.
+pub const MAX_COMPONENT_BYTES: usize = 128;
+/// Most components (directories plus the file) in one name.
+pub const MAX_COMPONENTS: usize = 8;
+
+/// What can go wrong with storage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A path or name a caller supplied is not acceptable.
+    #[error("invalid file name: {0}")]
+    InvalidName(String),
+    /// The content type does not match the file's extension.
+    #[error("content type {given:?} does not match the file extension (expected {expected:?})")]
+    ContentTypeMismatch {
+        /// What the caller sent.
+        given: String,
+        /// What the extension implies.
+        expected: &'static str,
+    },
+    /// No such file.
+    #[error("file not found")]
+    NotFound,
+    /// `QB_STORAGE_URL` cannot be used.
+    #[error("storage configuration: {0}")]
+    Config(String),
+    /// The backend failed.
+    #[error("storage backend: {0}")]
+    Backend(#[source] object_store::Error),
+}
+
+impl From<object_store::Error> for Error {
+    fn from(err: object_store::Error) -> Self {
+        match err {
+            object_store::Error::NotFound { .. } => Error::NotFound,
+            other => Error::Backend(other),
+        }
+    }
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The configured object store.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    /// Whether the backend keeps object attributes (the local filesystem does not).
+    keeps_attributes: bool,
+    description: String,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage").field("backend", &self.description).finish()
+    }
+}
+
+impl Storage {
+    /// Opens the store named by `url` (see the module docs for the forms).
+    /// Credentials for S3 and GCS come from the standard `AWS_*` and
+    /// `GOOGLE_*` environment variables.
+    pub fn from_url(url: &str) -> Result<Self> {
+        if url == "memory://" || url == "memory:" {
+            return Ok(Self::in_memory());
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = split_bucket(rest)?;
+            let store = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+            return Ok(Self::remote(store, prefix, url));
+        }
+        if let Some(rest) = url.strip_prefix("gs://") {
+            let (bucket, prefix) = split_bucket(rest)?;
+            let store = GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+            return Ok(Self::remote(store, prefix, url));
+        }
+        let dir = match url.strip_prefix("file://") {
+            Some(abs) if abs.starts_with('/') => std::path::PathBuf::from(abs),
+            Some(_) => {
+                return Err(Error::Config(format!(
+                    "{url:?}: a file URL needs an absolute path (file:///...)"
+                )));
+            }
+            None if url.contains("://") => {
+                return Err(Error::Config(format!(
+                    "{url:?}: expected file://, memory://, s3:// or gs://"
+                )));
+            }
+            None => std::path::PathBuf::from(url),
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+        let store = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .with_automatic_cleanup(true);
+        Ok(Self {
+            store: Arc::new(store),
+            keeps_attributes: false,
+            description: format!("file://{}", dir.display()),
+        })
+    }
+
+    /// A store that lives in this process's memory.
+    pub fn in_memory() -> Self {
+        Self {
+            store: Arc::new(InMemory::new()),
+            keeps_attributes: true,
+            description: "memory://".into(),
+        }
+    }
+
+    fn remote<T: ObjectStore>(store: T, prefix: Option<Path>, url: &str) -> Self {
+        let store: Arc<dyn ObjectStore> = match prefix {
+            Some(prefix) => Arc::new(PrefixStore::new(store, prefix)),
+            None => Arc::new(store),
+        };
+        Self {
+            store,
+            keeps_attributes: true,
+            description: url.to_owned(),
+        }
+    }
+
+    /// A short description of the backend for logs.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// The files of the session whose recorded prefix is `storage_prefix`.
+    pub fn session(&self, storage_prefix: &str) -> Result<SessionFiles> {
+        Ok(SessionFiles {
+            storage: self.clone(),
+            prefix: validated_path(storage_prefix)?,
+        })
+    }
+
+    /// Checks the backend answers (used by readiness checks and startup).
+    pub async fn check(&self) -> Result<()> {
+        let probe = Path::from("_questboard").join("probe");
+        match self.store.head(&probe).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Backend(e)),
+        }
+    }
+}
+
+fn split_bucket(rest: &str) -> Result<(&str, Option<Path>)> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::Config("the storage URL names no bucket".into()));
+    }
+    let prefix = prefix.trim_matches('/');
+    let prefix = if prefix.is_empty() {
+        None
+    } else {
+        Some(validated_path(prefix).map_err(|e| Error::Config(e.to_string()))?)
+    };
+    Ok((bucket, prefix))
+}
+
+/// The fixed places a session's files go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Area {
+    /// `logs/`: turn transcripts and audit logs.
+    Logs,
+    /// `data/`: game state and other structured data.
+    Data,
+    /// `media/images/`: generated images.
+    Images,
+    /// `media/audio/`: generated audio.
+    Audio,
+}
+
+impl Area {
+    /// Every area, in layout order.
+    pub const ALL: [Area; 4] = [Area::Logs, Area::Data, Area::Images, Area::Audio];
+
+    /// The area's directory under the session prefix.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Area::Logs => "logs",
+            Area::Data => "data",
+            Area::Images => "media/images",
+            Area::Audio => "media/audio",
+        }
+    }
+
+    fn path(self) -> Path {
+        self.dir().split('/').fold(Path::default(), |p, c| p.join(c))
+    }
+}
+
+/// Information about one stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The area it is in.
+    pub area: Area,
+    /// Its name relative to the area.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its content type.
+    pub content_type: String,
+    /// When it was last written.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// A file read back, with its contents.
+#[derive(Debug, Clone)]
+pub struct File {
+    /// What it is.
+    pub info: FileInfo,
+    /// What it holds.
+    pub bytes: Bytes,
+}
+
+/// The files of one campaign session.
+#[derive(Debug, Clone)]
+pub struct SessionFiles {
+    storage: Storage,
+    prefix: Path,
+}
+
+impl SessionFiles {
+    fn location(&self, area: Area, name: &str) -> Result<Path> {
+        let name = validated_path(name)?;
+        let mut path = self.prefix.clone();
+        for part in area.path().parts().chain(name.parts()) {
+            path = path.join(part);
+        }
+        Ok(path)
+    }
+
+    /// Stores `bytes` as `name` in `area`, replacing any file of that name.
+    /// `content_type` must agree with the name's extension.
+    pub async fn put(
+        &self,
+        area: Area,
+        name: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<FileInfo> {
+        let location = self.location(area, name)?;
+        let expected = content_type_for(name);
+        let given = content_type.split(';').next().unwrap_or_default().trim();
+        if !given.eq_ignore_ascii_case(expected) {
+            return Err(Error::ContentTypeMismatch {
+                given: content_type.to_owned(),
+                expected,
+            });
+        }
+        let mut attributes = Attributes::new();
+        if self.storage.keeps_attributes {
+            attributes.insert(Attribute::ContentType, expected.into());
+        }
+        let size = bytes.len() as u64;
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.storage
+            .store
+            .put_opts(&location, bytes.into(), options)
+            .await?;
+        Ok(FileInfo {
+            area,
+            name: name.to_owned(),
+            size,
+            content_type: expected.to_owned(),
+            // One round trip fewer than a HEAD; the store's own time may
+            // differ by clock skew, which no caller relies on.
+            last_modified: Utc::now(),
+        })
+    }
+
+    /// Reads a file back.
+    pub async fn get(&self, area: Area, name: &str) -> Result<File> {
+        let location = self.location(area, name)?;
+        let result = self.storage.store.get(&location).await?;
+        let content_type = result
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| content_type_for(name).to_owned());
+        let last_modified = result.meta.last_modified;
+        let bytes = result.bytes().await?;
+        Ok(File {
+            info: FileInfo {
+                area,
+                name: name.to_owned(),
+                size: bytes.len() as u64,
+                content_type,
+                last_modified,
+            },
+            bytes,
+        })
+    }
+
+    /// Lists the files of one area, sorted by name.
+    pub async fn list(&self, area: Area) -> Result<Vec<FileInfo>> {
+        let mut dir = self.prefix.clone();
+        for part in area.path().parts() {
+            dir = dir.join(part);
+        }
+        let dir_parts = dir.parts().count();
+        let metas: Vec<_> = self.storage.store.list(Some(&dir)).try_collect().await?;
+        let mut files: Vec<FileInfo> = metas
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta
+                    .location
+                    .parts()
+                    .skip(dir_parts)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                // Files of a nested area (media/images under media/) are not ours.
+                validated_path(&name).ok()?;
+                Some(FileInfo {
+                    area,
+                    content_type: content_type_for(&name).to_owned(),
+                    name,
+                    size: meta.size,
+                    last_modified: meta.last_modified,
+                })
+            })
+            .collect();
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+
+    /// Deletes a file. Deleting a missing file succeeds, as on S3.
+    pub async fn delete(&self, area: Area, name: &str) -> Result<()> {
+        let location = self.location(area, name)?;
+        match self.storage.store.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Backend(e)),
+        }
+    }
+}
+
+/// Validates a relative, `/`-separated name and turns it into a store path.
+///
+/// Each component must be 1 to [`MAX_COMPONENT_BYTES`] bytes of ASCII
+/// letters, digits, `.`, `_` and `-`, must not start with `.` (which also
+/// refuses `.` and `..`), and there may be at most [`MAX_COMPONENTS`] of
+/// them. Leading `/` (absolute paths), `\`, NUL, spaces and percent-escapes
+/// are all refused by the character set.
+pub fn validated_path(name: &str) -> Result<Path> {
+    let invalid = |why: &str| Error::InvalidName(format!("{why}: {:?}", truncate(name)));
+    if name.is_empty() {
+        return Err(invalid("empty name"));
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > MAX_COMPONENTS {
+        return Err(invalid("too many path components"));
+    }
+    for part in &parts {
+        if part.is_empty() {
+            return Err(invalid("empty path component (leading, trailing or double '/')"));
+        }
+        if part.len() > MAX_COMPONENT_BYTES {
+            return Err(invalid("path component too long"));
+        }
+        if part.starts_with('.') {
+            return Err(invalid("path components must not start with '.'"));
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid("only letters, digits, '.', '_' and '-' are allowed"));
+        }
+    }
+    Ok(parts.into_iter().fold(Path::default(), |p, c| p.join(c)))
+}
+
+fn truncate(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
+/// The content type a file name's extension implies.
+pub fn content_type_for(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "json" => "application/json",
+        "jsonl" | "ndjson" => "application/x-ndjson",
+        "txt" | "log" => "text/plain",
+        "md" => "text/markdown",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "mp3" => "audio/mpeg",
+        "ogg" | "oga" => "audio/ogg",
+        "opus" => "audio/opus",
+        "wav" => "audio/wav",
+        "m4a" => "audio/mp4",
+        "flac" => "audio/flac",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [
+            "", "/etc/passwd", "..", "../x", "a/../b", "a//b", "a/", ".hidden", "a\0b", "a\\b",
+            "a b", "%2e%2e/x", "C:\\x", "é.png",
+        ] {
+            assert!(validated_path(bad).is_err(), "{bad:?} should be refused");
+        }
+        let deep = vec!["a"; MAX_COMPONENTS + 1].join("/");
+        assert!(validated_path(&deep).is_err());
+        assert!(validated_path(&"a".repeat(MAX_COMPONENT_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn ordinary_names_are_kept() {
+        for good in ["turn-0001.json", "2026/11/portrait_v2.png", "a.b.c"] {
+            assert_eq!(validated_path(good).map(|p| p.to_string()).ok(), Some(good.to_owned()));
+        }
+    }
+
+    #[test]
+    fn content_types_follow_extensions() {
+        assert_eq!(content_type_for("x.PNG"), "image/png");
+        assert_eq!(content_type_for("x"), "application/octet-stream");
+        assert_eq!(content_type_for("log.jsonl"), "application/x-ndjson");
+    }
+}

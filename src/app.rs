@@ -1,0 +1,77 @@
+//! Wiring a process together: connections, listeners and shutdown.
+//!
+//! The CLI and the test harness both build the API through [`api_state`]
+//! and [`serve_http`], so tests run exactly what production runs.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use questboard_core::db;
+use questboard_core::storage::Storage;
+use tokio::net::TcpListener;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::http::{self, AppState};
+
+/// Connects to everything the API needs. Fails fast on bad configuration;
+/// Redis being down is not fatal here (readiness reports it).
+pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
+    let auth = Verifier::from_config(config).context("bearer token configuration")?;
+    auth.prefetch().await;
+    let pool = db::connect(config.database_url.expose(), config.db_max_connections)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    let redis = redis::Client::open(config.redis_url.expose()).context("REDIS_URL")?;
+    let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
+    tracing::info!(storage = storage.describe(), "storage configured");
+    Ok(AppState {
+        pool,
+        redis,
+        auth: Arc::new(auth),
+        storage,
+        max_body_bytes: config.max_body_bytes,
+    })
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes
+/// in-flight requests.
+pub async fn serve_http(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,357 @@
+//! Who is calling: verifying bearer JWTs and minting development tokens.
+//!
+//! Two modes, chosen by configuration:
+//! - **HS256** with `QB_JWT_SECRET`: for development and for deployments that
+//!   mint their own tokens (`questboard token` prints one).
+//! - **RS256** with `QB_JWKS_URL` (Auth0-style): public keys are fetched from
+//!   the JWKS endpoint, cached, refreshed every [`JWKS_MAX_AGE`], and fetched
+//!   again (at most every [`JWKS_MIN_REFETCH`]) when a token names a key id
+//!   the cache does not know, so a key rotation needs no restart.
+//!
+//! Only the configured algorithm is accepted: `alg: none`, an HS256 token
+//! against a JWKS deployment (the key-confusion attack) or an RS256 token
+//! against a secret are all refused. `exp` and `sub` are required; `sub` is
+//! the user id.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use questboard_core::identity::UserId;
+use questboard_core::metrics as m;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+use url::Url;
+
+use crate::config::{Config, Secret};
+
+/// How long fetched JWKS keys are trusted before being fetched again.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
+/// The least time between two fetches triggered by unknown key ids.
+pub const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
+/// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The claims questboard reads from a token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Why a bearer token was refused. The message is safe to show a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// The header is not `Bearer <token>` or the token is not a JWT.
+    #[error("malformed bearer token")]
+    Malformed,
+    /// The token has expired.
+    #[error("token has expired")]
+    Expired,
+    /// Wrong signature, algorithm, issuer, audience or claims.
+    #[error("invalid token")]
+    Invalid,
+    /// The token names a signing key the JWKS endpoint does not publish.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// The JWKS endpoint could not be reached and no cached key matched.
+    #[error("signing keys unavailable")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// A label for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Expired => "expired",
+            AuthError::Invalid => "invalid",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// Configuration that cannot produce a working verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither or both of the secret and the JWKS URL were given.
+    #[error("set exactly one of QB_JWT_SECRET (HS256) and QB_JWKS_URL (RS256)")]
+    Mode,
+    /// The secret is too short to be safe.
+    #[error("QB_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")]
+    WeakSecret,
+    /// JWKS mode without issuer or audience.
+    #[error("QB_JWKS_URL requires QB_JWT_ISSUER and QB_JWT_AUDIENCE")]
+    JwksClaims,
+    /// Minting needs a secret.
+    #[error("minting tokens needs QB_JWT_SECRET")]
+    NoSecret,
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Verifies bearer tokens.
+#[derive(Debug)]
+pub enum Verifier {
+    /// HS256 with a shared secret.
+    Shared {
+        /// The key.
+        key: Box<DecodingKey>,
+        /// What is checked.
+        validation: Box<Validation>,
+    },
+    /// RS256 with keys from a JWKS endpoint.
+    Jwks(Box<JwksVerifier>),
+}
+
+impl Verifier {
+    /// Builds the verifier the configuration asks for.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        match (&config.jwt_secret, &config.jwks_url) {
+            (Some(secret), None) => Self::shared(
+                secret,
+                config.jwt_issuer.as_deref(),
+                config.jwt_audience.as_deref(),
+            ),
+            (None, Some(url)) => {
+                let (Some(issuer), Some(audience)) = (&config.jwt_issuer, &config.jwt_audience)
+                else {
+                    return Err(ConfigError::JwksClaims);
+                };
+                Ok(Self::Jwks(Box::new(JwksVerifier::new(url.clone(), issuer, audience))))
+            }
+            _ => Err(ConfigError::Mode),
+        }
+    }
+
+    /// An HS256 verifier.
+    pub fn shared(
+        secret: &Secret,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        if secret.expose().len() < MIN_SECRET_BYTES {
+            return Err(ConfigError::WeakSecret);
+        }
+        Ok(Self::Shared {
+            key: Box::new(DecodingKey::from_secret(secret.expose().as_bytes())),
+            validation: Box::new(validation(Algorithm::HS256, issuer, audience)),
+        })
+    }
+
+    /// Verifies `token` and returns the caller's user id.
+    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let result = match self {
+            Verifier::Shared { key, validation } => decode(token, key, validation),
+            Verifier::Jwks(jwks) => jwks.verify(token).await,
+        };
+        if let Err(err) = &result {
+            metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => err.reason()).increment(1);
+        }
+        result
+    }
+
+    /// Fetches signing keys ahead of the first request (JWKS mode only).
+    /// Failure is not fatal: keys are fetched again on demand.
+    pub async fn prefetch(&self) {
+        if let Verifier::Jwks(jwks) = self
+            && let Err(err) = jwks.refresh().await
+        {
+            tracing::warn!(error = %err, "could not fetch JWKS at startup; will retry on demand");
+        }
+    }
+}
+
+fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECS;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    if let Some(issuer) = issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    match audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation
+}
+
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<UserId, AuthError> {
+    let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| {
+        match err.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                AuthError::Malformed
+            }
+            _ => AuthError::Invalid,
+        }
+    })?;
+    UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)
+}
+
+/// RS256 verification against a cached JWKS.
+#[derive(Debug)]
+pub struct JwksVerifier {
+    url: Url,
+    client: reqwest::Client,
+    validation: Validation,
+    cache: RwLock<KeyCache>,
+    /// Serialises fetches so a burst of unknown key ids fetches once.
+    fetching: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+    attempted_at: Option<Instant>,
+}
+
+impl JwksVerifier {
+    /// A verifier for tokens issued by `issuer` for `audience`, signed by keys at `url`.
+    pub fn new(url: Url, issuer: &str, audience: &str) -> Self {
+        Self {
+            url,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            validation: validation(Algorithm::RS256, Some(issuer), Some(audience)),
+            cache: RwLock::new(KeyCache::default()),
+            fetching: Mutex::new(()),
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.alg != Algorithm::RS256 {
+            return Err(AuthError::Invalid);
+        }
+        let kid = header.kid.ok_or(AuthError::Invalid)?;
+        let stale = {
+            let cache = self.cache.read().await;
+            let stale = cache.fetched_at.is_none_or(|t| t.elapsed() > JWKS_MAX_AGE);
+            if !stale && let Some(key) = cache.keys.get(&kid) {
+                return decode(token, key, &self.validation);
+            }
+            stale
+        };
+        let unknown_kid_may_refetch = {
+            let cache = self.cache.read().await;
+            cache.attempted_at.is_none_or(|t| t.elapsed() > JWKS_MIN_REFETCH)
+        };
+        let fetch_error = if stale || unknown_kid_may_refetch {
+            self.refresh().await.err()
+        } else {
+            None
+        };
+        let cache = self.cache.read().await;
+        match cache.keys.get(&kid) {
+            Some(key) => decode(token, key, &self.validation),
+            None if fetch_error.is_some() => Err(AuthError::KeysUnavailable),
+            None => Err(AuthError::UnknownKey),
+        }
+    }
+
+    /// Fetches the key set and replaces the cache. On failure the old keys stay.
+    pub async fn refresh(&self) -> Result<(), reqwest::Error> {
+        let _guard = self.fetching.lock().await;
+        // Another request may have just fetched while this one waited.
+        if self
+            .cache
+            .read()
+            .await
+            .attempted_at
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            return Ok(());
+        }
+        self.cache.write().await.attempted_at = Some(Instant::now());
+        let fetched = async {
+            self.client
+                .get(self.url.clone())
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<JwkSet>()
+                .await
+        }
+        .await;
+        let set = match fetched {
+            Ok(set) => set,
+            Err(err) => {
+                metrics::counter!(m::JWKS_REFRESHES_TOTAL, "outcome" => "error").increment(1);
+                tracing::warn!(error = %err, url = %self.url, "JWKS fetch failed");
+                return Err(err);
+            }
+        };
+        let keys: HashMap<String, DecodingKey> = set
+            .keys
+            .iter()
+            .filter(|jwk| matches!(jwk.algorithm, AlgorithmParameters::RSA(_)))
+            .filter(|jwk| {
+                jwk.common
+                    .key_algorithm
+                    .is_none_or(|alg| alg == KeyAlgorithm::RS256)
+            })
+            .filter(|jwk| {
+                jwk.common
+                    .public_key_use
+                    .as_ref()
+                    .is_none_or(|u| *u == PublicKeyUse::Signature)
+            })
+            .filter_map(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                DecodingKey::from_jwk(jwk).ok().map(|key| (kid, key))
+            })
+            .collect();
+        metrics::counter!(m::JWKS_REFRESHES_TOTAL, "outcome" => "ok").increment(1);
+        let mut cache = self.cache.write().await;
+        cache.keys = keys;
+        cache.fetched_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Mints an HS256 token for `user`, valid for `ttl`, with the configured
+/// issuer and audience. For development and tests.
+pub fn mint(config: &Config, user: &UserId, ttl: Duration) -> Result<String, ConfigError> {
+    let secret = config.jwt_secret.as_ref().ok_or(ConfigError::NoSecret)?;
+    if secret.expose().len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::WeakSecret);
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub: user.as_str().to_owned(),
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+        iss: config.jwt_issuer.clone(),
+        aud: config.jwt_audience.clone(),
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )?)
+}

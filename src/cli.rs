@@ -1,0 +1,93 @@
+//! The command line: one binary, one subcommand per role.
+//!
+//! - `migrate`: create the database if needed and apply migrations (the
+//!   Procfile's release phase).
+//! - `serve`: the HTTP API, plus `/metrics` on its own listener.
+//! - `token`: print a development JWT signed with `QB_JWT_SECRET`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use questboard_core::db;
+use questboard_core::identity::UserId;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::{app, auth, telemetry};
+
+/// questboard: durable background processing for AI game-master campaigns.
+#[derive(Debug, Parser)]
+#[command(name = "questboard", version, about)]
+pub struct Cli {
+    /// Settings (each also read from its environment variable).
+    #[command(flatten)]
+    pub config: Config,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles the binary can run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing and apply all migrations.
+    Migrate,
+    /// Serve the HTTP API.
+    Serve,
+    /// Print a development bearer token signed with QB_JWT_SECRET.
+    Token {
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl: u64,
+    },
+}
+
+/// Runs the chosen subcommand to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    match cli.command {
+        Command::Migrate => {
+            telemetry::init_logging(config.log_format);
+            migrate(&config).await
+        }
+        Command::Serve => {
+            telemetry::init_logging(config.log_format);
+            serve(&config).await
+        }
+        Command::Token { user, ttl } => {
+            let user = UserId::parse(&user).context("--user")?;
+            let token = auth::mint(&config, &user, Duration::from_secs(ttl))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let url = config.database_url.expose();
+    db::create_database_if_missing(url)
+        .await
+        .context("creating the database")?;
+    let pool = db::connect(url, 2).await?;
+    db::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    telemetry::serve_metrics(config.metrics_addr)
+        .await
+        .context("binding QB_METRICS_ADDR")?;
+    let state = app::api_state(config).await?;
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding QB_HTTP_ADDR {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving the API");
+    app::serve_http(listener, state, app::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The one error type of the HTTP API and its JSON shape.
+//!
+//! Every failure a handler or extractor can produce becomes an [`Error`],
+//! rendered as `{"error": {"code": "...", "message": "..."}}` with the right
+//! status. Domain errors convert with `From`; internal failures are logged
+//! with their cause and shown to the client only as `internal_error`, so no
+//! SQL, provider key or stack detail leaks.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use questboard_core::{invites, sessions, storage};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::AuthError;
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the request is malformed (bad JSON, bad id, bad query).
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// 401: no valid bearer token.
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    /// 403: a member whose role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such thing, or not visible to the caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 405: the route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409: conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 410: existed, but is no longer usable.
+    #[error("{message}")]
+    Gone {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// 413: the body is larger than `QB_MAX_BODY_BYTES`.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 415: the body is not JSON.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 422: well-formed but not acceptable.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: a dependency is down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: our fault; the cause is logged, never shown.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result alias for handlers.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code (`unauthorized`, `not_found`, `validation_failed`, ...).
+    pub code: String,
+    /// Human-readable explanation, safe to show.
+    pub message: String,
+}
+
+impl Error {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Gone { .. } => StatusCode::GONE,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest { code, .. } | Error::Gone { code, .. } => code,
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed => "method_not_allowed",
+            Error::Conflict(_) => "conflict",
+            Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::Unprocessable(_) => "validation_failed",
+            Error::Unavailable(_) => "unavailable",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+
+    /// A 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Error::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 500 from any error; the cause is logged when the response is built.
+    pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Internal(Box::new(err))
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::Internal(cause) = &self {
+            tracing::error!(error = %cause, source = ?cause.source(), "request failed");
+        }
+        let status = self.status();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        Error::internal(err)
+    }
+}
+
+impl From<sessions::Error> for Error {
+    fn from(err: sessions::Error) -> Self {
+        match err {
+            sessions::Error::NotFound => Error::NotFound("session"),
+            sessions::Error::NoSuchMember => Error::NotFound("member"),
+            sessions::Error::Forbidden(why) => Error::Forbidden(why.into()),
+            sessions::Error::Conflict(why) => Error::Conflict(why.into()),
+            sessions::Error::Invalid(why) => Error::Unprocessable(why),
+            sessions::Error::Database(err) => Error::internal(err),
+        }
+    }
+}
+
+impl From<invites::Error> for Error {
+    fn from(err: invites::Error) -> Self {
+        match err {
+            invites::Error::NotFound => Error::NotFound("invite"),
+            invites::Error::Gone(reason) => Error::Gone {
+                code: reason.as_str(),
+                message: err.to_string(),
+            },
+            invites::Error::Session(err) => err.into(),
+            invites::Error::Invalid(why) => Error::Unprocessable(why),
+            invites::Error::Database(err) => Error::internal(err),
+        }
+    }
+}
+
+impl From<storage::Error> for Error {
+    fn from(err: storage::Error) -> Self {
+        match err {
+            storage::Error::InvalidName(_) | storage::Error::ContentTypeMismatch { .. } => {
+                Error::Unprocessable(err.to_string())
+            }
+            storage::Error::NotFound => Error::NotFound("file"),
+            storage::Error::Config(_) | storage::Error::Backend(_) => Error::internal(err),
+        }
+    }
+}

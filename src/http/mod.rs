@@ -1,0 +1,100 @@
+//! The HTTP API: one router per area, merged here, with the layers every
+//! request passes through (body limit, metrics, JSON fallbacks).
+//!
+//! | area | module |
+//! |---|---|
+//! | campaign sessions and members | [`sessions`] |
+//! | invites | [`invites`] |
+//! | liveness and readiness | [`health`] |
+//! | the OpenAPI description | [`openapi`] |
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use questboard_core::metrics as m;
+use questboard_core::storage::Storage;
+use sqlx::PgPool;
+
+use crate::auth::Verifier;
+
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod invites;
+pub mod openapi;
+pub mod sessions;
+
+pub use error::{Error, Result};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Postgres.
+    pub pool: PgPool,
+    /// Redis (readiness now; the realtime bridge later).
+    pub redis: redis::Client,
+    /// Bearer token verification.
+    pub auth: Arc<Verifier>,
+    /// Campaign files.
+    pub storage: Storage,
+    /// Largest accepted body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    let api = Router::new()
+        .merge(sessions::router())
+        .merge(invites::router())
+        .merge(openapi::router());
+    Router::new()
+        .nest("/api", api)
+        .merge(health::router())
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .route_layer(middleware::from_fn(record_metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(move |mut req: Request, next: Next| {
+            req.extensions_mut().insert(extract::BodyLimit(limit));
+            next.run(req)
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    metrics::counter!(
+        m::HTTP_REQUESTS_TOTAL,
+        "method" => "any",
+        "route" => "unmatched",
+        "status" => "404"
+    )
+    .increment(1);
+    Error::NotFound("route").into_response()
+}
+
+/// Counts requests and times them, labelled by the matched route (never the
+/// raw path, which would explode label cardinality).
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let in_flight = metrics::gauge!(m::HTTP_REQUESTS_IN_FLIGHT);
+    in_flight.increment(1.0);
+    let response = next.run(req).await;
+    in_flight.decrement(1.0);
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL, &labels).increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

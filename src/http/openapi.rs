@@ -1,0 +1,71 @@
+//! The OpenAPI 3 description of the API, generated from the handlers'
+//! annotations so it cannot drift from the code. Served without a token at
+//! `GET /api/openapi.json` so web clients can generate bindings; it
+//! describes shapes only, never data.
+
+use axum::Router;
+use axum::routing::get;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::AppState;
+use super::extract::Json;
+use super::{error, health, invites, sessions};
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "questboard",
+        description = "Campaign sessions, members and invites for AI game-master apps. \
+            Every /api route except this description needs `Authorization: Bearer <JWT>`; \
+            every error is `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    paths(
+        sessions::create_session,
+        sessions::list_sessions,
+        sessions::get_session,
+        sessions::rename_session,
+        sessions::archive_session,
+        sessions::remove_member,
+        invites::create_invite,
+        invites::list_invites,
+        invites::revoke_invite,
+        invites::accept_invite,
+        health::healthz,
+        health::readyz,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "sessions", description = "Campaign sessions and their members"),
+        (name = "invites", description = "One-time invite tokens"),
+        (name = "health", description = "Liveness and readiness")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi_json))
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
