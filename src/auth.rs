@@ -139,7 +139,11 @@ impl Verifier {
                 else {
                     return Err(ConfigError::JwksClaims);
                 };
-                Ok(Self::Jwks(Box::new(JwksVerifier::new(url.clone(), issuer, audience))))
+                Ok(Self::Jwks(Box::new(JwksVerifier::new(
+                    url.clone(),
+                    issuer,
+                    audience,
+                ))))
             }
             _ => Err(ConfigError::Mode),
         }
@@ -186,27 +190,34 @@ impl Verifier {
 fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = LEEWAY_SECS;
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    // A configured issuer or audience must be present, not merely correct
+    // when present.
+    let mut required = vec!["exp", "sub"];
     if let Some(issuer) = issuer {
         validation.set_issuer(&[issuer]);
+        required.push("iss");
     }
     match audience {
-        Some(audience) => validation.set_audience(&[audience]),
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
         None => validation.validate_aud = false,
     }
+    validation.set_required_spec_claims(&required);
     validation
 }
 
 fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<UserId, AuthError> {
-    let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| {
-        match err.kind() {
+    let data =
+        jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| match err.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                AuthError::Malformed
-            }
+            ErrorKind::InvalidToken
+            | ErrorKind::Base64(_)
+            | ErrorKind::Json(_)
+            | ErrorKind::Utf8(_) => AuthError::Malformed,
             _ => AuthError::Invalid,
-        }
-    })?;
+        })?;
     UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)
 }
 
@@ -259,7 +270,9 @@ impl JwksVerifier {
         };
         let unknown_kid_may_refetch = {
             let cache = self.cache.read().await;
-            cache.attempted_at.is_none_or(|t| t.elapsed() > JWKS_MIN_REFETCH)
+            cache
+                .attempted_at
+                .is_none_or(|t| t.elapsed() > JWKS_MIN_REFETCH)
         };
         let fetch_error = if stale || unknown_kid_may_refetch {
             self.refresh().await.err()

@@ -37,8 +37,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
 /// Creates the database named in `url` if it does not exist yet, so a fresh
 /// machine needs no manual `createdb`.
 pub async fn create_database_if_missing(url: &str) -> Result<(), Error> {
-    if !Postgres::database_exists(url).await.map_err(Error::Connect)? {
-        Postgres::create_database(url).await.map_err(Error::Connect)?;
+    if !Postgres::database_exists(url)
+        .await
+        .map_err(Error::Connect)?
+    {
+        Postgres::create_database(url)
+            .await
+            .map_err(Error::Connect)?;
     }
     Ok(())
 }

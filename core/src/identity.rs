@@ -51,6 +51,9 @@ mod tests {
         assert!(UserId::parse(&"a".repeat(MAX_USER_ID_BYTES + 1)).is_err());
         assert!(UserId::parse("alice\0").is_err());
         assert!(UserId::parse("alice\n").is_err());
-        assert_eq!(UserId::parse("auth0|abc").map(|u| u.0).ok(), Some("auth0|abc".to_owned()));
+        assert_eq!(
+            UserId::parse("auth0|abc").map(|u| u.0).ok(),
+            Some("auth0|abc".to_owned())
+        );
     }
 }

@@ -5,9 +5,9 @@
 //! admit anyone. Accepting locks the invite row, so a single-use invite
 //! accepted by many users at the same instant admits exactly one of them.
 
-use chrono::{DateTime, Duration, Utc};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
 use rand::RngExt as _;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -41,7 +41,9 @@ impl NewInvite {
     /// Checks the bounds; the owner role cannot be handed out.
     pub fn validate(self) -> Result<Self> {
         if self.role == Role::Owner {
-            return Err(Error::Invalid("an invite cannot grant the owner role".into()));
+            return Err(Error::Invalid(
+                "an invite cannot grant the owner role".into(),
+            ));
         }
         if self.ttl < Duration::seconds(1) || self.ttl > MAX_TTL {
             return Err(Error::Invalid(format!(
@@ -50,7 +52,9 @@ impl NewInvite {
             )));
         }
         if !(1..=MAX_USES).contains(&self.max_uses) {
-            return Err(Error::Invalid(format!("max_uses must be between 1 and {MAX_USES}")));
+            return Err(Error::Invalid(format!(
+                "max_uses must be between 1 and {MAX_USES}"
+            )));
         }
         Ok(self)
     }
@@ -231,7 +235,12 @@ pub async fn list(pool: &PgPool, session_id: Uuid, actor: &UserId) -> Result<Vec
 }
 
 /// Revokes an invite; owner only. Revoking twice is harmless.
-pub async fn revoke(pool: &PgPool, session_id: Uuid, actor: &UserId, invite_id: Uuid) -> Result<()> {
+pub async fn revoke(
+    pool: &PgPool,
+    session_id: Uuid,
+    actor: &UserId,
+    invite_id: Uuid,
+) -> Result<()> {
     sessions::require_owner(pool, session_id, actor, "only the owner can revoke invites").await?;
     let found = sqlx::query(
         r#"
@@ -362,20 +371,31 @@ mod tests {
         let b = generate_token();
         assert_ne!(a, b);
         assert_eq!(a.len(), TOKEN_PREFIX.len() + 43);
-        assert!(a[TOKEN_PREFIX.len()..]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            a[TOKEN_PREFIX.len()..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_eq!(hash_token(&a).len(), 32);
         assert_ne!(hash_token(&a), hash_token(&b));
     }
 
     #[test]
     fn owner_role_and_bounds_are_refused() {
-        let owner = NewInvite { role: Role::Owner, ..NewInvite::default() };
+        let owner = NewInvite {
+            role: Role::Owner,
+            ..NewInvite::default()
+        };
         assert!(owner.validate().is_err());
-        let short = NewInvite { ttl: Duration::seconds(0), ..NewInvite::default() };
+        let short = NewInvite {
+            ttl: Duration::seconds(0),
+            ..NewInvite::default()
+        };
         assert!(short.validate().is_err());
-        let many = NewInvite { max_uses: 0, ..NewInvite::default() };
+        let many = NewInvite {
+            max_uses: 0,
+            ..NewInvite::default()
+        };
         assert!(many.validate().is_err());
         assert!(NewInvite::default().validate().is_ok());
     }

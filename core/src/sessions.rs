@@ -155,7 +155,9 @@ impl SessionName {
             )));
         }
         if name.chars().any(char::is_control) {
-            return Err(Error::Invalid("name must not contain control characters".into()));
+            return Err(Error::Invalid(
+                "name must not contain control characters".into(),
+            ));
         }
         Ok(Self(name.to_owned()))
     }
@@ -410,13 +412,17 @@ pub async fn archive(pool: &PgPool, id: Uuid, actor: &UserId) -> Result<Membersh
 /// themself; any other member may remove only themself.
 pub async fn remove_member(pool: &PgPool, id: Uuid, actor: &UserId, target: &str) -> Result<()> {
     let membership = require_member(pool, id, actor).await?;
+    // A string that is not a valid user id cannot name a member (and NUL
+    // bytes would not even reach Postgres).
+    let target = UserId::parse(target).map_err(|_| Error::NoSuchMember)?;
+    let target = target.as_str();
     if target == membership.session.owner_user_id {
-        return Err(Error::Conflict("the owner cannot be removed from their session"));
+        return Err(Error::Conflict(
+            "the owner cannot be removed from their session",
+        ));
     }
     if membership.role != Role::Owner && target != actor.as_str() {
-        return Err(Error::Forbidden(
-            "only the owner can remove other members",
-        ));
+        return Err(Error::Forbidden("only the owner can remove other members"));
     }
     let removed = sqlx::query(
         r#"
@@ -448,7 +454,8 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
         let cursor = Cursor {
-            last_active_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default(),
+            last_active_at: DateTime::from_timestamp_micros(1_700_000_000_123_456)
+                .unwrap_or_default(),
             id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
@@ -458,7 +465,10 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(SessionName::parse("  The Keep ").map(|n| n.0).ok(), Some("The Keep".into()));
+        assert_eq!(
+            SessionName::parse("  The Keep ").map(|n| n.0).ok(),
+            Some("The Keep".into())
+        );
         assert!(SessionName::parse("   ").is_err());
         assert!(SessionName::parse(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
         assert!(SessionName::parse("a\u{7}b").is_err());

@@ -86,7 +86,9 @@ pub struct Storage {
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Storage").field("backend", &self.description).finish()
+        f.debug_struct("Storage")
+            .field("backend", &self.description)
+            .finish()
     }
 }
 
@@ -95,23 +97,45 @@ impl Storage {
     /// Credentials for S3 and GCS come from the standard `AWS_*` and
     /// `GOOGLE_*` environment variables.
     pub fn from_url(url: &str) -> Result<Self> {
+        Self::from_url_with(url, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// Like [`Storage::from_url`], with extra backend options on top of the
+    /// environment (`object_store` config keys such as `aws_endpoint`,
+    /// `aws_allow_http`, `google_service_account`). Ignored for local and
+    /// in-memory stores.
+    pub fn from_url_with<K, V>(url: &str, options: impl IntoIterator<Item = (K, V)>) -> Result<Self>
+    where
+        K: AsRef<str>,
+        V: Into<String>,
+    {
         if url == "memory://" || url == "memory:" {
             return Ok(Self::in_memory());
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = split_bucket(rest)?;
-            let store = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (key, value) in options {
+                let key = key
+                    .as_ref()
+                    .parse()
+                    .map_err(|e: object_store::Error| Error::Config(e.to_string()))?;
+                builder = builder.with_config(key, value);
+            }
+            let store = builder.build().map_err(|e| Error::Config(e.to_string()))?;
             return Ok(Self::remote(store, prefix, url));
         }
         if let Some(rest) = url.strip_prefix("gs://") {
             let (bucket, prefix) = split_bucket(rest)?;
-            let store = GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
+            let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            for (key, value) in options {
+                let key = key
+                    .as_ref()
+                    .parse()
+                    .map_err(|e: object_store::Error| Error::Config(e.to_string()))?;
+                builder = builder.with_config(key, value);
+            }
+            let store = builder.build().map_err(|e| Error::Config(e.to_string()))?;
             return Ok(Self::remote(store, prefix, url));
         }
         let dir = match url.strip_prefix("file://") {
@@ -227,7 +251,9 @@ impl Area {
     }
 
     fn path(self) -> Path {
-        self.dir().split('/').fold(Path::default(), |p, c| p.join(c))
+        self.dir()
+            .split('/')
+            .fold(Path::default(), |p, c| p.join(c))
     }
 }
 
@@ -398,7 +424,9 @@ pub fn validated_path(name: &str) -> Result<Path> {
     }
     for part in &parts {
         if part.is_empty() {
-            return Err(invalid("empty path component (leading, trailing or double '/')"));
+            return Err(invalid(
+                "empty path component (leading, trailing or double '/')",
+            ));
         }
         if part.len() > MAX_COMPONENT_BYTES {
             return Err(invalid("path component too long"));
@@ -410,7 +438,9 @@ pub fn validated_path(name: &str) -> Result<Path> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         {
-            return Err(invalid("only letters, digits, '.', '_' and '-' are allowed"));
+            return Err(invalid(
+                "only letters, digits, '.', '_' and '-' are allowed",
+            ));
         }
     }
     Ok(parts.into_iter().fold(Path::default(), |p, c| p.join(c)))
@@ -452,12 +482,24 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         for bad in [
-            "", "/etc/passwd", "..", "../x", "a/../b", "a//b", "a/", ".hidden", "a\0b", "a\\b",
-            "a b", "%2e%2e/x", "C:\\x", "é.png",
+            "",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/",
+            ".hidden",
+            "a\0b",
+            "a\\b",
+            "a b",
+            "%2e%2e/x",
+            "C:\\x",
+            "é.png",
         ] {
             assert!(validated_path(bad).is_err(), "{bad:?} should be refused");
         }
-        let deep = vec!["a"; MAX_COMPONENTS + 1].join("/");
+        let deep = ["a"; MAX_COMPONENTS + 1].join("/");
         assert!(validated_path(&deep).is_err());
         assert!(validated_path(&"a".repeat(MAX_COMPONENT_BYTES + 1)).is_err());
     }
@@ -465,7 +507,10 @@ mod tests {
     #[test]
     fn ordinary_names_are_kept() {
         for good in ["turn-0001.json", "2026/11/portrait_v2.png", "a.b.c"] {
-            assert_eq!(validated_path(good).map(|p| p.to_string()).ok(), Some(good.to_owned()));
+            assert_eq!(
+                validated_path(good).map(|p| p.to_string()).ok(),
+                Some(good.to_owned())
+            );
         }
     }
 

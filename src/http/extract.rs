@@ -56,7 +56,11 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(0);
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(0);
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(json_rejection(rejection, limit)),
@@ -78,7 +82,9 @@ pub struct BodyLimit(pub usize);
 fn json_rejection(rejection: JsonRejection, limit: usize) -> Error {
     match rejection {
         JsonRejection::JsonDataError(err) => Error::Unprocessable(err.body_text()),
-        JsonRejection::JsonSyntaxError(err) => Error::bad_request("malformed_json", err.body_text()),
+        JsonRejection::JsonSyntaxError(err) => {
+            Error::bad_request("malformed_json", err.body_text())
+        }
         JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType,
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge(limit),
         other => Error::bad_request("bad_body", other.body_text()),

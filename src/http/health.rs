@@ -101,10 +101,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn check(
-    name: &'static str,
-    probe: impl Future<Output = Result<(), String>>,
-) -> Check {
+async fn check(name: &'static str, probe: impl Future<Output = Result<(), String>>) -> Check {
     let result = match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),

@@ -3,10 +3,10 @@
 //! The token is in the creation response only; the database keeps its hash
 //! (see `questboard_core::invites`).
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use questboard_core::invites::{self, NewInvite};
 use questboard_core::metrics as m;
@@ -21,8 +21,14 @@ use super::extract::{AuthUser, Json, Path};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/sessions/{session_id}/invites", get(list_invites).post(create_invite))
-        .route("/sessions/{session_id}/invites/{invite_id}", delete(revoke_invite))
+        .route(
+            "/sessions/{session_id}/invites",
+            get(list_invites).post(create_invite),
+        )
+        .route(
+            "/sessions/{session_id}/invites/{invite_id}",
+            delete(revoke_invite),
+        )
         .route("/invites/accept", post(accept_invite))
 }
 

@@ -5,13 +5,15 @@
 //! member; for a non-member the answer is 404, the same as for a session
 //! that does not exist, so ids cannot be probed.
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use questboard_core::metrics as m;
-use questboard_core::sessions::{self, Cursor, Member, Membership, Role, SessionName, SessionStatus};
+use questboard_core::sessions::{
+    self, Cursor, Member, Membership, Role, SessionName, SessionStatus,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -30,9 +32,14 @@ pub(super) fn router() -> Router<AppState> {
         .route("/sessions", get(list_sessions).post(create_session))
         .route(
             "/sessions/{session_id}",
-            get(get_session).patch(rename_session).delete(archive_session),
+            get(get_session)
+                .patch(rename_session)
+                .delete(archive_session),
         )
-        .route("/sessions/{session_id}/members/{user_id}", delete(remove_member))
+        .route(
+            "/sessions/{session_id}/members/{user_id}",
+            delete(remove_member),
+        )
 }
 
 /// Body of `POST /api/sessions` and `PATCH /api/sessions/{id}`.

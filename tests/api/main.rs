@@ -1,1 +1,20 @@
+//! questboard's integration tests: one binary, one module per area, each
+//! test against a fresh Postgres database with migrations applied, real
+//! Redis, and the API bound to port 0 and called over real HTTP.
 
+// Tests fail loudly on purpose: panicking on unexpected input is their job.
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+mod auth;
+mod dashboards;
+mod health;
+mod helpers;
+mod hostile;
+mod invites;
+mod sessions;
+mod storage;

@@ -1,0 +1,160 @@
+//! Probes, the `/metrics` listener and the OpenAPI description.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn health_and_readiness_report_dependencies() {
+    let app = TestApp::spawn().await;
+    let health = app.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["status"], "ok");
+
+    let ready = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    let names: BTreeSet<&str> = ready.body["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "ok")
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["postgres", "redis", "storage"]));
+}
+
+#[tokio::test]
+async fn readiness_fails_when_redis_is_unreachable() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = questboard::config::Secret::new("redis://127.0.0.1:1")
+    })
+    .await;
+    let ready = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert_eq!(ready.body["status"], "unavailable");
+    let redis = ready.body["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "redis")
+        .cloned()
+        .expect("redis check");
+    assert_eq!(redis["status"], "error");
+    // Liveness does not depend on Redis, and the API still works.
+    assert_eq!(
+        app.call(Method::GET, "/healthz", None, None).await.status,
+        200
+    );
+    assert_eq!(
+        app.post("alice", "/api/sessions", json!({ "name": "x" }))
+            .await
+            .status,
+        201
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_served_on_their_own_listener_by_matched_route() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Keep").await;
+    assert_eq!(
+        app.get("alice", &format!("/api/sessions/{session}"))
+            .await
+            .status,
+        200
+    );
+    app.get("mallory", &format!("/api/sessions/{session}"))
+        .await
+        .assert_error(404, "not_found");
+
+    let text = app.metrics().await;
+    assert!(
+        text.contains("# TYPE questboard_http_requests_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE questboard_http_request_duration_seconds histogram"));
+    let has = |needles: &[&str]| text.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+    assert!(has(&[
+        "questboard_http_requests_total{",
+        "route=\"/api/sessions/{session_id}\"",
+        "status=\"200\"",
+        "method=\"GET\""
+    ]));
+    assert!(has(&[
+        "questboard_http_requests_total{",
+        "route=\"/api/sessions/{session_id}\"",
+        "status=\"404\""
+    ]));
+    assert!(has(&[
+        "questboard_http_request_duration_seconds_bucket{",
+        "route=\"/api/sessions\"",
+        "le=\"0.005\""
+    ]));
+    assert!(has(&["questboard_sessions_created_total"]));
+    // Raw ids never become labels.
+    assert!(!text.contains(&session), "a raw path leaked into labels");
+    // The API listener does not serve /metrics.
+    app.call(Method::GET, "/metrics", None, None)
+        .await
+        .assert_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn the_openapi_description_covers_every_route_and_the_error_schema() {
+    let app = TestApp::spawn().await;
+    let doc = app.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(doc.status, 200, "{}", doc.text);
+    assert!(
+        doc.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    let mut operations = BTreeSet::new();
+    for (path, item) in doc.body["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("item").keys() {
+            operations.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "POST /api/sessions",
+        "GET /api/sessions",
+        "GET /api/sessions/{session_id}",
+        "PATCH /api/sessions/{session_id}",
+        "DELETE /api/sessions/{session_id}",
+        "DELETE /api/sessions/{session_id}/members/{user_id}",
+        "POST /api/sessions/{session_id}/invites",
+        "GET /api/sessions/{session_id}/invites",
+        "DELETE /api/sessions/{session_id}/invites/{invite_id}",
+        "POST /api/invites/accept",
+        "GET /healthz",
+        "GET /readyz",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(operations, expected);
+    let schemas = &doc.body["components"]["schemas"];
+    assert!(schemas["ErrorBody"].is_object() && schemas["ErrorDetail"].is_object());
+    assert_eq!(
+        doc.body["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    // Every 4xx response points at the error schema.
+    for (path, item) in doc.body["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            for (status, response) in op["responses"].as_object().expect("responses") {
+                if status.starts_with('4') {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+}

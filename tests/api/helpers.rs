@@ -1,0 +1,356 @@
+//! `TestApp`: a running questboard API on its own fresh database.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use questboard::config::{Config, Secret};
+use questboard::{app, auth, telemetry};
+use questboard_core::identity::UserId;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The HS256 secret every test app uses.
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// Postgres server URL for tests: `QB_TEST_DATABASE_URL`, else
+/// `DATABASE_URL`, else the local default. The database in it is only used
+/// to create and drop per-test databases.
+pub fn admin_url() -> String {
+    std::env::var("QB_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Redis URL for tests.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh database with migrations applied; dropped when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin: PgConnectOptions = admin_url().parse().expect("admin url");
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .expect("connect to Postgres for tests");
+        drop_stale_databases(&mut conn).await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let name = format!("qbt_{now}_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url()).expect("admin url");
+        url.set_path(&name);
+        let url = url.to_string();
+        let pool = questboard_core::db::connect(&url, 5)
+            .await
+            .expect("connect test db");
+        questboard_core::db::migrate(&pool)
+            .await
+            .expect("migrate test db");
+        TestDb { name, url, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropping needs async I/O, which Drop cannot await; a short-lived
+        // thread with its own runtime does it.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(admin) = admin_url().parse::<PgConnectOptions>() else {
+                    return;
+                };
+                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Databases left behind by a crashed run (older than an hour) are dropped
+/// once per test process.
+async fn drop_stale_databases(conn: &mut PgConnection) {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    if ONCE.set(()).is_err() {
+        return;
+    }
+    let cutoff = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - 3600;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'qbt\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let created: Option<u64> = name.split('_').nth(1).and_then(|t| t.parse().ok());
+        if created.is_some_and(|t| t < cutoff) {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *conn)
+            .await;
+        }
+    }
+}
+
+/// A response: status, headers and the body parsed as JSON (Null if empty).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    /// The error code of a JSON error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+    }
+
+    /// Asserts the status and that the body is our JSON error shape.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(self.code(), code, "body: {}", self.text);
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "error without message: {}",
+            self.text
+        );
+    }
+}
+
+/// A running API.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub config: Config,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts an app after `adjust` has changed its configuration.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDb::create().await;
+        let mut config = Config::from_env().expect("config from env");
+        config.database_url = Secret::new(db.url.clone());
+        config.redis_url = Secret::new(redis_url());
+        config.jwt_secret = Some(Secret::new(TEST_SECRET));
+        config.jwks_url = None;
+        config.jwt_issuer = None;
+        config.jwt_audience = None;
+        config.storage_url = "memory://".into();
+        config.max_body_bytes = 1024 * 1024;
+        config.db_max_connections = 10;
+        adjust(&mut config);
+
+        let metrics_addr = telemetry::serve_metrics("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("metrics listener");
+        let state = app::api_state(&config).await.expect("api state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = app::serve_http(listener, state, async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestApp {
+            addr,
+            metrics_addr,
+            config,
+            db,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A valid token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        auth::mint(
+            &self.config,
+            &UserId::parse(user).expect("user id"),
+            Duration::from_secs(600),
+        )
+        .expect("mint")
+    }
+
+    /// Sends a request as `user` (None: no Authorization header).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(user) = user {
+            req = req.bearer_auth(self.token(user));
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        into_resp(req.send().await.expect("request")).await
+    }
+
+    /// Sends a request with a raw Authorization header value.
+    pub async fn call_with_auth(&self, method: Method, path: &str, authorization: &str) -> Resp {
+        let req = self
+            .client
+            .request(method, self.url(path))
+            .header("authorization", authorization);
+        into_resp(req.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> Resp {
+        self.call(Method::GET, path, Some(user), None).await
+    }
+
+    pub async fn post(&self, user: &str, path: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(user), Some(body)).await
+    }
+
+    pub async fn patch(&self, user: &str, path: &str, body: Value) -> Resp {
+        self.call(Method::PATCH, path, Some(user), Some(body)).await
+    }
+
+    pub async fn delete(&self, user: &str, path: &str) -> Resp {
+        self.call(Method::DELETE, path, Some(user), None).await
+    }
+
+    /// Creates a session owned by `owner` and returns its id.
+    pub async fn create_session(&self, owner: &str, name: &str) -> String {
+        let resp = self
+            .post(owner, "/api/sessions", serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
+        resp.body["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_owned()
+    }
+
+    /// Creates an invite and returns `(invite_id, token)`.
+    pub async fn invite(&self, owner: &str, session: &str, body: Value) -> (String, String) {
+        let resp = self
+            .post(owner, &format!("/api/sessions/{session}/invites"), body)
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
+        (
+            resp.body["invite_id"]
+                .as_str()
+                .expect("invite_id")
+                .to_owned(),
+            resp.body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    pub async fn accept(&self, user: &str, token: &str) -> Resp {
+        self.post(
+            user,
+            "/api/invites/accept",
+            serde_json::json!({ "token": token }),
+        )
+        .await
+    }
+
+    /// Creates a session with `members` joined as players.
+    pub async fn session_with(&self, owner: &str, members: &[&str]) -> String {
+        let session = self.create_session(owner, "Shared").await;
+        for member in members {
+            let (_, token) = self.invite(owner, &session, serde_json::json!({})).await;
+            let resp = self.accept(member, &token).await;
+            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        }
+        session
+    }
+
+    /// The Prometheus text of this process.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+pub async fn into_resp(resp: reqwest::Response) -> Resp {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+    Resp {
+        status,
+        headers,
+        body,
+        text,
+    }
+}

@@ -1,0 +1,168 @@
+//! What a hostile or sloppy client sends: malformed JSON, wrong content
+//! types, huge bodies, bad ids, unknown routes and path tricks. Each gets
+//! our JSON error with a 4xx, never a 500 or axum's plain text.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{TestApp, into_resp};
+
+#[tokio::test]
+async fn malformed_and_mistyped_bodies_get_json_errors() {
+    let app = TestApp::spawn().await;
+    let send = |body: &'static str, content_type: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.url("/api/sessions"))
+            .bearer_auth(app.token("alice"))
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        async move { into_resp(req.send().await.expect("send")).await }
+    };
+    send("{\"name\":", Some("application/json"))
+        .await
+        .assert_error(400, "malformed_json");
+    send("not json", Some("application/json"))
+        .await
+        .assert_error(400, "malformed_json");
+    send("", Some("application/json"))
+        .await
+        .assert_error(400, "malformed_json");
+    send("{\"name\":\"x\"}", None)
+        .await
+        .assert_error(415, "unsupported_media_type");
+    send("{\"name\":\"x\"}", Some("text/plain"))
+        .await
+        .assert_error(415, "unsupported_media_type");
+    send("{\"name\":\"\\ud800\"}", Some("application/json"))
+        .await
+        .assert_error(400, "malformed_json");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let app = TestApp::spawn_with(|c| c.max_body_bytes = 4096).await;
+    let big = json!({ "name": "x".repeat(5000) });
+    app.post("alice", "/api/sessions", big.clone())
+        .await
+        .assert_error(413, "payload_too_large");
+    // Chunked (no Content-Length) is caught too.
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(
+        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1000]))),
+    ));
+    let resp = app
+        .client
+        .post(app.url("/api/invites/accept"))
+        .bearer_auth(app.token("alice"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    into_resp(resp).await.assert_error(413, "payload_too_large");
+    // Under the limit is fine.
+    let ok = app
+        .post("alice", "/api/sessions", json!({ "name": "small" }))
+        .await;
+    assert_eq!(ok.status, 201);
+}
+
+#[tokio::test]
+async fn ids_that_are_not_uuids_are_400() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Keep").await;
+    for path in [
+        "/api/sessions/not-a-uuid".to_owned(),
+        "/api/sessions/1".to_owned(),
+        "/api/sessions/%00".to_owned(),
+        "/api/sessions/..%2F..%2Fetc".to_owned(),
+        "/api/sessions/not-a-uuid/invites".to_owned(),
+        format!("/api/sessions/{session}/invites/not-a-uuid"),
+    ] {
+        let method = if path.contains("/invites/") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        app.call(method, &path, Some("alice"), None)
+            .await
+            .assert_error(400, "invalid_path");
+    }
+}
+
+#[tokio::test]
+async fn path_tricks_in_member_ids_are_just_unknown_members() {
+    let app = TestApp::spawn().await;
+    let session = app.session_with("alice", &["bob"]).await;
+    for member in ["..%2F..%2Fbob", "%2e%2e", "bob%00", "%20bob", "alice%2Fbob"] {
+        app.delete(
+            "alice",
+            &format!("/api/sessions/{session}/members/{member}"),
+        )
+        .await
+        .assert_error(404, "not_found");
+    }
+    let got = app.get("alice", &format!("/api/sessions/{session}")).await;
+    assert_eq!(got.body["members"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let app = TestApp::spawn().await;
+    app.get("alice", "/api/nope")
+        .await
+        .assert_error(404, "not_found");
+    app.get("alice", "/nope")
+        .await
+        .assert_error(404, "not_found");
+    app.call(Method::PUT, "/api/sessions", Some("alice"), Some(json!({})))
+        .await
+        .assert_error(405, "method_not_allowed");
+    app.call(Method::POST, "/healthz", None, None)
+        .await
+        .assert_error(405, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn nothing_a_client_sends_here_produces_a_500() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Keep").await;
+    let weird_bodies = [
+        json!(null),
+        json!(1),
+        json!("s"),
+        json!([]),
+        json!({ "name": { "nested": true } }),
+        json!({ "token": 5 }),
+        json!({ "role": 7 }),
+        json!({ "ttl_seconds": 1.5 }),
+    ];
+    let paths = [
+        "/api/sessions".to_owned(),
+        format!("/api/sessions/{session}"),
+        format!("/api/sessions/{session}/invites"),
+        "/api/invites/accept".to_owned(),
+    ];
+    for path in &paths {
+        for method in [Method::POST, Method::PATCH] {
+            for body in &weird_bodies {
+                let resp = app
+                    .call(method.clone(), path, Some("alice"), Some(body.clone()))
+                    .await;
+                assert!(
+                    resp.status.is_client_error(),
+                    "{method} {path} {body}: {} {}",
+                    resp.status,
+                    resp.text
+                );
+                assert!(
+                    resp.body["error"]["code"].is_string(),
+                    "not our JSON error: {}",
+                    resp.text
+                );
+            }
+        }
+    }
+}
