@@ -5,15 +5,20 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use questboard_core::db;
 use questboard_core::storage::Storage;
 use tokio::net::TcpListener;
 
+use questboard_workers::jobs::{CountChunks, JobContext};
+use questboard_workers::providers::{self, ProviderSettings, openai::OpenAiSettings};
+use questboard_workers::runtime::{Worker, WorkerSettings};
+
 use crate::auth::Verifier;
-use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::config::{Config, LlmProvider};
+use crate::http::{self, AppState, TurnSettings};
 
 /// Connects to everything the API needs. Fails fast on bad configuration;
 /// Redis being down is not fatal here (readiness reports it).
@@ -32,6 +37,10 @@ pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
         auth: Arc::new(auth),
         storage,
         max_body_bytes: config.max_body_bytes,
+        turns: TurnSettings {
+            max_chars: config.max_turn_chars,
+            max_attempts: config.job_max_attempts,
+        },
     })
 }
 
@@ -74,4 +83,40 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// Builds a worker from the configuration, on an existing pool.
+pub fn worker(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<Worker> {
+    let provider = providers::build(&provider_settings(config)).map_err(anyhow::Error::msg)?;
+    let ctx = JobContext {
+        pool,
+        provider,
+        sinks: Arc::new(CountChunks),
+        system_prompt: config.llm_system_prompt.as_str().into(),
+        history_window: i64::from(config.llm_history_turns),
+        backoff_base: Duration::from_millis(config.job_backoff_ms),
+    };
+    let settings = WorkerSettings {
+        concurrency: config.worker_concurrency as usize,
+        lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        poll_interval: Duration::from_millis(config.worker_poll_ms),
+        ..WorkerSettings::default()
+    };
+    Ok(Worker::new(ctx, settings))
+}
+
+/// The model provider the configuration asks for.
+pub fn provider_settings(config: &Config) -> ProviderSettings {
+    match config.llm_provider {
+        LlmProvider::Scripted => ProviderSettings::Scripted {
+            latency: Duration::from_millis(config.scripted_latency_ms),
+        },
+        LlmProvider::Openai => ProviderSettings::OpenAi(OpenAiSettings {
+            base_url: config.llm_base_url.clone(),
+            model: config.llm_model.clone(),
+            api_key: config.llm_api_key.as_ref().map(|k| k.expose().to_owned()),
+            timeout: Duration::from_millis(config.llm_timeout_ms),
+        }),
+    }
 }

@@ -3,6 +3,8 @@
 //! - `migrate`: create the database if needed and apply migrations (the
 //!   Procfile's release phase).
 //! - `serve`: the HTTP API, plus `/metrics` on its own listener.
+//! - `work`: a worker: runs durable jobs (turns) under per-session leases.
+//! - `dev`: migrate, then API and worker in one process, for local use.
 //! - `token`: print a development JWT signed with `QB_JWT_SECRET`.
 
 use std::time::Duration;
@@ -35,6 +37,10 @@ pub enum Command {
     Migrate,
     /// Serve the HTTP API.
     Serve,
+    /// Run a worker: process durable jobs until SIGTERM or Ctrl-C.
+    Work,
+    /// Migrate, then run the API and a worker in one process (local use).
+    Dev,
     /// Print a development bearer token signed with QB_JWT_SECRET.
     Token {
         /// The user id (`sub` claim).
@@ -57,6 +63,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             telemetry::init_logging(config.log_format);
             serve(&config).await
+        }
+        Command::Work => {
+            telemetry::init_logging(config.log_format);
+            work(&config).await
+        }
+        Command::Dev => {
+            telemetry::init_logging(config.log_format);
+            dev(&config).await
         }
         Command::Token { user, ttl } => {
             let user = UserId::parse(&user).context("--user")?;
@@ -88,6 +102,47 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding QB_HTTP_ADDR {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "serving the API");
     app::serve_http(listener, state, app::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn work(config: &Config) -> anyhow::Result<()> {
+    telemetry::serve_metrics(config.metrics_addr)
+        .await
+        .context("binding QB_METRICS_ADDR")?;
+    let pool = db::connect(config.database_url.expose(), config.db_max_connections)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    let worker = app::worker(config, pool)?;
+    worker.run(app::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn dev(config: &Config) -> anyhow::Result<()> {
+    migrate(config).await?;
+    telemetry::serve_metrics(config.metrics_addr)
+        .await
+        .context("binding QB_METRICS_ADDR")?;
+    let state = app::api_state(config).await?;
+    let worker = app::worker(config, state.pool.clone())?;
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding QB_HTTP_ADDR {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving the API (dev: with an embedded worker)");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (served, worked) = tokio::join!(
+        app::serve_http(listener, state, stopped(stop_rx.clone())),
+        worker.run(stopped(stop_rx)),
+    );
+    served?;
+    worked?;
     tracing::info!("stopped");
     Ok(())
 }

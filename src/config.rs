@@ -114,6 +114,84 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "QB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Longest turn text accepted, in characters.
+    #[arg(long, env = "QB_MAX_TURN_CHARS", default_value_t = 8000)]
+    pub max_turn_chars: usize,
+
+    /// Most runs of a job before it fails for good.
+    #[arg(long, env = "QB_JOB_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub job_max_attempts: u32,
+
+    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    #[arg(long, env = "QB_JOB_BACKOFF_MS", default_value_t = 1000)]
+    pub job_backoff_ms: u64,
+
+    /// Campaign sessions a worker processes at once.
+    #[arg(long, env = "QB_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub worker_concurrency: u32,
+
+    /// How long a stopping worker lets in-flight turns finish before handing them back.
+    #[arg(long, env = "QB_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Session lease lifetime in milliseconds; renewed every third of it. A
+    /// crashed worker's sessions are taken over after this.
+    #[arg(long, env = "QB_LEASE_TTL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
+
+    /// How often an idle worker looks for retries coming due and expired leases.
+    #[arg(long, env = "QB_WORKER_POLL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
+    pub worker_poll_ms: u64,
+
+    /// The game master: `scripted` (built in) or `openai` (any OpenAI-compatible server).
+    #[arg(long, env = "QB_LLM_PROVIDER", value_enum, default_value = "scripted")]
+    pub llm_provider: LlmProvider,
+
+    /// Simulated latency of a scripted reply, in milliseconds.
+    #[arg(long, env = "QB_SCRIPTED_LATENCY_MS", default_value_t = 200)]
+    pub scripted_latency_ms: u64,
+
+    /// Base URL of the OpenAI-compatible API.
+    #[arg(
+        long,
+        env = "QB_LLM_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub llm_base_url: String,
+
+    /// Model name sent to the OpenAI-compatible API.
+    #[arg(long, env = "QB_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+
+    /// API key for the OpenAI-compatible API.
+    #[arg(long, env = "QB_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<Secret>,
+
+    /// Timeout of one model request, in milliseconds.
+    #[arg(long, env = "QB_LLM_TIMEOUT_MS", default_value_t = 60_000)]
+    pub llm_timeout_ms: u64,
+
+    /// Earlier exchanges included in a turn's prompt.
+    #[arg(long, env = "QB_LLM_HISTORY_TURNS", default_value_t = 20)]
+    pub llm_history_turns: u32,
+
+    /// The game master's system prompt.
+    #[arg(
+        long,
+        env = "QB_LLM_SYSTEM_PROMPT",
+        default_value = "You are the game master of a tabletop role-playing campaign. Answer the players' last turn in character, vividly and briefly, and end by inviting their next move."
+    )]
+    pub llm_system_prompt: String,
+}
+
+/// Which model provider plays the game master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LlmProvider {
+    /// The built-in deterministic game master.
+    Scripted,
+    /// An OpenAI-compatible chat-completions server.
+    Openai,
 }
 
 impl Config {

@@ -1,7 +1,8 @@
 //! Postgres connection and schema migrations.
 //!
-//! The migrations in the repository's `migrations/` folder are embedded in
-//! the binary, so `questboard migrate` needs nothing but a `DATABASE_URL`.
+//! The migrations in the repository's `migrations/` folder, and those of
+//! apalis-postgres, are embedded in the binary, so `questboard migrate`
+//! needs nothing but a `DATABASE_URL`.
 
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub enum Error {
     /// A migration failed to apply.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// apalis-postgres's own migrations failed.
+    #[error("apalis migration failed: {0}")]
+    Apalis(#[from] apalis_postgres::Error),
 }
 
 /// Opens a connection pool of at most `max_connections`.
@@ -48,8 +52,11 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Applies every pending migration.
+/// Applies every pending migration: apalis-postgres's (the `apalis` schema,
+/// with its own history table `apalis._sqlx_migrations`) first, because
+/// questboard's schema refers to `apalis.jobs`, then questboard's.
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    apalis_postgres::PostgresStorage::setup(pool).await?;
     MIGRATOR.run(pool).await?;
     Ok(())
 }

@@ -20,6 +20,9 @@
 pub mod db;
 pub mod identity;
 pub mod invites;
+pub mod jobs;
+pub mod leases;
 pub mod metrics;
 pub mod sessions;
 pub mod storage;
+pub mod turns;

@@ -28,6 +28,42 @@ pub const INVITE_ACCEPTS_TOTAL: &str = "questboard_invite_accepts_total";
 pub const READINESS_CHECKS_TOTAL: &str = "questboard_readiness_checks_total";
 /// Process start time, seconds since the Unix epoch.
 pub const PROCESS_START_TIME_SECONDS: &str = "questboard_process_start_time_seconds";
+/// Turns submitted, by `outcome` (`created`, `replayed`).
+pub const TURNS_SUBMITTED_TOTAL: &str = "questboard_turns_submitted_total";
+/// Jobs enqueued, by `kind`.
+pub const JOBS_ENQUEUED_TOTAL: &str = "questboard_jobs_enqueued_total";
+/// Job runs started, by `kind`.
+pub const JOBS_STARTED_TOTAL: &str = "questboard_jobs_started_total";
+/// Jobs finished successfully, by `kind`.
+pub const JOBS_SUCCEEDED_TOTAL: &str = "questboard_jobs_succeeded_total";
+/// Jobs failed for good, by `kind`.
+pub const JOBS_FAILED_TOTAL: &str = "questboard_jobs_failed_total";
+/// Job runs failed and rescheduled, by `kind`.
+pub const JOBS_RETRIED_TOTAL: &str = "questboard_jobs_retried_total";
+/// Job runs handed back at shutdown, by `kind`.
+pub const JOBS_HANDED_BACK_TOTAL: &str = "questboard_jobs_handed_back_total";
+/// Time a job run took, by `kind` and `outcome`.
+pub const JOB_RUN_SECONDS: &str = "questboard_job_run_seconds";
+/// Time from enqueue to the first start of a job, by `kind`.
+pub const JOB_QUEUE_WAIT_SECONDS: &str = "questboard_job_queue_wait_seconds";
+/// Unfinished jobs, by `kind` and `state` (`queued`, `running`, `retrying`); sampled.
+pub const QUEUE_DEPTH: &str = "questboard_queue_depth";
+/// Lease acquisition attempts, by `scope` and `outcome` (`acquired`, `busy`, `taken_over`).
+pub const LEASE_ACQUISITIONS_TOTAL: &str = "questboard_lease_acquisitions_total";
+/// How long leases were held, by `scope`.
+pub const LEASE_HOLD_SECONDS: &str = "questboard_lease_hold_seconds";
+/// Leases lost while held (renewal failed), by `scope`.
+pub const LEASES_LOST_TOTAL: &str = "questboard_leases_lost_total";
+/// Writes refused by the fencing check, by `scope`.
+pub const FENCING_REJECTIONS_TOTAL: &str = "questboard_fencing_rejections_total";
+/// Model provider call latency, by `provider` and `outcome` (`ok`, `retryable`, `fatal`).
+pub const PROVIDER_REQUEST_SECONDS: &str = "questboard_provider_request_seconds";
+/// Model provider errors, by `provider` and `kind` (`retryable`, `fatal`).
+pub const PROVIDER_ERRORS_TOTAL: &str = "questboard_provider_errors_total";
+/// Reply chunks streamed out of providers.
+pub const TURN_CHUNKS_TOTAL: &str = "questboard_turn_chunks_total";
+/// Worker slots busy with a session right now.
+pub const WORKER_BUSY_SLOTS: &str = "questboard_worker_busy_slots";
 
 /// Every metric name above, for checks that dashboards and alerts use only
 /// names that exist.
@@ -42,6 +78,24 @@ pub const ALL: &[&str] = &[
     INVITE_ACCEPTS_TOTAL,
     READINESS_CHECKS_TOTAL,
     PROCESS_START_TIME_SECONDS,
+    TURNS_SUBMITTED_TOTAL,
+    JOBS_ENQUEUED_TOTAL,
+    JOBS_STARTED_TOTAL,
+    JOBS_SUCCEEDED_TOTAL,
+    JOBS_FAILED_TOTAL,
+    JOBS_RETRIED_TOTAL,
+    JOBS_HANDED_BACK_TOTAL,
+    JOB_RUN_SECONDS,
+    JOB_QUEUE_WAIT_SECONDS,
+    QUEUE_DEPTH,
+    LEASE_ACQUISITIONS_TOTAL,
+    LEASE_HOLD_SECONDS,
+    LEASES_LOST_TOTAL,
+    FENCING_REJECTIONS_TOTAL,
+    PROVIDER_REQUEST_SECONDS,
+    PROVIDER_ERRORS_TOTAL,
+    TURN_CHUNKS_TOTAL,
+    WORKER_BUSY_SLOTS,
 ];
 
 /// Registers the help text and unit of every metric with the installed
@@ -68,6 +122,64 @@ pub fn describe() {
     describe_counter!(
         READINESS_CHECKS_TOTAL,
         "Readiness checks, by dependency and outcome."
+    );
+    describe_counter!(
+        TURNS_SUBMITTED_TOTAL,
+        "Turns submitted, by outcome (created, replayed)."
+    );
+    describe_counter!(JOBS_ENQUEUED_TOTAL, "Jobs enqueued, by kind.");
+    describe_counter!(JOBS_STARTED_TOTAL, "Job runs started, by kind.");
+    describe_counter!(JOBS_SUCCEEDED_TOTAL, "Jobs finished successfully, by kind.");
+    describe_counter!(JOBS_FAILED_TOTAL, "Jobs failed for good, by kind.");
+    describe_counter!(
+        JOBS_RETRIED_TOTAL,
+        "Job runs failed and rescheduled with backoff, by kind."
+    );
+    describe_counter!(
+        JOBS_HANDED_BACK_TOTAL,
+        "Job runs handed back at worker shutdown, by kind."
+    );
+    describe_histogram!(
+        JOB_RUN_SECONDS,
+        Unit::Seconds,
+        "Job run time, by kind and outcome."
+    );
+    describe_histogram!(
+        JOB_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time from enqueue to a job's first start, by kind."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Unfinished jobs, by kind and state (sampled).");
+    describe_counter!(
+        LEASE_ACQUISITIONS_TOTAL,
+        "Lease acquisition attempts, by scope and outcome."
+    );
+    describe_histogram!(
+        LEASE_HOLD_SECONDS,
+        Unit::Seconds,
+        "How long leases were held, by scope."
+    );
+    describe_counter!(LEASES_LOST_TOTAL, "Leases lost while held, by scope.");
+    describe_counter!(
+        FENCING_REJECTIONS_TOTAL,
+        "Writes refused by the fencing check, by scope."
+    );
+    describe_histogram!(
+        PROVIDER_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Model provider call latency, by provider and outcome."
+    );
+    describe_counter!(
+        PROVIDER_ERRORS_TOTAL,
+        "Model provider errors, by provider and kind."
+    );
+    describe_counter!(
+        TURN_CHUNKS_TOTAL,
+        "Reply chunks streamed out of model providers."
+    );
+    describe_gauge!(
+        WORKER_BUSY_SLOTS,
+        "Worker slots busy with a session right now."
     );
     describe_gauge!(
         PROCESS_START_TIME_SECONDS,

@@ -95,6 +95,13 @@ crate::text_column!(SessionStatus);
 #[error("unknown value {0:?}")]
 pub struct UnknownValue(String);
 
+impl UnknownValue {
+    /// Wraps the unrecognised text.
+    pub fn new(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
 /// A campaign session as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Session {

@@ -8,7 +8,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use questboard_core::{invites, sessions, storage};
+use questboard_core::{invites, sessions, storage, turns};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -198,6 +198,19 @@ impl From<storage::Error> for Error {
             }
             storage::Error::NotFound => Error::NotFound("file"),
             storage::Error::Config(_) | storage::Error::Backend(_) => Error::internal(err),
+        }
+    }
+}
+
+impl From<turns::Error> for Error {
+    fn from(err: turns::Error) -> Self {
+        match err {
+            turns::Error::Session(err) => err.into(),
+            turns::Error::Invalid(why) => Error::Unprocessable(why),
+            turns::Error::KeyReused => Error::Conflict(err.to_string()),
+            turns::Error::Fenced(_) | turns::Error::Job(_) | turns::Error::Database(_) => {
+                Error::internal(err)
+            }
         }
     }
 }

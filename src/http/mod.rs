@@ -5,6 +5,8 @@
 //! |---|---|
 //! | campaign sessions and members | [`sessions`] |
 //! | invites | [`invites`] |
+//! | turns | [`turns`] |
+//! | job status | [`jobs`] |
 //! | liveness and readiness | [`health`] |
 //! | the OpenAPI description | [`openapi`] |
 
@@ -25,8 +27,10 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod invites;
+pub mod jobs;
 pub mod openapi;
 pub mod sessions;
+pub mod turns;
 
 pub use error::{Error, Result};
 
@@ -43,6 +47,17 @@ pub struct AppState {
     pub storage: Storage,
     /// Largest accepted body, in bytes.
     pub max_body_bytes: usize,
+    /// Limits of submitted turns.
+    pub turns: TurnSettings,
+}
+
+/// Limits of submitted turns.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnSettings {
+    /// Longest text, in characters.
+    pub max_chars: usize,
+    /// Most runs of a turn's job.
+    pub max_attempts: u32,
 }
 
 /// The whole HTTP application.
@@ -51,6 +66,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(sessions::router())
         .merge(invites::router())
+        .merge(turns::router())
+        .merge(jobs::router())
         .merge(openapi::router());
     Router::new()
         .nest("/api", api)

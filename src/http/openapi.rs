@@ -10,14 +10,14 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::extract::Json;
-use super::{error, health, invites, sessions};
+use super::{error, health, invites, jobs, sessions, turns};
 
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "questboard",
-        description = "Campaign sessions, members and invites for AI game-master apps. \
+        description = "Campaign sessions, members, invites and turns for AI game-master apps. \
             Every /api route except this description needs `Authorization: Bearer <JWT>`; \
             every error is `{\"error\": {\"code\", \"message\"}}`."
     ),
@@ -32,6 +32,9 @@ use super::{error, health, invites, sessions};
         invites::list_invites,
         invites::revoke_invite,
         invites::accept_invite,
+        turns::submit_turn,
+        turns::list_turns,
+        jobs::get_job,
         health::healthz,
         health::readyz,
     ),
@@ -40,6 +43,8 @@ use super::{error, health, invites, sessions};
     tags(
         (name = "sessions", description = "Campaign sessions and their members"),
         (name = "invites", description = "One-time invite tokens"),
+        (name = "turns", description = "Player turns and the game master's replies"),
+        (name = "jobs", description = "Durable job status"),
         (name = "health", description = "Liveness and readiness")
     )
 )]

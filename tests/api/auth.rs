@@ -57,6 +57,9 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::DELETE, format!("/api/sessions/{s}/invites/{s}")),
         (Method::DELETE, format!("/api/sessions/{s}/members/bob")),
         (Method::POST, "/api/invites/accept".into()),
+        (Method::POST, format!("/api/sessions/{s}/turns")),
+        (Method::GET, format!("/api/sessions/{s}/turns")),
+        (Method::GET, "/api/jobs/01M83ZZNBQ8FJJ8BY91YHXQJKR".into()),
     ]
 }
 

@@ -130,6 +130,9 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "GET /api/sessions/{session_id}/invites",
         "DELETE /api/sessions/{session_id}/invites/{invite_id}",
         "POST /api/invites/accept",
+        "POST /api/sessions/{session_id}/turns",
+        "GET /api/sessions/{session_id}/turns",
+        "GET /api/jobs/{job_id}",
         "GET /healthz",
         "GET /readyz",
     ]

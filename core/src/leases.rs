@@ -1,0 +1,208 @@
+//! Leases: time-bounded, fenced ownership of a key (a campaign session, a
+//! singleton like the cron scheduler) shared by any number of processes.
+//!
+//! A lease is a row in `leases`, acquired, renewed and released with SQL on
+//! the database's clock (`clock_timestamp()`, not the frozen `now()`), so no
+//! process's clock matters. Every acquisition draws a new **fencing token**
+//! from a sequence that only grows. Whoever writes state guarded by a lease
+//! calls [`check_fence`] in the same transaction first: a holder that lost
+//! its lease (paused, partitioned, slow) has an old token and its write is
+//! refused, however sure it is that it still holds the lease. Correctness
+//! rests on that check, not on timing.
+//!
+//! Release expires the row instead of deleting it, so the token sequence
+//! never goes back and a crashed holder's lease is simply taken over once it
+//! expires.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+/// The scope of per-campaign-session leases.
+pub const SESSION_SCOPE: &str = "session";
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// What kind of thing is leased (`session`, `scheduler`, ...).
+    pub scope: String,
+    /// Which one.
+    pub key: String,
+    /// Who holds it.
+    pub holder: String,
+    /// The fencing token of this acquisition.
+    pub token: i64,
+    /// When it lapses unless renewed (database clock).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How an acquisition came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquisition {
+    /// The key was free (never leased, or released cleanly).
+    Acquired,
+    /// The previous holder let it expire without releasing it (it crashed,
+    /// hung or was partitioned): this is a takeover.
+    TakenOver,
+}
+
+impl Acquisition {
+    /// A label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acquisition::Acquired => "acquired",
+            Acquisition::TakenOver => "taken_over",
+        }
+    }
+}
+
+/// What can go wrong with leases.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's token is no longer the current, unexpired one: someone
+    /// else holds the lease now (or it lapsed). The guarded write must not happen.
+    #[error("lease {scope}/{key} is no longer held with token {token}")]
+    Fenced {
+        /// Scope.
+        scope: String,
+        /// Key.
+        key: String,
+        /// The stale token.
+        token: i64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn millis(ttl: Duration) -> f64 {
+    ttl.as_secs_f64() * 1000.0
+}
+
+/// Tries to take the lease on `scope`/`key` for `ttl`. Returns `None` when
+/// another holder's lease is still live.
+pub async fn try_acquire<'e>(
+    db: impl PgExecutor<'e>,
+    scope: &str,
+    key: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<Option<(Lease, Acquisition)>> {
+    let row: Option<(i64, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+        r#"
+        INSERT INTO leases AS l (scope, key, holder, prev_holder, token, acquired_at, renewed_at, expires_at)
+        VALUES ($1, $2, $3, NULL, nextval('lease_tokens'), clock_timestamp(), clock_timestamp(),
+                clock_timestamp() + make_interval(secs => $4 / 1000.0))
+        ON CONFLICT (scope, key) DO UPDATE
+        SET holder = EXCLUDED.holder,
+            prev_holder = l.holder,
+            token = EXCLUDED.token,
+            acquired_at = EXCLUDED.acquired_at,
+            renewed_at = EXCLUDED.renewed_at,
+            expires_at = EXCLUDED.expires_at
+        WHERE l.expires_at <= clock_timestamp()
+        RETURNING token, expires_at, prev_holder
+        "#,
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(holder)
+    .bind(millis(ttl))
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(token, expires_at, prev_holder)| {
+        let how = if prev_holder.is_some() {
+            Acquisition::TakenOver
+        } else {
+            Acquisition::Acquired
+        };
+        (
+            Lease {
+                scope: scope.to_owned(),
+                key: key.to_owned(),
+                holder: holder.to_owned(),
+                token,
+                expires_at,
+            },
+            how,
+        )
+    }))
+}
+
+/// Extends a live lease by `ttl` from now. Returns false if it is no longer
+/// held with this token (expired, taken over or released).
+pub async fn renew<'e>(db: impl PgExecutor<'e>, lease: &Lease, ttl: Duration) -> Result<bool> {
+    let renewed = sqlx::query(
+        r#"
+        UPDATE leases
+        SET renewed_at = clock_timestamp(),
+            expires_at = clock_timestamp() + make_interval(secs => $4 / 1000.0)
+        WHERE scope = $1 AND key = $2 AND token = $3
+          AND holder IS NOT NULL AND expires_at > clock_timestamp()
+        "#,
+    )
+    .bind(&lease.scope)
+    .bind(&lease.key)
+    .bind(lease.token)
+    .bind(millis(ttl))
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(renewed == 1)
+}
+
+/// Gives the lease up so the next claimant need not wait for expiry.
+/// Releasing a lease that was already lost is harmless.
+pub async fn release<'e>(db: impl PgExecutor<'e>, lease: &Lease) -> Result<bool> {
+    let released = sqlx::query(
+        r#"
+        UPDATE leases
+        SET holder = NULL, expires_at = clock_timestamp()
+        WHERE scope = $1 AND key = $2 AND token = $3 AND holder IS NOT NULL
+        "#,
+    )
+    .bind(&lease.scope)
+    .bind(&lease.key)
+    .bind(lease.token)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(released == 1)
+}
+
+/// The fence: succeeds only if `token` is still the live token of
+/// `scope`/`key`. Call it inside the transaction that writes guarded state,
+/// before the write. The row is read `FOR SHARE`, so a takeover that starts
+/// meanwhile waits for this transaction to commit.
+pub async fn check_fence(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+    token: i64,
+) -> Result<()> {
+    let live: Option<i64> = sqlx::query_scalar(
+        r#"
+        SELECT token FROM leases
+        WHERE scope = $1 AND key = $2 AND token = $3
+          AND holder IS NOT NULL AND expires_at > clock_timestamp()
+        FOR SHARE
+        "#,
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(token)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match live {
+        Some(_) => Ok(()),
+        None => Err(Error::Fenced {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            token,
+        }),
+    }
+}

@@ -1,0 +1,496 @@
+//! Turns: a player's input to a campaign session and the game master's reply.
+//!
+//! A turn is numbered (`seq`, one more than the session's previous turn) and
+//! created together with the durable job that processes it, in one
+//! transaction. Workers move it through `queued -> running -> completed` (or
+//! `failed`); every such write is fenced by the session's lease token
+//! ([`crate::leases::check_fence`]), and the final write only applies to an
+//! unfinished turn, so a reply is recorded exactly once however many times
+//! the model was asked.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::identity::UserId;
+use crate::jobs::{self, JobKind, NewJob};
+use crate::leases::{self, Lease, SESSION_SCOPE};
+use crate::sessions::{self, SessionStatus, UnknownValue};
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// Where a turn is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnStatus {
+    /// Waiting for a worker (also between retries).
+    Queued,
+    /// A worker is asking the model.
+    Running,
+    /// The reply is recorded.
+    Completed,
+    /// Failed for good; `error` says why.
+    Failed,
+}
+
+impl TurnStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnStatus::Queued => "queued",
+            TurnStatus::Running => "running",
+            TurnStatus::Completed => "completed",
+            TurnStatus::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for TurnStatus {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "queued" => Ok(TurnStatus::Queued),
+            "running" => Ok(TurnStatus::Running),
+            "completed" => Ok(TurnStatus::Completed),
+            "failed" => Ok(TurnStatus::Failed),
+            other => Err(UnknownValue::new(other)),
+        }
+    }
+}
+crate::text_column!(TurnStatus);
+
+/// A turn as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Turn {
+    /// Its id.
+    pub id: Uuid,
+    /// Its session.
+    pub session_id: Uuid,
+    /// Its number within the session, from 1.
+    pub seq: i64,
+    /// Who played it.
+    pub author_user_id: String,
+    /// Where it is.
+    pub status: TurnStatus,
+    /// What the player typed.
+    pub input: String,
+    /// The game master's reply, once completed.
+    pub output: Option<String>,
+    /// Why the last attempt failed (sanitised).
+    pub error: Option<String>,
+    /// The job processing it.
+    pub job_id: String,
+    /// The idempotency key it was submitted with.
+    pub idempotency_key: Option<String>,
+    /// Submitted.
+    pub created_at: DateTime<Utc>,
+    /// Last attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Completed or failed for good.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A turn to submit.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTurn<'a> {
+    /// The session.
+    pub session_id: Uuid,
+    /// The player.
+    pub author: &'a UserId,
+    /// What they typed (validated by [`validate_input`]).
+    pub input: &'a str,
+    /// Deduplicates retried submissions.
+    pub idempotency_key: Option<&'a str>,
+    /// Most runs of its job.
+    pub max_attempts: u32,
+}
+
+/// The outcome of a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The turn.
+    pub turn: Turn,
+    /// False when an earlier submission with the same idempotency key was returned.
+    pub created: bool,
+}
+
+/// What can go wrong with turns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Session-level refusal (not a member, archived).
+    #[error(transparent)]
+    Session(#[from] sessions::Error),
+    /// The input or key is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The idempotency key was used before with a different input.
+    #[error("this Idempotency-Key was already used for a different turn")]
+    KeyReused,
+    /// The lease was lost: the write was refused.
+    #[error(transparent)]
+    Fenced(#[from] leases::Error),
+    /// Enqueueing failed.
+    #[error(transparent)]
+    Job(#[from] jobs::Error),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks a turn's text: not blank, at most `max_chars` characters.
+pub fn validate_input(text: &str, max_chars: usize) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::Invalid("text must not be empty".into()));
+    }
+    if text.chars().count() > max_chars {
+        return Err(Error::Invalid(format!(
+            "text must be at most {max_chars} characters"
+        )));
+    }
+    if text.contains('\0') {
+        return Err(Error::Invalid(
+            "text must not contain NUL characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an idempotency key: 1 to 255 visible ASCII characters.
+pub fn validate_idempotency_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Error::Invalid(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+const TURN_COLUMNS: &str = "id, session_id, seq, author_user_id, status, input, output, error, \
+     job_id, idempotency_key, created_at, started_at, completed_at";
+
+/// Submits a turn: numbers it and enqueues its job in one transaction. With
+/// an idempotency key already used by this author in this session, returns
+/// the original turn and enqueues nothing.
+pub async fn submit(pool: &PgPool, new: NewTurn<'_>) -> Result<Submitted> {
+    let mut tx = pool.begin().await?;
+    let membership = sessions::require_member(&mut *tx, new.session_id, new.author).await?;
+    if membership.session.status == SessionStatus::Archived {
+        return Err(sessions::Error::Conflict("the session is archived").into());
+    }
+    // Lock the session row: submissions to one session are serialised here,
+    // which makes both the numbering and the idempotency check race-free.
+    let seq: i64 =
+        sqlx::query_scalar("SELECT next_turn_seq FROM campaign_sessions WHERE id = $1 FOR UPDATE")
+            .bind(new.session_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if let Some(key) = new.idempotency_key {
+        let existing = sqlx::query_as::<_, Turn>(sqlx::AssertSqlSafe(format!(
+            "SELECT {TURN_COLUMNS} FROM turns
+             WHERE session_id = $1 AND author_user_id = $2 AND idempotency_key = $3"
+        )))
+        .bind(new.session_id)
+        .bind(new.author.as_str())
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(turn) = existing {
+            if turn.input != new.input {
+                return Err(Error::KeyReused);
+            }
+            return Ok(Submitted {
+                turn,
+                created: false,
+            });
+        }
+    }
+    sqlx::query(
+        "UPDATE campaign_sessions SET next_turn_seq = next_turn_seq + 1, last_active_at = now()
+         WHERE id = $1",
+    )
+    .bind(new.session_id)
+    .execute(&mut *tx)
+    .await?;
+    let id = Uuid::now_v7();
+    let job_id = jobs::new_job_id();
+    let turn = sqlx::query_as::<_, Turn>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO turns (id, session_id, seq, author_user_id, input, job_id, idempotency_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         RETURNING {TURN_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(new.session_id)
+    .bind(seq)
+    .bind(new.author.as_str())
+    .bind(new.input)
+    .bind(&job_id)
+    .bind(new.idempotency_key)
+    .fetch_one(&mut *tx)
+    .await?;
+    jobs::enqueue(
+        &mut tx,
+        NewJob {
+            kind: JobKind::Turn,
+            id: &job_id,
+            payload: &TurnJob {
+                turn_id: id,
+                session_id: new.session_id,
+            },
+            session_id: Some(new.session_id),
+            max_attempts: new.max_attempts,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Submitted {
+        turn,
+        created: true,
+    })
+}
+
+/// The payload of a turn job.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+pub struct TurnJob {
+    /// The turn.
+    pub turn_id: Uuid,
+    /// Its session.
+    pub session_id: Uuid,
+}
+
+/// Turns of a session with `seq > after_seq`, in order.
+pub async fn list(
+    pool: &PgPool,
+    session_id: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<Turn>> {
+    Ok(sqlx::query_as::<_, Turn>(sqlx::AssertSqlSafe(format!(
+        "SELECT {TURN_COLUMNS} FROM turns
+         WHERE session_id = $1 AND seq > $2
+         ORDER BY seq LIMIT $3"
+    )))
+    .bind(session_id)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The session a job's turn belongs to, for access checks.
+pub async fn by_job<'e>(db: impl PgExecutor<'e>, job_id: &str) -> Result<Option<Turn>> {
+    Ok(sqlx::query_as::<_, Turn>(sqlx::AssertSqlSafe(format!(
+        "SELECT {TURN_COLUMNS} FROM turns WHERE job_id = $1"
+    )))
+    .bind(job_id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// A session's next unfinished turn, as the worker sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NextTurn {
+    /// The turn (lowest `seq` still queued or running).
+    #[sqlx(flatten)]
+    pub turn: Turn,
+    /// Whether its job may run now (false while it waits out a retry backoff).
+    pub due: bool,
+    /// Most runs its job may have.
+    pub max_attempts: i32,
+    /// Whether the session was archived (its queued turns then fail).
+    pub session_archived: bool,
+}
+
+/// The next unfinished turn of a session, if any.
+pub async fn next_unfinished(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+) -> Result<Option<NextTurn>> {
+    Ok(sqlx::query_as::<_, NextTurn>(
+        "SELECT t.id, t.session_id, t.seq, t.author_user_id, t.status, t.input, t.output, t.error,
+                t.job_id, t.idempotency_key, t.created_at, t.started_at, t.completed_at,
+                j.run_at <= now() AS due, j.max_attempts,
+                s.status = 'archived' AS session_archived
+         FROM turns t
+         JOIN apalis.jobs j ON j.id = t.job_id
+         JOIN campaign_sessions s ON s.id = t.session_id
+         WHERE t.session_id = $1 AND t.status IN ('queued', 'running')
+         ORDER BY t.seq LIMIT 1",
+    )
+    .bind(session_id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Sessions whose next unfinished turn may run now and whose lease is free
+/// (or expired: its holder died), oldest work first. Candidates only: the
+/// caller still has to win the lease.
+pub async fn claimable_sessions(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT h.session_id
+         FROM (
+             SELECT DISTINCT ON (t.session_id) t.session_id, t.job_id
+             FROM turns t
+             WHERE t.status IN ('queued', 'running')
+             ORDER BY t.session_id, t.seq
+         ) h
+         JOIN apalis.jobs j ON j.id = h.job_id
+         LEFT JOIN leases l ON l.scope = 'session' AND l.key = h.session_id::text
+         WHERE j.run_at <= now() AND (l.key IS NULL OR l.expires_at <= clock_timestamp())
+         ORDER BY j.run_at
+         LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One earlier exchange, for the model's context.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Exchange {
+    /// The turn's number.
+    pub seq: i64,
+    /// What the player typed.
+    pub input: String,
+    /// What the game master answered.
+    pub output: String,
+}
+
+/// The last `window` completed exchanges before `before_seq`, oldest first.
+pub async fn history(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    before_seq: i64,
+    window: i64,
+) -> Result<Vec<Exchange>> {
+    let mut rows = sqlx::query_as::<_, Exchange>(
+        "SELECT seq, input, output FROM turns
+         WHERE session_id = $1 AND seq < $2 AND status = 'completed'
+         ORDER BY seq DESC LIMIT $3",
+    )
+    .bind(session_id)
+    .bind(before_seq)
+    .bind(window)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+fn session_key(lease: &Lease) -> &str {
+    &lease.key
+}
+
+/// Marks the turn running and counts the job's attempt, under the lease.
+/// Returns the attempt number.
+pub async fn start(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<i32> {
+    let mut tx = pool.begin().await?;
+    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
+    sqlx::query(
+        "UPDATE turns SET status = 'running', started_at = clock_timestamp()
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(turn.id)
+    .execute(&mut *tx)
+    .await?;
+    let attempt = jobs::start_attempt(&mut *tx, &turn.job_id).await?;
+    tx.commit().await?;
+    Ok(attempt)
+}
+
+/// Records the reply, under the lease. Returns false if the turn was
+/// already finished (nothing written).
+pub async fn complete(pool: &PgPool, turn: &Turn, lease: &Lease, output: &str) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
+    let written = sqlx::query(
+        "UPDATE turns
+         SET status = 'completed', output = $2, error = NULL,
+             completed_at = clock_timestamp(), fence_token = $3
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(turn.id)
+    .bind(output)
+    .bind(lease.token)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if written == 1 {
+        jobs::succeed(
+            &mut *tx,
+            &turn.job_id,
+            &serde_json::json!({ "chars": output.chars().count() }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(written == 1)
+}
+
+/// Records a failed attempt that will be retried after `delay`, under the lease.
+pub async fn retry_later(
+    pool: &PgPool,
+    turn: &Turn,
+    lease: &Lease,
+    error: &str,
+    delay: std::time::Duration,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
+    sqlx::query(
+        "UPDATE turns SET status = 'queued', error = $2
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(turn.id)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    jobs::schedule_retry(&mut *tx, &turn.job_id, error, delay).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a final failure, under the lease; the session moves on to its next turn.
+pub async fn fail(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
+    let written = sqlx::query(
+        "UPDATE turns
+         SET status = 'failed', error = $2, completed_at = clock_timestamp(), fence_token = $3
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(turn.id)
+    .bind(error)
+    .bind(lease.token)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if written == 1 {
+        jobs::fail(&mut *tx, &turn.job_id, error).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Hands an interrupted turn back (worker shutdown): queued again, the
+/// attempt not counted.
+pub async fn hand_back(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
+    sqlx::query("UPDATE turns SET status = 'queued' WHERE id = $1 AND status = 'running'")
+        .bind(turn.id)
+        .execute(&mut *tx)
+        .await?;
+    jobs::hand_back(&mut *tx, &turn.job_id).await?;
+    tx.commit().await?;
+    Ok(())
+}

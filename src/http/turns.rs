@@ -1,0 +1,223 @@
+//! `/api/sessions/{id}/turns`: submitting a player's turn and reading the
+//! session's turns back.
+//!
+//! Submitting never does the slow work: it records the turn and enqueues
+//! its job in one transaction and answers 202 with both ids. A retried
+//! request with the same `Idempotency-Key` (same user, same session) gets
+//! the original turn back and enqueues nothing.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use questboard_core::metrics as m;
+use questboard_core::sessions;
+use questboard_core::turns::{self, NewTurn, Turn, TurnStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{Error, ErrorBody, Result};
+use super::extract::{AuthUser, Json, Path, Query};
+
+/// Default page size of the turn list.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Largest page size of the turn list.
+pub const MAX_PAGE: i64 = 500;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route(
+        "/sessions/{session_id}/turns",
+        get(list_turns).post(submit_turn),
+    )
+}
+
+/// Body of `POST /api/sessions/{id}/turns`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnInput {
+    /// What the player does or says; 1 to `QB_MAX_TURN_CHARS` characters.
+    #[schema(example = "I light a torch and step into the crypt.")]
+    pub text: String,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmittedTurn {
+    /// The turn.
+    pub turn_id: Uuid,
+    /// Its number in the session.
+    pub seq: i64,
+    /// The job processing it (see `GET /api/jobs/{job_id}`).
+    pub job_id: String,
+    /// `queued` for a new turn; the current status for a replayed one.
+    pub status: TurnStatus,
+}
+
+/// A turn.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnView {
+    /// The turn.
+    pub turn_id: Uuid,
+    /// Its number in the session.
+    pub seq: i64,
+    /// Who played it.
+    pub author_user_id: String,
+    /// Where it is.
+    pub status: TurnStatus,
+    /// What the player typed.
+    pub input: String,
+    /// The game master's reply, once completed.
+    pub output: Option<String>,
+    /// Why the last attempt failed, if it did (sanitised).
+    pub error: Option<String>,
+    /// Its job.
+    pub job_id: String,
+    /// Submitted.
+    pub created_at: DateTime<Utc>,
+    /// Last attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<Turn> for TurnView {
+    fn from(t: Turn) -> Self {
+        Self {
+            turn_id: t.id,
+            seq: t.seq,
+            author_user_id: t.author_user_id,
+            status: t.status,
+            input: t.input,
+            output: t.output,
+            error: t.error,
+            job_id: t.job_id,
+            created_at: t.created_at,
+            started_at: t.started_at,
+            completed_at: t.completed_at,
+        }
+    }
+}
+
+/// Query of `GET /api/sessions/{id}/turns`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TurnParams {
+    /// Only turns with a larger `seq` (default 0: from the start).
+    pub after_seq: Option<i64>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// A page of turns.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnPage {
+    /// In `seq` order.
+    pub turns: Vec<TurnView>,
+}
+
+/// Submits a turn; members only.
+#[utoipa::path(post, path = "/api/sessions/{session_id}/turns", tag = "turns",
+    params(
+        ("session_id" = Uuid, Path, description = "Session id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key (1 to 255 visible ASCII characters)")),
+    request_body = TurnInput,
+    responses(
+        (status = 202, description = "Accepted and queued (or the original, replayed)", body = SubmittedTurn),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Archived session, or the key was used for a different text", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn submit_turn(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    Path(session_id): Path<Uuid>,
+    headers: HeaderMap,
+    Json(input): Json<TurnInput>,
+) -> Result<Response> {
+    // Membership first: a non-member learns nothing, not even about their input.
+    sessions::require_member(&state.pool, session_id, &user).await?;
+    let key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value.to_str().map_err(|_| {
+                Error::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be visible ASCII",
+                )
+            })?;
+            turns::validate_idempotency_key(key)
+                .map_err(|e| Error::bad_request("invalid_idempotency_key", e.to_string()))?;
+            Some(key)
+        }
+        None => None,
+    };
+    turns::validate_input(&input.text, state.turns.max_chars)?;
+    let submitted = turns::submit(
+        &state.pool,
+        NewTurn {
+            session_id,
+            author: &user,
+            input: &input.text,
+            idempotency_key: key,
+            max_attempts: state.turns.max_attempts,
+        },
+    )
+    .await?;
+    let outcome = if submitted.created {
+        "created"
+    } else {
+        "replayed"
+    };
+    metrics::counter!(m::TURNS_SUBMITTED_TOTAL, "outcome" => outcome).increment(1);
+    if submitted.created {
+        metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => "turn").increment(1);
+    }
+    let turn = submitted.turn;
+    let body = SubmittedTurn {
+        turn_id: turn.id,
+        seq: turn.seq,
+        job_id: turn.job_id,
+        status: turn.status,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if !submitted.created {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Lists a session's turns in `seq` order; members only.
+#[utoipa::path(get, path = "/api/sessions/{session_id}/turns", tag = "turns",
+    params(("session_id" = Uuid, Path, description = "Session id"), TurnParams),
+    responses(
+        (status = 200, body = TurnPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_turns(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    Path(session_id): Path<Uuid>,
+    Query(params): Query<TurnParams>,
+) -> Result<Json<TurnPage>> {
+    sessions::require_member(&state.pool, session_id, &user).await?;
+    let after = params.after_seq.unwrap_or(0);
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if after < 0 || !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::bad_request(
+            "invalid_query",
+            format!("after_seq must be >= 0 and limit between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let turns = turns::list(&state.pool, session_id, after, limit).await?;
+    Ok(Json(TurnPage {
+        turns: turns.into_iter().map(TurnView::from).collect(),
+    }))
+}

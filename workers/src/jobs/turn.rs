@@ -1,0 +1,175 @@
+//! The `turn` job: ask the game master, record the reply exactly once.
+//!
+//! Runs only while the worker holds the turn's session lease. Each write
+//! (started, completed, retry scheduled, failed) is fenced by that lease,
+//! so a worker that lost the lease mid-turn cannot record anything.
+
+use std::time::Instant;
+
+use questboard_core::leases::{self, Lease};
+use questboard_core::metrics as m;
+use questboard_core::turns::{self, Turn};
+
+use super::JobContext;
+use crate::providers::{Prompt, ProviderError};
+
+/// What the drain loop should do after a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Go on with the session's next turn.
+    Continue,
+    /// Stop draining this session (the turn waits for a retry, or the lease is gone).
+    Stop,
+}
+
+/// Why a run could not be carried out at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed.
+    #[error(transparent)]
+    Turns(#[from] turns::Error),
+}
+
+const KIND: &str = "turn";
+
+/// Runs one attempt of `turn` under `lease`. `max_attempts` bounds retries;
+/// `session_archived` fails the turn at once. `interrupted` completes when
+/// the worker must stop now (the run is handed back).
+pub async fn run(
+    ctx: &JobContext,
+    turn: &Turn,
+    lease: &Lease,
+    max_attempts: i32,
+    session_archived: bool,
+    interrupted: impl Future<Output = ()>,
+) -> Result<Next, Error> {
+    let started = Instant::now();
+    let attempt = match turns::start(&ctx.pool, turn, lease).await {
+        Ok(attempt) => attempt,
+        Err(err) => return fenced_or(err, turn),
+    };
+    metrics::counter!(m::JOBS_STARTED_TOTAL, "kind" => KIND).increment(1);
+    if attempt == 1 {
+        let waited = (chrono::Utc::now() - turn.created_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::histogram!(m::JOB_QUEUE_WAIT_SECONDS, "kind" => KIND).record(waited.as_secs_f64());
+    }
+
+    if session_archived {
+        return finish_failed(ctx, turn, lease, "the session was archived", started).await;
+    }
+
+    let history = {
+        let mut conn = ctx.pool.acquire().await.map_err(turns::Error::from)?;
+        turns::history(&mut conn, turn.session_id, turn.seq, ctx.history_window).await?
+    };
+    let prompt = Prompt::for_turn(
+        &ctx.system_prompt,
+        history
+            .iter()
+            .map(|e| (e.input.as_str(), e.output.as_str())),
+        &turn.input,
+    );
+    let mut sink = ctx.sinks.sink(turn.session_id, turn.id);
+    let asked = Instant::now();
+    let provider = ctx.provider.name();
+    let result = tokio::select! {
+        result = ctx.provider.complete(&prompt, sink.as_mut()) => result,
+        () = interrupted => {
+            tracing::info!(turn_id = %turn.id, "worker stopping: handing the turn back");
+            if let Err(err) = turns::hand_back(&ctx.pool, turn, lease).await {
+                return fenced_or(err, turn);
+            }
+            metrics::counter!(m::JOBS_HANDED_BACK_TOTAL, "kind" => KIND).increment(1);
+            return Ok(Next::Stop);
+        }
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind(),
+    };
+    metrics::histogram!(m::PROVIDER_REQUEST_SECONDS, "provider" => provider, "outcome" => outcome)
+        .record(asked.elapsed().as_secs_f64());
+
+    match result {
+        Ok(reply) => {
+            match turns::complete(&ctx.pool, turn, lease, &reply).await {
+                Ok(true) => {
+                    metrics::counter!(m::JOBS_SUCCEEDED_TOTAL, "kind" => KIND).increment(1);
+                    metrics::histogram!(m::JOB_RUN_SECONDS, "kind" => KIND, "outcome" => "succeeded")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Ok(false) => {
+                    tracing::warn!(turn_id = %turn.id, "turn was already finished; reply not recorded twice");
+                }
+                Err(err) => return fenced_or(err, turn),
+            }
+            Ok(Next::Continue)
+        }
+        Err(err) => {
+            metrics::counter!(m::PROVIDER_ERRORS_TOTAL, "provider" => provider, "kind" => err.kind())
+                .increment(1);
+            match err {
+                ProviderError::Retryable {
+                    reason,
+                    retry_after,
+                } if attempt < max_attempts => {
+                    let delay = questboard_core::jobs::backoff(attempt as u32, ctx.backoff_base)
+                        .max(retry_after.unwrap_or_default());
+                    tracing::info!(turn_id = %turn.id, attempt, ?delay, reason, "turn will be retried");
+                    if let Err(err) =
+                        turns::retry_later(&ctx.pool, turn, lease, &reason, delay).await
+                    {
+                        return fenced_or(err, turn);
+                    }
+                    metrics::counter!(m::JOBS_RETRIED_TOTAL, "kind" => KIND).increment(1);
+                    metrics::histogram!(m::JOB_RUN_SECONDS, "kind" => KIND, "outcome" => "retried")
+                        .record(started.elapsed().as_secs_f64());
+                    // Later turns of the session wait: order is strict.
+                    Ok(Next::Stop)
+                }
+                ProviderError::Retryable { reason, .. } => {
+                    let reason = format!("{reason} (gave up after {attempt} attempts)");
+                    finish_failed(ctx, turn, lease, &reason, started).await
+                }
+                ProviderError::Fatal { reason } => {
+                    finish_failed(ctx, turn, lease, &reason, started).await
+                }
+            }
+        }
+    }
+}
+
+async fn finish_failed(
+    ctx: &JobContext,
+    turn: &Turn,
+    lease: &Lease,
+    reason: &str,
+    started: Instant,
+) -> Result<Next, Error> {
+    tracing::warn!(turn_id = %turn.id, reason, "turn failed");
+    if let Err(err) = turns::fail(&ctx.pool, turn, lease, reason).await {
+        return fenced_or(err, turn);
+    }
+    metrics::counter!(m::JOBS_FAILED_TOTAL, "kind" => KIND).increment(1);
+    metrics::histogram!(m::JOB_RUN_SECONDS, "kind" => KIND, "outcome" => "failed")
+        .record(started.elapsed().as_secs_f64());
+    Ok(Next::Continue)
+}
+
+/// A fencing rejection stops the drain (counted and logged); anything else
+/// is an error.
+fn fenced_or(err: turns::Error, turn: &Turn) -> Result<Next, Error> {
+    match err {
+        turns::Error::Fenced(leases::Error::Fenced { scope, key, token }) => {
+            metrics::counter!(m::FENCING_REJECTIONS_TOTAL, "scope" => scope.clone()).increment(1);
+            tracing::warn!(
+                turn_id = %turn.id, %scope, %key, token,
+                "write refused by the fencing check: this worker lost the session lease"
+            );
+            Ok(Next::Stop)
+        }
+        other => Err(other.into()),
+    }
+}

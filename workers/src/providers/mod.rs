@@ -1,0 +1,162 @@
+//! Model providers: whoever plays the game master.
+//!
+//! One trait, [`ModelProvider`], chosen by `QB_LLM_PROVIDER`:
+//! - [`scripted`] (default): a deterministic game master built in, so a
+//!   newcomer needs no API key and tests need no network;
+//! - [`openai`]: any OpenAI-compatible chat-completions server (OpenAI,
+//!   Ollama, vLLM, llama.cpp), streamed over SSE.
+//!
+//! Replies stream out chunk by chunk through a [`ChunkSink`] (the realtime
+//! bridge publishes them to WebSockets). Errors say whether a retry may help
+//! ([`ProviderError::Retryable`], with the server's `Retry-After` if it gave
+//! one) or not ([`ProviderError::Fatal`]); their text is safe to show a
+//! player: no keys, no response bodies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub mod openai;
+pub mod scripted;
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Speaker {
+    /// Instructions to the model.
+    System,
+    /// The players.
+    User,
+    /// The game master.
+    Assistant,
+}
+
+/// One message of a prompt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    /// Who said it.
+    pub role: Speaker,
+    /// What was said.
+    pub content: String,
+}
+
+/// What the model is asked: a system prompt, the recent history, the new turn.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt {
+    /// The messages, in order.
+    pub messages: Vec<Message>,
+}
+
+impl Prompt {
+    /// Builds the prompt for a turn from earlier exchanges (oldest first).
+    pub fn for_turn<'a>(
+        system: &str,
+        history: impl IntoIterator<Item = (&'a str, &'a str)>,
+        input: &str,
+    ) -> Self {
+        let mut messages = vec![Message {
+            role: Speaker::System,
+            content: system.to_owned(),
+        }];
+        for (said, answered) in history {
+            messages.push(Message {
+                role: Speaker::User,
+                content: said.to_owned(),
+            });
+            messages.push(Message {
+                role: Speaker::Assistant,
+                content: answered.to_owned(),
+            });
+        }
+        messages.push(Message {
+            role: Speaker::User,
+            content: input.to_owned(),
+        });
+        Self { messages }
+    }
+
+    /// The earlier exchanges the prompt carries.
+    pub fn history_len(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|m| m.role == Speaker::Assistant)
+            .count()
+    }
+}
+
+/// Receives a reply as it streams.
+pub trait ChunkSink: Send {
+    /// Called for each chunk, `index` counting from 0.
+    fn chunk(&mut self, index: u32, text: &str);
+}
+
+/// A sink that drops chunks (when nobody listens).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardChunks;
+
+impl ChunkSink for DiscardChunks {
+    fn chunk(&mut self, _index: u32, _text: &str) {}
+}
+
+/// Why a completion failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth retrying: timeout, lost connection, 429, 5xx.
+    #[error("{reason}")]
+    Retryable {
+        /// What happened (safe to show).
+        reason: String,
+        /// How long the provider asked us to wait.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help: the request itself was refused.
+    #[error("{reason}")]
+    Fatal {
+        /// What happened (safe to show).
+        reason: String,
+    },
+}
+
+impl ProviderError {
+    /// A label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::Retryable { .. } => "retryable",
+            ProviderError::Fatal { .. } => "fatal",
+        }
+    }
+}
+
+/// A game master.
+pub trait ModelProvider: Send + Sync {
+    /// Short name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Answers `prompt`, streaming the reply into `sink`; returns the whole reply.
+    fn complete<'a>(
+        &'a self,
+        prompt: &'a Prompt,
+        sink: &'a mut dyn ChunkSink,
+    ) -> BoxFuture<'a, Result<String, ProviderError>>;
+}
+
+/// Which provider to use and how.
+#[derive(Debug, Clone)]
+pub enum ProviderSettings {
+    /// The built-in game master.
+    Scripted {
+        /// Simulated model latency for a whole reply.
+        latency: Duration,
+    },
+    /// An OpenAI-compatible server.
+    OpenAi(openai::OpenAiSettings),
+}
+
+/// Builds the configured provider.
+pub fn build(settings: &ProviderSettings) -> Result<Arc<dyn ModelProvider>, String> {
+    Ok(match settings {
+        ProviderSettings::Scripted { latency } => Arc::new(scripted::Scripted::new(*latency)),
+        ProviderSettings::OpenAi(settings) => Arc::new(openai::OpenAi::new(settings.clone())?),
+    })
+}

@@ -1,0 +1,119 @@
+//! The built-in game master: deterministic, offline, and honest about what
+//! it saw.
+//!
+//! Its reply names the turn it answers and how many earlier exchanges its
+//! prompt carried, so a test (or a curious newcomer) can tell that each turn
+//! saw the history before it. It streams the reply a few words at a time,
+//! spreading `QB_SCRIPTED_LATENCY_MS` over the chunks like a real model.
+
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+
+use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Speaker};
+
+const OPENINGS: [&str; 6] = [
+    "The torches gutter as",
+    "A cold wind rises while",
+    "Somewhere below, a bell tolls as",
+    "The innkeeper looks up sharply as",
+    "Dust sifts from the ceiling as",
+    "Far off, wolves answer as",
+];
+
+/// Words per streamed chunk.
+const WORDS_PER_CHUNK: usize = 4;
+
+/// The scripted game master.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    latency: Duration,
+}
+
+impl Scripted {
+    /// A game master that takes `latency` per reply.
+    pub fn new(latency: Duration) -> Self {
+        Self { latency }
+    }
+
+    /// The reply to `prompt`, without streaming.
+    pub fn reply(prompt: &Prompt) -> String {
+        let input = prompt
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Speaker::User)
+            .map(|m| m.content.trim())
+            .unwrap_or_default();
+        let earlier = prompt.history_len();
+        let opening = OPENINGS[fnv(input) as usize % OPENINGS.len()];
+        let quoted: String = input.chars().take(200).collect();
+        format!(
+            "{opening} you act: \"{quoted}\". (Game master's reply to exchange {}, \
+             having read {earlier} earlier exchanges.) What do you do next?",
+            earlier + 1
+        )
+    }
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl ModelProvider for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        prompt: &'a Prompt,
+        sink: &'a mut dyn ChunkSink,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        async move {
+            let reply = Self::reply(prompt);
+            let words: Vec<&str> = reply.split_inclusive(' ').collect();
+            let chunks: Vec<String> = words.chunks(WORDS_PER_CHUNK).map(|c| c.concat()).collect();
+            let pause = self.latency / chunks.len().max(1) as u32;
+            for (index, chunk) in chunks.iter().enumerate() {
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                sink.chunk(index as u32, chunk);
+            }
+            Ok(reply)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Vec<String>);
+    impl ChunkSink for Collect {
+        fn chunk(&mut self, index: u32, text: &str) {
+            assert_eq!(index as usize, self.0.len());
+            self.0.push(text.to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_a_deterministic_reply_that_counts_the_history() {
+        let prompt = Prompt::for_turn("sys", [("a", "b"), ("c", "d")], "open the door");
+        let mut sink = Collect(Vec::new());
+        let reply = Scripted::new(Duration::ZERO)
+            .complete(&prompt, &mut sink)
+            .await
+            .unwrap_or_default();
+        assert!(reply.contains("open the door"));
+        assert!(reply.contains("exchange 3, having read 2 earlier exchanges"));
+        assert!(sink.0.len() > 1);
+        assert_eq!(sink.0.concat(), reply);
+        assert_eq!(reply, Scripted::reply(&prompt));
+    }
+}
