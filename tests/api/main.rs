@@ -12,9 +12,11 @@
 
 mod auth;
 mod dashboards;
+mod fake_llm;
 mod health;
 mod helpers;
 mod hostile;
 mod invites;
 mod sessions;
 mod storage;
+mod turns;
