@@ -306,6 +306,8 @@ pub struct NextTurn {
     pub due: bool,
     /// Most runs its job may have.
     pub max_attempts: i32,
+    /// Runs its job has started so far.
+    pub attempts: i32,
     /// Whether the session was archived (its queued turns then fail).
     pub session_archived: bool,
 }
@@ -318,7 +320,7 @@ pub async fn next_unfinished(
     Ok(sqlx::query_as::<_, NextTurn>(
         "SELECT t.id, t.session_id, t.seq, t.author_user_id, t.status, t.input, t.output, t.error,
                 t.job_id, t.idempotency_key, t.created_at, t.started_at, t.completed_at,
-                j.run_at <= now() AS due, j.max_attempts,
+                j.run_at <= now() AS due, j.max_attempts, j.attempts,
                 s.status = 'archived' AS session_archived
          FROM turns t
          JOIN apalis.jobs j ON j.id = t.job_id

@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod invites;
+mod leases;
 mod sessions;
 mod storage;
 mod turns;

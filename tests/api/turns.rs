@@ -66,6 +66,23 @@ async fn a_turn_is_accepted_queued_and_answered_by_the_scripted_game_master() {
     );
     assert_eq!(done["session_id"], session.as_str());
     worker.stop().await;
+
+    // The pipeline's metrics are on /metrics (the worker shares this process).
+    let text = app.metrics().await;
+    for needle in [
+        "questboard_jobs_enqueued_total{kind=\"turn\"}",
+        "questboard_jobs_started_total{kind=\"turn\"}",
+        "questboard_jobs_succeeded_total{kind=\"turn\"}",
+        "questboard_job_queue_wait_seconds_bucket{kind=\"turn\"",
+        "questboard_job_run_seconds_bucket{",
+        "questboard_lease_acquisitions_total{",
+        "questboard_lease_hold_seconds_bucket{scope=\"session\"",
+        "questboard_provider_request_seconds_bucket{",
+        "questboard_queue_depth{",
+        "questboard_turn_chunks_total",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from /metrics");
+    }
 }
 
 #[tokio::test]
@@ -216,6 +233,45 @@ async fn a_worker_killed_mid_turn_is_taken_over_after_its_lease_expires() {
     // The survivor took the lease over from the dead worker: not a clean
     // hand-off, the dead holder is recorded as the one it replaced.
     assert_eq!(prev_holder.as_deref(), Some(first_holder.as_str()));
+    survivor.stop().await;
+}
+
+#[tokio::test]
+async fn a_turn_whose_every_attempt_died_with_its_worker_fails_instead_of_looping() {
+    let app = TestApp::spawn_with(|c| c.job_max_attempts = 1).await;
+    let session = app.create_session("alice", "Poison").await;
+    let job_id = app
+        .submit("alice", &session, "a turn that kills workers")
+        .await
+        .body["job_id"]
+        .as_str()
+        .expect("job")
+        .to_owned();
+    app.submit("alice", &session, "the next turn").await;
+    let (mut doomed, _log) = app.worker_process(&[
+        ("QB_SCRIPTED_LATENCY_MS", "30000"),
+        ("QB_LEASE_TTL_MS", "1000"),
+    ]);
+    app.wait_turns("alice", &session, "the turn to start", |t| {
+        t[0]["status"] == "running"
+    })
+    .await;
+    doomed.kill().expect("kill -9");
+    doomed.wait().expect("reap");
+
+    let survivor = app.worker(|c| c.lease_ttl_ms = 1000).await;
+    let turns = app.wait_finished("alice", &session, 2).await;
+    assert_eq!(turns[0]["status"], "failed");
+    assert_eq!(
+        turns[0]["error"],
+        "the worker running it stopped responding (gave up after 1 attempts)"
+    );
+    assert_eq!(turns[1]["status"], "completed");
+    let job = job(&app, "alice", &job_id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("failed"), Some(1))
+    );
     survivor.stop().await;
 }
 

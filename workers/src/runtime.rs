@@ -279,16 +279,7 @@ impl Shared {
             let interrupted = async {
                 let _ = interrupt.wait_for(|stop| *stop).await;
             };
-            match turn::run(
-                &self.ctx,
-                &next.turn,
-                &lease,
-                next.max_attempts,
-                next.session_archived,
-                interrupted,
-            )
-            .await
-            {
+            match turn::run(&self.ctx, &next, &lease, interrupted).await {
                 Ok(turn::Next::Continue) => drained += 1,
                 Ok(turn::Next::Stop) => break,
                 Err(err) => {

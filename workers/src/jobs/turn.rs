@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use questboard_core::leases::{self, Lease};
 use questboard_core::metrics as m;
-use questboard_core::turns::{self, Turn};
+use questboard_core::turns::{self, NextTurn, Turn};
 
 use super::JobContext;
 use crate::providers::{Prompt, ProviderError};
@@ -32,18 +32,28 @@ pub enum Error {
 
 const KIND: &str = "turn";
 
-/// Runs one attempt of `turn` under `lease`. `max_attempts` bounds retries;
-/// `session_archived` fails the turn at once. `interrupted` completes when
-/// the worker must stop now (the run is handed back).
+/// Runs one attempt of the session's next turn under `lease`. The job's
+/// attempt budget bounds retries; an archived session fails the turn at
+/// once. `interrupted` completes when the worker must stop now (the run is
+/// handed back).
 pub async fn run(
     ctx: &JobContext,
-    turn: &Turn,
+    next: &NextTurn,
     lease: &Lease,
-    max_attempts: i32,
-    session_archived: bool,
     interrupted: impl Future<Output = ()>,
 ) -> Result<Next, Error> {
+    let turn = &next.turn;
+    let max_attempts = next.max_attempts;
     let started = Instant::now();
+    if next.attempts >= max_attempts {
+        // Every allowed run has started and none finished: the workers
+        // running it died (a turn that crashes its worker must not loop).
+        let reason = format!(
+            "the worker running it stopped responding (gave up after {} attempts)",
+            next.attempts
+        );
+        return finish_failed(ctx, turn, lease, &reason, started).await;
+    }
     let attempt = match turns::start(&ctx.pool, turn, lease).await {
         Ok(attempt) => attempt,
         Err(err) => return fenced_or(err, turn),
@@ -56,7 +66,7 @@ pub async fn run(
         metrics::histogram!(m::JOB_QUEUE_WAIT_SECONDS, "kind" => KIND).record(waited.as_secs_f64());
     }
 
-    if session_archived {
+    if next.session_archived {
         return finish_failed(ctx, turn, lease, "the session was archived", started).await;
     }
 
