@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use questboard_core::db;
 use questboard_core::storage::Storage;
+use questboard_core::wakeups::Publisher;
 use tokio::net::TcpListener;
 
 use questboard_workers::jobs::{CountChunks, JobContext};
@@ -29,11 +30,13 @@ pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
     let redis = redis::Client::open(config.redis_url.expose()).context("REDIS_URL")?;
+    let wake = Publisher::new(redis.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
     Ok(AppState {
         pool,
         redis,
+        wake,
         auth: Arc::new(auth),
         storage,
         max_body_bytes: config.max_body_bytes,
@@ -101,6 +104,9 @@ pub fn worker(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<Worker> {
         lease_ttl: Duration::from_millis(config.lease_ttl_ms),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         poll_interval: Duration::from_millis(config.worker_poll_ms),
+        wakeups: redis::Client::open(config.redis_url.expose())
+            .inspect_err(|e| tracing::warn!(error = %e, "REDIS_URL unusable: workers will poll"))
+            .ok(),
         ..WorkerSettings::default()
     };
     Ok(Worker::new(ctx, settings))

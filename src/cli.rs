@@ -5,6 +5,7 @@
 //! - `serve`: the HTTP API, plus `/metrics` on its own listener.
 //! - `work`: a worker: runs durable jobs (turns) under per-session leases.
 //! - `dev`: migrate, then API and worker in one process, for local use.
+//! - `bench`: measure the pipeline in a scratch database.
 //! - `token`: print a development JWT signed with `QB_JWT_SECRET`.
 
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub enum Command {
     Work,
     /// Migrate, then run the API and a worker in one process (local use).
     Dev,
+    /// Measure the turn pipeline in a scratch database (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
     /// Print a development bearer token signed with QB_JWT_SECRET.
     Token {
         /// The user id (`sub` claim).
@@ -71,6 +74,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => {
             telemetry::init_logging(config.log_format);
             dev(&config).await
+        }
+        Command::Bench(args) => {
+            println!("| scenario | median | min .. max | runs |");
+            println!("|---|---|---|---|");
+            crate::bench::run(&config, &args).await?;
+            Ok(())
         }
         Command::Token { user, ttl } => {
             let user = UserId::parse(&user).context("--user")?;

@@ -8,6 +8,7 @@
 //! Map of the crate:
 //!
 //! - [`cli`]: the subcommands and what each one starts.
+//! - [`bench`]: `questboard bench`, the pipeline measurements.
 //! - [`config`]: the one typed configuration, read from the environment.
 //! - [`telemetry`]: logging, the Prometheus recorder and the `/metrics` listener.
 //! - [`auth`]: verifying bearer JWTs (HS256 secret or RS256 JWKS) and minting
@@ -23,6 +24,7 @@ pub use questboard_core as core;
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;

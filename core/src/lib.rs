@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod sessions;
 pub mod storage;
 pub mod turns;
+pub mod wakeups;

@@ -41,6 +41,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Redis (readiness now; the realtime bridge later).
     pub redis: redis::Client,
+    /// Wakes idle workers when jobs are enqueued.
+    pub wake: questboard_core::wakeups::Publisher,
     /// Bearer token verification.
     pub auth: Arc<Verifier>,
     /// Campaign files.

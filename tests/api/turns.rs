@@ -86,6 +86,29 @@ async fn a_turn_is_accepted_queued_and_answered_by_the_scripted_game_master() {
 }
 
 #[tokio::test]
+async fn an_idle_worker_is_woken_through_redis_when_a_turn_is_submitted() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Wake").await;
+    // Polling once a minute: only the Redis wake-up can make it pick up in time.
+    let worker = app.worker(|c| c.worker_poll_ms = 60_000).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.submit("alice", &session, "hello?").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let turns = app.turns("alice", &session).await;
+        if turns[0]["status"] == "completed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle worker was not woken: {turns:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn twenty_turns_to_one_session_run_one_at_a_time_in_seq_order() {
     let app = TestApp::spawn().await;
     let session = app.create_session("alice", "Hot").await;

@@ -10,11 +10,11 @@
 //! the holder drains it. Different sessions run in parallel up to
 //! [`WorkerSettings::concurrency`].
 //!
-//! Wake-ups: apalis-postgres's insert trigger NOTIFYs `apalis::job::insert`;
-//! a listener task turns that into a coalesced wake-up, so an idle worker
-//! picks new work up in milliseconds. A short poll covers what no
-//! notification announces: retries coming due and expired leases of dead
-//! workers.
+//! Wake-ups: whoever enqueues publishes on Redis
+//! ([`questboard_core::wakeups`]); a subscriber task turns that into a
+//! coalesced wake-up, so an idle worker picks new work up in milliseconds.
+//! A short poll covers what no message announces (retries coming due,
+//! expired leases of dead workers) and any message lost while Redis was away.
 //!
 //! Liveness: the lease is renewed every third of its TTL. A holder that
 //! cannot renew stops; and whatever it still tries to write is refused by
@@ -25,19 +25,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use questboard_core::leases::{self, Acquisition, Lease, SESSION_SCOPE};
 use questboard_core::metrics as m;
 use questboard_core::turns;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::jobs::{JobContext, turn};
-
-/// The channel apalis-postgres's insert trigger notifies.
-pub const INSERT_CHANNEL: &str = "apalis::job::insert";
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -54,6 +51,8 @@ pub struct WorkerSettings {
     pub drain_limit: usize,
     /// How often queue depth is sampled into metrics.
     pub sample_interval: Duration,
+    /// Redis, for wake-ups when jobs are enqueued (None: poll only).
+    pub wakeups: Option<redis::Client>,
 }
 
 impl Default for WorkerSettings {
@@ -65,6 +64,7 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(250),
             drain_limit: 64,
             sample_interval: Duration::from_secs(5),
+            wakeups: None,
         }
     }
 }
@@ -106,9 +106,11 @@ impl Worker {
     /// releases every lease.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let wake = Arc::new(Notify::new());
-        let mut listener = PgListener::connect_with(&self.ctx.pool).await?;
-        listener.listen(INSERT_CHANNEL).await?;
-        let listening = tokio::spawn(forward_notifications(listener, wake.clone()));
+        let listening = self
+            .settings
+            .wakeups
+            .clone()
+            .map(|client| tokio::spawn(forward_wakeups(client, wake.clone())));
         let sampling = tokio::spawn(sample_queue_depth(
             self.ctx.pool.clone(),
             self.settings.sample_interval,
@@ -177,7 +179,9 @@ impl Worker {
                 }
             }
         }
-        listening.abort();
+        if let Some(listening) = listening {
+            listening.abort();
+        }
         sampling.abort();
         metrics::gauge!(m::WORKER_BUSY_SLOTS).set(0.0);
         tracing::info!(worker = %self.id, "worker stopped");
@@ -326,16 +330,31 @@ async fn keep_alive(pool: PgPool, lease: Lease, ttl: Duration, lost: Arc<AtomicB
     }
 }
 
-/// Turns NOTIFYs into coalesced wake-ups. `PgListener` reconnects by itself.
-async fn forward_notifications(mut listener: PgListener, wake: Arc<Notify>) {
+/// Turns wake-up messages into coalesced wake-ups, resubscribing with
+/// backoff whenever the Redis connection drops.
+async fn forward_wakeups(client: redis::Client, wake: Arc<Notify>) {
+    let mut delay = Duration::from_millis(100);
     loop {
-        match listener.recv().await {
-            Ok(_) => wake.notify_one(),
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(questboard_core::wakeups::CHANNEL).await {
+                Ok(()) => {
+                    delay = Duration::from_millis(100);
+                    // Anything enqueued while we were away: look now.
+                    wake.notify_one();
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        wake.notify_one();
+                    }
+                    tracing::warn!("wake-up subscription ended; resubscribing");
+                }
+                Err(err) => tracing::warn!(error = %err, "subscribing to wake-ups failed"),
+            },
             Err(err) => {
-                tracing::warn!(error = %err, "job notification listener failed; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::warn!(error = %err, "connecting to Redis for wake-ups failed; polling meanwhile")
             }
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

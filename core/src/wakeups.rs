@@ -1,0 +1,78 @@
+//! Waking idle workers the moment work is enqueued, through Redis pub/sub.
+//!
+//! Why not Postgres `LISTEN/NOTIFY` (apalis-postgres's insert trigger)? A
+//! transaction that notifies takes a cluster-wide lock at commit, held
+//! through the commit's WAL flush, so every enqueue serialises behind every
+//! other: on our 2-core machine a plain insert dropped from ~15,500 to
+//! ~4,300 commits/s with such a trigger (pgbench, 16 clients; see
+//! BENCHMARKS.md). Migration `..._wakeups` drops that trigger; the enqueuer
+//! instead publishes a tiny message on [`CHANNEL`] after its commit.
+//!
+//! Wake-ups are hints, never the source of truth: a lost message (Redis
+//! down, worker reconnecting) only means the worker finds the job on its
+//! next poll (`QB_WORKER_POLL_MS`).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::jobs::JobKind;
+
+/// The Redis channel announcing that jobs were enqueued; the message is the
+/// job kind's name.
+pub const CHANNEL: &str = "questboard:jobs:enqueued";
+
+/// Publishes wake-ups. Cheap to clone; connects lazily and reconnects by
+/// itself; never blocks or fails its caller.
+#[derive(Clone)]
+pub struct Publisher {
+    conn: Option<ConnectionManager>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher on `client` (must be called inside a Tokio runtime).
+    pub fn new(client: redis::Client) -> Self {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(2);
+        let conn = match ConnectionManager::new_lazy_with_config(client, config) {
+            Ok(conn) => Some(conn),
+            Err(err) => {
+                tracing::warn!(error = %err, "wake-ups disabled: workers will poll");
+                None
+            }
+        };
+        Self { conn }
+    }
+
+    /// A publisher that publishes nothing (workers rely on polling).
+    pub fn disabled() -> Self {
+        Self { conn: None }
+    }
+
+    /// Announces, in the background, that jobs of `kind` were enqueued.
+    pub fn announce(&self, kind: JobKind) {
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(kind.name())
+                .query_async(&mut conn)
+                .await;
+            if let Err(err) = sent {
+                tracing::debug!(error = %err, "wake-up not published; workers will poll");
+            }
+        });
+    }
+}

@@ -1,0 +1,11 @@
+-- Workers are woken through Redis pub/sub (questboard_core::wakeups), not
+-- through Postgres NOTIFY.
+--
+-- apalis-postgres installs an AFTER INSERT trigger on apalis.jobs that
+-- calls pg_notify for every job. A notifying transaction takes a
+-- cluster-wide lock at commit that is held through the commit's WAL flush,
+-- so every enqueue serialises behind every other one: on our 2-core test
+-- machine, pgbench inserts fell from ~15,500/s to ~4,300/s (16 clients)
+-- with such a trigger in place. Questboard runs no apalis worker that
+-- would listen for it.
+DROP TRIGGER IF EXISTS notify_workers ON apalis.jobs;

@@ -1,0 +1,346 @@
+//! `questboard bench`: reproducible measurements of the turn pipeline
+//! against the Postgres given by `DATABASE_URL`.
+//!
+//! Each run creates its own scratch database (`qb_bench_<time>`), applies
+//! the migrations, measures, and drops it. Workers run in this process
+//! (each with its own connection pool, as separate processes would), with
+//! the scripted game master at zero latency, so what is measured is the
+//! platform: enqueue, claim, lease, fenced writes. Every scenario is run
+//! several times and reported as median with min and max, because the
+//! machine is shared and noisy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use questboard_core::db;
+use questboard_core::identity::UserId;
+use questboard_core::jobs::JobKind;
+use questboard_core::sessions::{self, SessionName};
+use questboard_core::turns::{self, NewTurn};
+use questboard_core::wakeups::Publisher;
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::app;
+use crate::config::Config;
+
+/// What to measure.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Small sizes (seconds, for CI smoke runs); figures are not meaningful.
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs per scenario.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Worker runtimes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Sessions each worker runtime processes at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u32,
+}
+
+/// One measured figure over several runs.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// What was measured.
+    pub name: String,
+    /// The unit.
+    pub unit: &'static str,
+    /// One value per run.
+    pub values: Vec<f64>,
+}
+
+impl Figure {
+    fn median(&self) -> f64 {
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// Runs every pipeline scenario and prints a table.
+pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let (turns_many, turns_ten, turns_hot, pickups) = if args.quick {
+        (200, 100, 50, 10)
+    } else {
+        (20_000, 10_000, 5_000, 200)
+    };
+    let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let mut figures = Vec::new();
+    for (sessions, total) in [(1000usize, turns_many), (10, turns_ten), (1, turns_hot)] {
+        let sessions = if args.quick {
+            sessions.min(100)
+        } else {
+            sessions
+        };
+        let mut enqueue = Figure {
+            name: format!("enqueue (library, 32 clients), {sessions} sessions"),
+            unit: "turns/s",
+            values: Vec::new(),
+        };
+        let mut process = Figure {
+            name: format!(
+                "end to end, {sessions} session(s), {} workers x {}",
+                args.workers, args.concurrency
+            ),
+            unit: "turns/s",
+            values: Vec::new(),
+        };
+        for _ in 0..runs {
+            let scratch = Scratch::create(config).await?;
+            let (enq, done) = throughput(&scratch, config, args, sessions, total).await?;
+            enqueue.values.push(enq);
+            process.values.push(done);
+            scratch.drop_db().await;
+        }
+        print(&enqueue);
+        print(&process);
+        figures.push(enqueue);
+        figures.push(process);
+    }
+    let mut p50 = Figure {
+        name: "idle pickup p50 (enqueue -> start)".into(),
+        unit: "ms",
+        values: Vec::new(),
+    };
+    let mut p99 = Figure {
+        name: "idle pickup p99".into(),
+        unit: "ms",
+        values: Vec::new(),
+    };
+    for _ in 0..runs {
+        let scratch = Scratch::create(config).await?;
+        let (a, b) = pickup(&scratch, config, pickups).await?;
+        p50.values.push(a);
+        p99.values.push(b);
+        scratch.drop_db().await;
+    }
+    print(&p50);
+    print(&p99);
+    figures.push(p50);
+    figures.push(p99);
+    Ok(figures)
+}
+
+fn print(f: &Figure) {
+    let min = f.values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = f.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    println!(
+        "| {:<58} | {:>10.1} {:<7} | {:>10.1} .. {:<10.1} | {} runs |",
+        f.name,
+        f.median(),
+        f.unit,
+        min,
+        max,
+        f.values.len()
+    );
+}
+
+struct Scratch {
+    name: String,
+    admin_url: String,
+    url: String,
+    pool: PgPool,
+}
+
+impl Scratch {
+    async fn create(config: &Config) -> anyhow::Result<Self> {
+        let admin_url = config.database_url.expose().to_owned();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let name = format!("qb_bench_{stamp}");
+        let mut url = url::Url::parse(&admin_url).context("DATABASE_URL")?;
+        url.set_path(&name);
+        let url = url.to_string();
+        db::create_database_if_missing(&url).await?;
+        let pool = db::connect(&url, 40).await?;
+        db::migrate(&pool).await?;
+        Ok(Self {
+            name,
+            admin_url,
+            url,
+            pool,
+        })
+    }
+
+    async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(pool) = db::connect(&self.admin_url, 1).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&pool)
+            .await;
+        }
+    }
+}
+
+struct Workers {
+    stops: Vec<oneshot::Sender<()>>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    async fn start(
+        scratch: &Scratch,
+        config: &Config,
+        count: usize,
+        concurrency: u32,
+    ) -> anyhow::Result<Self> {
+        let mut config = config.clone();
+        config.scripted_latency_ms = 0;
+        config.worker_concurrency = concurrency;
+        config.lease_ttl_ms = 30_000;
+        let mut stops = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..count {
+            let pool = db::connect(&scratch.url, concurrency + 4).await?;
+            let worker = app::worker(&config, pool)?;
+            let (tx, rx) = oneshot::channel::<()>();
+            stops.push(tx);
+            handles.push(tokio::spawn(async move {
+                let _ = worker
+                    .run(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            }));
+        }
+        Ok(Self { stops, handles })
+    }
+
+    async fn stop(self) {
+        for tx in self.stops {
+            let _ = tx.send(());
+        }
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+async fn make_sessions(pool: &PgPool, count: usize) -> anyhow::Result<Vec<uuid::Uuid>> {
+    let owner = UserId::parse("bench").map_err(anyhow::Error::msg)?;
+    let name = SessionName::parse("bench").map_err(anyhow::Error::msg)?;
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        ids.push(sessions::create(pool, &owner, &name).await?.session.id);
+    }
+    Ok(ids)
+}
+
+/// Enqueues `total` turns over `sessions` sessions, then processes them.
+/// Returns (enqueue rate, processing rate) in turns per second.
+async fn throughput(
+    scratch: &Scratch,
+    config: &Config,
+    args: &BenchArgs,
+    sessions: usize,
+    total: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let ids = Arc::new(make_sessions(&scratch.pool, sessions).await?);
+    let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
+    let gate = Arc::new(Semaphore::new(32));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let permit = gate.clone().acquire_owned().await?;
+        let pool = scratch.pool.clone();
+        let ids = ids.clone();
+        let author = author.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            turns::submit(
+                &pool,
+                NewTurn {
+                    session_id: ids[i % ids.len()],
+                    author: &author,
+                    input: "I search the room.",
+                    idempotency_key: None,
+                    max_attempts: 5,
+                },
+            )
+            .await
+            .map(|_| ())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let enqueue_rate = total as f64 / started.elapsed().as_secs_f64();
+
+    let workers = Workers::start(scratch, config, args.workers, args.concurrency).await?;
+    let started = Instant::now();
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM turns WHERE status IN ('completed', 'failed')",
+        )
+        .fetch_one(&scratch.pool)
+        .await?;
+        if done as usize >= total {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("only {done} of {total} turns finished in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    workers.stop().await;
+    Ok((enqueue_rate, rate))
+}
+
+/// Submits turns one at a time to an idle worker; returns the p50 and p99
+/// of enqueue-to-start in milliseconds (database clock on both ends).
+async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::Result<(f64, f64)> {
+    let ids = make_sessions(&scratch.pool, 1).await?;
+    let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
+    let workers = Workers::start(scratch, config, 1, 8).await?;
+    let wake = Publisher::new(redis::Client::open(config.redis_url.expose())?);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut waits = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let turn = turns::submit(
+            &scratch.pool,
+            NewTurn {
+                session_id: ids[0],
+                author: &author,
+                input: "ping",
+                idempotency_key: None,
+                max_attempts: 5,
+            },
+        )
+        .await?
+        .turn;
+        wake.announce(JobKind::Turn);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let wait: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 FROM turns
+                 WHERE id = $1 AND status = 'completed'",
+            )
+            .bind(turn.id)
+            .fetch_optional(&scratch.pool)
+            .await?
+            .flatten();
+            if let Some(ms) = wait {
+                waits.push(ms);
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "turn not picked up within 10 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Let the worker go idle again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    workers.stop().await;
+    waits.sort_by(f64::total_cmp);
+    let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
