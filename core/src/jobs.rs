@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use rand::RngExt as _;
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
+
 use uuid::Uuid;
 
 /// Every kind of durable job questboard runs. Later capabilities (media
@@ -195,98 +196,58 @@ pub async fn fetch<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<JobRe
     .await?)
 }
 
-/// Marks a job as running and counts the attempt. Returns the attempt
-/// number (1 for the first run). (`lock_by` stays empty: it references
-/// apalis's worker registry, and questboard's workers own jobs through
-/// session leases instead.)
-pub async fn start_attempt<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<i32> {
-    Ok(sqlx::query_scalar(
-        r#"
-        UPDATE apalis.jobs
-        SET status = 'Running', attempts = attempts + 1, lock_at = now(), lock_by = NULL
-        WHERE id = $1
-        RETURNING attempts
-        "#,
-    )
-    .bind(id)
-    .fetch_one(db)
-    .await?)
-}
+/// State transitions of a job, as SQL for callers that must apply them in
+/// the same statement as a fenced write of their own row (see `turns`):
+/// one statement is one round trip and one commit. In every statement the
+/// job id is parameter `$4`, and `guard` is an SQL condition the caller
+/// adds (typically "the fenced write above happened").
+pub mod sql {
+    /// Start an attempt: Running, attempts + 1. Returns `attempts`.
+    pub fn start_attempt(guard: &str) -> String {
+        format!(
+            "UPDATE apalis.jobs SET status = 'Running', attempts = attempts + 1, lock_at = now()
+             WHERE id = $4 AND {guard} RETURNING attempts"
+        )
+    }
 
-/// Records success.
-pub async fn succeed<'e>(
-    db: impl PgExecutor<'e>,
-    id: &str,
-    result: &serde_json::Value,
-) -> Result<()> {
-    sqlx::query(
-        r#"
-        UPDATE apalis.jobs
-        SET status = 'Done', done_at = now(), last_result = jsonb_build_object('Ok', $2::jsonb)
-        WHERE id = $1
-        "#,
-    )
-    .bind(id)
-    .bind(result)
-    .execute(db)
-    .await?;
-    Ok(())
-}
+    /// Succeed, with parameter `$7` (jsonb) as the result.
+    pub fn succeed(guard: &str) -> String {
+        format!(
+            "UPDATE apalis.jobs
+             SET status = 'Done', done_at = now(), last_result = jsonb_build_object('Ok', $7::jsonb)
+             WHERE id = $4 AND {guard} RETURNING 1"
+        )
+    }
 
-/// Records a failed run that will be retried after `delay`.
-pub async fn schedule_retry<'e>(
-    db: impl PgExecutor<'e>,
-    id: &str,
-    error: &str,
-    delay: Duration,
-) -> Result<()> {
-    sqlx::query(
-        r#"
-        UPDATE apalis.jobs
-        SET status = 'Failed',
-            run_at = now() + make_interval(secs => $3 / 1000.0),
-            last_result = jsonb_build_object('Err', $2::text)
-        WHERE id = $1
-        "#,
-    )
-    .bind(id)
-    .bind(error)
-    .bind(delay.as_secs_f64() * 1000.0)
-    .execute(db)
-    .await?;
-    Ok(())
-}
+    /// Fail this run and run again after `$7` milliseconds; `$6` is the
+    /// error. Returns the new `run_at`.
+    pub fn retry(guard: &str) -> String {
+        format!(
+            "UPDATE apalis.jobs
+             SET status = 'Failed', run_at = now() + make_interval(secs => $7 / 1000.0),
+                 last_result = jsonb_build_object('Err', $6::text)
+             WHERE id = $4 AND {guard} RETURNING run_at"
+        )
+    }
 
-/// Records a final failure: no more runs.
-pub async fn fail<'e>(db: impl PgExecutor<'e>, id: &str, error: &str) -> Result<()> {
-    sqlx::query(
-        r#"
-        UPDATE apalis.jobs
-        SET status = 'Killed', done_at = now(), last_result = jsonb_build_object('Err', $2::text)
-        WHERE id = $1
-        "#,
-    )
-    .bind(id)
-    .bind(error)
-    .execute(db)
-    .await?;
-    Ok(())
-}
+    /// Fail for good; `$6` is the error.
+    pub fn fail(guard: &str) -> String {
+        format!(
+            "UPDATE apalis.jobs
+             SET status = 'Killed', done_at = now(), last_result = jsonb_build_object('Err', $6::text)
+             WHERE id = $4 AND {guard} RETURNING 1"
+        )
+    }
 
-/// Hands an interrupted run back (graceful shutdown): the attempt does not count.
-pub async fn hand_back<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<()> {
-    sqlx::query(
-        r#"
-        UPDATE apalis.jobs
-        SET status = 'Pending', attempts = greatest(attempts - 1, 0), lock_at = NULL,
-            last_result = jsonb_build_object('Err', 'handed back at worker shutdown'::text)
-        WHERE id = $1 AND status = 'Running'
-        "#,
-    )
-    .bind(id)
-    .execute(db)
-    .await?;
-    Ok(())
+    /// Hand an interrupted run back (shutdown): Pending, the attempt not counted.
+    pub fn hand_back(guard: &str) -> String {
+        format!(
+            "UPDATE apalis.jobs
+             SET status = 'Pending', attempts = greatest(attempts - 1, 0), lock_at = NULL,
+                 last_result = jsonb_build_object('Err', 'handed back at worker shutdown'::text)
+             WHERE id = $4 AND status = 'Running' AND {guard} RETURNING 1"
+        )
+    }
 }
 
 /// Exponential backoff with full jitter: a random delay in

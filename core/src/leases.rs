@@ -174,6 +174,15 @@ pub async fn release<'e>(db: impl PgExecutor<'e>, lease: &Lease) -> Result<bool>
     Ok(released == 1)
 }
 
+/// The fence as a CTE body, for writes that check it in the same statement
+/// (one round trip): `WITH fence AS (FENCE_SQL) UPDATE ... WHERE EXISTS
+/// (SELECT 1 FROM fence)`. Parameters: `$1` scope, `$2` key, `$3` token.
+/// Same condition and lock as [`check_fence`].
+pub const FENCE_SQL: &str = "SELECT token FROM leases
+    WHERE scope = $1 AND key = $2 AND token = $3
+      AND holder IS NOT NULL AND expires_at > clock_timestamp()
+    FOR SHARE";
+
 /// The fence: succeeds only if `token` is still the live token of
 /// `scope`/`key`. Call it inside the transaction that writes guarded state,
 /// before the write. The row is read `FOR SHARE`, so a takeover that starts
@@ -184,14 +193,7 @@ pub async fn check_fence(
     key: &str,
     token: i64,
 ) -> Result<()> {
-    let live: Option<i64> = sqlx::query_scalar(
-        r#"
-        SELECT token FROM leases
-        WHERE scope = $1 AND key = $2 AND token = $3
-          AND holder IS NOT NULL AND expires_at > clock_timestamp()
-        FOR SHARE
-        "#,
-    )
+    let live: Option<i64> = sqlx::query_scalar(FENCE_SQL)
     .bind(scope)
     .bind(key)
     .bind(token)

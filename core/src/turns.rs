@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
 use uuid::Uuid;
 
 use crate::identity::UserId;
@@ -237,6 +237,12 @@ pub async fn submit(pool: &PgPool, new: NewTurn<'_>) -> Result<Submitted> {
     .bind(new.idempotency_key)
     .fetch_one(&mut *tx)
     .await?;
+    sqlx::query(
+        "INSERT INTO session_queue (session_id) VALUES ($1) ON CONFLICT (session_id) DO NOTHING",
+    )
+    .bind(new.session_id)
+    .execute(&mut *tx)
+    .await?;
     jobs::enqueue(
         &mut tx,
         NewJob {
@@ -333,27 +339,58 @@ pub async fn next_unfinished(
     .await?)
 }
 
-/// Sessions whose next unfinished turn may run now and whose lease is free
-/// (or expired: its holder died), oldest work first. Candidates only: the
+/// Sessions with a turn that may run now and whose lease is free (or
+/// expired: its holder died), longest waiting first. Candidates only: the
 /// caller still has to win the lease.
 pub async fn claimable_sessions(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>> {
     Ok(sqlx::query_scalar(
-        "SELECT h.session_id
-         FROM (
-             SELECT DISTINCT ON (t.session_id) t.session_id, t.job_id
-             FROM turns t
-             WHERE t.status IN ('queued', 'running')
-             ORDER BY t.session_id, t.seq
-         ) h
-         JOIN apalis.jobs j ON j.id = h.job_id
-         LEFT JOIN leases l ON l.scope = 'session' AND l.key = h.session_id::text
-         WHERE j.run_at <= now() AND (l.key IS NULL OR l.expires_at <= clock_timestamp())
-         ORDER BY j.run_at
+        "SELECT q.session_id
+         FROM session_queue q
+         LEFT JOIN leases l ON l.scope = 'session' AND l.key = q.session_id::text
+         WHERE q.ready_at <= now() AND (l.key IS NULL OR l.expires_at <= clock_timestamp())
+         ORDER BY q.ready_at
          LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?)
+}
+
+/// Puts a session with more work at the back of the line (its holder lets
+/// go so that others get a turn), or, when its next turn waits out a
+/// backoff, at that turn's retry time.
+pub async fn requeue_session<'e>(db: impl PgExecutor<'e>, session_id: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE session_queue SET ready_at = greatest(now(), coalesce((
+             SELECT j.run_at FROM turns t JOIN apalis.jobs j ON j.id = t.job_id
+             WHERE t.session_id = $1 AND t.status IN ('queued', 'running')
+             ORDER BY t.seq LIMIT 1), now()))
+         WHERE session_id = $1",
+    )
+    .bind(session_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Removes a session from the runnable index once it has no unfinished
+/// turn. Takes the session row lock that submissions take, so a turn being
+/// submitted right now is either seen here or re-adds the row after.
+pub async fn retire_session_if_idle(pool: &PgPool, session_id: Uuid) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM campaign_sessions WHERE id = $1 FOR UPDATE")
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM session_queue WHERE session_id = $1
+           AND NOT EXISTS (SELECT 1 FROM turns WHERE session_id = $1 AND status IN ('queued', 'running'))",
+    )
+    .bind(session_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// One earlier exchange, for the model's context.
@@ -388,111 +425,155 @@ pub async fn history(
     Ok(rows)
 }
 
-fn session_key(lease: &Lease) -> &str {
-    &lease.key
+/// Runs one fenced statement: `fence` CTE first, then `body` (more CTEs
+/// and the final SELECT, which must return `fenced_in` first). Parameters
+/// `$1`..`$5` are scope, key, token, job id, turn id; `extra` binds `$6`...
+fn fenced<'q>(sql: &'q str, lease: &'q Lease, turn: &'q Turn) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(SESSION_SCOPE)
+        .bind(lease.key.as_str())
+        .bind(lease.token)
+        .bind(turn.job_id.as_str())
+        .bind(turn.id)
 }
 
-/// Marks the turn running and counts the job's attempt, under the lease.
-/// Returns the attempt number.
+fn fenced_out(lease: &Lease) -> Error {
+    Error::Fenced(leases::Error::Fenced {
+        scope: SESSION_SCOPE.to_owned(),
+        key: lease.key.clone(),
+        token: lease.token,
+    })
+}
+
+static START_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH fence AS ({fence}),
+         turn AS (UPDATE turns SET status = 'running', started_at = clock_timestamp()
+                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+                  RETURNING 1),
+         job AS ({job})
+         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in, (SELECT attempts FROM job) AS attempts",
+        fence = leases::FENCE_SQL,
+        job = jobs::sql::start_attempt("EXISTS (SELECT 1 FROM fence)"),
+    )
+});
+
+/// Marks the turn running and counts the job's attempt, under the lease
+/// (one statement). Returns the attempt number.
 pub async fn start(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<i32> {
-    let mut tx = pool.begin().await?;
-    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
-    sqlx::query(
-        "UPDATE turns SET status = 'running', started_at = clock_timestamp()
-         WHERE id = $1 AND status IN ('queued', 'running')",
-    )
-    .bind(turn.id)
-    .execute(&mut *tx)
-    .await?;
-    let attempt = jobs::start_attempt(&mut *tx, &turn.job_id).await?;
-    tx.commit().await?;
-    Ok(attempt)
-}
-
-/// Records the reply, under the lease. Returns false if the turn was
-/// already finished (nothing written).
-pub async fn complete(pool: &PgPool, turn: &Turn, lease: &Lease, output: &str) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
-    let written = sqlx::query(
-        "UPDATE turns
-         SET status = 'completed', output = $2, error = NULL,
-             completed_at = clock_timestamp(), fence_token = $3
-         WHERE id = $1 AND status IN ('queued', 'running')",
-    )
-    .bind(turn.id)
-    .bind(output)
-    .bind(lease.token)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if written == 1 {
-        jobs::succeed(
-            &mut *tx,
-            &turn.job_id,
-            &serde_json::json!({ "chars": output.chars().count() }),
-        )
-        .await?;
+    let row = fenced(&START_SQL, lease, turn).fetch_one(pool).await?;
+    let (fenced_in, attempts): (bool, Option<i32>) = (row.try_get(0)?, row.try_get(1)?);
+    if !fenced_in {
+        return Err(fenced_out(lease));
     }
-    tx.commit().await?;
-    Ok(written == 1)
+    Ok(attempts.unwrap_or(0))
 }
 
-/// Records a failed attempt that will be retried after `delay`, under the lease.
-pub async fn retry_later(
-    pool: &PgPool,
-    turn: &Turn,
-    lease: &Lease,
-    error: &str,
-    delay: std::time::Duration,
-) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
-    sqlx::query(
-        "UPDATE turns SET status = 'queued', error = $2
-         WHERE id = $1 AND status IN ('queued', 'running')",
+static COMPLETE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH fence AS ({fence}),
+         turn AS (UPDATE turns
+                  SET status = 'completed', output = $6, error = NULL,
+                      completed_at = clock_timestamp(), fence_token = $3
+                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+                  RETURNING 1),
+         job AS ({job})
+         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in, EXISTS (SELECT 1 FROM turn) AS written",
+        fence = leases::FENCE_SQL,
+        job = jobs::sql::succeed("EXISTS (SELECT 1 FROM turn)"),
     )
-    .bind(turn.id)
-    .bind(error)
-    .execute(&mut *tx)
-    .await?;
-    jobs::schedule_retry(&mut *tx, &turn.job_id, error, delay).await?;
-    tx.commit().await?;
+});
+
+/// Records the reply, under the lease, in one statement. Returns false if
+/// the turn was already finished (nothing written).
+pub async fn complete(pool: &PgPool, turn: &Turn, lease: &Lease, output: &str) -> Result<bool> {
+    let result = serde_json::json!({ "chars": output.chars().count() });
+    let row = fenced(&COMPLETE_SQL, lease, turn)
+        .bind(output)
+        .bind(result)
+        .fetch_one(pool)
+        .await?;
+    let (fenced_in, written): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    if !fenced_in {
+        return Err(fenced_out(lease));
+    }
+    Ok(written)
+}
+
+static RETRY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH fence AS ({fence}),
+         turn AS (UPDATE turns SET status = 'queued', error = $6
+                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+                  RETURNING session_id),
+         job AS ({job}),
+         queue AS (UPDATE session_queue SET ready_at = (SELECT run_at FROM job)
+                   WHERE session_id = (SELECT session_id FROM turn) RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in, EXISTS (SELECT 1 FROM queue) AS queued",
+        fence = leases::FENCE_SQL,
+        job = jobs::sql::retry("EXISTS (SELECT 1 FROM turn)"),
+    )
+});
+
+/// Records a failed attempt that will be retried after `delay`, under the
+/// lease, and moves the session's place in line to the retry time.
+pub async fn retry_later(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str, delay: std::time::Duration) -> Result<()> {
+    let row = fenced(&RETRY_SQL, lease, turn)
+        .bind(error)
+        .bind(delay.as_secs_f64() * 1000.0)
+        .fetch_one(pool)
+        .await?;
+    let fenced_in: bool = row.try_get(0)?;
+    if !fenced_in {
+        return Err(fenced_out(lease));
+    }
     Ok(())
 }
+
+static FAIL_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH fence AS ({fence}),
+         turn AS (UPDATE turns
+                  SET status = 'failed', error = $6, completed_at = clock_timestamp(), fence_token = $3
+                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+                  RETURNING 1),
+         job AS ({job})
+         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in",
+        fence = leases::FENCE_SQL,
+        job = jobs::sql::fail("EXISTS (SELECT 1 FROM turn)"),
+    )
+});
 
 /// Records a final failure, under the lease; the session moves on to its next turn.
 pub async fn fail(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
-    let written = sqlx::query(
-        "UPDATE turns
-         SET status = 'failed', error = $2, completed_at = clock_timestamp(), fence_token = $3
-         WHERE id = $1 AND status IN ('queued', 'running')",
-    )
-    .bind(turn.id)
-    .bind(error)
-    .bind(lease.token)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if written == 1 {
-        jobs::fail(&mut *tx, &turn.job_id, error).await?;
+    let row = fenced(&FAIL_SQL, lease, turn).bind(error).fetch_one(pool).await?;
+    let fenced_in: bool = row.try_get(0)?;
+    if !fenced_in {
+        return Err(fenced_out(lease));
     }
-    tx.commit().await?;
     Ok(())
 }
+
+static HAND_BACK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH fence AS ({fence}),
+         turn AS (UPDATE turns SET status = 'queued'
+                  WHERE id = $5 AND status = 'running' AND EXISTS (SELECT 1 FROM fence)
+                  RETURNING 1),
+         job AS ({job})
+         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in",
+        fence = leases::FENCE_SQL,
+        job = jobs::sql::hand_back("EXISTS (SELECT 1 FROM turn)"),
+    )
+});
 
 /// Hands an interrupted turn back (worker shutdown): queued again, the
 /// attempt not counted.
 pub async fn hand_back(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    leases::check_fence(&mut tx, SESSION_SCOPE, session_key(lease), lease.token).await?;
-    sqlx::query("UPDATE turns SET status = 'queued' WHERE id = $1 AND status = 'running'")
-        .bind(turn.id)
-        .execute(&mut *tx)
-        .await?;
-    jobs::hand_back(&mut *tx, &turn.job_id).await?;
-    tx.commit().await?;
+    let row = fenced(&HAND_BACK_SQL, lease, turn).fetch_one(pool).await?;
+    let fenced_in: bool = row.try_get(0)?;
+    if !fenced_in {
+        return Err(fenced_out(lease));
+    }
     Ok(())
 }

@@ -258,6 +258,9 @@ impl Shared {
             return;
         };
         let mut drained = 0;
+        let mut history = None;
+        // Why the drain ends decides the session's place in the runnable index.
+        let mut emptied = false;
         while drained < self.settings.drain_limit
             && !self.stopping.load(Ordering::SeqCst)
             && !lost.load(Ordering::SeqCst)
@@ -274,7 +277,11 @@ impl Shared {
             .await;
             let next = match next {
                 Ok(Some(next)) if next.due => next,
-                Ok(_) => break,
+                Ok(Some(_)) => break,
+                Ok(None) => {
+                    emptied = true;
+                    break;
+                }
                 Err(err) => {
                     tracing::warn!(%session_id, error = %err, "reading the next turn failed");
                     break;
@@ -283,7 +290,7 @@ impl Shared {
             let interrupted = async {
                 let _ = interrupt.wait_for(|stop| *stop).await;
             };
-            match turn::run(&self.ctx, &next, &lease, interrupted).await {
+            match turn::run(&self.ctx, &next, &lease, &mut history, interrupted).await {
                 Ok(turn::Next::Continue) => drained += 1,
                 Ok(turn::Next::Stop) => break,
                 Err(err) => {
@@ -291,6 +298,14 @@ impl Shared {
                     break;
                 }
             }
+        }
+        let placed = if emptied {
+            turns::retire_session_if_idle(&self.ctx.pool, session_id).await
+        } else {
+            turns::requeue_session(&self.ctx.pool, session_id).await
+        };
+        if let Err(err) = placed {
+            tracing::warn!(%session_id, error = %err, "updating the runnable-session index failed");
         }
         heartbeat.abort();
         if lost.load(Ordering::SeqCst) {

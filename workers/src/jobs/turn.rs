@@ -4,11 +4,12 @@
 //! (started, completed, retry scheduled, failed) is fenced by that lease,
 //! so a worker that lost the lease mid-turn cannot record anything.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use questboard_core::leases::{self, Lease};
 use questboard_core::metrics as m;
-use questboard_core::turns::{self, NextTurn, Turn};
+use questboard_core::turns::{self, Exchange, NextTurn, Turn};
 
 use super::JobContext;
 use crate::providers::{Prompt, ProviderError};
@@ -36,10 +37,16 @@ const KIND: &str = "turn";
 /// attempt budget bounds retries; an archived session fails the turn at
 /// once. `interrupted` completes when the worker must stop now (the run is
 /// handed back).
+///
+/// `history` holds the session's recent completed exchanges: loaded from the
+/// database on the drain's first turn, then kept up to date here, so a
+/// drain reads history once rather than once per turn. (The lease
+/// guarantees nobody else completes turns of this session meanwhile.)
 pub async fn run(
     ctx: &JobContext,
     next: &NextTurn,
     lease: &Lease,
+    history: &mut Option<VecDeque<Exchange>>,
     interrupted: impl Future<Output = ()>,
 ) -> Result<Next, Error> {
     let turn = &next.turn;
@@ -70,9 +77,13 @@ pub async fn run(
         return finish_failed(ctx, turn, lease, "the session was archived", started).await;
     }
 
-    let history = {
-        let mut conn = ctx.pool.acquire().await.map_err(turns::Error::from)?;
-        turns::history(&mut conn, turn.session_id, turn.seq, ctx.history_window).await?
+    let history = match history {
+        Some(history) => history,
+        None => {
+            let mut conn = ctx.pool.acquire().await.map_err(turns::Error::from)?;
+            let loaded = turns::history(&mut conn, turn.session_id, turn.seq, ctx.history_window).await?;
+            history.insert(loaded.into())
+        }
     };
     let prompt = Prompt::for_turn(
         &ctx.system_prompt,
@@ -106,6 +117,14 @@ pub async fn run(
         Ok(reply) => {
             match turns::complete(&ctx.pool, turn, lease, &reply).await {
                 Ok(true) => {
+                    history.push_back(Exchange {
+                        seq: turn.seq,
+                        input: turn.input.clone(),
+                        output: reply,
+                    });
+                    while history.len() as i64 > ctx.history_window {
+                        history.pop_front();
+                    }
                     metrics::counter!(m::JOBS_SUCCEEDED_TOTAL, "kind" => KIND).increment(1);
                     metrics::histogram!(m::JOB_RUN_SECONDS, "kind" => KIND, "outcome" => "succeeded")
                         .record(started.elapsed().as_secs_f64());
