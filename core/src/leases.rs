@@ -194,11 +194,11 @@ pub async fn check_fence(
     token: i64,
 ) -> Result<()> {
     let live: Option<i64> = sqlx::query_scalar(FENCE_SQL)
-    .bind(scope)
-    .bind(key)
-    .bind(token)
-    .fetch_optional(&mut *conn)
-    .await?;
+        .bind(scope)
+        .bind(key)
+        .bind(token)
+        .fetch_optional(&mut *conn)
+        .await?;
     match live {
         Some(_) => Ok(()),
         None => Err(Error::Fenced {

@@ -428,7 +428,11 @@ pub async fn history(
 /// Runs one fenced statement: `fence` CTE first, then `body` (more CTEs
 /// and the final SELECT, which must return `fenced_in` first). Parameters
 /// `$1`..`$5` are scope, key, token, job id, turn id; `extra` binds `$6`...
-fn fenced<'q>(sql: &'q str, lease: &'q Lease, turn: &'q Turn) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+fn fenced<'q>(
+    sql: &'q str,
+    lease: &'q Lease,
+    turn: &'q Turn,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(SESSION_SCOPE)
         .bind(lease.key.as_str())
@@ -517,7 +521,13 @@ static RETRY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// Records a failed attempt that will be retried after `delay`, under the
 /// lease, and moves the session's place in line to the retry time.
-pub async fn retry_later(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str, delay: std::time::Duration) -> Result<()> {
+pub async fn retry_later(
+    pool: &PgPool,
+    turn: &Turn,
+    lease: &Lease,
+    error: &str,
+    delay: std::time::Duration,
+) -> Result<()> {
     let row = fenced(&RETRY_SQL, lease, turn)
         .bind(error)
         .bind(delay.as_secs_f64() * 1000.0)
@@ -546,7 +556,10 @@ static FAIL_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// Records a final failure, under the lease; the session moves on to its next turn.
 pub async fn fail(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str) -> Result<()> {
-    let row = fenced(&FAIL_SQL, lease, turn).bind(error).fetch_one(pool).await?;
+    let row = fenced(&FAIL_SQL, lease, turn)
+        .bind(error)
+        .fetch_one(pool)
+        .await?;
     let fenced_in: bool = row.try_get(0)?;
     if !fenced_in {
         return Err(fenced_out(lease));

@@ -81,7 +81,8 @@ pub async fn run(
         Some(history) => history,
         None => {
             let mut conn = ctx.pool.acquire().await.map_err(turns::Error::from)?;
-            let loaded = turns::history(&mut conn, turn.session_id, turn.seq, ctx.history_window).await?;
+            let loaded =
+                turns::history(&mut conn, turn.session_id, turn.seq, ctx.history_window).await?;
             history.insert(loaded.into())
         }
     };
