@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use questboard_core::db;
+use questboard_core::events::EventPublisher;
 use questboard_core::storage::Storage;
 use questboard_core::wakeups::Publisher;
 use tokio::net::TcpListener;
 
-use questboard_workers::jobs::{CountChunks, JobContext};
+use questboard_workers::jobs::{JobContext, PublishDeltas};
 use questboard_workers::providers::{self, ProviderSettings, openai::OpenAiSettings};
 use questboard_workers::runtime::{Worker, WorkerSettings};
 
 use crate::auth::Verifier;
+use crate::bridge::Bridge;
 use crate::config::{Config, LlmProvider};
 use crate::http::{self, AppState, TurnSettings};
 
@@ -31,12 +33,21 @@ pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
         .context("connecting to Postgres (DATABASE_URL)")?;
     let redis = redis::Client::open(config.redis_url.expose()).context("REDIS_URL")?;
     let wake = Publisher::new(redis.clone());
+    let events = EventPublisher::start(redis.clone(), pool.clone());
+    let bridge = Bridge::start(redis.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
     Ok(AppState {
         pool,
         redis,
         wake,
+        events,
+        bridge,
+        ws_allowed_origins: config
+            .ws_allowed_origins
+            .as_ref()
+            .filter(|o| !o.is_empty())
+            .map(|o| o.iter().map(|s| s.trim().to_owned()).collect()),
         auth: Arc::new(auth),
         storage,
         max_body_bytes: config.max_body_bytes,
@@ -91,10 +102,15 @@ pub async fn shutdown_signal() {
 /// Builds a worker from the configuration, on an existing pool.
 pub fn worker(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<Worker> {
     let provider = providers::build(&provider_settings(config)).map_err(anyhow::Error::msg)?;
+    let events = match redis::Client::open(config.redis_url.expose()) {
+        Ok(client) => EventPublisher::start(client, pool.clone()),
+        Err(_) => EventPublisher::disabled(),
+    };
     let ctx = JobContext {
         pool,
         provider,
-        sinks: Arc::new(CountChunks),
+        sinks: Arc::new(PublishDeltas(events.clone())),
+        events,
         system_prompt: config.llm_system_prompt.as_str().into(),
         history_window: i64::from(config.llm_history_turns),
         backoff_base: Duration::from_millis(config.job_backoff_ms),
@@ -124,5 +140,18 @@ pub fn provider_settings(config: &Config) -> ProviderSettings {
             api_key: config.llm_api_key.as_ref().map(|k| k.expose().to_owned()),
             timeout: Duration::from_millis(config.llm_timeout_ms),
         }),
+    }
+}
+
+/// Starts the event relay in the background (see `questboard_core::events::run_relay`).
+pub fn spawn_relay(config: &Config, pool: sqlx::PgPool, holder: String) {
+    if let Ok(client) = redis::Client::open(config.redis_url.expose()) {
+        tokio::spawn(questboard_core::events::run_relay(
+            pool,
+            client,
+            holder,
+            Duration::from_millis(config.relay_interval_ms),
+            Duration::from_millis(config.relay_interval_ms),
+        ));
     }
 }

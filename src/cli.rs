@@ -106,6 +106,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         .await
         .context("binding QB_METRICS_ADDR")?;
     let state = app::api_state(config).await?;
+    app::spawn_relay(
+        config,
+        state.pool.clone(),
+        format!("api-{}", std::process::id()),
+    );
     let listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding QB_HTTP_ADDR {}", config.http_addr))?;
@@ -122,7 +127,8 @@ async fn work(config: &Config) -> anyhow::Result<()> {
     let pool = db::connect(config.database_url.expose(), config.db_max_connections)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
-    let worker = app::worker(config, pool)?;
+    let worker = app::worker(config, pool.clone())?;
+    app::spawn_relay(config, pool, worker.id().to_owned());
     worker.run(app::shutdown_signal()).await?;
     Ok(())
 }
@@ -134,6 +140,7 @@ async fn dev(config: &Config) -> anyhow::Result<()> {
         .context("binding QB_METRICS_ADDR")?;
     let state = app::api_state(config).await?;
     let worker = app::worker(config, state.pool.clone())?;
+    app::spawn_relay(config, state.pool.clone(), worker.id().to_owned());
     let listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding QB_HTTP_ADDR {}", config.http_addr))?;

@@ -115,6 +115,14 @@ pub struct Config {
     #[arg(long, env = "QB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// How often the event relay publishes committed events that missed Redis.
+    #[arg(long, env = "QB_RELAY_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub relay_interval_ms: u64,
+
+    /// Comma-separated Origins allowed to open session WebSockets (unset: any).
+    #[arg(long, env = "QB_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Option<Vec<String>>,
+
     /// Longest turn text accepted, in characters.
     #[arg(long, env = "QB_MAX_TURN_CHARS", default_value_t = 8000)]
     pub max_turn_chars: usize,

@@ -25,6 +25,7 @@ pub use questboard_core as core;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::events::{self, Event};
 use crate::identity::UserId;
 use crate::sessions::{self, Role, SessionStatus};
 
@@ -115,6 +116,8 @@ pub struct Accepted {
     pub role: Role,
     /// True if the caller was already a member; nothing was changed.
     pub already_member: bool,
+    /// The `member.joined` event, to publish after commit (None if nothing changed).
+    pub event: Option<Event>,
 }
 
 /// Why an invite no longer admits anyone.
@@ -305,6 +308,7 @@ pub async fn accept(pool: &PgPool, token: &str, user: &UserId) -> Result<Accepte
             session_id: invite.session_id,
             role: existing.role,
             already_member: true,
+            event: None,
         });
     }
     let gone = if invite.revoked {
@@ -343,6 +347,7 @@ pub async fn accept(pool: &PgPool, token: &str, user: &UserId) -> Result<Accepte
             session_id: invite.session_id,
             role: existing.role,
             already_member: true,
+            event: None,
         });
     }
     sqlx::query("UPDATE campaign_session_invites SET uses = uses + 1 WHERE id = $1")
@@ -353,11 +358,19 @@ pub async fn accept(pool: &PgPool, token: &str, user: &UserId) -> Result<Accepte
         .bind(invite.session_id)
         .execute(&mut *tx)
         .await?;
+    let event = events::append(
+        &mut tx,
+        invite.session_id,
+        "member.joined",
+        serde_json::json!({ "user_id": user.as_str(), "role": invite.role }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Accepted {
         session_id: invite.session_id,
         role: invite.role,
         already_member: false,
+        event: Some(event),
     })
 }
 

@@ -18,6 +18,7 @@
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
 
 pub mod db;
+pub mod events;
 pub mod identity;
 pub mod invites;
 pub mod jobs;

@@ -64,6 +64,26 @@ pub const PROVIDER_ERRORS_TOTAL: &str = "questboard_provider_errors_total";
 pub const TURN_CHUNKS_TOTAL: &str = "questboard_turn_chunks_total";
 /// Worker slots busy with a session right now.
 pub const WORKER_BUSY_SLOTS: &str = "questboard_worker_busy_slots";
+/// Session events published on Redis, by `path` (`direct`, `relay`).
+pub const EVENTS_PUBLISHED_TOTAL: &str = "questboard_events_published_total";
+/// Failed attempts to publish a batch of events (left to the relay).
+pub const EVENTS_PUBLISH_FAILURES_TOTAL: &str = "questboard_events_publish_failures_total";
+/// Committed events not yet published (sampled by the relay).
+pub const RELAY_BACKLOG: &str = "questboard_relay_backlog";
+/// Open WebSocket connections.
+pub const WS_CONNECTIONS: &str = "questboard_ws_connections";
+/// Live session events delivered to WebSocket clients.
+pub const EVENTS_DELIVERED_TOTAL: &str = "questboard_events_delivered_total";
+/// Session events replayed to clients from Postgres, by `reason` (`resume`, `gap`, `resync`, `rest`).
+pub const EVENTS_REPLAYED_TOTAL: &str = "questboard_events_replayed_total";
+/// Reply chunks delivered to WebSocket clients.
+pub const DELTAS_DELIVERED_TOTAL: &str = "questboard_deltas_delivered_total";
+/// Time from an event's commit to its delivery on a socket.
+pub const EVENT_DELIVERY_LAG_SECONDS: &str = "questboard_event_delivery_lag_seconds";
+/// WebSocket clients closed by the server, by `reason` (`slow_consumer`, `removed`, `ping_timeout`).
+pub const WS_CLOSED_TOTAL: &str = "questboard_ws_closed_by_server_total";
+/// Reconnections of the Redis pub/sub bridge.
+pub const REDIS_RECONNECTS_TOTAL: &str = "questboard_redis_reconnects_total";
 
 /// Every metric name above, for checks that dashboards and alerts use only
 /// names that exist.
@@ -96,6 +116,16 @@ pub const ALL: &[&str] = &[
     PROVIDER_ERRORS_TOTAL,
     TURN_CHUNKS_TOTAL,
     WORKER_BUSY_SLOTS,
+    EVENTS_PUBLISHED_TOTAL,
+    EVENTS_PUBLISH_FAILURES_TOTAL,
+    RELAY_BACKLOG,
+    WS_CONNECTIONS,
+    EVENTS_DELIVERED_TOTAL,
+    EVENTS_REPLAYED_TOTAL,
+    DELTAS_DELIVERED_TOTAL,
+    EVENT_DELIVERY_LAG_SECONDS,
+    WS_CLOSED_TOTAL,
+    REDIS_RECONNECTS_TOTAL,
 ];
 
 /// Registers the help text and unit of every metric with the installed

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::events::{self, Event};
 use crate::identity::UserId;
 
 /// The longest session name accepted, in characters.
@@ -362,14 +363,15 @@ pub async fn members<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Vec<Member
     .await?)
 }
 
-/// Renames an active session; owner only.
+/// Renames an active session; owner only. Appends `session.updated`.
 pub async fn rename(
     pool: &PgPool,
     id: Uuid,
     actor: &UserId,
     name: &SessionName,
-) -> Result<Membership> {
-    let current = require_owner(pool, id, actor, "only the owner can rename a session").await?;
+) -> Result<(Membership, Event)> {
+    let mut tx = pool.begin().await?;
+    let current = require_owner(&mut *tx, id, actor, "only the owner can rename a session").await?;
     if current.session.status == SessionStatus::Archived {
         return Err(Error::Conflict("the session is archived"));
     }
@@ -383,20 +385,38 @@ pub async fn rename(
     )
     .bind(id)
     .bind(name.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::Conflict("the session is archived"))?;
-    Ok(Membership {
-        session,
-        role: current.role,
-    })
+    let event = events::append(
+        &mut tx,
+        id,
+        "session.updated",
+        serde_json::json!({ "name": session.name, "by": actor.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        Membership {
+            session,
+            role: current.role,
+        },
+        event,
+    ))
 }
 
-/// Archives a session; owner only. Archiving an archived session is a no-op.
-pub async fn archive(pool: &PgPool, id: Uuid, actor: &UserId) -> Result<Membership> {
-    let current = require_owner(pool, id, actor, "only the owner can archive a session").await?;
+/// Archives a session; owner only. Archiving an archived session is a
+/// no-op; otherwise appends `session.archived`.
+pub async fn archive(
+    pool: &PgPool,
+    id: Uuid,
+    actor: &UserId,
+) -> Result<(Membership, Option<Event>)> {
+    let mut tx = pool.begin().await?;
+    let current =
+        require_owner(&mut *tx, id, actor, "only the owner can archive a session").await?;
     if current.session.status == SessionStatus::Archived {
-        return Ok(current);
+        return Ok((current, None));
     }
     let session = sqlx::query_as::<_, Session>(
         r#"
@@ -407,18 +427,31 @@ pub async fn archive(pool: &PgPool, id: Uuid, actor: &UserId) -> Result<Membersh
         "#,
     )
     .bind(id)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(Membership {
-        session,
-        role: current.role,
-    })
+    let event = events::append(
+        &mut tx,
+        id,
+        "session.archived",
+        serde_json::json!({ "by": actor.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        Membership {
+            session,
+            role: current.role,
+        },
+        Some(event),
+    ))
 }
 
 /// Removes `target` from a session. The owner may remove anyone but
-/// themself; any other member may remove only themself.
-pub async fn remove_member(pool: &PgPool, id: Uuid, actor: &UserId, target: &str) -> Result<()> {
-    let membership = require_member(pool, id, actor).await?;
+/// themself; any other member may remove only themself. Appends
+/// `member.removed` (by the owner) or `member.left` (by themself).
+pub async fn remove_member(pool: &PgPool, id: Uuid, actor: &UserId, target: &str) -> Result<Event> {
+    let mut tx = pool.begin().await?;
+    let membership = require_member(&mut *tx, id, actor).await?;
     // A string that is not a valid user id cannot name a member (and NUL
     // bytes would not even reach Postgres).
     let target = UserId::parse(target).map_err(|_| Error::NoSuchMember)?;
@@ -439,13 +472,23 @@ pub async fn remove_member(pool: &PgPool, id: Uuid, actor: &UserId, target: &str
     )
     .bind(id)
     .bind(target)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if removed == 0 {
         return Err(Error::NoSuchMember);
     }
-    Ok(())
+    let (kind, data) = if target == actor.as_str() {
+        ("member.left", serde_json::json!({ "user_id": target }))
+    } else {
+        (
+            "member.removed",
+            serde_json::json!({ "user_id": target, "by": actor.as_str() }),
+        )
+    };
+    let event = events::append(&mut tx, id, kind, data).await?;
+    tx.commit().await?;
+    Ok(event)
 }
 
 impl fmt::Display for Role {

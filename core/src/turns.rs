@@ -12,9 +12,12 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::sync::LazyLock;
+
 use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
 use uuid::Uuid;
 
+use crate::events::{self, Event};
 use crate::identity::UserId;
 use crate::jobs::{self, JobKind, NewJob};
 use crate::leases::{self, Lease, SESSION_SCOPE};
@@ -116,6 +119,8 @@ pub struct Submitted {
     pub turn: Turn,
     /// False when an earlier submission with the same idempotency key was returned.
     pub created: bool,
+    /// The `turn.queued` event (None for a replay), to publish after commit.
+    pub event: Option<Event>,
 }
 
 /// What can go wrong with turns.
@@ -211,6 +216,7 @@ pub async fn submit(pool: &PgPool, new: NewTurn<'_>) -> Result<Submitted> {
             return Ok(Submitted {
                 turn,
                 created: false,
+                event: None,
             });
         }
     }
@@ -257,10 +263,24 @@ pub async fn submit(pool: &PgPool, new: NewTurn<'_>) -> Result<Submitted> {
         },
     )
     .await?;
+    let event = events::append(
+        &mut tx,
+        new.session_id,
+        "turn.queued",
+        serde_json::json!({
+            "turn_id": turn.id,
+            "seq": turn.seq,
+            "author_user_id": turn.author_user_id,
+            "input": turn.input,
+            "job_id": turn.job_id,
+        }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Submitted {
         turn,
         created: true,
+        event: Some(event),
     })
 }
 
@@ -425,9 +445,8 @@ pub async fn history(
     Ok(rows)
 }
 
-/// Runs one fenced statement: `fence` CTE first, then `body` (more CTEs
-/// and the final SELECT, which must return `fenced_in` first). Parameters
-/// `$1`..`$5` are scope, key, token, job id, turn id; `extra` binds `$6`...
+/// Binds the parameters every fenced statement shares: `$1`..`$5` are
+/// scope, key, token, job id, turn id; callers bind `$6`... after.
 fn fenced<'q>(
     sql: &'q str,
     lease: &'q Lease,
@@ -449,144 +468,202 @@ fn fenced_out(lease: &Lease) -> Error {
     })
 }
 
-static START_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// Builds a fenced statement: the `fence` CTE, the turn update (named
+/// `turn`, returning `session_id` and `seq`), the job transition, `more`
+/// CTEs (each followed by a comma), the event append, and a final row
+/// `(fenced_in, extra, event columns...)`.
+fn fenced_statement(
+    turn_update: &str,
+    job: &str,
+    more: &str,
+    event_kind: &str,
+    event_data: &str,
+    extra: &str,
+) -> String {
     format!(
         "WITH fence AS ({fence}),
-         turn AS (UPDATE turns SET status = 'running', started_at = clock_timestamp()
-                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
-                  RETURNING 1),
-         job AS ({job})
-         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in, (SELECT attempts FROM job) AS attempts",
-        fence = leases::FENCE_SQL,
-        job = jobs::sql::start_attempt("EXISTS (SELECT 1 FROM fence)"),
-    )
-});
-
-/// Marks the turn running and counts the job's attempt, under the lease
-/// (one statement). Returns the attempt number.
-pub async fn start(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<i32> {
-    let row = fenced(&START_SQL, lease, turn).fetch_one(pool).await?;
-    let (fenced_in, attempts): (bool, Option<i32>) = (row.try_get(0)?, row.try_get(1)?);
-    if !fenced_in {
-        return Err(fenced_out(lease));
-    }
-    Ok(attempts.unwrap_or(0))
-}
-
-static COMPLETE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH fence AS ({fence}),
-         turn AS (UPDATE turns
-                  SET status = 'completed', output = $6, error = NULL,
-                      completed_at = clock_timestamp(), fence_token = $3
-                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
-                  RETURNING 1),
-         job AS ({job})
-         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in, EXISTS (SELECT 1 FROM turn) AS written",
-        fence = leases::FENCE_SQL,
-        job = jobs::sql::succeed("EXISTS (SELECT 1 FROM turn)"),
-    )
-});
-
-/// Records the reply, under the lease, in one statement. Returns false if
-/// the turn was already finished (nothing written).
-pub async fn complete(pool: &PgPool, turn: &Turn, lease: &Lease, output: &str) -> Result<bool> {
-    let result = serde_json::json!({ "chars": output.chars().count() });
-    let row = fenced(&COMPLETE_SQL, lease, turn)
-        .bind(output)
-        .bind(result)
-        .fetch_one(pool)
-        .await?;
-    let (fenced_in, written): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
-    if !fenced_in {
-        return Err(fenced_out(lease));
-    }
-    Ok(written)
-}
-
-static RETRY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH fence AS ({fence}),
-         turn AS (UPDATE turns SET status = 'queued', error = $6
-                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
-                  RETURNING session_id),
+         turn AS ({turn_update}),
          job AS ({job}),
-         queue AS (UPDATE session_queue SET ready_at = (SELECT run_at FROM job)
-                   WHERE session_id = (SELECT session_id FROM turn) RETURNING 1)
-         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in, EXISTS (SELECT 1 FROM queue) AS queued",
+         {more}
+         {events}
+         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in, {extra} AS extra,
+                e.seq, e.type, e.session_id, e.at, e.data
+         FROM (SELECT 1) AS one LEFT JOIN event e ON true",
         fence = leases::FENCE_SQL,
-        job = jobs::sql::retry("EXISTS (SELECT 1 FROM turn)"),
+        events = events::append_ctes(
+            "(SELECT session_id FROM turn)",
+            &format!("'{event_kind}'"),
+            event_data,
+            "EXISTS (SELECT 1 FROM turn)"
+        ),
+    )
+}
+
+/// The outcome of a fenced write.
+struct Fenced<T> {
+    extra: T,
+    event: Option<Event>,
+}
+
+async fn run_fenced<T>(
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    pool: &PgPool,
+    lease: &Lease,
+) -> Result<Fenced<T>>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    let row = query.fetch_one(pool).await?;
+    let fenced_in: bool = row.try_get("fenced_in")?;
+    if !fenced_in {
+        return Err(fenced_out(lease));
+    }
+    let seq: Option<i64> = row.try_get("seq")?;
+    let event = match seq {
+        Some(seq) => Some(Event {
+            seq,
+            kind: row.try_get("type")?,
+            session_id: row.try_get("session_id")?,
+            at: row.try_get("at")?,
+            data: row.try_get("data")?,
+        }),
+        None => None,
+    };
+    Ok(Fenced {
+        extra: row.try_get("extra")?,
+        event,
+    })
+}
+
+static START_SQL: LazyLock<String> = LazyLock::new(|| {
+    fenced_statement(
+        "UPDATE turns SET status = 'running', started_at = clock_timestamp()
+         WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+         RETURNING session_id, seq",
+        &jobs::sql::start_attempt("EXISTS (SELECT 1 FROM fence)"),
+        "",
+        "turn.started",
+        "jsonb_build_object('turn_id', $5, 'seq', (SELECT seq FROM turn), 'attempt', (SELECT attempts FROM job))",
+        "(SELECT attempts FROM job)",
+    )
+});
+
+/// Marks the turn running and counts the job's attempt, under the lease,
+/// in one statement (appending `turn.started`). Returns the attempt number.
+pub async fn start(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<(i32, Option<Event>)> {
+    let done: Fenced<Option<i32>> =
+        run_fenced(fenced(&START_SQL, lease, turn), pool, lease).await?;
+    Ok((done.extra.unwrap_or(0), done.event))
+}
+
+static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
+    fenced_statement(
+        "UPDATE turns
+         SET status = 'completed', output = $6, error = NULL,
+             completed_at = clock_timestamp(), fence_token = $3
+         WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+         RETURNING session_id, seq",
+        &jobs::sql::succeed("EXISTS (SELECT 1 FROM turn)"),
+        "",
+        "turn.completed",
+        "jsonb_build_object('turn_id', $5, 'seq', (SELECT seq FROM turn), 'output', $6::text)",
+        "EXISTS (SELECT 1 FROM turn)",
+    )
+});
+
+/// Records the reply, under the lease, in one statement (appending
+/// `turn.completed`). Returns false if the turn was already finished
+/// (nothing written).
+pub async fn complete(
+    pool: &PgPool,
+    turn: &Turn,
+    lease: &Lease,
+    output: &str,
+) -> Result<(bool, Option<Event>)> {
+    let result = serde_json::json!({ "chars": output.chars().count() });
+    let done: Fenced<bool> = run_fenced(
+        fenced(&COMPLETE_SQL, lease, turn).bind(output).bind(result),
+        pool,
+        lease,
+    )
+    .await?;
+    Ok((done.extra, done.event))
+}
+
+static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
+    fenced_statement(
+        "UPDATE turns SET status = 'queued', error = $6
+         WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+         RETURNING session_id, seq",
+        &jobs::sql::retry("EXISTS (SELECT 1 FROM turn)"),
+        // The session's place in line moves to the retry time.
+        "queue AS (UPDATE session_queue SET ready_at = (SELECT run_at FROM job)
+                   WHERE session_id = (SELECT session_id FROM turn) RETURNING 1),",
+        "turn.retrying",
+        "jsonb_build_object('turn_id', $5, 'seq', (SELECT seq FROM turn), 'error', $6::text, 'retry_at', (SELECT run_at FROM job))",
+        "EXISTS (SELECT 1 FROM queue)",
     )
 });
 
 /// Records a failed attempt that will be retried after `delay`, under the
-/// lease, and moves the session's place in line to the retry time.
+/// lease (appending `turn.retrying`), and moves the session's place in line
+/// to the retry time.
 pub async fn retry_later(
     pool: &PgPool,
     turn: &Turn,
     lease: &Lease,
     error: &str,
     delay: std::time::Duration,
-) -> Result<()> {
-    let row = fenced(&RETRY_SQL, lease, turn)
-        .bind(error)
-        .bind(delay.as_secs_f64() * 1000.0)
-        .fetch_one(pool)
-        .await?;
-    let fenced_in: bool = row.try_get(0)?;
-    if !fenced_in {
-        return Err(fenced_out(lease));
-    }
-    Ok(())
+) -> Result<Option<Event>> {
+    let done: Fenced<bool> = run_fenced(
+        fenced(&RETRY_SQL, lease, turn)
+            .bind(error)
+            .bind(delay.as_secs_f64() * 1000.0),
+        pool,
+        lease,
+    )
+    .await?;
+    Ok(done.event)
 }
 
-static FAIL_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH fence AS ({fence}),
-         turn AS (UPDATE turns
-                  SET status = 'failed', error = $6, completed_at = clock_timestamp(), fence_token = $3
-                  WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
-                  RETURNING 1),
-         job AS ({job})
-         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in",
-        fence = leases::FENCE_SQL,
-        job = jobs::sql::fail("EXISTS (SELECT 1 FROM turn)"),
+static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
+    fenced_statement(
+        "UPDATE turns
+         SET status = 'failed', error = $6, completed_at = clock_timestamp(), fence_token = $3
+         WHERE id = $5 AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM fence)
+         RETURNING session_id, seq",
+        &jobs::sql::fail("EXISTS (SELECT 1 FROM turn)"),
+        "",
+        "turn.failed",
+        "jsonb_build_object('turn_id', $5, 'seq', (SELECT seq FROM turn), 'error', $6::text)",
+        "EXISTS (SELECT 1 FROM turn)",
     )
 });
 
-/// Records a final failure, under the lease; the session moves on to its next turn.
-pub async fn fail(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str) -> Result<()> {
-    let row = fenced(&FAIL_SQL, lease, turn)
-        .bind(error)
-        .fetch_one(pool)
-        .await?;
-    let fenced_in: bool = row.try_get(0)?;
-    if !fenced_in {
-        return Err(fenced_out(lease));
-    }
-    Ok(())
+/// Records a final failure, under the lease (appending `turn.failed`); the
+/// session moves on to its next turn.
+pub async fn fail(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str) -> Result<Option<Event>> {
+    let done: Fenced<bool> =
+        run_fenced(fenced(&FAIL_SQL, lease, turn).bind(error), pool, lease).await?;
+    Ok(done.event)
 }
 
-static HAND_BACK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH fence AS ({fence}),
-         turn AS (UPDATE turns SET status = 'queued'
-                  WHERE id = $5 AND status = 'running' AND EXISTS (SELECT 1 FROM fence)
-                  RETURNING 1),
-         job AS ({job})
-         SELECT EXISTS (SELECT 1 FROM fence) AS fenced_in",
-        fence = leases::FENCE_SQL,
-        job = jobs::sql::hand_back("EXISTS (SELECT 1 FROM turn)"),
+static HAND_BACK_SQL: LazyLock<String> = LazyLock::new(|| {
+    fenced_statement(
+        "UPDATE turns SET status = 'queued'
+         WHERE id = $5 AND status = 'running' AND EXISTS (SELECT 1 FROM fence)
+         RETURNING session_id, seq",
+        &jobs::sql::hand_back("EXISTS (SELECT 1 FROM turn)"),
+        "",
+        "turn.requeued",
+        "jsonb_build_object('turn_id', $5, 'seq', (SELECT seq FROM turn))",
+        "EXISTS (SELECT 1 FROM turn)",
     )
 });
 
-/// Hands an interrupted turn back (worker shutdown): queued again, the
-/// attempt not counted.
-pub async fn hand_back(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<()> {
-    let row = fenced(&HAND_BACK_SQL, lease, turn).fetch_one(pool).await?;
-    let fenced_in: bool = row.try_get(0)?;
-    if !fenced_in {
-        return Err(fenced_out(lease));
-    }
-    Ok(())
+/// Hands an interrupted turn back (worker shutdown): queued again
+/// (appending `turn.requeued`), the attempt not counted.
+pub async fn hand_back(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<Option<Event>> {
+    let done: Fenced<bool> = run_fenced(fenced(&HAND_BACK_SQL, lease, turn), pool, lease).await?;
+    Ok(done.event)
 }

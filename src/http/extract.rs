@@ -24,14 +24,14 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = bearer_token(parts)?;
+        let token = bearer_token(&parts.headers)?;
         Ok(AuthUser(state.auth.verify(token).await?))
     }
 }
 
-fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
-    let value = parts
-        .headers
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(AuthError::Missing)?
         .to_str()

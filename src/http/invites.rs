@@ -224,6 +224,7 @@ pub async fn accept_invite(
     };
     metrics::counter!(m::INVITE_ACCEPTS_TOTAL, "outcome" => outcome).increment(1);
     let accepted = result?;
+    state.events.events(accepted.event.clone());
     if !accepted.already_member {
         tracing::info!(session_id = %accepted.session_id, user = %user, role = %accepted.role, "member joined");
     }

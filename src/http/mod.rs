@@ -7,6 +7,8 @@
 //! | invites | [`invites`] |
 //! | turns | [`turns`] |
 //! | job status | [`jobs`] |
+//! | the session event log | [`events`] |
+//! | live session WebSockets | [`ws`] |
 //! | liveness and readiness | [`health`] |
 //! | the OpenAPI description | [`openapi`] |
 
@@ -24,6 +26,7 @@ use sqlx::PgPool;
 use crate::auth::Verifier;
 
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod invites;
@@ -31,6 +34,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod sessions;
 pub mod turns;
+pub mod ws;
 
 pub use error::{Error, Result};
 
@@ -43,6 +47,12 @@ pub struct AppState {
     pub redis: redis::Client,
     /// Wakes idle workers when jobs are enqueued.
     pub wake: questboard_core::wakeups::Publisher,
+    /// Publishes committed session events on Redis.
+    pub events: questboard_core::events::EventPublisher,
+    /// Delivers Redis session channels to this process's WebSockets.
+    pub bridge: crate::bridge::Bridge,
+    /// Origins allowed to open session sockets (None: any).
+    pub ws_allowed_origins: Option<Arc<[String]>>,
     /// Bearer token verification.
     pub auth: Arc<Verifier>,
     /// Campaign files.
@@ -70,10 +80,12 @@ pub fn router(state: AppState) -> Router {
         .merge(invites::router())
         .merge(turns::router())
         .merge(jobs::router())
+        .merge(events::router())
         .merge(openapi::router());
     Router::new()
         .nest("/api", api)
         .merge(health::router())
+        .merge(ws::router())
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .route_layer(middleware::from_fn(record_metrics))
         .fallback(not_found)

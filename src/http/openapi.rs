@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::extract::Json;
-use super::{error, health, invites, jobs, sessions, turns};
+use super::{error, events, health, invites, jobs, sessions, turns};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -35,6 +35,7 @@ use super::{error, health, invites, jobs, sessions, turns};
         turns::submit_turn,
         turns::list_turns,
         jobs::get_job,
+        events::list_events,
         health::healthz,
         health::readyz,
     ),
@@ -45,6 +46,7 @@ use super::{error, health, invites, jobs, sessions, turns};
         (name = "invites", description = "One-time invite tokens"),
         (name = "turns", description = "Player turns and the game master's replies"),
         (name = "jobs", description = "Durable job status"),
+        (name = "events", description = "The session event log (the WebSocket `/ws/sessions/{session_id}?after_seq=N` delivers the same events live)"),
         (name = "health", description = "Liveness and readiness")
     )
 )]

@@ -229,7 +229,8 @@ pub async fn rename_session(
     Json(input): Json<SessionInput>,
 ) -> Result<Json<SessionView>> {
     let name = SessionName::parse(&input.name)?;
-    let updated = sessions::rename(&state.pool, session_id, &user, &name).await?;
+    let (updated, event) = sessions::rename(&state.pool, session_id, &user, &name).await?;
+    state.events.events([event]);
     Ok(Json(updated.into()))
 }
 
@@ -246,7 +247,8 @@ pub async fn archive_session(
     State(state): State<AppState>,
     Path(session_id): Path<Uuid>,
 ) -> Result<Json<SessionView>> {
-    let archived = sessions::archive(&state.pool, session_id, &user).await?;
+    let (archived, event) = sessions::archive(&state.pool, session_id, &user).await?;
+    state.events.events(event);
     tracing::info!(%session_id, by = %user, "session archived");
     Ok(Json(archived.into()))
 }
@@ -268,7 +270,8 @@ pub async fn remove_member(
     State(state): State<AppState>,
     Path((session_id, member)): Path<(Uuid, String)>,
 ) -> Result<StatusCode> {
-    sessions::remove_member(&state.pool, session_id, &user, &member).await?;
+    let event = sessions::remove_member(&state.pool, session_id, &user, &member).await?;
+    state.events.events([event]);
     tracing::info!(%session_id, by = %user, removed = %member, "member removed");
     Ok(StatusCode::NO_CONTENT)
 }

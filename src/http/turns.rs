@@ -178,6 +178,7 @@ pub async fn submit_turn(
     if submitted.created {
         metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => JobKind::Turn.name()).increment(1);
         state.wake.announce(JobKind::Turn);
+        state.events.events(submitted.event);
     }
     let turn = submitted.turn;
     let body = SubmittedTurn {

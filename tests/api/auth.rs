@@ -60,6 +60,7 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::POST, format!("/api/sessions/{s}/turns")),
         (Method::GET, format!("/api/sessions/{s}/turns")),
         (Method::GET, "/api/jobs/01M83ZZNBQ8FJJ8BY91YHXQJKR".into()),
+        (Method::GET, format!("/api/sessions/{s}/events")),
     ]
 }
 

@@ -133,6 +133,7 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "POST /api/sessions/{session_id}/turns",
         "GET /api/sessions/{session_id}/turns",
         "GET /api/jobs/{job_id}",
+        "GET /api/sessions/{session_id}/events",
         "GET /healthz",
         "GET /readyz",
     ]

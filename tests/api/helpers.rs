@@ -162,7 +162,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub config: Config,
-    pub db: TestDb,
+    pub db: std::sync::Arc<TestDb>,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -182,7 +182,22 @@ impl TestApp {
 
     /// Starts an app after `adjust` has changed its configuration.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let db = TestDb::create().await;
+        let db = std::sync::Arc::new(TestDb::create().await);
+        Self::spawn_on(db, adjust).await
+    }
+
+    /// Starts a second API process-equivalent on this app's database (its
+    /// own pools, Redis connections, bridge and listener).
+    pub async fn another_api(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let base = self.config.clone();
+        Self::spawn_on(self.db.clone(), move |c| {
+            *c = base;
+            adjust(c);
+        })
+        .await
+    }
+
+    async fn spawn_on(db: std::sync::Arc<TestDb>, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = Config::from_env().expect("config from env");
         config.database_url = Secret::new(db.url.clone());
         config.redis_url = Secret::new(redis_url());
@@ -193,12 +208,18 @@ impl TestApp {
         config.storage_url = "memory://".into();
         config.max_body_bytes = 1024 * 1024;
         config.db_max_connections = 10;
+        config.relay_interval_ms = 200;
         adjust(&mut config);
 
         let metrics_addr = telemetry::serve_metrics("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("metrics listener");
         let state = app::api_state(&config).await.expect("api state");
+        app::spawn_relay(
+            &config,
+            state.pool.clone(),
+            format!("test-api-{}", uuid::Uuid::new_v4()),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -502,5 +523,117 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+}
+
+/// A WebSocket client of a session.
+pub struct WsClient {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What a socket yielded.
+#[derive(Debug)]
+pub enum WsItem {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+impl WsClient {
+    /// The next JSON message or the close, waiting at most `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<WsItem> {
+        use futures::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(WsItem::Json(
+                        serde_json::from_str(&text).expect("json message"),
+                    ));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(WsItem::Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(WsItem::Closed(None)),
+            }
+        }
+    }
+
+    /// Collects messages until `done` holds for the list, failing after `wait`.
+    pub async fn collect_until(
+        &mut self,
+        wait: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(WsItem::Json(value)) => seen.push(value),
+                other => panic!("socket ended early ({other:?}) after {seen:#?}"),
+            }
+        }
+        seen
+    }
+}
+
+impl TestApp {
+    /// Opens `/ws/sessions/{session}` as `user`; `Err(status)` if refused.
+    pub async fn ws(
+        &self,
+        user: &str,
+        session: &str,
+        after_seq: Option<i64>,
+    ) -> Result<WsClient, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let query = after_seq
+            .map(|s| format!("?after_seq={s}"))
+            .unwrap_or_default();
+        let mut request = format!("ws://{}/ws/sessions/{session}{query}", self.addr)
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token(user))
+                .parse()
+                .expect("header"),
+        );
+        self.ws_request(request).await
+    }
+
+    /// Opens a socket with a prepared request.
+    pub async fn ws_request(
+        &self,
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<WsClient, u16> {
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((stream, response)) => {
+                assert_eq!(response.status().as_u16(), 101);
+                Ok(WsClient { stream })
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(other) => panic!("websocket connect failed: {other}"),
+        }
+    }
+
+    /// The session's durable events over REST.
+    pub async fn events(&self, user: &str, session: &str, after_seq: i64) -> Vec<Value> {
+        let resp = self
+            .get(
+                user,
+                &format!("/api/sessions/{session}/events?after_seq={after_seq}&limit=1000"),
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text);
+        resp.body["events"].as_array().expect("events").clone()
     }
 }

@@ -102,7 +102,10 @@ async fn a_stale_holders_turn_writes_are_refused_by_the_fence() {
         .expect("db")
         .expect("free");
     assert_eq!(
-        turns::start(&db.pool, &turn, &stale).await.expect("start"),
+        turns::start(&db.pool, &turn, &stale)
+            .await
+            .expect("start")
+            .0,
         1
     );
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
@@ -131,20 +134,21 @@ async fn a_stale_holders_turn_writes_are_refused_by_the_fence() {
     ));
     // ...while the new holder's reply is recorded, once.
     assert_eq!(
-        turns::start(&db.pool, &turn, &fresh).await.expect("start"),
+        turns::start(&db.pool, &turn, &fresh)
+            .await
+            .expect("start")
+            .0,
         2
     );
-    assert!(
-        turns::complete(&db.pool, &turn, &fresh, "fresh reply")
-            .await
-            .expect("complete")
-    );
-    assert!(
-        !turns::complete(&db.pool, &turn, &fresh, "again")
-            .await
-            .expect("complete"),
-        "recorded once"
-    );
+    let (written, event) = turns::complete(&db.pool, &turn, &fresh, "fresh reply")
+        .await
+        .expect("complete");
+    assert!(written);
+    assert_eq!(event.map(|e| e.kind).as_deref(), Some("turn.completed"));
+    let (again, event) = turns::complete(&db.pool, &turn, &fresh, "again")
+        .await
+        .expect("complete");
+    assert!(!again && event.is_none(), "recorded once, one event");
     let (output, fence): (String, i64) =
         sqlx::query_as("SELECT output, fence_token FROM turns WHERE id = $1")
             .bind(turn.id)

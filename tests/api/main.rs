@@ -18,6 +18,7 @@ mod helpers;
 mod hostile;
 mod invites;
 mod leases;
+mod realtime;
 mod sessions;
 mod storage;
 mod turns;

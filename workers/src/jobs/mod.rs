@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use questboard_core::events::{Delta, EventPublisher};
 use questboard_core::jobs::JobKind;
 use sqlx::PgPool;
 
@@ -24,19 +25,35 @@ pub trait SinkFactory: Send + Sync {
     fn sink(&self, session_id: uuid::Uuid, turn_id: uuid::Uuid) -> Box<dyn ChunkSink>;
 }
 
-/// Counts chunks and drops them (until the realtime bridge subscribes).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CountChunks;
+/// Publishes each chunk as an ephemeral `turn.delta` on the session's
+/// Redis channel, where the API's WebSocket bridge picks it up.
+#[derive(Debug, Clone)]
+pub struct PublishDeltas(pub EventPublisher);
 
-impl SinkFactory for CountChunks {
-    fn sink(&self, _session_id: uuid::Uuid, _turn_id: uuid::Uuid) -> Box<dyn ChunkSink> {
-        struct Counter;
-        impl ChunkSink for Counter {
-            fn chunk(&mut self, _index: u32, _text: &str) {
+impl SinkFactory for PublishDeltas {
+    fn sink(&self, session_id: uuid::Uuid, turn_id: uuid::Uuid) -> Box<dyn ChunkSink> {
+        struct Publish {
+            publisher: EventPublisher,
+            session_id: uuid::Uuid,
+            turn_id: uuid::Uuid,
+        }
+        impl ChunkSink for Publish {
+            fn chunk(&mut self, index: u32, text: &str) {
                 metrics::counter!(questboard_core::metrics::TURN_CHUNKS_TOTAL).increment(1);
+                self.publisher.delta(Delta {
+                    kind: "turn.delta".into(),
+                    session_id: self.session_id,
+                    turn_id: self.turn_id,
+                    index,
+                    text: text.to_owned(),
+                });
             }
         }
-        Box::new(Counter)
+        Box::new(Publish {
+            publisher: self.0.clone(),
+            session_id,
+            turn_id,
+        })
     }
 }
 
@@ -49,6 +66,8 @@ pub struct JobContext {
     pub provider: Arc<dyn ModelProvider>,
     /// Where streamed chunks go.
     pub sinks: Arc<dyn SinkFactory>,
+    /// Publishes committed session events.
+    pub events: EventPublisher,
     /// The system prompt for turns.
     pub system_prompt: Arc<str>,
     /// How many earlier exchanges a turn's prompt carries.

@@ -62,7 +62,10 @@ pub async fn run(
         return finish_failed(ctx, turn, lease, &reason, started).await;
     }
     let attempt = match turns::start(&ctx.pool, turn, lease).await {
-        Ok(attempt) => attempt,
+        Ok((attempt, event)) => {
+            ctx.events.events(event);
+            attempt
+        }
         Err(err) => return fenced_or(err, turn),
     };
     metrics::counter!(m::JOBS_STARTED_TOTAL, "kind" => KIND).increment(1);
@@ -100,8 +103,9 @@ pub async fn run(
         result = ctx.provider.complete(&prompt, sink.as_mut()) => result,
         () = interrupted => {
             tracing::info!(turn_id = %turn.id, "worker stopping: handing the turn back");
-            if let Err(err) = turns::hand_back(&ctx.pool, turn, lease).await {
-                return fenced_or(err, turn);
+            match turns::hand_back(&ctx.pool, turn, lease).await {
+                Ok(event) => ctx.events.events(event),
+                Err(err) => return fenced_or(err, turn),
             }
             metrics::counter!(m::JOBS_HANDED_BACK_TOTAL, "kind" => KIND).increment(1);
             return Ok(Next::Stop);
@@ -117,7 +121,8 @@ pub async fn run(
     match result {
         Ok(reply) => {
             match turns::complete(&ctx.pool, turn, lease, &reply).await {
-                Ok(true) => {
+                Ok((true, event)) => {
+                    ctx.events.events(event);
                     history.push_back(Exchange {
                         seq: turn.seq,
                         input: turn.input.clone(),
@@ -130,7 +135,7 @@ pub async fn run(
                     metrics::histogram!(m::JOB_RUN_SECONDS, "kind" => KIND, "outcome" => "succeeded")
                         .record(started.elapsed().as_secs_f64());
                 }
-                Ok(false) => {
+                Ok((false, _)) => {
                     tracing::warn!(turn_id = %turn.id, "turn was already finished; reply not recorded twice");
                 }
                 Err(err) => return fenced_or(err, turn),
@@ -179,8 +184,9 @@ async fn finish_failed(
     started: Instant,
 ) -> Result<Next, Error> {
     tracing::warn!(turn_id = %turn.id, reason, "turn failed");
-    if let Err(err) = turns::fail(&ctx.pool, turn, lease, reason).await {
-        return fenced_or(err, turn);
+    match turns::fail(&ctx.pool, turn, lease, reason).await {
+        Ok(event) => ctx.events.events(event),
+        Err(err) => return fenced_or(err, turn),
     }
     metrics::counter!(m::JOBS_FAILED_TOTAL, "kind" => KIND).increment(1);
     metrics::histogram!(m::JOB_RUN_SECONDS, "kind" => KIND, "outcome" => "failed")

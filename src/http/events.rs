@@ -1,0 +1,69 @@
+//! `GET /api/sessions/{id}/events`: the session's durable event log, for
+//! clients that poll instead of holding a WebSocket. Same events, same
+//! `seq`s as the socket delivers.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use questboard_core::events::{self, Event};
+use questboard_core::metrics as m;
+use questboard_core::sessions;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{Error, ErrorBody, Result};
+use super::extract::{AuthUser, Json, Path, Query};
+
+/// Largest page.
+pub const MAX_PAGE: i64 = 1000;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/sessions/{session_id}/events", get(list_events))
+}
+
+/// Query of the event log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Only events with a larger `seq` (default 0).
+    pub after_seq: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    /// In `seq` order, without gaps.
+    pub events: Vec<Event>,
+}
+
+/// The session's events after `after_seq`; members only.
+#[utoipa::path(get, path = "/api/sessions/{session_id}/events", tag = "events",
+    params(("session_id" = Uuid, Path, description = "Session id"), EventParams),
+    responses(
+        (status = 200, body = EventPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_events(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    Path(session_id): Path<Uuid>,
+    Query(params): Query<EventParams>,
+) -> Result<Json<EventPage>> {
+    sessions::require_member(&state.pool, session_id, &user).await?;
+    let after = params.after_seq.unwrap_or(0);
+    let limit = params.limit.unwrap_or(100);
+    if after < 0 || !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::bad_request(
+            "invalid_query",
+            format!("after_seq must be >= 0 and limit between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let events = events::list(&state.pool, session_id, after, limit).await?;
+    metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => "rest").increment(events.len() as u64);
+    Ok(Json(EventPage { events }))
+}

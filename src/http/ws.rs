@@ -1,0 +1,277 @@
+//! `GET /ws/sessions/{id}?after_seq=N`: a member's live view of a session.
+//!
+//! The upgrade happens only after authentication (`Authorization: Bearer`
+//! header, or `access_token` query parameter for browsers, which cannot set
+//! headers on a WebSocket) and a membership check: a bad token gets 401 and
+//! a non-member 404, never a 101. An `Origin` outside
+//! `QB_WS_ALLOWED_ORIGINS` (when set) gets 403.
+//!
+//! On connect the socket first subscribes to the session's channel, then
+//! sends every stored event with `seq > after_seq` in order, then live
+//! events, with no gap and no duplicate: an event whose seq is not the next
+//! one is preceded by the missing ones read from Postgres, and seqs already
+//! sent are skipped. `turn.delta` chunks pass through as they come.
+//!
+//! Close codes: 4003 the member was removed; 4008 the client fell behind
+//! (reconnect with `after_seq`); 4000 no pong within [`PONG_TIMEOUT`].
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use axum::routing::get;
+use chrono::Utc;
+use questboard_core::events::{self, Event, Message};
+use questboard_core::identity::UserId;
+use questboard_core::metrics as m;
+use questboard_core::sessions;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{Error, Result};
+use super::extract::{Path, Query, bearer_token};
+use crate::auth::AuthError;
+use crate::bridge::Live;
+
+/// How often the server pings.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a client may take to answer a ping.
+pub const PONG_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long one send may take before the client counts as too slow.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a client may send (it has nothing to say but pongs).
+pub const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Events read from Postgres per page when replaying.
+const REPLAY_PAGE: i64 = 500;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/ws/sessions/{session_id}", get(ws_session))
+}
+
+/// Query of the WebSocket route.
+#[derive(Debug, Deserialize)]
+pub struct WsParams {
+    /// Resume after this event (default 0: everything).
+    pub after_seq: Option<i64>,
+    /// The bearer token, for browsers.
+    pub access_token: Option<String>,
+}
+
+async fn ws_session(
+    State(state): State<AppState>,
+    Path(session_id): Path<Uuid>,
+    Query(params): Query<WsParams>,
+    headers: HeaderMap,
+    upgrade: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response> {
+    let token = match bearer_token(&headers) {
+        Ok(token) => token.to_owned(),
+        Err(AuthError::Missing) => params.access_token.clone().ok_or(AuthError::Missing)?,
+        Err(err) => return Err(err.into()),
+    };
+    let user = state.auth.verify(&token).await?;
+    if let (Some(allowed), Some(origin)) = (&state.ws_allowed_origins, headers.get(header::ORIGIN))
+    {
+        let origin = origin.to_str().unwrap_or_default();
+        if !allowed.iter().any(|a| a == origin) {
+            return Err(Error::Forbidden(
+                "this Origin may not open session sockets".into(),
+            ));
+        }
+    }
+    sessions::require_member(&state.pool, session_id, &user).await?;
+    let after = params.after_seq.unwrap_or(0);
+    if after < 0 {
+        return Err(Error::bad_request(
+            "invalid_query",
+            "after_seq must be >= 0",
+        ));
+    }
+    let upgrade = upgrade.map_err(|rejection| {
+        Error::bad_request(
+            "websocket_required",
+            format!("expected a WebSocket upgrade: {rejection}"),
+        )
+    })?;
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
+            Socket {
+                state,
+                socket,
+                session_id,
+                user,
+                last: after,
+            }
+            .run()
+            .await;
+            metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
+        }))
+}
+
+struct Socket {
+    state: AppState,
+    socket: WebSocket,
+    session_id: Uuid,
+    user: UserId,
+    /// The last seq sent.
+    last: i64,
+}
+
+/// Why a socket loop ended.
+enum End {
+    /// The client left or the connection broke.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str, &'static str),
+}
+
+impl Socket {
+    async fn run(mut self) {
+        // Subscribe before reading history, so nothing falls in between.
+        let mut live = self.state.bridge.subscribe(self.session_id);
+        let end = match self.catch_up("resume").await {
+            Err(end) => end,
+            Ok(()) => self.serve(&mut live).await,
+        };
+        if let End::Close(code, reason, label) = end {
+            metrics::counter!(m::WS_CLOSED_TOTAL, "reason" => label).increment(1);
+            let _ = self
+                .socket
+                .send(WsMessage::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })))
+                .await;
+        }
+    }
+
+    async fn serve(&mut self, live: &mut crate::bridge::Subscription) -> End {
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.tick().await;
+        let mut last_pong = Instant::now();
+        loop {
+            tokio::select! {
+                received = live.recv() => {
+                    let result = match received {
+                        Ok(Live::Message(message)) => match message.as_ref() {
+                            Message::Event(event) => self.deliver(event).await,
+                            Message::Delta(delta) => {
+                                metrics::counter!(m::DELTAS_DELIVERED_TOTAL).increment(1);
+                                self.send_json(delta).await
+                            }
+                        },
+                        Ok(Live::Resync) => self.catch_up("resync").await,
+                        Err(RecvError::Lagged(_)) => Err(End::Close(4008, "slow consumer: reconnect with after_seq", "slow_consumer")),
+                        Err(RecvError::Closed) => Err(End::Gone),
+                    };
+                    if let Err(end) = result {
+                        return end;
+                    }
+                }
+                incoming = self.socket.recv() => match incoming {
+                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return End::Gone,
+                    Some(Ok(WsMessage::Pong(_))) => last_pong = Instant::now(),
+                    // Pings are answered by axum; clients have nothing else to say.
+                    Some(Ok(_)) => {}
+                },
+                _ = ping.tick() => {
+                    if last_pong.elapsed() > PONG_TIMEOUT {
+                        return End::Close(4000, "ping timeout", "ping_timeout");
+                    }
+                    if self.socket.send(WsMessage::Ping(Default::default())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends every stored event after the last one sent.
+    async fn catch_up(&mut self, reason: &'static str) -> Result<(), End> {
+        loop {
+            let page = events::list(&self.state.pool, self.session_id, self.last, REPLAY_PAGE)
+                .await
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "reading events for a socket failed");
+                    End::Close(1011, "temporarily unable to read events", "error")
+                })?;
+            let count = page.len();
+            metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => reason).increment(count as u64);
+            for event in &page {
+                self.send_event(event).await?;
+            }
+            if (count as i64) < REPLAY_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Delivers a live event in order: fills a gap from Postgres first,
+    /// skips what was already sent.
+    async fn deliver(&mut self, event: &Event) -> Result<(), End> {
+        if event.seq <= self.last {
+            return Ok(());
+        }
+        if event.seq > self.last + 1 {
+            let missing = events::between(&self.state.pool, self.session_id, self.last, event.seq)
+                .await
+                .map_err(|_| End::Close(1011, "temporarily unable to read events", "error"))?;
+            metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => "gap")
+                .increment(missing.len() as u64);
+            for missed in &missing {
+                self.send_event(missed).await?;
+            }
+            if self.last + 1 != event.seq {
+                // Not committed yet where we read (replica lag cannot happen
+                // here, but a racing writer can): the resync will bring it.
+                return Ok(());
+            }
+        }
+        let lag = (Utc::now() - event.at).to_std().unwrap_or_default();
+        metrics::histogram!(m::EVENT_DELIVERY_LAG_SECONDS).record(lag.as_secs_f64());
+        metrics::counter!(m::EVENTS_DELIVERED_TOTAL).increment(1);
+        self.send_event(event).await
+    }
+
+    async fn send_event(&mut self, event: &Event) -> Result<(), End> {
+        if event.seq != self.last + 1 {
+            return Ok(());
+        }
+        self.send_json(event).await?;
+        self.last = event.seq;
+        let removed = matches!(event.kind.as_str(), "member.removed" | "member.left")
+            && event.data["user_id"].as_str() == Some(self.user.as_str());
+        if removed {
+            return Err(End::Close(
+                4003,
+                "no longer a member of this session",
+                "removed",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn send_json(&mut self, value: &impl serde::Serialize) -> Result<(), End> {
+        let text = serde_json::to_string(value).map_err(|_| End::Gone)?;
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(WsMessage::Text(text.into())))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(
+                4008,
+                "slow consumer: reconnect with after_seq",
+                "slow_consumer",
+            )),
+        }
+    }
+}

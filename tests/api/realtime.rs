@@ -1,0 +1,413 @@
+//! Realtime delivery end to end: the durable event log, the Redis bridge
+//! between API processes, session-scoped WebSockets that resume without
+//! gaps, a Redis restart, and removal of a member's socket.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use crate::helpers::{TestApp, WsItem};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn durable(messages: &[Value]) -> Vec<Value> {
+    messages
+        .iter()
+        .filter(|m| m.get("seq").is_some())
+        .cloned()
+        .collect()
+}
+
+fn completed_turns(messages: &[Value]) -> usize {
+    messages
+        .iter()
+        .filter(|m| m["type"] == "turn.completed")
+        .count()
+}
+
+/// Every durable event is the next seq: no gap, no duplicate.
+fn assert_gap_free(events: &[Value], first: i64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"].as_i64(),
+            Some(first + i as i64),
+            "gap or duplicate at {i}: {events:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sockets_are_refused_before_the_upgrade() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Sockets").await;
+    assert_eq!(
+        app.ws("mallory", &session, None).await.err(),
+        Some(404),
+        "non-member"
+    );
+    let missing = uuid::Uuid::now_v7().to_string();
+    assert_eq!(
+        app.ws("alice", &missing, None).await.err(),
+        Some(404),
+        "no such session"
+    );
+
+    let url = format!("ws://{}/ws/sessions/{session}", app.addr);
+    let no_token = url.clone().into_client_request().expect("request");
+    assert_eq!(app.ws_request(no_token).await.err(), Some(401));
+    let mut bad = url.clone().into_client_request().expect("request");
+    bad.headers_mut().insert(
+        "authorization",
+        "Bearer not-a-token".parse().expect("header"),
+    );
+    assert_eq!(app.ws_request(bad).await.err(), Some(401));
+    let bad_query = format!("{url}?access_token=not-a-token")
+        .into_client_request()
+        .expect("request");
+    assert_eq!(app.ws_request(bad_query).await.err(), Some(401));
+    let bad_id = format!("ws://{}/ws/sessions/not-a-uuid", app.addr)
+        .into_client_request()
+        .expect("request");
+    assert_eq!(app.ws_request(bad_id).await.err(), Some(400));
+
+    // Browsers pass the token in the query string.
+    let browser = format!("{url}?access_token={}", app.token("alice"))
+        .into_client_request()
+        .expect("request");
+    assert!(app.ws_request(browser).await.is_ok());
+    // A plain GET with a good token is told to upgrade.
+    app.get("alice", &format!("/ws/sessions/{session}"))
+        .await
+        .assert_error(400, "websocket_required");
+
+    // With an Origin allow-list, other sites cannot open sockets.
+    let strict = app
+        .another_api(|c| c.ws_allowed_origins = Some(vec!["https://play.example".into()]))
+        .await;
+    let mut evil = format!("ws://{}/ws/sessions/{session}", strict.addr)
+        .into_client_request()
+        .expect("request");
+    evil.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", app.token("alice"))
+            .parse()
+            .expect("header"),
+    );
+    evil.headers_mut()
+        .insert("origin", "https://evil.example".parse().expect("header"));
+    assert_eq!(strict.ws_request(evil).await.err(), Some(403));
+    let mut good = format!("ws://{}/ws/sessions/{session}", strict.addr)
+        .into_client_request()
+        .expect("request");
+    good.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", app.token("alice"))
+            .parse()
+            .expect("header"),
+    );
+    good.headers_mut()
+        .insert("origin", "https://play.example".parse().expect("header"));
+    assert!(strict.ws_request(good).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_member_on_one_api_sees_turns_submitted_through_another_in_order_with_deltas() {
+    let api1 = TestApp::spawn().await;
+    let api2 = api1.another_api(|_| {}).await;
+    let watched = api1.session_with("alice", &["bob"]).await;
+    let other = api1.session_with("alice", &["bob"]).await;
+    let worker = api1.worker(|c| c.scripted_latency_ms = 60).await;
+
+    let mut socket = api1.ws("alice", &watched, None).await.expect("socket");
+    for i in 0..3 {
+        assert_eq!(
+            api2.submit("bob", &watched, &format!("watched turn {i}"))
+                .await
+                .status,
+            202
+        );
+        assert_eq!(
+            api2.submit("bob", &other, &format!("other turn {i}"))
+                .await
+                .status,
+            202
+        );
+    }
+    let received = socket
+        .collect_until(WAIT, |m| completed_turns(m) == 3)
+        .await;
+
+    // Nothing from the other session.
+    assert!(
+        received.iter().all(|m| m["session_id"] == watched.as_str()),
+        "{received:#?}"
+    );
+    // Durable events: gap-free from 1, in order, each turn queued -> started -> completed.
+    let events = durable(&received);
+    assert_gap_free(&events, 1);
+    assert_eq!(events[0]["type"], "member.joined");
+    for turn in received.iter().filter(|m| m["type"] == "turn.queued") {
+        let id = &turn["data"]["turn_id"];
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter(|e| &e["data"]["turn_id"] == id)
+            .filter_map(|e| e["type"].as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["turn.queued", "turn.started", "turn.completed"],
+            "turn {id}"
+        );
+    }
+    // Streamed chunks arrived too, and spell out the recorded replies.
+    let completed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "turn.completed")
+        .collect();
+    for done in completed {
+        let id = &done["data"]["turn_id"];
+        let mut deltas: Vec<&Value> = received
+            .iter()
+            .filter(|m| m["type"] == "turn.delta" && &m["turn_id"] == id)
+            .collect();
+        assert!(deltas.len() > 1, "expected several chunks for turn {id}");
+        deltas.sort_by_key(|d| d["index"].as_u64());
+        let text: String = deltas.iter().filter_map(|d| d["text"].as_str()).collect();
+        assert_eq!(Some(text.as_str()), done["data"]["output"].as_str());
+    }
+    // The REST replay matches what the socket delivered.
+    let replay = api2.events("alice", &watched, 0).await;
+    assert_eq!(replay[..events.len()], events[..]);
+
+    let metrics = api1.metrics().await;
+    for needle in [
+        "questboard_ws_connections",
+        "questboard_events_delivered_total",
+        "questboard_event_delivery_lag_seconds_bucket",
+        "questboard_events_published_total",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn reconnecting_with_after_seq_gets_exactly_the_missed_events_then_live_ones() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Resume").await;
+    let worker = app.worker(|_| {}).await;
+    let mut socket = app.ws("alice", &session, None).await.expect("socket");
+    app.submit("alice", &session, "first").await;
+    let first = socket
+        .collect_until(WAIT, |m| completed_turns(m) == 1)
+        .await;
+    let last_seen = durable(&first)
+        .last()
+        .and_then(|e| e["seq"].as_i64())
+        .expect("seq");
+    drop(socket);
+
+    // While disconnected, two more turns complete.
+    app.submit("alice", &session, "second").await;
+    app.submit("alice", &session, "third").await;
+    app.wait_finished("alice", &session, 3).await;
+    let stored = app.events("alice", &session, 0).await;
+    let missed: Vec<Value> = stored
+        .iter()
+        .filter(|e| e["seq"].as_i64() > Some(last_seen))
+        .cloned()
+        .collect();
+    assert_eq!(missed.len(), 6);
+
+    let mut socket = app
+        .ws("alice", &session, Some(last_seen))
+        .await
+        .expect("socket");
+    let resumed = socket
+        .collect_until(WAIT, |m| durable(m).len() == missed.len())
+        .await;
+    assert_eq!(
+        durable(&resumed),
+        missed,
+        "exactly the missed events, in order"
+    );
+
+    // Then live events continue from there.
+    app.submit("alice", &session, "fourth").await;
+    let live = socket
+        .collect_until(WAIT, |m| completed_turns(m) == 1)
+        .await;
+    let live = durable(&live);
+    assert_gap_free(&live, last_seen + missed.len() as i64 + 1);
+    worker.stop().await;
+}
+
+/// A Redis server of this test's own, so restarting it disturbs no other test.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/services)");
+        PrivateRedis { port, child }
+    }
+
+    async fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).expect("client");
+        for _ in 0..100 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private redis did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[tokio::test]
+async fn every_durable_event_reaches_the_client_across_a_redis_restart() {
+    let mut redis = PrivateRedis::start(free_port());
+    redis.wait_ready().await;
+    let url = redis.url();
+    let app =
+        TestApp::spawn_with(|c| c.redis_url = questboard::config::Secret::new(url.clone())).await;
+    let session = app.create_session("alice", "Outage").await;
+    let worker = app.worker(|c| c.scripted_latency_ms = 50).await;
+    let mut socket = app.ws("alice", &session, None).await.expect("socket");
+
+    app.submit("alice", &session, "before the outage").await;
+    socket
+        .collect_until(WAIT, |m| completed_turns(m) == 1)
+        .await;
+
+    // Redis goes away; turns are still accepted and processed (workers poll).
+    redis.stop();
+    for i in 0..3 {
+        let resp = app
+            .submit("alice", &session, &format!("during the outage {i}"))
+            .await;
+        assert_eq!(resp.status, 202, "{}", resp.text);
+    }
+    app.wait_finished("alice", &session, 4).await;
+
+    // Redis comes back on the same port: the bridge resubscribes and fills
+    // the gap from Postgres, the relay publishes what missed Redis.
+    let redis = PrivateRedis::start(redis.port);
+    redis.wait_ready().await;
+    app.submit("alice", &session, "after the outage").await;
+    let rest = socket
+        .collect_until(WAIT, |m| completed_turns(m) == 4)
+        .await;
+
+    let stored = app.events("alice", &session, 0).await;
+    let mut seen = HashSet::new();
+    let delivered: Vec<i64> = durable(&rest)
+        .iter()
+        .filter_map(|e| e["seq"].as_i64())
+        .collect();
+    for seq in &delivered {
+        assert!(seen.insert(*seq), "duplicate seq {seq}");
+    }
+    let first = delivered[0];
+    assert_gap_free(&durable(&rest), first);
+    assert_eq!(
+        delivered.last().copied(),
+        stored.last().and_then(|e| e["seq"].as_i64())
+    );
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM session_events WHERE NOT published")
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("count");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut unpublished = unpublished;
+    while unpublished > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        unpublished = sqlx::query_scalar("SELECT count(*) FROM session_events WHERE NOT published")
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("count");
+    }
+    assert_eq!(
+        unpublished, 0,
+        "the relay published every event that missed Redis"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_members_socket_is_closed_at_once() {
+    let app = TestApp::spawn().await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let mut bobs = app.ws("bob", &session, None).await.expect("socket");
+    bobs.collect_until(WAIT, |m| !m.is_empty()).await;
+    assert_eq!(
+        app.delete("alice", &format!("/api/sessions/{session}/members/bob"))
+            .await
+            .status,
+        204
+    );
+    let mut saw_removal = false;
+    loop {
+        match bobs.next(WAIT).await {
+            Some(WsItem::Json(m)) => {
+                if m["type"] == "member.removed" && m["data"]["user_id"] == "bob" {
+                    saw_removal = true;
+                }
+            }
+            Some(WsItem::Closed(code)) => {
+                assert_eq!(code, Some(4003));
+                break;
+            }
+            None => panic!("the removed member's socket stayed open"),
+        }
+    }
+    assert!(saw_removal);
+    // And cannot come back.
+    assert_eq!(app.ws("bob", &session, None).await.err(), Some(404));
+}
