@@ -76,8 +76,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             dev(&config).await
         }
         Command::Bench(args) => {
-            println!("| scenario | median | min .. max | runs |");
-            println!("|---|---|---|---|");
             crate::bench::run(&config, &args).await?;
             Ok(())
         }

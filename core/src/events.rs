@@ -135,24 +135,6 @@ pub async fn list(
     .await
 }
 
-/// Events of a session with `after_seq < seq < before_seq`, in order (gap filling).
-pub async fn between(
-    pool: &PgPool,
-    session_id: Uuid,
-    after_seq: i64,
-    before_seq: i64,
-) -> sqlx::Result<Vec<Event>> {
-    sqlx::query_as::<_, Event>(
-        "SELECT seq, type, session_id, at, data FROM session_events
-         WHERE session_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq",
-    )
-    .bind(session_id)
-    .bind(after_seq)
-    .bind(before_seq)
-    .fetch_all(pool)
-    .await
-}
-
 /// Publishes events and deltas on Redis from a background task, in the
 /// order handed over, and marks published events in batches. Never blocks
 /// or fails its caller: what cannot be published is left to the relay.

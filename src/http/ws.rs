@@ -47,6 +47,8 @@ pub const PONG_TIMEOUT: Duration = Duration::from_secs(45);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message a client may send (it has nothing to say but pongs).
 pub const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Read and write buffer of a socket.
+pub const SOCKET_BUFFER: usize = 4096;
 /// Events read from Postgres per page when replaying.
 const REPLAY_PAGE: i64 = 500;
 
@@ -100,6 +102,11 @@ async fn ws_session(
         )
     })?;
     Ok(upgrade
+        // tungstenite's defaults (128 KiB read buffer, 128 KiB write
+        // buffer) would cost every socket ~140 KiB of resident memory;
+        // clients send nothing but pongs and our messages are small.
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
@@ -222,19 +229,12 @@ impl Socket {
             return Ok(());
         }
         if event.seq > self.last + 1 {
-            let missing = events::between(&self.state.pool, self.session_id, self.last, event.seq)
-                .await
-                .map_err(|_| End::Close(1011, "temporarily unable to read events", "error"))?;
-            metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => "gap")
-                .increment(missing.len() as u64);
-            for missed in &missing {
-                self.send_event(missed).await?;
-            }
-            if self.last + 1 != event.seq {
-                // Not committed yet where we read (replica lag cannot happen
-                // here, but a racing writer can): the resync will bring it.
-                return Ok(());
-            }
+            // Something was missed (published before this socket's
+            // subscription took effect, or lost while Redis was away): read
+            // everything after the last seq sent. Seqs are allocated under
+            // the session row lock, so every earlier event is committed by
+            // now, and so is this one: the read includes it.
+            return self.catch_up("gap").await;
         }
         let lag = (Utc::now() - event.at).to_std().unwrap_or_default();
         metrics::histogram!(m::EVENT_DELIVERY_LAG_SECONDS).record(lag.as_secs_f64());

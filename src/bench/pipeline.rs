@@ -1,18 +1,9 @@
-//! `questboard bench`: reproducible measurements of the turn pipeline
-//! against the Postgres given by `DATABASE_URL`.
-//!
-//! Each run creates its own scratch database (`qb_bench_<time>`), applies
-//! the migrations, measures, and drops it. Workers run in this process
-//! (each with its own connection pool, as separate processes would), with
-//! the scripted game master at zero latency, so what is measured is the
-//! platform: enqueue, claim, lease, fenced writes. Every scenario is run
-//! several times and reported as median with min and max, because the
-//! machine is shared and noisy.
+//! Pipeline scenarios: enqueue rate, end-to-end throughput with per-session
+//! ordering, the hot session, and idle pickup latency.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use questboard_core::db;
 use questboard_core::identity::UserId;
 use questboard_core::jobs::JobKind;
@@ -22,44 +13,9 @@ use questboard_core::wakeups::Publisher;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, oneshot};
 
+use super::{BenchArgs, Figure, Scratch, runs};
 use crate::app;
 use crate::config::Config;
-
-/// What to measure.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// Small sizes (seconds, for CI smoke runs); figures are not meaningful.
-    #[arg(long)]
-    pub quick: bool,
-    /// Runs per scenario.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Worker runtimes.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
-    /// Sessions each worker runtime processes at once.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: u32,
-}
-
-/// One measured figure over several runs.
-#[derive(Debug, Clone)]
-pub struct Figure {
-    /// What was measured.
-    pub name: String,
-    /// The unit.
-    pub unit: &'static str,
-    /// One value per run.
-    pub values: Vec<f64>,
-}
-
-impl Figure {
-    fn median(&self) -> f64 {
-        let mut v = self.values.clone();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    }
-}
 
 /// Runs every pipeline scenario and prints a table.
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
@@ -68,7 +24,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     } else {
         (20_000, 10_000, 5_000, 200)
     };
-    let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let runs = runs(args);
     let mut figures = Vec::new();
     for (sessions, total) in [(1000usize, turns_many), (10, turns_ten), (1, turns_hot)] {
         let sessions = if args.quick {
@@ -96,8 +52,8 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
             process.values.push(done);
             scratch.drop_db().await;
         }
-        print(&enqueue);
-        print(&process);
+        enqueue.print();
+        process.print();
         figures.push(enqueue);
         figures.push(process);
     }
@@ -118,76 +74,22 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         p99.values.push(b);
         scratch.drop_db().await;
     }
-    print(&p50);
-    print(&p99);
+    p50.print();
+    p99.print();
     figures.push(p50);
     figures.push(p99);
     Ok(figures)
 }
 
-fn print(f: &Figure) {
-    let min = f.values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = f.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    println!(
-        "| {:<58} | {:>10.1} {:<7} | {:>10.1} .. {:<10.1} | {} runs |",
-        f.name,
-        f.median(),
-        f.unit,
-        min,
-        max,
-        f.values.len()
-    );
-}
-
-struct Scratch {
-    name: String,
-    admin_url: String,
-    url: String,
-    pool: PgPool,
-}
-
-impl Scratch {
-    async fn create(config: &Config) -> anyhow::Result<Self> {
-        let admin_url = config.database_url.expose().to_owned();
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let name = format!("qb_bench_{stamp}");
-        let mut url = url::Url::parse(&admin_url).context("DATABASE_URL")?;
-        url.set_path(&name);
-        let url = url.to_string();
-        db::create_database_if_missing(&url).await?;
-        let pool = db::connect(&url, 40).await?;
-        db::migrate(&pool).await?;
-        Ok(Self {
-            name,
-            admin_url,
-            url,
-            pool,
-        })
-    }
-
-    async fn drop_db(self) {
-        self.pool.close().await;
-        if let Ok(pool) = db::connect(&self.admin_url, 1).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&pool)
-            .await;
-        }
-    }
-}
-
-struct Workers {
+/// In-process worker runtimes on a scratch database.
+pub struct Workers {
     stops: Vec<oneshot::Sender<()>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Workers {
-    async fn start(
+    /// Starts `count` runtimes with the scripted provider at zero latency.
+    pub async fn start(
         scratch: &Scratch,
         config: &Config,
         count: usize,
@@ -200,7 +102,10 @@ impl Workers {
         let mut stops = Vec::new();
         let mut handles = Vec::new();
         for _ in 0..count {
-            let pool = db::connect(&scratch.url, concurrency + 4).await?;
+            // A slot uses a connection only for single statements: a pool
+            // smaller than the slot count keeps several runtimes under
+            // Postgres's default 100 connections.
+            let pool = db::connect(&scratch.url, (concurrency / 2 + 2).min(16)).await?;
             let worker = app::worker(&config, pool)?;
             let (tx, rx) = oneshot::channel::<()>();
             stops.push(tx);
@@ -215,7 +120,8 @@ impl Workers {
         Ok(Self { stops, handles })
     }
 
-    async fn stop(self) {
+    /// Stops them all.
+    pub async fn stop(self) {
         for tx in self.stops {
             let _ = tx.send(());
         }
@@ -225,7 +131,8 @@ impl Workers {
     }
 }
 
-async fn make_sessions(pool: &PgPool, count: usize) -> anyhow::Result<Vec<uuid::Uuid>> {
+/// Creates `count` sessions owned by `bench`.
+pub async fn make_sessions(pool: &PgPool, count: usize) -> anyhow::Result<Vec<uuid::Uuid>> {
     let owner = UserId::parse("bench").map_err(anyhow::Error::msg)?;
     let name = SessionName::parse("bench").map_err(anyhow::Error::msg)?;
     let mut ids = Vec::with_capacity(count);
