@@ -114,28 +114,18 @@ impl Storage {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = split_bucket(rest)?;
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            for (key, value) in options {
-                let key = key
-                    .as_ref()
-                    .parse()
-                    .map_err(|e: object_store::Error| Error::Config(e.to_string()))?;
-                builder = builder.with_config(key, value);
-            }
-            let store = builder.build().map_err(|e| Error::Config(e.to_string()))?;
+            let builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let store = configure(builder, options, AmazonS3Builder::with_config)?
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
             return Ok(Self::remote(store, prefix, url));
         }
         if let Some(rest) = url.strip_prefix("gs://") {
             let (bucket, prefix) = split_bucket(rest)?;
-            let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
-            for (key, value) in options {
-                let key = key
-                    .as_ref()
-                    .parse()
-                    .map_err(|e: object_store::Error| Error::Config(e.to_string()))?;
-                builder = builder.with_config(key, value);
-            }
-            let store = builder.build().map_err(|e| Error::Config(e.to_string()))?;
+            let builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            let store = configure(builder, options, GoogleCloudStorageBuilder::with_config)?
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
             return Ok(Self::remote(store, prefix, url));
         }
         let dir = match url.strip_prefix("file://") {
@@ -206,6 +196,24 @@ impl Storage {
             Err(e) => Err(Error::Backend(e)),
         }
     }
+}
+
+/// Applies `object_store` config options (keys such as `aws_endpoint`) to a
+/// cloud store builder.
+fn configure<B, C, K, V>(
+    builder: B,
+    options: impl IntoIterator<Item = (K, V)>,
+    with_config: impl Fn(B, C, String) -> B,
+) -> Result<B>
+where
+    C: std::str::FromStr<Err = object_store::Error>,
+    K: AsRef<str>,
+    V: Into<String>,
+{
+    options.into_iter().try_fold(builder, |builder, (key, value)| {
+        let key = key.as_ref().parse().map_err(|e: object_store::Error| Error::Config(e.to_string()))?;
+        Ok(with_config(builder, key, value.into()))
+    })
 }
 
 fn split_bucket(rest: &str) -> Result<(&str, Option<Path>)> {
