@@ -210,10 +210,15 @@ where
     K: AsRef<str>,
     V: Into<String>,
 {
-    options.into_iter().try_fold(builder, |builder, (key, value)| {
-        let key = key.as_ref().parse().map_err(|e: object_store::Error| Error::Config(e.to_string()))?;
-        Ok(with_config(builder, key, value.into()))
-    })
+    options
+        .into_iter()
+        .try_fold(builder, |builder, (key, value)| {
+            let key = key
+                .as_ref()
+                .parse()
+                .map_err(|e: object_store::Error| Error::Config(e.to_string()))?;
+            Ok(with_config(builder, key, value.into()))
+        })
 }
 
 fn split_bucket(rest: &str) -> Result<(&str, Option<Path>)> {

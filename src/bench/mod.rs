@@ -7,6 +7,8 @@
 //! machine is shared and noisy; comparisons are ratios measured in the same
 //! run. `--quick` uses tiny sizes: a smoke test for CI, not a measurement.
 //!
+//! - [`baseline`]: raw apalis-postgres noop jobs and the bare Postgres
+//!   ceiling, measured on the same database in the same run.
 //! - [`pipeline`]: enqueue rate, end-to-end turns per second over 1, 10 and
 //!   1,000 sessions, idle pickup latency.
 //! - [`realtime`]: POST-to-WebSocket latency at a steady offered rate, and
@@ -20,6 +22,7 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 
+pub mod baseline;
 pub mod pipeline;
 pub mod realtime;
 
@@ -38,7 +41,7 @@ pub struct BenchArgs {
     /// Sessions each worker runtime processes at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: u32,
-    /// Only scenarios whose group matches: `pipeline`, `realtime` (default: all).
+    /// Only scenarios whose group matches: `baseline`, `pipeline`, `realtime` (default: all).
     #[arg(long)]
     pub only: Option<String>,
     /// WebSocket clients for the fan-out scenario (comma-separated).
@@ -104,8 +107,25 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     println!("|---|---|---|---|");
     let wanted = |group: &str| args.only.as_deref().is_none_or(|o| o == group);
     let mut figures = Vec::new();
+    if wanted("baseline") {
+        figures.extend(baseline::run(config, args).await?);
+    }
     if wanted("pipeline") {
         figures.extend(pipeline::run(config, args).await?);
+    }
+    let raw = figures
+        .iter()
+        .find(|f| f.name.starts_with("raw apalis-postgres noop, batch 100"))
+        .map(Figure::median);
+    let ours = figures
+        .iter()
+        .find(|f| f.name.starts_with("end to end, 1000 session"))
+        .map(Figure::median);
+    if let (Some(raw), Some(ours)) = (raw, ours) {
+        println!(
+            "| ratio: questboard over 1000 sessions / raw apalis-postgres batch 100 (same run) | {:>10.2} x       | | |",
+            ours / raw
+        );
     }
     if wanted("realtime") {
         let measured = figures
@@ -168,6 +188,28 @@ impl Scratch {
             .await;
         }
     }
+}
+
+/// The JWT secret of APIs the benchmark starts.
+pub const SECRET: &str = "bench-secret-bench-secret-bench-secret!";
+
+/// An API configuration on a scratch database, with the bench secret.
+pub fn bench_config(config: &Config, scratch: &Scratch) -> Config {
+    let mut config = config.clone();
+    config.database_url = crate::config::Secret::new(scratch.url.clone());
+    config.jwt_secret = Some(crate::config::Secret::new(SECRET));
+    config.jwks_url = None;
+    config.jwt_issuer = None;
+    config.jwt_audience = None;
+    config.storage_url = "memory://".into();
+    config.db_max_connections = 16;
+    config
+}
+
+/// A bearer token for `user` under [`bench_config`].
+pub fn token(config: &Config, user: &str) -> anyhow::Result<String> {
+    let user = questboard_core::identity::UserId::parse(user).map_err(anyhow::Error::msg)?;
+    Ok(crate::auth::mint(config, &user, Duration::from_secs(3600))?)
 }
 
 /// Polls `check` every 20 ms until it holds or `limit` passes.

@@ -57,6 +57,18 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         figures.push(enqueue);
         figures.push(process);
     }
+    let mut http = Figure::new(
+        "enqueue via HTTP API (keep-alive, 32 clients), 100 sessions",
+        "turns/s",
+    );
+    for _ in 0..runs {
+        let scratch = Scratch::create(config).await?;
+        http.values
+            .push(http_enqueue(&scratch, config, if args.quick { 200 } else { 5_000 }).await?);
+        scratch.drop_db().await;
+    }
+    http.print();
+    figures.push(http);
     let mut p50 = Figure {
         name: "idle pickup p50 (enqueue -> start)".into(),
         unit: "ms",
@@ -250,4 +262,59 @@ async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::R
     waits.sort_by(f64::total_cmp);
     let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
     Ok((at(0.5), at(0.99)))
+}
+
+/// Turns accepted per second through the HTTP API by 32 keep-alive clients.
+async fn http_enqueue(scratch: &Scratch, config: &Config, total: usize) -> anyhow::Result<f64> {
+    let config = super::bench_config(config, scratch);
+    let state = app::api_state(&config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app::serve_http(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    let sessions = Arc::new(make_sessions(&scratch.pool, 100).await?);
+    let token = super::token(&config, "bench")?;
+    let client = reqwest::Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, next, sessions, token) = (
+            client.clone(),
+            next.clone(),
+            sessions.clone(),
+            token.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return anyhow::Ok(());
+                }
+                let response = client
+                    .post(format!(
+                        "http://{addr}/api/sessions/{}/turns",
+                        sessions[i % sessions.len()]
+                    ))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({ "text": "I search the room." }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 202,
+                    "submit failed: {}",
+                    response.status()
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(rate)
 }

@@ -9,17 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use questboard_core::identity::UserId;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use super::pipeline::{Workers, make_sessions};
-use super::{BenchArgs, Figure, Scratch, runs, wait_for};
+use super::{BenchArgs, Figure, SECRET, Scratch, bench_config, runs, token, wait_for};
 use crate::app;
-use crate::config::{Config, Secret};
-
-const SECRET: &str = "bench-secret-bench-secret-bench-secret!";
+use crate::config::Config;
 
 /// Runs the realtime scenarios; `rate` is the offered load in turns/s.
 pub async fn run(config: &Config, args: &BenchArgs, rate: f64) -> anyhow::Result<Vec<Figure>> {
@@ -66,23 +63,6 @@ pub async fn run(config: &Config, args: &BenchArgs, rate: f64) -> anyhow::Result
         }
     }
     Ok(figures)
-}
-
-fn bench_config(config: &Config, scratch: &Scratch) -> Config {
-    let mut config = config.clone();
-    config.database_url = Secret::new(scratch.url.clone());
-    config.jwt_secret = Some(Secret::new(SECRET));
-    config.jwks_url = None;
-    config.jwt_issuer = None;
-    config.jwt_audience = None;
-    config.storage_url = "memory://".into();
-    config.db_max_connections = 16;
-    config
-}
-
-fn token(config: &Config, user: &str) -> anyhow::Result<String> {
-    let user = UserId::parse(user).map_err(anyhow::Error::msg)?;
-    Ok(crate::auth::mint(config, &user, Duration::from_secs(3600))?)
 }
 
 type Socket =
