@@ -151,13 +151,12 @@ impl Socket {
         };
         if let End::Close(code, reason, label) = end {
             metrics::counter!(m::WS_CLOSED_TOTAL, "reason" => label).increment(1);
-            let _ = self
-                .socket
-                .send(WsMessage::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                })))
-                .await;
+            // Bounded: a client that stopped reading may never take it.
+            let close = self.socket.send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })));
+            let _ = tokio::time::timeout(SEND_TIMEOUT, close).await;
         }
     }
 

@@ -411,3 +411,46 @@ async fn a_removed_members_socket_is_closed_at_once() {
     // And cannot come back.
     assert_eq!(app.ws("bob", &session, None).await.err(), Some(404));
 }
+
+#[tokio::test]
+async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Firehose").await;
+    let mut slow = app.ws("alice", &session, None).await.expect("socket");
+    // Let the bridge subscribe before flooding the channel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Flood the session's channel with streamed chunks (as a worker would)
+    // while the client reads nothing: the socket's buffer overflows.
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("redis");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let session_id: uuid::Uuid = session.parse().expect("uuid");
+    let chunk = "x".repeat(1024);
+    for batch in 0..20 {
+        let mut pipe = redis::pipe();
+        for index in 0..1000u32 {
+            let delta = serde_json::json!({
+                "type": "turn.delta", "session_id": session_id, "turn_id": session_id,
+                "index": batch * 1000 + index, "text": chunk,
+            });
+            pipe.cmd("PUBLISH").arg(questboard_core::events::channel(session_id)).arg(delta.to_string()).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.expect("publish");
+    }
+
+    // Reading now: whatever was buffered, then the close code.
+    let mut delivered = 0;
+    loop {
+        match slow.next(WAIT).await {
+            Some(WsItem::Json(_)) => delivered += 1,
+            Some(WsItem::Closed(code)) => {
+                assert_eq!(code, Some(4008), "after {delivered} messages");
+                break;
+            }
+            None => panic!("the slow client was never closed ({delivered} messages)"),
+        }
+    }
+    assert!(delivered < 20_000, "the client was closed before it got everything");
+    // It resumes with after_seq like any client.
+    assert!(app.ws("alice", &session, Some(0)).await.is_ok());
+}
