@@ -184,50 +184,77 @@ impl EventPublisher {
     }
 }
 
+/// How often published events are marked in Postgres. Marking is
+/// bookkeeping for the relay, which only looks at events older than its
+/// grace period (`QB_RELAY_INTERVAL_MS`, at least 50 ms): one UPDATE per
+/// interval instead of one per publish batch.
+const MARK_EVERY: Duration = Duration::from_millis(100);
+
 async fn publish_loop(
     mut conn: ConnectionManager,
     pool: PgPool,
     mut rx: mpsc::UnboundedReceiver<Message>,
 ) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        let mut pipe = redis::pipe();
-        for message in &batch {
-            let session = match message {
-                Message::Event(e) => e.session_id,
-                Message::Delta(d) => d.session_id,
-            };
-            let Ok(payload) = serde_json::to_string(message) else {
-                continue;
-            };
-            pipe.cmd("PUBLISH")
-                .arg(channel(session))
-                .arg(payload)
-                .ignore();
-        }
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => {
-                let (sessions, seqs): (Vec<Uuid>, Vec<i64>) = batch
-                    .iter()
-                    .filter_map(|m| match m {
-                        Message::Event(e) => Some((e.session_id, e.seq)),
-                        Message::Delta(_) => None,
-                    })
-                    .unzip();
-                metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "path" => "direct")
-                    .increment(sessions.len() as u64);
-                if !sessions.is_empty()
-                    && let Err(err) = mark_published(&pool, &sessions, &seqs).await
-                {
+    let mut published: (Vec<Uuid>, Vec<i64>) = (Vec::new(), Vec::new());
+    let mut mark = tokio::time::interval(MARK_EVERY);
+    loop {
+        tokio::select! {
+            received = rx.recv_many(&mut batch, 256) => {
+                if received == 0 {
+                    break;
+                }
+                publish_batch(&mut conn, &batch, &mut published).await;
+                batch.clear();
+            }
+            _ = mark.tick(), if !published.0.is_empty() => {
+                let (sessions, seqs) = std::mem::take(&mut published);
+                if let Err(err) = mark_published(&pool, &sessions, &seqs).await {
                     tracing::warn!(error = %err, "marking events published failed; the relay may publish them again");
                 }
             }
-            Err(err) => {
-                metrics::counter!(m::EVENTS_PUBLISH_FAILURES_TOTAL).increment(1);
-                tracing::warn!(error = %err, count = batch.len(), "publishing events failed; the relay will publish them");
-            }
         }
-        batch.clear();
+    }
+    if !published.0.is_empty() {
+        let _ = mark_published(&pool, &published.0, &published.1).await;
+    }
+}
+
+async fn publish_batch(
+    conn: &mut ConnectionManager,
+    batch: &[Message],
+    published: &mut (Vec<Uuid>, Vec<i64>),
+) {
+    let mut pipe = redis::pipe();
+    for message in batch {
+        let session = match message {
+            Message::Event(e) => e.session_id,
+            Message::Delta(d) => d.session_id,
+        };
+        let Ok(payload) = serde_json::to_string(message) else {
+            continue;
+        };
+        pipe.cmd("PUBLISH")
+            .arg(channel(session))
+            .arg(payload)
+            .ignore();
+    }
+    match pipe.query_async::<()>(conn).await {
+        Ok(()) => {
+            let before = published.0.len();
+            for message in batch {
+                if let Message::Event(e) = message {
+                    published.0.push(e.session_id);
+                    published.1.push(e.seq);
+                }
+            }
+            metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "path" => "direct")
+                .increment((published.0.len() - before) as u64);
+        }
+        Err(err) => {
+            metrics::counter!(m::EVENTS_PUBLISH_FAILURES_TOTAL).increment(1);
+            tracing::warn!(error = %err, count = batch.len(), "publishing events failed; the relay will publish them");
+        }
     }
 }
 

@@ -423,7 +423,10 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
     // Flood the session's channel with streamed chunks (as a worker would)
     // while the client reads nothing: the socket's buffer overflows.
     let client = redis::Client::open(crate::helpers::redis_url()).expect("redis");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
     let session_id: uuid::Uuid = session.parse().expect("uuid");
     let chunk = "x".repeat(1024);
     for batch in 0..20 {
@@ -433,7 +436,10 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
                 "type": "turn.delta", "session_id": session_id, "turn_id": session_id,
                 "index": batch * 1000 + index, "text": chunk,
             });
-            pipe.cmd("PUBLISH").arg(questboard_core::events::channel(session_id)).arg(delta.to_string()).ignore();
+            pipe.cmd("PUBLISH")
+                .arg(questboard_core::events::channel(session_id))
+                .arg(delta.to_string())
+                .ignore();
         }
         pipe.query_async::<()>(&mut conn).await.expect("publish");
     }
@@ -450,7 +456,10 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
             None => panic!("the slow client was never closed ({delivered} messages)"),
         }
     }
-    assert!(delivered < 20_000, "the client was closed before it got everything");
+    assert!(
+        delivered < 20_000,
+        "the client was closed before it got everything"
+    );
     // It resumes with after_seq like any client.
     assert!(app.ws("alice", &session, Some(0)).await.is_ok());
 }
