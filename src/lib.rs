@@ -1,14 +1,16 @@
 //! # questboard
 //!
 //! A job-queue driven background processing platform for AI game-master
-//! campaign apps. This crate is the one binary (`questboard serve | migrate |
-//! token ...`) and the HTTP API; the domain lives in `questboard-core`
-//! (re-exported as [`core`]).
+//! campaign apps. This crate is the one binary (`questboard serve | work |
+//! dev | migrate | bench | token`) and the HTTP/WebSocket API; the domain
+//! lives in `questboard-core` (re-exported as [`core`]) and the worker
+//! runtime in `questboard-workers`.
 //!
 //! Map of the crate:
 //!
 //! - [`cli`]: the subcommands and what each one starts.
-//! - [`bench`]: `questboard bench`, the pipeline measurements.
+//! - [`bench`](mod@bench): `questboard bench`, the measurements in `BENCHMARKS.md`.
+//! - [`bridge`]: Redis session channels delivered to this process's WebSockets.
 //! - [`config`]: the one typed configuration, read from the environment.
 //! - [`telemetry`]: logging, the Prometheus recorder and the `/metrics` listener.
 //! - [`auth`]: verifying bearer JWTs (HS256 secret or RS256 JWKS) and minting

@@ -13,6 +13,17 @@
 //!   `campaign_session_members`).
 //! - [`invites`]: one-time invite tokens, stored only as hashes
 //!   (`campaign_session_invites`).
+//! - [`turns`]: player turns, their numbering and idempotency, the
+//!   runnable-session index, and the fenced writes workers make (`turns`,
+//!   `session_queue`).
+//! - [`jobs`]: the job registry ([`jobs::JobKind`]) and durable job rows in
+//!   apalis-postgres's `apalis.jobs`: enqueue in the caller's transaction,
+//!   status, backoff.
+//! - [`leases`]: time-bounded, fenced ownership of a key (a session, a
+//!   singleton) on the database clock (`leases`).
+//! - [`events`]: the durable per-session event log, publishing it on Redis,
+//!   and the relay for what missed Redis (`session_events`).
+//! - [`wakeups`]: waking idle workers through Redis when jobs are enqueued.
 //! - [`storage`]: the one abstraction over `object_store` for campaign files,
 //!   with a per-session prefix and validated paths.
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
