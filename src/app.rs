@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use questboard_core::db;
 use questboard_core::events::EventPublisher;
 use questboard_core::storage::Storage;
+use questboard_core::turns::Intake;
 use questboard_core::wakeups::Publisher;
 use tokio::net::TcpListener;
 
@@ -34,13 +35,14 @@ pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
     let redis = redis::Client::open(config.redis_url.expose()).context("REDIS_URL")?;
     let wake = Publisher::new(redis.clone());
     let events = EventPublisher::start(redis.clone(), pool.clone());
+    let intake = Intake::start(pool.clone(), events.clone(), wake.clone());
     let bridge = Bridge::start(redis.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
     Ok(AppState {
         pool,
         redis,
-        wake,
+        intake,
         events,
         bridge,
         ws_allowed_origins: config

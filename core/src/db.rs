@@ -28,8 +28,14 @@ pub enum Error {
 }
 
 /// Opens a connection pool of at most `max_connections`.
+///
+/// JIT compilation is switched off for our sessions: it pays off for long
+/// analytical queries, but the planner's estimates for our batched
+/// statements (unnest of hundreds of rows) can cross `jit_above_cost`, and
+/// compiling then takes longer than running the statement.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     let options: PgConnectOptions = url.parse().map_err(Error::Connect)?;
+    let options = options.options([("jit", "off")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -2,14 +2,17 @@
 //!
 //! Every change to a session appends an [`Event`] in the same transaction as
 //! the change, numbered per session (`seq` = previous + 1, allocated under
-//! the session row's lock). After commit the writer hands the event to an
+//! the session row's lock). A statement trigger copies the key of every new
+//! event into `event_outbox` in that same transaction (migration
+//! `..._event_outbox`). After commit the writer hands the event to an
 //! [`EventPublisher`], which PUBLISHes it on the session's Redis channel
-//! ([`channel`]) and then marks it published. If Redis is down the change
-//! still commits; the relay ([`relay_once`], run under a lease by one
-//! process) publishes whatever stayed unpublished, so no committed event is
-//! lost to subscribers. Subscribers treat Redis as an at-most-once
-//! transport: they detect gaps by `seq` and read missing events from
-//! Postgres, which is the source of truth.
+//! ([`channel`]) and then deletes its outbox key. If Redis is down, or the
+//! writer dies between commit and publish, the change is committed anyway
+//! and its key stays in the outbox: the relay ([`relay_once`], run under a
+//! lease by one process) publishes whatever stayed there longer than its
+//! grace period, so no committed event is lost to subscribers. Subscribers
+//! treat Redis as an at-most-once transport: they detect gaps by `seq` and
+//! read missing events from Postgres, which is the source of truth.
 //!
 //! Streamed model output travels as ephemeral [`Delta`]s through Redis
 //! only: not stored, no `seq`.
@@ -104,19 +107,6 @@ pub async fn append(
     .await
 }
 
-/// SQL CTEs appending one event inside a larger single statement: `seqs`
-/// then `event`, guarded by `guard`. `session`, `kind` and `data` are SQL
-/// expressions (parameters or columns of earlier CTEs).
-pub fn append_ctes(session: &str, kind: &str, data: &str, guard: &str) -> String {
-    format!(
-        "seqs AS (UPDATE campaign_sessions SET next_event_seq = next_event_seq + 1
-                  WHERE id = {session} AND {guard} RETURNING next_event_seq - 1 AS seq),
-         event AS (INSERT INTO session_events (session_id, seq, type, data)
-                   SELECT {session}, seq, {kind}, {data} FROM seqs
-                   RETURNING seq, type, session_id, at, data)"
-    )
-}
-
 /// Events of a session with `seq > after_seq`, in order.
 pub async fn list(
     pool: &PgPool,
@@ -136,11 +126,21 @@ pub async fn list(
 }
 
 /// Publishes events and deltas on Redis from a background task, in the
-/// order handed over, and marks published events in batches. Never blocks
-/// or fails its caller: what cannot be published is left to the relay.
+/// order handed over, and clears published events from the outbox in
+/// batches. Never blocks or fails its caller: what cannot be published is
+/// left to the relay.
 #[derive(Clone, Debug)]
 pub struct EventPublisher {
-    tx: Option<mpsc::UnboundedSender<Message>>,
+    tx: Option<mpsc::UnboundedSender<Outgoing>>,
+}
+
+/// A message on its way to Redis.
+#[derive(Debug)]
+struct Outgoing {
+    message: Message,
+    /// The last event a statement appended to its session: once it is
+    /// published, so is the statement's whole outbox range.
+    closes_range: bool,
 }
 
 impl EventPublisher {
@@ -167,11 +167,16 @@ impl EventPublisher {
         Self { tx: None }
     }
 
-    /// Publishes committed events, in order.
+    /// Publishes the events one committed statement appended to one
+    /// session, in seq order (the outbox keeps them as one range).
     pub fn events(&self, events: impl IntoIterator<Item = Event>) {
         if let Some(tx) = &self.tx {
-            for event in events {
-                let _ = tx.send(Message::Event(event));
+            let mut events = events.into_iter().peekable();
+            while let Some(event) = events.next() {
+                let _ = tx.send(Outgoing {
+                    message: Message::Event(event),
+                    closes_range: events.peek().is_none(),
+                });
             }
         }
     }
@@ -179,21 +184,24 @@ impl EventPublisher {
     /// Publishes a streamed chunk.
     pub fn delta(&self, delta: Delta) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Message::Delta(delta));
+            let _ = tx.send(Outgoing {
+                message: Message::Delta(delta),
+                closes_range: false,
+            });
         }
     }
 }
 
-/// How often published events are marked in Postgres. Marking is
+/// How often published events are cleared from the outbox. Clearing is
 /// bookkeeping for the relay, which only looks at events older than its
-/// grace period (`QB_RELAY_INTERVAL_MS`, at least 50 ms): one UPDATE per
+/// grace period (`QB_RELAY_INTERVAL_MS`, at least 50 ms): one DELETE per
 /// interval instead of one per publish batch.
 const MARK_EVERY: Duration = Duration::from_millis(100);
 
 async fn publish_loop(
     mut conn: ConnectionManager,
     pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<Message>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let mut batch = Vec::new();
     let mut published: (Vec<Uuid>, Vec<i64>) = (Vec::new(), Vec::new());
@@ -209,24 +217,24 @@ async fn publish_loop(
             }
             _ = mark.tick(), if !published.0.is_empty() => {
                 let (sessions, seqs) = std::mem::take(&mut published);
-                if let Err(err) = mark_published(&pool, &sessions, &seqs).await {
-                    tracing::warn!(error = %err, "marking events published failed; the relay may publish them again");
+                if let Err(err) = clear_published(&pool, &sessions, &seqs).await {
+                    tracing::warn!(error = %err, "clearing published events from the outbox failed; the relay may publish them again");
                 }
             }
         }
     }
     if !published.0.is_empty() {
-        let _ = mark_published(&pool, &published.0, &published.1).await;
+        let _ = clear_published(&pool, &published.0, &published.1).await;
     }
 }
 
 async fn publish_batch(
     conn: &mut ConnectionManager,
-    batch: &[Message],
+    batch: &[Outgoing],
     published: &mut (Vec<Uuid>, Vec<i64>),
 ) {
     let mut pipe = redis::pipe();
-    for message in batch {
+    for Outgoing { message, .. } in batch {
         let session = match message {
             Message::Event(e) => e.session_id,
             Message::Delta(d) => d.session_id,
@@ -241,15 +249,17 @@ async fn publish_batch(
     }
     match pipe.query_async::<()>(conn).await {
         Ok(()) => {
-            let before = published.0.len();
-            for message in batch {
-                if let Message::Event(e) = message {
-                    published.0.push(e.session_id);
-                    published.1.push(e.seq);
+            let mut events = 0;
+            for outgoing in batch {
+                if let Message::Event(e) = &outgoing.message {
+                    events += 1;
+                    if outgoing.closes_range {
+                        published.0.push(e.session_id);
+                        published.1.push(e.seq);
+                    }
                 }
             }
-            metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "path" => "direct")
-                .increment((published.0.len() - before) as u64);
+            metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "path" => "direct").increment(events);
         }
         Err(err) => {
             metrics::counter!(m::EVENTS_PUBLISH_FAILURES_TOTAL).increment(1);
@@ -258,11 +268,12 @@ async fn publish_batch(
     }
 }
 
-async fn mark_published(pool: &PgPool, sessions: &[Uuid], seqs: &[i64]) -> sqlx::Result<()> {
+/// Deletes the outbox ranges ending at each (session, seq).
+async fn clear_published(pool: &PgPool, sessions: &[Uuid], seqs: &[i64]) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE session_events e SET published = true
-         FROM unnest($1::uuid[], $2::bigint[]) AS p(session_id, seq)
-         WHERE e.session_id = p.session_id AND e.seq = p.seq AND NOT e.published",
+        "DELETE FROM event_outbox o
+         USING unnest($1::uuid[], $2::bigint[]) AS p(session_id, seq)
+         WHERE o.session_id = p.session_id AND o.to_seq = p.seq",
     )
     .bind(sessions)
     .bind(seqs)
@@ -271,31 +282,64 @@ async fn mark_published(pool: &PgPool, sessions: &[Uuid], seqs: &[i64]) -> sqlx:
     Ok(())
 }
 
-/// Publishes, in order, events that committed more than `grace` ago and
-/// are still unpublished (Redis was down, or a process died between commit
-/// and publish). Returns how many were published. Run by one process at a
-/// time, under the `relay` lease.
+/// Publishes, in order, the events of up to `limit` outbox ranges written
+/// more than `grace` ago and still there (Redis was down, or a process died
+/// between commit and publish), then clears those ranges. Returns how many
+/// events were published. Run by one process at a time, under the `relay`
+/// lease.
 pub async fn relay_once(
     pool: &PgPool,
     conn: &mut ConnectionManager,
     grace: Duration,
     limit: i64,
 ) -> Result<usize, RelayError> {
-    let backlog: Vec<Event> = sqlx::query_as::<_, Event>(
-        "SELECT seq, type, session_id, at, data FROM session_events
-         WHERE NOT published AND at < clock_timestamp() - make_interval(secs => $1)
-         ORDER BY session_id, seq LIMIT $2",
+    type Row = (
+        Uuid,
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        Option<Value>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH ranges AS (
+             SELECT session_id, from_seq, to_seq FROM event_outbox
+             WHERE at < clock_timestamp() - make_interval(secs => $1)
+             ORDER BY at LIMIT $2
+         )
+         SELECT r.session_id, r.to_seq, e.seq, e.type, e.at, e.data
+         FROM ranges r
+         LEFT JOIN session_events e ON e.session_id = r.session_id
+                                   AND e.seq BETWEEN r.from_seq AND r.to_seq
+         ORDER BY r.session_id, e.seq",
     )
     .bind(grace.as_secs_f64())
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM session_events WHERE NOT published")
-            .fetch_one(pool)
-            .await?;
+    // Every range read is cleared once published (a range whose events are
+    // gone with their session is cleared as well).
+    let mut ranges: Vec<(Uuid, i64)> = rows.iter().map(|r| (r.0, r.1)).collect();
+    ranges.dedup();
+    let backlog: Vec<Event> = rows
+        .into_iter()
+        .filter_map(|(session_id, _, seq, kind, at, data)| {
+            Some(Event {
+                seq: seq?,
+                kind: kind?,
+                session_id,
+                at: at?,
+                data: data?,
+            })
+        })
+        .collect();
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(to_seq - from_seq + 1), 0)::bigint FROM event_outbox",
+    )
+    .fetch_one(pool)
+    .await?;
     metrics::gauge!(m::RELAY_BACKLOG).set(pending as f64);
-    if backlog.is_empty() {
+    if ranges.is_empty() {
         return Ok(0);
     }
     let mut pipe = redis::pipe();
@@ -306,10 +350,11 @@ pub async fn relay_once(
             .arg(payload)
             .ignore();
     }
-    pipe.query_async::<()>(conn).await?;
-    let (sessions, seqs): (Vec<Uuid>, Vec<i64>) =
-        backlog.iter().map(|e| (e.session_id, e.seq)).unzip();
-    mark_published(pool, &sessions, &seqs).await?;
+    if !backlog.is_empty() {
+        pipe.query_async::<()>(conn).await?;
+    }
+    let (sessions, ends): (Vec<Uuid>, Vec<i64>) = ranges.into_iter().unzip();
+    clear_published(pool, &sessions, &ends).await?;
     metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "path" => "relay").increment(backlog.len() as u64);
     Ok(backlog.len())
 }
@@ -330,7 +375,7 @@ pub enum RelayError {
 
 /// Runs the relay until the task is dropped: every `interval`, the process
 /// holding the `relay/events` lease publishes committed events still
-/// unpublished after `grace`. Every API and worker process runs this; the
+/// in the outbox after `grace`. Every API and worker process runs this; the
 /// lease makes one of them do the work (duplicates would be harmless,
 /// since subscribers drop seqs they have seen, but wasteful).
 pub async fn run_relay(

@@ -2,14 +2,15 @@
 //! enqueued, and how their state is read and moved along.
 //!
 //! Jobs are rows of apalis-postgres's `apalis.jobs` table (its migrations
-//! create it), written with apalis-postgres's own insert
-//! (`apalis_postgres::queries::push_tasks`) so the rows stay readable by
-//! apalis tooling. Questboard adds what apalis lacks (see
+//! create it), written with the same columns and values as apalis-postgres's
+//! own insert (`queries/task/sink.sql`) so the rows stay readable by apalis
+//! tooling. Questboard adds what apalis lacks (see
 //! `shared/notes/apalis-1.0.md`): the job id is a ULID chosen *before*
 //! enqueue, so it is returned to the client; enqueue happens inside the
-//! caller's transaction, so a job exists exactly when the row it processes
-//! does; and retries are rescheduled with exponential backoff and jitter by
-//! moving `run_at`, which apalis never does.
+//! statement that writes the row the job processes ([`sql`]), so a job
+//! exists exactly when that row does; and retries are rescheduled with
+//! exponential backoff and jitter by moving `run_at`, which apalis never
+//! does.
 //!
 //! Every kind is declared once, in [`JobKind`]. The queue name of a kind is
 //! fixed text (`questboard.turn`), never a Rust type name, so renaming code
@@ -17,15 +18,10 @@
 
 use std::time::Duration;
 
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::metadata::MetadataStore;
-use apalis_core::task::task_id::TaskId;
 use chrono::{DateTime, Utc};
 use rand::RngExt as _;
 use serde::Serialize;
-use sqlx::{PgConnection, PgExecutor};
-
-use uuid::Uuid;
+use sqlx::PgExecutor;
 
 /// Every kind of durable job questboard runs. Later capabilities (media
 /// generation, asset migration, pruning, reconciliation) join this list.
@@ -82,9 +78,6 @@ pub enum Error {
     /// Serialising the payload failed.
     #[error("job payload: {0}")]
     Payload(#[from] serde_json::Error),
-    /// apalis-postgres refused the insert.
-    #[error("enqueue: {0}")]
-    Enqueue(#[from] apalis_postgres::Error),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -96,43 +89,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A new job id: a ULID, so ids sort by creation time.
 pub fn new_job_id() -> String {
     ulid::Ulid::generate().to_string()
-}
-
-/// A job to enqueue.
-#[derive(Debug)]
-pub struct NewJob<'a, P: Serialize> {
-    /// Its kind.
-    pub kind: JobKind,
-    /// Its id, from [`new_job_id`].
-    pub id: &'a str,
-    /// Its arguments, stored as JSON.
-    pub payload: &'a P,
-    /// The campaign session it belongs to, if any (for access checks and
-    /// per-session ordering).
-    pub session_id: Option<Uuid>,
-    /// Most runs before it fails for good.
-    pub max_attempts: u32,
-}
-
-/// Enqueues `job` on `conn`: pass a transaction so the job commits or rolls
-/// back with the row it processes.
-pub async fn enqueue<P: Serialize>(conn: &mut PgConnection, job: NewJob<'_, P>) -> Result<()> {
-    let id = job
-        .id
-        .parse::<ulid::Ulid>()
-        .map_err(|e| Error::Payload(serde::ser::Error::custom(e.to_string())))?;
-    let mut metadata = MetadataStore::default();
-    if let Some(session) = job.session_id {
-        // A fresh store cannot hold the key already.
-        let _ = metadata.insert("session_id", session.to_string());
-    }
-    let task = TaskBuilder::new(serde_json::to_vec(job.payload)?)
-        .task_id(TaskId::from_ulid(id))
-        .max_attempts(job.max_attempts as usize)
-        .with_metadata(metadata)
-        .build();
-    apalis_postgres::queries::push_tasks(conn, job.kind.queue(), vec![task]).await?;
-    Ok(())
 }
 
 /// A job as stored.
@@ -181,14 +137,27 @@ impl JobRecord {
 }
 
 /// Reads a job by id.
+///
+/// While a job runs, its live state is kept on the row it processes, which
+/// a worker updates anyway (for turn jobs: the turn's `status`, `attempts`,
+/// `run_at` and `started_at`), so starting a run costs one write instead of
+/// two; the `apalis.jobs` row is written when the job is enqueued and when a
+/// run settles. This read combines both.
 pub async fn fetch<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<JobRecord>> {
     Ok(sqlx::query_as::<_, JobRecord>(
         r#"
-        SELECT id, job_type, status, attempts, max_attempts, run_at, lock_at, done_at,
-               CASE WHEN last_result ? 'Err' THEN last_result ->> 'Err' END AS last_error,
-               metadata -> 'session_id' AS session_id
-        FROM apalis.jobs
-        WHERE id = $1
+        SELECT j.id, j.job_type,
+               CASE WHEN t.status = 'running' THEN 'Running' ELSE j.status END AS status,
+               coalesce(t.attempts, j.attempts) AS attempts,
+               coalesce(t.max_attempts, j.max_attempts) AS max_attempts,
+               coalesce(t.run_at, j.run_at) AS run_at,
+               coalesce(t.started_at, j.lock_at) AS lock_at,
+               j.done_at,
+               CASE WHEN j.last_result ? 'Err' THEN j.last_result ->> 'Err' END AS last_error,
+               j.metadata -> 'session_id' AS session_id
+        FROM apalis.jobs j
+        LEFT JOIN turns t ON t.job_id = j.id
+        WHERE j.id = $1
         "#,
     )
     .bind(id)
@@ -196,56 +165,64 @@ pub async fn fetch<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<JobRe
     .await?)
 }
 
-/// State transitions of a job, as SQL for callers that must apply them in
-/// the same statement as a fenced write of their own row (see `turns`):
-/// one statement is one round trip and one commit. In every statement the
-/// job id is parameter `$4`, and `guard` is an SQL condition the caller
-/// adds (typically "the fenced write above happened").
+/// Inserting jobs and moving them along, as SQL fragments for callers that
+/// apply them in the same statement as a write of their own rows (see
+/// `turns`): one statement is one round trip and one commit, for one job
+/// or a batch of them.
 pub mod sql {
-    /// Start an attempt: Running, attempts + 1. Returns `attempts`.
-    pub fn start_attempt(guard: &str) -> String {
+    use super::JobKind;
+
+    /// Inserts a Pending job of `kind` for each row of the CTE `source`, as
+    /// apalis-postgres's own `push_tasks` would (same columns, the session
+    /// in the `metadata` hstore), but in the caller's statement and with
+    /// `run_at` on the database clock. The other arguments are SQL
+    /// expressions: the ULID id, the JSON payload (bytea), the attempt
+    /// budget and the session id.
+    pub fn insert_pending(
+        kind: JobKind,
+        source: &str,
+        id: &str,
+        payload: &str,
+        max_attempts: &str,
+        session: &str,
+    ) -> String {
         format!(
-            "UPDATE apalis.jobs SET status = 'Running', attempts = attempts + 1, lock_at = now()
-             WHERE id = $4 AND {guard} RETURNING attempts"
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
+                                      priority, metadata)
+             SELECT {id}, '{queue}', {payload}, 'Pending', 0, {max_attempts}, now(), 0,
+                    hstore('session_id', ({session})::text)
+             FROM {source}",
+            queue = kind.queue(),
         )
     }
 
-    /// Succeed, with parameter `$7` (jsonb) as the result.
-    pub fn succeed(guard: &str) -> String {
+    /// Settles the current run of each job named by `source`, a subquery
+    /// with columns `job_id`, `kind` (`completed`, `failed`, `retrying`,
+    /// `requeued`), `text` (the reply, or the error), `retry_at` (for
+    /// `retrying`) and `attempts` (runs started so far, counted by the row
+    /// the job processes while it runs, see [`fetch`](super::fetch)):
+    /// - `completed`: Done, with `{"Ok": {"chars": n}}`;
+    /// - `failed`: Killed (failed for good), with `{"Err": text}`;
+    /// - `retrying`: Failed with attempts left, to run again at `retry_at`
+    ///   (apalis itself would refetch it at once);
+    /// - `requeued`: handed back at worker shutdown: Pending, the attempt
+    ///   not counted (`attempts` already says so).
+    pub fn settle(source: &str) -> String {
         format!(
-            "UPDATE apalis.jobs
-             SET status = 'Done', done_at = now(), last_result = jsonb_build_object('Ok', $7::jsonb)
-             WHERE id = $4 AND {guard} RETURNING 1"
-        )
-    }
-
-    /// Fail this run and run again after `$7` milliseconds; `$6` is the
-    /// error. Returns the new `run_at`.
-    pub fn retry(guard: &str) -> String {
-        format!(
-            "UPDATE apalis.jobs
-             SET status = 'Failed', run_at = now() + make_interval(secs => $7 / 1000.0),
-                 last_result = jsonb_build_object('Err', $6::text)
-             WHERE id = $4 AND {guard} RETURNING run_at"
-        )
-    }
-
-    /// Fail for good; `$6` is the error.
-    pub fn fail(guard: &str) -> String {
-        format!(
-            "UPDATE apalis.jobs
-             SET status = 'Killed', done_at = now(), last_result = jsonb_build_object('Err', $6::text)
-             WHERE id = $4 AND {guard} RETURNING 1"
-        )
-    }
-
-    /// Hand an interrupted run back (shutdown): Pending, the attempt not counted.
-    pub fn hand_back(guard: &str) -> String {
-        format!(
-            "UPDATE apalis.jobs
-             SET status = 'Pending', attempts = greatest(attempts - 1, 0), lock_at = NULL,
-                 last_result = jsonb_build_object('Err', 'handed back at worker shutdown'::text)
-             WHERE id = $4 AND status = 'Running' AND {guard} RETURNING 1"
+            "UPDATE apalis.jobs j
+             SET status = CASE s.kind WHEN 'completed' THEN 'Done' WHEN 'failed' THEN 'Killed'
+                                      WHEN 'retrying' THEN 'Failed' ELSE 'Pending' END,
+                 done_at = CASE WHEN s.kind IN ('completed', 'failed') THEN now() END,
+                 run_at = CASE s.kind WHEN 'retrying' THEN s.retry_at ELSE j.run_at END,
+                 attempts = s.attempts,
+                 lock_at = CASE s.kind WHEN 'requeued' THEN NULL ELSE j.lock_at END,
+                 last_result = CASE s.kind
+                     WHEN 'completed' THEN jsonb_build_object('Ok',
+                         jsonb_build_object('chars', char_length(s.text)))
+                     WHEN 'requeued' THEN jsonb_build_object('Err',
+                         'handed back at worker shutdown'::text)
+                     ELSE jsonb_build_object('Err', s.text) END
+             FROM {source} s WHERE j.id = s.job_id"
         )
     }
 }

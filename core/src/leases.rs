@@ -14,6 +14,7 @@
 //! never goes back and a crashed holder's lease is simply taken over once it
 //! expires.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -83,6 +84,42 @@ fn millis(ttl: Duration) -> f64 {
     ttl.as_secs_f64() * 1000.0
 }
 
+/// SQL that takes the lease of `scope` on each key of `keys` (a subquery
+/// with a `key` column) for `holder` during `ttl_ms` milliseconds, where
+/// the key was never leased or its lease has expired; every acquisition
+/// draws a new token. All four are SQL expressions. Returns `key, token,
+/// expires_at, prev_holder` per acquired key; `prev_holder` is set only
+/// when an expired lease was taken over (a clean release clears `holder`).
+pub fn acquire_each(scope: &str, keys: &str, holder: &str, ttl_ms: &str) -> String {
+    format!(
+        "INSERT INTO leases AS l (scope, key, holder, prev_holder, token, acquired_at, renewed_at,
+                                 expires_at)
+         SELECT {scope}, k.key, {holder}, NULL, nextval('lease_tokens'), clock_timestamp(),
+                clock_timestamp(), clock_timestamp() + make_interval(secs => {ttl_ms} / 1000.0)
+         FROM {keys} AS k
+         ON CONFLICT (scope, key) DO UPDATE
+         SET holder = EXCLUDED.holder,
+             prev_holder = l.holder,
+             token = EXCLUDED.token,
+             acquired_at = EXCLUDED.acquired_at,
+             renewed_at = EXCLUDED.renewed_at,
+             expires_at = EXCLUDED.expires_at
+         WHERE l.expires_at <= clock_timestamp()
+         RETURNING l.key, l.token, l.expires_at, l.prev_holder"
+    )
+}
+
+/// A join condition that admits the lease row `alias` only while it is
+/// live with `token` (SQL expressions for scope, key and token). Writers
+/// guarded by a lease join it and lock it `FOR SHARE OF {alias}`, as
+/// [`check_fence`] does, in the statement that writes.
+pub fn live(alias: &str, scope: &str, key: &str, token: &str) -> String {
+    format!(
+        "{alias}.scope = {scope} AND {alias}.key = {key} AND {alias}.token = {token}
+         AND {alias}.holder IS NOT NULL AND {alias}.expires_at > clock_timestamp()"
+    )
+}
+
 /// Tries to take the lease on `scope`/`key` for `ttl`. Returns `None` when
 /// another holder's lease is still live.
 pub async fn try_acquire<'e>(
@@ -92,29 +129,17 @@ pub async fn try_acquire<'e>(
     holder: &str,
     ttl: Duration,
 ) -> Result<Option<(Lease, Acquisition)>> {
-    let row: Option<(i64, DateTime<Utc>, Option<String>)> = sqlx::query_as(
-        r#"
-        INSERT INTO leases AS l (scope, key, holder, prev_holder, token, acquired_at, renewed_at, expires_at)
-        VALUES ($1, $2, $3, NULL, nextval('lease_tokens'), clock_timestamp(), clock_timestamp(),
-                clock_timestamp() + make_interval(secs => $4 / 1000.0))
-        ON CONFLICT (scope, key) DO UPDATE
-        SET holder = EXCLUDED.holder,
-            prev_holder = l.holder,
-            token = EXCLUDED.token,
-            acquired_at = EXCLUDED.acquired_at,
-            renewed_at = EXCLUDED.renewed_at,
-            expires_at = EXCLUDED.expires_at
-        WHERE l.expires_at <= clock_timestamp()
-        RETURNING token, expires_at, prev_holder
-        "#,
-    )
-    .bind(scope)
-    .bind(key)
-    .bind(holder)
-    .bind(millis(ttl))
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|(token, expires_at, prev_holder)| {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| acquire_each("$1", "(SELECT $2::text AS key)", "$3", "$4"));
+    let row: Option<(String, i64, DateTime<Utc>, Option<String>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(scope)
+            .bind(key)
+            .bind(holder)
+            .bind(millis(ttl))
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(key, token, expires_at, prev_holder)| {
         let how = if prev_holder.is_some() {
             Acquisition::TakenOver
         } else {
@@ -123,7 +148,7 @@ pub async fn try_acquire<'e>(
         (
             Lease {
                 scope: scope.to_owned(),
-                key: key.to_owned(),
+                key,
                 holder: holder.to_owned(),
                 token,
                 expires_at,
@@ -155,6 +180,36 @@ pub async fn renew<'e>(db: impl PgExecutor<'e>, lease: &Lease, ttl: Duration) ->
     Ok(renewed == 1)
 }
 
+/// Extends every live lease of `scope` among `held` (key, token) by `ttl`
+/// from now, in one statement. Returns the keys renewed with their new
+/// expiry; the others are no longer held with that token (expired, taken
+/// over or released).
+pub async fn renew_all<'e>(
+    db: impl PgExecutor<'e>,
+    scope: &str,
+    held: &[(String, i64)],
+    ttl: Duration,
+) -> Result<Vec<(String, DateTime<Utc>)>> {
+    let (keys, tokens): (Vec<&str>, Vec<i64>) = held.iter().map(|(k, t)| (k.as_str(), *t)).unzip();
+    Ok(sqlx::query_as(
+        r#"
+        UPDATE leases l
+        SET renewed_at = clock_timestamp(),
+            expires_at = clock_timestamp() + make_interval(secs => $4 / 1000.0)
+        FROM unnest($2::text[], $3::bigint[]) AS h(key, token)
+        WHERE l.scope = $1 AND l.key = h.key AND l.token = h.token
+          AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
+        RETURNING l.key, l.expires_at
+        "#,
+    )
+    .bind(scope)
+    .bind(keys)
+    .bind(tokens)
+    .bind(millis(ttl))
+    .fetch_all(db)
+    .await?)
+}
+
 /// Gives the lease up so the next claimant need not wait for expiry.
 /// Releasing a lease that was already lost is harmless.
 pub async fn release<'e>(db: impl PgExecutor<'e>, lease: &Lease) -> Result<bool> {
@@ -174,15 +229,6 @@ pub async fn release<'e>(db: impl PgExecutor<'e>, lease: &Lease) -> Result<bool>
     Ok(released == 1)
 }
 
-/// The fence as a CTE body, for writes that check it in the same statement
-/// (one round trip): `WITH fence AS (FENCE_SQL) UPDATE ... WHERE EXISTS
-/// (SELECT 1 FROM fence)`. Parameters: `$1` scope, `$2` key, `$3` token.
-/// Same condition and lock as [`check_fence`].
-pub const FENCE_SQL: &str = "SELECT token FROM leases
-    WHERE scope = $1 AND key = $2 AND token = $3
-      AND holder IS NOT NULL AND expires_at > clock_timestamp()
-    FOR SHARE";
-
 /// The fence: succeeds only if `token` is still the live token of
 /// `scope`/`key`. Call it inside the transaction that writes guarded state,
 /// before the write. The row is read `FOR SHARE`, so a takeover that starts
@@ -193,7 +239,13 @@ pub async fn check_fence(
     key: &str,
     token: i64,
 ) -> Result<()> {
-    let live: Option<i64> = sqlx::query_scalar(FENCE_SQL)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT l.token FROM leases l WHERE {} FOR SHARE",
+            live("l", "$1", "$2", "$3")
+        )
+    });
+    let live: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(scope)
         .bind(key)
         .bind(token)

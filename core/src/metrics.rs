@@ -46,7 +46,7 @@ pub const JOBS_HANDED_BACK_TOTAL: &str = "questboard_jobs_handed_back_total";
 pub const JOB_RUN_SECONDS: &str = "questboard_job_run_seconds";
 /// Time from enqueue to the first start of a job, by `kind`.
 pub const JOB_QUEUE_WAIT_SECONDS: &str = "questboard_job_queue_wait_seconds";
-/// Unfinished jobs, by `kind` and `state` (`queued`, `running`, `retrying`); sampled.
+/// Unfinished jobs, by `kind` and `state` (`queued`: waiting or running, `retrying`); sampled.
 pub const QUEUE_DEPTH: &str = "questboard_queue_depth";
 /// Lease acquisition attempts, by `scope` and `outcome` (`acquired`, `busy`, `taken_over`).
 pub const LEASE_ACQUISITIONS_TOTAL: &str = "questboard_lease_acquisitions_total";
@@ -64,6 +64,10 @@ pub const PROVIDER_ERRORS_TOTAL: &str = "questboard_provider_errors_total";
 pub const TURN_CHUNKS_TOTAL: &str = "questboard_turn_chunks_total";
 /// Worker slots busy with a session right now.
 pub const WORKER_BUSY_SLOTS: &str = "questboard_worker_busy_slots";
+/// Statements that applied a batch of turn steps (one worker's group commit).
+pub const COMMIT_SECONDS: &str = "questboard_commit_seconds";
+/// Steps (sessions) per group-commit statement.
+pub const COMMIT_BATCH_STEPS: &str = "questboard_commit_batch_steps";
 /// Session events published on Redis, by `path` (`direct`, `relay`).
 pub const EVENTS_PUBLISHED_TOTAL: &str = "questboard_events_published_total";
 /// Failed attempts to publish a batch of events (left to the relay).
@@ -116,6 +120,8 @@ pub const ALL: &[&str] = &[
     PROVIDER_ERRORS_TOTAL,
     TURN_CHUNKS_TOTAL,
     WORKER_BUSY_SLOTS,
+    COMMIT_SECONDS,
+    COMMIT_BATCH_STEPS,
     EVENTS_PUBLISHED_TOTAL,
     EVENTS_PUBLISH_FAILURES_TOTAL,
     RELAY_BACKLOG,
@@ -179,7 +185,10 @@ pub fn describe() {
         Unit::Seconds,
         "Time from enqueue to a job's first start, by kind."
     );
-    describe_gauge!(QUEUE_DEPTH, "Unfinished jobs, by kind and state (sampled).");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Unfinished jobs, by kind and state (queued: waiting or running; retrying: waiting out a backoff), sampled."
+    );
     describe_counter!(
         LEASE_ACQUISITIONS_TOTAL,
         "Lease acquisition attempts, by scope and outcome."
@@ -210,6 +219,15 @@ pub fn describe() {
     describe_gauge!(
         WORKER_BUSY_SLOTS,
         "Worker slots busy with a session right now."
+    );
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time of one group-commit statement applying a batch of turn steps."
+    );
+    describe_histogram!(
+        COMMIT_BATCH_STEPS,
+        "Turn steps (one per session) applied by one group-commit statement."
     );
     describe_gauge!(
         PROCESS_START_TIME_SECONDS,

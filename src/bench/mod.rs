@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Only scenarios whose group matches: `baseline`, `pipeline`, `realtime` (default: all).
     #[arg(long)]
     pub only: Option<String>,
+    /// Session counts of the end-to-end throughput scenario (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10,1")]
+    pub sessions: Vec<usize>,
     /// WebSocket clients for the fan-out scenario (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     pub fanout: Vec<usize>,
@@ -227,4 +230,124 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// CPU time used while something ran: by this process, by Postgres and
+/// Redis server processes, and by everything else on the machine, read
+/// from `/proc` (Linux only; zeros elsewhere).
+#[derive(Debug, Clone)]
+pub struct CpuMeter {
+    own: f64,
+    all: f64,
+    servers: std::collections::HashMap<u32, (Server, f64)>,
+}
+
+/// CPU seconds spent between a [`CpuMeter::start`] and its
+/// [`CpuMeter::stop`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// By this process.
+    pub own: f64,
+    /// By Postgres server processes.
+    pub postgres: f64,
+    /// By Redis server processes.
+    pub redis: f64,
+    /// By everything else.
+    pub others: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Postgres,
+    Redis,
+}
+
+impl CpuMeter {
+    /// Starts measuring.
+    pub fn start() -> Self {
+        Self {
+            own: pid_cpu_seconds("self").unwrap_or(0.0),
+            all: machine_cpu_seconds(),
+            servers: servers(),
+        }
+    }
+
+    /// What was used since [`CpuMeter::start`]. Server processes that
+    /// exited meanwhile are not counted (stop before closing pools).
+    pub fn stop(self) -> CpuUse {
+        let own = pid_cpu_seconds("self").unwrap_or(0.0) - self.own;
+        let all = machine_cpu_seconds() - self.all;
+        let (mut postgres, mut redis) = (0.0, 0.0);
+        for (pid, (server, now)) in servers() {
+            let before = self.servers.get(&pid).map_or(0.0, |(_, t)| *t);
+            match server {
+                Server::Postgres => postgres += now - before,
+                Server::Redis => redis += now - before,
+            }
+        }
+        CpuUse {
+            own,
+            postgres,
+            redis,
+            others: (all - own - postgres - redis).max(0.0),
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc` counters (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+fn servers() -> std::collections::HashMap<u32, (Server, f64)> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let server = match comm.trim() {
+            "postgres" => Server::Postgres,
+            "redis-server" => Server::Redis,
+            _ => continue,
+        };
+        if let Some(t) = pid_cpu_seconds(&pid.to_string()) {
+            found.insert(pid, (server, t));
+        }
+    }
+    found
+}
+
+fn pid_cpu_seconds(pid: &str) -> Option<f64> {
+    // Fields 14 and 15 of /proc/<pid>/stat: utime and stime, after the
+    // parenthesised command name.
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+fn machine_cpu_seconds() -> f64 {
+    // The first line of /proc/stat: user nice system idle iowait irq
+    // softirq steal ...; busy is everything but idle and iowait.
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_owned();
+            let v: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let busy: f64 = v.iter().take(8).sum::<f64>() - v.get(3)? - v.get(4)?;
+            Some(busy / TICKS)
+        })
+        .unwrap_or(0.0)
 }

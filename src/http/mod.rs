@@ -45,8 +45,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Redis (readiness now; the realtime bridge later).
     pub redis: redis::Client,
-    /// Wakes idle workers when jobs are enqueued.
-    pub wake: questboard_core::wakeups::Publisher,
+    /// Commits turn submissions of concurrent requests together.
+    pub intake: questboard_core::turns::Intake,
     /// Publishes committed session events on Redis.
     pub events: questboard_core::events::EventPublisher,
     /// Delivers Redis session channels to this process's WebSockets.

@@ -2,9 +2,11 @@
 //! session's turns back.
 //!
 //! Submitting never does the slow work: it records the turn and enqueues
-//! its job in one transaction and answers 202 with both ids. A retried
-//! request with the same `Idempotency-Key` (same user, same session) gets
-//! the original turn back and enqueues nothing.
+//! its job in one transaction, shared with whatever other requests of this
+//! process are submitting at the same moment (`turns::Intake`), and answers
+//! 202 with both ids. A retried request with the same `Idempotency-Key`
+//! (same user, same session) gets the original turn back and enqueues
+//! nothing.
 
 use axum::Router;
 use axum::extract::State;
@@ -141,34 +143,44 @@ pub async fn submit_turn(
     headers: HeaderMap,
     Json(input): Json<TurnInput>,
 ) -> Result<Response> {
-    // Membership first: a non-member learns nothing, not even about their input.
-    sessions::require_member(&state.pool, session_id, &user).await?;
-    let key = match headers.get("idempotency-key") {
-        Some(value) => {
-            let key = value.to_str().map_err(|_| {
-                Error::bad_request(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be visible ASCII",
-                )
-            })?;
-            turns::validate_idempotency_key(key)
-                .map_err(|e| Error::bad_request("invalid_idempotency_key", e.to_string()))?;
-            Some(key)
-        }
-        None => None,
+    let checked = || -> Result<Option<&str>> {
+        let key = match headers.get("idempotency-key") {
+            Some(value) => {
+                let key = value.to_str().map_err(|_| {
+                    Error::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be visible ASCII",
+                    )
+                })?;
+                turns::validate_idempotency_key(key)
+                    .map_err(|e| Error::bad_request("invalid_idempotency_key", e.to_string()))?;
+                Some(key)
+            }
+            None => None,
+        };
+        turns::validate_input(&input.text, state.turns.max_chars)?;
+        Ok(key)
     };
-    turns::validate_input(&input.text, state.turns.max_chars)?;
-    let submitted = turns::submit(
-        &state.pool,
-        NewTurn {
+    let key = match checked() {
+        Ok(key) => key,
+        Err(invalid) => {
+            // A non-member learns nothing, not even about their input.
+            sessions::require_member(&state.pool, session_id, &user).await?;
+            return Err(invalid);
+        }
+    };
+    // Membership (and the session's state) is checked where the turn is
+    // written, under the session's lock: one round trip for a valid request.
+    let submitted = state
+        .intake
+        .submit(NewTurn {
             session_id,
             author: &user,
             input: &input.text,
             idempotency_key: key,
             max_attempts: state.turns.max_attempts,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let outcome = if submitted.created {
         "created"
     } else {
@@ -177,8 +189,6 @@ pub async fn submit_turn(
     metrics::counter!(m::TURNS_SUBMITTED_TOTAL, "outcome" => outcome).increment(1);
     if submitted.created {
         metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => JobKind::Turn.name()).increment(1);
-        state.wake.announce(JobKind::Turn);
-        state.events.events(submitted.event);
     }
     let turn = submitted.turn;
     let body = SubmittedTurn {

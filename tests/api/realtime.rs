@@ -359,16 +359,15 @@ async fn every_durable_event_reaches_the_client_across_a_redis_restart() {
         delivered.last().copied(),
         stored.last().and_then(|e| e["seq"].as_i64())
     );
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM session_events WHERE NOT published")
-            .fetch_one(&app.db.pool)
-            .await
-            .expect("count");
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("count");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut unpublished = unpublished;
     while unpublished > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        unpublished = sqlx::query_scalar("SELECT count(*) FROM session_events WHERE NOT published")
+        unpublished = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
             .fetch_one(&app.db.pool)
             .await
             .expect("count");

@@ -5,11 +5,16 @@
 //! `questboard-core`, never on the HTTP API.
 //!
 //! - [`runtime`]: the worker: claims sessions with work under their lease,
-//!   drains their turns in order, renews, shuts down gracefully.
+//!   drains their turns in order, shuts down gracefully.
+//! - [`committer`]: group commit: the turn steps of every busy session go to
+//!   Postgres in one statement.
+//! - [`renewals`]: one statement renews every lease the worker holds.
 //! - [`jobs`]: one handler per job kind (`jobs/turn.rs`) and the registry.
 //! - [`providers`]: the game masters: the built-in scripted one and any
 //!   OpenAI-compatible server.
 
+pub mod committer;
 pub mod jobs;
 pub mod providers;
+pub mod renewals;
 pub mod runtime;

@@ -2,7 +2,7 @@
 //! lease while draining their turns in order, and shuts down gracefully.
 //!
 //! Why sessions and not single jobs: a session's turns must run one at a
-//! time in `seq` order across every worker. So a worker slot takes a
+//! time in `seq` order across every worker. So a worker slot holds a
 //! session's lease ([`questboard_core::leases`]), runs that session's next
 //! turns back to back (up to [`WorkerSettings::drain_limit`], then lets go
 //! so other sessions get their turn), and releases it. A job whose session
@@ -10,31 +10,42 @@
 //! the holder drains it. Different sessions run in parallel up to
 //! [`WorkerSettings::concurrency`].
 //!
+//! Batching, because Postgres round trips and commits are what a turn
+//! costs: free slots are filled by one claim statement and one read of the
+//! claimed sessions' turns and history ([`questboard_core::turns::queue`]);
+//! each turn then costs one step (record the previous turn's outcome and
+//! start this one), and the steps of all busy sessions go to Postgres
+//! together through the [`Committer`]; leases are renewed together by
+//! [`Renewals`].
+//!
 //! Wake-ups: whoever enqueues publishes on Redis
 //! ([`questboard_core::wakeups`]); a subscriber task turns that into a
 //! coalesced wake-up, so an idle worker picks new work up in milliseconds.
 //! A short poll covers what no message announces (retries coming due,
 //! expired leases of dead workers) and any message lost while Redis was away.
 //!
-//! Liveness: the lease is renewed every third of its TTL. A holder that
+//! Liveness: leases are renewed every third of their TTL. A holder that
 //! cannot renew stops; and whatever it still tries to write is refused by
 //! the fencing check, so a paused or partitioned worker cannot overwrite
 //! the work of the one that took over.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use questboard_core::leases::{self, Acquisition, Lease, SESSION_SCOPE};
+use questboard_core::leases::{self, Acquisition, SESSION_SCOPE};
 use questboard_core::metrics as m;
-use questboard_core::turns;
+use questboard_core::turns::{self, Backlog, Claimed, Pending, Release, Settle, Step};
 use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::committer::{CommitSettings, Committer};
 use crate::jobs::{JobContext, turn};
+use crate::renewals::{Hold, Renewals};
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -51,6 +62,8 @@ pub struct WorkerSettings {
     pub drain_limit: usize,
     /// How often queue depth is sampled into metrics.
     pub sample_interval: Duration,
+    /// How turn steps are batched into statements.
+    pub commit: CommitSettings,
     /// Redis, for wake-ups when jobs are enqueued (None: poll only).
     pub wakeups: Option<redis::Client>,
 }
@@ -64,10 +77,14 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(250),
             drain_limit: 64,
             sample_interval: Duration::from_secs(5),
+            commit: CommitSettings::default(),
             wakeups: None,
         }
     }
 }
+
+/// Most sessions claimed by one statement.
+const CLAIM_BATCH: usize = 256;
 
 /// What stops a worker from running.
 #[derive(Debug, thiserror::Error)]
@@ -119,26 +136,33 @@ impl Worker {
 
         let shared = Arc::new(Shared {
             id: self.id.clone(),
+            committer: Committer::start(
+                self.ctx.pool.clone(),
+                self.ctx.events.clone(),
+                self.settings.commit,
+            ),
+            renewals: Renewals::start(self.ctx.pool.clone(), self.settings.lease_ttl),
             ctx: self.ctx.clone(),
             settings: self.settings.clone(),
             stopping: AtomicBool::new(false),
             wake: wake.clone(),
         });
         let (interrupt_tx, interrupt_rx) = watch::channel(false);
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let concurrency = self.settings.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
         let mut drains = JoinSet::new();
         tokio::pin!(shutdown);
 
         loop {
-            // Fill free slots with claimable sessions.
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                match shared.claim().await {
-                    Ok(Some(lease)) => {
-                        let shared = shared.clone();
-                        let interrupt = interrupt_rx.clone();
-                        drains.spawn(async move { shared.drain(lease, permit, interrupt).await });
-                    }
-                    Ok(None) => break,
+            // Fill free slots with claimable sessions, a batch at a time.
+            loop {
+                let free = slots.available_permits().min(CLAIM_BATCH);
+                let Ok(permits) = slots.clone().try_acquire_many_owned(free as u32) else {
+                    break;
+                };
+                match shared.claim(permits, &mut drains, &interrupt_rx).await {
+                    Ok(claimed) if claimed == free => {}
+                    Ok(_) => break,
                     Err(err) => {
                         tracing::warn!(error = %err, "claiming work failed; retrying shortly");
                         break;
@@ -146,7 +170,7 @@ impl Worker {
                 }
             }
             metrics::gauge!(m::WORKER_BUSY_SLOTS)
-                .set((self.settings.concurrency.max(1) - slots.available_permits()) as f64);
+                .set((concurrency - slots.available_permits()) as f64);
             tokio::select! {
                 () = &mut shutdown => break,
                 () = wake.notified() => {}
@@ -169,7 +193,7 @@ impl Worker {
                 () = &mut grace => {
                     tracing::warn!(in_flight = drains.len(), "grace period over: handing turns back");
                     let _ = interrupt_tx.send(true);
-                    // Handing back is a couple of quick writes per drain.
+                    // Handing back is one quick write per drain.
                     let _ = tokio::time::timeout(Duration::from_secs(5), async {
                         while drains.join_next().await.is_some() {}
                     })
@@ -193,156 +217,344 @@ struct Shared {
     id: String,
     ctx: JobContext,
     settings: WorkerSettings,
+    committer: Committer,
+    renewals: Renewals,
     stopping: AtomicBool,
     wake: Arc<Notify>,
 }
 
-impl Shared {
-    /// Takes the lease of one session with runnable work, if any.
-    async fn claim(&self) -> Result<Option<Lease>, sqlx::Error> {
-        let candidates = turns::claimable_sessions(&self.ctx.pool, 16)
-            .await
-            .map_err(|e| match e {
-                turns::Error::Database(e) => e,
-                other => sqlx::Error::Protocol(other.to_string()),
-            })?;
-        for session in candidates {
-            let key = session.to_string();
-            let acquired = leases::try_acquire(
-                &self.ctx.pool,
-                SESSION_SCOPE,
-                &key,
-                &self.id,
-                self.settings.lease_ttl,
-            )
-            .await
-            .map_err(|e| match e {
-                leases::Error::Database(e) => e,
-                other => sqlx::Error::Protocol(other.to_string()),
-            })?;
-            match acquired {
-                Some((lease, how)) => {
-                    metrics::counter!(m::LEASE_ACQUISITIONS_TOTAL, "scope" => SESSION_SCOPE, "outcome" => how.as_str())
-                        .increment(1);
-                    if how == Acquisition::TakenOver {
-                        tracing::info!(session_id = %session, token = lease.token, "took over an expired session lease");
-                    }
-                    return Ok(Some(lease));
-                }
-                None => {
-                    metrics::counter!(m::LEASE_ACQUISITIONS_TOTAL, "scope" => SESSION_SCOPE, "outcome" => "busy")
-                        .increment(1);
-                }
-            }
-        }
-        Ok(None)
-    }
+/// Why claiming failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct ClaimError(#[from] turns::Error);
 
-    /// Runs the session's turns in order while the lease holds.
-    async fn drain(
-        self: Arc<Self>,
-        lease: Lease,
-        _permit: OwnedSemaphorePermit,
-        mut interrupt: watch::Receiver<bool>,
-    ) {
-        let held_since = Instant::now();
-        let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(keep_alive(
-            self.ctx.pool.clone(),
-            lease.clone(),
-            self.settings.lease_ttl,
-            lost.clone(),
-        ));
-        let Ok(session_id) = lease.key.parse::<Uuid>() else {
-            heartbeat.abort();
-            return;
-        };
-        let mut drained = 0;
-        let mut history = None;
-        // Why the drain ends decides the session's place in the runnable index.
-        let mut emptied = false;
-        while drained < self.settings.drain_limit
-            && !self.stopping.load(Ordering::SeqCst)
-            && !lost.load(Ordering::SeqCst)
+impl Shared {
+    /// Takes the leases of as many runnable sessions as `permits` allows,
+    /// reads their turns, and starts a drain for each. Returns how many.
+    async fn claim(
+        self: &Arc<Self>,
+        mut permits: OwnedSemaphorePermit,
+        drains: &mut JoinSet<()>,
+        interrupt: &watch::Receiver<bool>,
+    ) -> Result<usize, ClaimError> {
+        let wanted = permits.num_permits();
+        let claimed =
+            turns::claim(&self.ctx.pool, &self.id, self.settings.lease_ttl, wanted).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        for c in &claimed {
+            metrics::counter!(m::LEASE_ACQUISITIONS_TOTAL, "scope" => SESSION_SCOPE, "outcome" => c.how.as_str())
+                .increment(1);
+            if c.how == Acquisition::TakenOver {
+                tracing::info!(session_id = %c.session_id, token = c.lease.token, "took over an expired session lease");
+            }
+        }
+        let holds: Vec<Hold> = claimed
+            .iter()
+            .map(|c| self.renewals.hold(&c.lease))
+            .collect();
+        let wanted_sessions: Vec<(Uuid, i64)> =
+            claimed.iter().map(|c| (c.session_id, c.from_seq)).collect();
+        let backlogs = match turns::load(
+            &self.ctx.pool,
+            &wanted_sessions,
+            self.settings.drain_limit,
+            self.ctx.history_window,
+        )
+        .await
         {
-            let next = async {
-                let mut conn = self.ctx.pool.acquire().await?;
-                turns::next_unfinished(&mut conn, session_id)
-                    .await
-                    .map_err(|e| match e {
-                        turns::Error::Database(e) => e,
-                        other => sqlx::Error::Protocol(other.to_string()),
-                    })
+            Ok(backlogs) => backlogs,
+            Err(err) => {
+                for c in &claimed {
+                    let _ = leases::release(&self.ctx.pool, &c.lease).await;
+                }
+                return Err(err.into());
             }
-            .await;
-            let next = match next {
-                Ok(Some(next)) if next.due => next,
-                Ok(Some(_)) => break,
-                Ok(None) => {
-                    emptied = true;
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(%session_id, error = %err, "reading the next turn failed");
-                    break;
-                }
-            };
-            let interrupted = async {
-                let _ = interrupt.wait_for(|stop| *stop).await;
-            };
-            match turn::run(&self.ctx, &next, &lease, &mut history, interrupted).await {
-                Ok(turn::Next::Continue) => drained += 1,
-                Ok(turn::Next::Stop) => break,
-                Err(err) => {
-                    tracing::warn!(%session_id, turn_id = %next.turn.id, error = %err, "turn run failed; it will be picked up again");
-                    break;
-                }
-            }
-        }
-        let placed = if emptied {
-            turns::retire_session_if_idle(&self.ctx.pool, session_id).await
-        } else {
-            turns::requeue_session(&self.ctx.pool, session_id).await
         };
-        if let Err(err) = placed {
-            tracing::warn!(%session_id, error = %err, "updating the runnable-session index failed");
+        let mut backlogs: std::collections::HashMap<Uuid, Backlog> =
+            backlogs.into_iter().map(|b| (b.session_id, b)).collect();
+        let count = claimed.len();
+        for (claimed, hold) in claimed.into_iter().zip(holds) {
+            let backlog = backlogs.remove(&claimed.session_id).unwrap_or(Backlog {
+                // The session row is gone: nothing to run; the release
+                // below finds no turn either.
+                session_id: claimed.session_id,
+                next_turn_seq: claimed.from_seq,
+                archived: true,
+                turns: Vec::new(),
+                history: Vec::new(),
+            });
+            let permit = permits.split(1);
+            let shared = self.clone();
+            let interrupt = interrupt.clone();
+            drains.spawn(async move {
+                let _permit = permit;
+                Drain::new(shared, claimed, hold, backlog)
+                    .run(interrupt)
+                    .await;
+            });
         }
-        heartbeat.abort();
-        if lost.load(Ordering::SeqCst) {
-            metrics::counter!(m::LEASES_LOST_TOTAL, "scope" => SESSION_SCOPE).increment(1);
-        } else if let Err(err) = leases::release(&self.ctx.pool, &lease).await {
-            tracing::warn!(%session_id, error = %err, "releasing the lease failed; it will expire");
-        }
-        metrics::histogram!(m::LEASE_HOLD_SECONDS, "scope" => SESSION_SCOPE)
-            .record(held_since.elapsed().as_secs_f64());
-        // The session may have more work (or another may now be claimable).
-        self.wake.notify_one();
+        Ok(count)
     }
 }
 
-/// Renews `lease` every third of its TTL. Sets `lost` when renewal is
-/// refused, or has failed for two thirds of the TTL (the holder must then
-/// assume someone else may hold it).
-async fn keep_alive(pool: PgPool, lease: Lease, ttl: Duration, lost: Arc<AtomicBool>) {
-    let mut last_ok = Instant::now();
-    loop {
-        tokio::time::sleep(ttl / 3).await;
-        match leases::renew(&pool, &lease, ttl).await {
-            Ok(true) => last_ok = Instant::now(),
-            Ok(false) => {
-                tracing::warn!(key = %lease.key, token = lease.token, "lease lost: renewal refused");
-                lost.store(true, Ordering::SeqCst);
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(key = %lease.key, error = %err, "lease renewal failed");
-                if last_ok.elapsed() >= ttl * 2 / 3 {
-                    lost.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
+/// How the previous turn ended, waiting to be written with the next step.
+struct Outcome {
+    turn: Pending,
+    settle: Settle,
+    started: Instant,
+    /// What `Drain::done_through` becomes once it is written.
+    done_through: i64,
+}
+
+/// One session's drain: its turns in order, one step each, under its lease.
+struct Drain {
+    shared: Arc<Shared>,
+    claimed: Claimed,
+    hold: Hold,
+    archived: bool,
+    /// Unfinished turns still to run, in order.
+    turns: VecDeque<Pending>,
+    /// Whether `turns` was cut at the drain limit (more may follow).
+    truncated: bool,
+    /// The session's next turn number when the turns were read.
+    horizon: i64,
+    /// Recent completed exchanges, oldest first, kept up to date here.
+    history: VecDeque<turns::Exchange>,
+    /// Every turn up to this seq is finished, as written so far.
+    done_through: i64,
+    /// The previous turn's outcome, not written yet.
+    outcome: Option<Outcome>,
+    held_since: Instant,
+}
+
+/// Why a drain ends.
+enum End {
+    /// Let the session go; its next turn may run at this time (None: now).
+    Release(Option<chrono::DateTime<chrono::Utc>>),
+    /// The lease is gone or the write failed: write nothing more.
+    Abandon,
+}
+
+impl Drain {
+    fn new(shared: Arc<Shared>, claimed: Claimed, hold: Hold, backlog: Backlog) -> Self {
+        let truncated = backlog.turns.len() >= shared.settings.drain_limit;
+        let done_through = backlog
+            .turns
+            .first()
+            .map_or(backlog.next_turn_seq - 1, |t| t.seq - 1);
+        Self {
+            shared,
+            claimed,
+            hold,
+            archived: backlog.archived,
+            turns: backlog.turns.into(),
+            truncated,
+            horizon: backlog.next_turn_seq,
+            history: backlog.history.into(),
+            done_through,
+            outcome: None,
+            held_since: Instant::now(),
         }
     }
+
+    async fn run(mut self, mut interrupt: watch::Receiver<bool>) {
+        let end = self.drain(&mut interrupt).await;
+        let session_id = self.claimed.session_id;
+        match end {
+            // Written even if the lease looks lost: the fence decides (and
+            // counts the refusal), not this worker's view of the clock.
+            End::Release(ready_at) => {
+                let mut step = self.step();
+                step.release = Some(Release {
+                    done_through: self
+                        .outcome
+                        .as_ref()
+                        .map_or(self.done_through, |o| o.done_through),
+                    ready_at,
+                });
+                if let Err(err) = self.write(step).await {
+                    self.abandoned(err);
+                }
+            }
+            End::Abandon => {}
+        }
+        if self.hold.lost() {
+            metrics::counter!(m::LEASES_LOST_TOTAL, "scope" => SESSION_SCOPE).increment(1);
+        }
+        metrics::histogram!(m::LEASE_HOLD_SECONDS, "scope" => SESSION_SCOPE)
+            .record(self.held_since.elapsed().as_secs_f64());
+        tracing::trace!(%session_id, "drain ended");
+        // The session may have more work (or another may now be claimable).
+        self.shared.wake.notify_one();
+    }
+
+    /// Runs turns until the session is done, must wait, or must be let go.
+    async fn drain(&mut self, interrupt: &mut watch::Receiver<bool>) -> End {
+        let mut ran = 0;
+        while ran < self.shared.settings.drain_limit {
+            if self.shared.stopping.load(Ordering::SeqCst) || self.hold.lost() {
+                break;
+            }
+            let Some(turn) = self.turns.pop_front() else {
+                break;
+            };
+            if !turn.due {
+                // Its retry backoff is not over: come back then.
+                let at = turn.run_at;
+                self.turns.push_front(turn);
+                return End::Release(Some(at));
+            }
+            if let Some(refused) = turn::refusal(&turn, self.archived) {
+                // Record the previous outcome first: a step carries one.
+                if self.outcome.is_some() {
+                    let step = self.step();
+                    if let Err(err) = self.write(step).await {
+                        self.abandoned(err);
+                        return End::Abandon;
+                    }
+                }
+                self.outcome = Some(Outcome {
+                    done_through: self.finished(turn.seq),
+                    turn,
+                    settle: refused,
+                    started: Instant::now(),
+                });
+                continue;
+            }
+            let mut step = self.step();
+            step.start = Some((turn.id, turn.job_id.clone()));
+            let attempt = match self.write(step).await {
+                Ok(Some(attempt)) => attempt,
+                Ok(None) => {
+                    // Already finished (a previous holder recorded it).
+                    self.done_through = self.finished(turn.seq);
+                    continue;
+                }
+                Err(err) => {
+                    self.abandoned(err);
+                    return End::Abandon;
+                }
+            };
+            turn::started(&turn, attempt);
+            let started = Instant::now();
+            let interrupted = async {
+                let _ = interrupt.wait_for(|stop| *stop).await;
+            };
+            let settle = turn::run(
+                &self.shared.ctx,
+                self.claimed.session_id,
+                &turn,
+                attempt,
+                &self.history,
+                interrupted,
+            )
+            .await;
+            ran += 1;
+            let finishes = settle.finishes();
+            let done_through = if finishes {
+                self.finished(turn.seq)
+            } else {
+                self.done_through
+            };
+            if let Settle::Completed { output } = &settle {
+                self.history.push_back(turns::Exchange {
+                    seq: turn.seq,
+                    input: turn.input.clone(),
+                    output: output.clone(),
+                });
+                while self.history.len() as i64 > self.shared.ctx.history_window {
+                    self.history.pop_front();
+                }
+            }
+            self.outcome = Some(Outcome {
+                turn,
+                settle,
+                started,
+                done_through,
+            });
+            if !finishes {
+                // A retry waits (order is strict); a hand-back stops.
+                return End::Release(None);
+            }
+        }
+        End::Release(None)
+    }
+
+    /// The seq through which every turn is finished once turn `seq` is:
+    /// every turn before the next unfinished one.
+    fn finished(&self, seq: i64) -> i64 {
+        match self.turns.front() {
+            Some(next) => next.seq - 1,
+            None if !self.truncated => self.horizon - 1,
+            None => seq,
+        }
+    }
+
+    /// A step carrying the previous turn's outcome, if any.
+    fn step(&self) -> Step {
+        let mut step = Step::new(self.claimed.session_id, &self.claimed.lease);
+        if let Some(o) = &self.outcome {
+            step.settle = Some((o.turn.id, o.turn.job_id.clone(), o.settle.clone()));
+        }
+        step
+    }
+
+    /// Writes `step`; returns the attempt of the turn it started, if any.
+    async fn write(&mut self, step: Step) -> Result<Option<i32>, WriteError> {
+        let written = self
+            .shared
+            .committer
+            .commit(step)
+            .await
+            .map_err(WriteError::Failed)?;
+        if !written.fenced_in {
+            metrics::counter!(m::FENCING_REJECTIONS_TOTAL, "scope" => SESSION_SCOPE).increment(1);
+            tracing::warn!(
+                session_id = %self.claimed.session_id, token = self.claimed.lease.token,
+                "write refused by the fencing check: this worker lost the session lease"
+            );
+            return Err(WriteError::Fenced);
+        }
+        if let Some(o) = self.outcome.take() {
+            self.done_through = o.done_through;
+            if written.settled {
+                turn::settled(&o.turn, &o.settle, o.started);
+            } else {
+                tracing::warn!(turn_id = %o.turn.id, "turn was already finished; outcome not recorded twice");
+            }
+        }
+        Ok(written.attempt)
+    }
+
+    /// After a failed write: log it and let the session go if the lease is
+    /// still ours (whatever the failed step carried is run again later). If
+    /// that fails too, the lease and the session's place in line expire
+    /// together.
+    fn abandoned(&self, err: WriteError) {
+        if let WriteError::Failed(err) = err {
+            tracing::warn!(session_id = %self.claimed.session_id, error = %err,
+                "turn progress not written; the session will be picked up again");
+            let mut step = Step::new(self.claimed.session_id, &self.claimed.lease);
+            step.release = Some(Release {
+                done_through: self.done_through,
+                ready_at: None,
+            });
+            let committer = self.shared.committer.clone();
+            tokio::spawn(async move {
+                let _ = committer.commit(step).await;
+            });
+        }
+    }
+}
+
+/// Why a step was not written.
+enum WriteError {
+    /// The lease is no longer ours.
+    Fenced,
+    /// The batch failed.
+    Failed(crate::committer::CommitError),
 }
 
 /// Turns wake-up messages into coalesced wake-ups, resubscribing with
@@ -373,25 +585,26 @@ async fn forward_wakeups(client: redis::Client, wake: Arc<Notify>) {
     }
 }
 
-/// Samples unfinished jobs by kind and state into [`m::QUEUE_DEPTH`].
+/// Samples unfinished jobs by kind and state into [`m::QUEUE_DEPTH`]:
+/// `queued` (waiting, or running: a running job's live state is on the row
+/// it processes, see `questboard_core::jobs::fetch`) and `retrying`
+/// (waiting out a backoff). The filter is the predicate of apalis's fetch
+/// index, so the count reads that index, not the whole table.
 async fn sample_queue_depth(pool: PgPool, every: Duration) {
     loop {
         let rows: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
             "SELECT job_type,
-                    CASE WHEN status IN ('Running', 'Queued') THEN 'running'
-                         WHEN attempts > 0 THEN 'retrying'
-                         ELSE 'queued' END AS state,
+                    CASE WHEN status = 'Pending' THEN 'queued' ELSE 'retrying' END AS state,
                     count(*)
              FROM apalis.jobs
-             WHERE status IN ('Pending', 'Queued', 'Running')
-                OR (status = 'Failed' AND attempts < max_attempts)
+             WHERE status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)
              GROUP BY 1, 2",
         )
         .fetch_all(&pool)
         .await;
         if let Ok(rows) = rows {
             for kind in questboard_core::jobs::JobKind::ALL {
-                for state in ["queued", "running", "retrying"] {
+                for state in ["queued", "retrying"] {
                     let count = rows
                         .iter()
                         .find(|(t, s, _)| t == kind.queue() && s == state)

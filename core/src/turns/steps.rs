@@ -1,0 +1,501 @@
+//! How a worker moves turns along: batched, fenced steps.
+//!
+//! A [`Step`] is everything one session's lease holder writes at one point
+//! of its drain: how the turn it just ran ended ([`Settle`]), which turn it
+//! starts next, and whether it now lets the session go ([`Release`]).
+//! Settling turn *k* and starting turn *k + 1* are one step, so a session
+//! in full flow costs one write per turn. [`advance`] applies the steps of
+//! many sessions in one statement: the worker's committer batches whatever
+//! steps its sessions are waiting on, so a batch is one round trip and one
+//! commit however many sessions it carries.
+//!
+//! Every step is fenced: it applies only while its lease token is live, and
+//! the lease row is locked `FOR SHARE` until commit, so a takeover waits for
+//! it and a holder that lost its lease writes nothing. A settle applies only
+//! to an unfinished turn, so a reply is recorded once. Each applied change
+//! appends its event (`turn.completed`, `turn.failed`, `turn.retrying`,
+//! `turn.requeued`, `turn.started`), numbered under the session row's lock.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Error, Result, Turn};
+use crate::events::Event;
+use crate::jobs;
+use crate::leases::{self, Lease, SESSION_SCOPE};
+
+/// How a run of a turn ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// The reply, recorded for good.
+    Completed {
+        /// The game master's reply.
+        output: String,
+    },
+    /// Failed for good; the session goes on with its next turn.
+    Failed {
+        /// Why (shown to players; no secrets).
+        reason: String,
+    },
+    /// Failed, to run again after `delay`; the session waits for it.
+    Retrying {
+        /// Why.
+        reason: String,
+        /// How long to wait.
+        delay: Duration,
+    },
+    /// Interrupted by worker shutdown: queued again, the attempt not counted.
+    HandedBack,
+}
+
+impl Settle {
+    fn kind(&self) -> &'static str {
+        match self {
+            Settle::Completed { .. } => "completed",
+            Settle::Failed { .. } => "failed",
+            Settle::Retrying { .. } => "retrying",
+            Settle::HandedBack => "requeued",
+        }
+    }
+
+    fn text(&self) -> Option<&str> {
+        match self {
+            Settle::Completed { output } => Some(output),
+            Settle::Failed { reason } | Settle::Retrying { reason, .. } => Some(reason),
+            Settle::HandedBack => None,
+        }
+    }
+
+    /// Whether the turn is finished after this (the session may go on).
+    pub fn finishes(&self) -> bool {
+        matches!(self, Settle::Completed { .. } | Settle::Failed { .. })
+    }
+}
+
+/// The end of a drain: the lease is released and the session leaves the
+/// runnable index if it has no unfinished turn, or goes back in line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    /// Every turn of the session up to this seq is finished (after this
+    /// step). The session is idle if no turn was submitted after it.
+    pub done_through: i64,
+    /// When the session's next turn may run (its retry time); default now.
+    /// A retry settled in this step sets it by itself.
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+/// One session's writes at one point of its drain.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The session (the key of its lease).
+    pub session_id: Uuid,
+    /// The lease token every write is fenced by.
+    pub token: i64,
+    /// How the turn just run ended: (turn id, job id, outcome).
+    pub settle: Option<(Uuid, String, Settle)>,
+    /// The turn to start next: (turn id, job id). Its attempt is counted.
+    pub start: Option<(Uuid, String)>,
+    /// Let the session go.
+    pub release: Option<Release>,
+}
+
+impl Step {
+    /// An empty step under `lease` on session `session_id`.
+    pub fn new(session_id: Uuid, lease: &Lease) -> Self {
+        Self {
+            session_id,
+            token: lease.token,
+            settle: None,
+            start: None,
+            release: None,
+        }
+    }
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutcome {
+    /// False: the lease was no longer held with the step's token; nothing
+    /// was written.
+    pub fenced_in: bool,
+    /// The settle applied (false: the turn was already finished).
+    pub settled: bool,
+    /// The attempt number of the started turn (None: not started, it was
+    /// already finished).
+    pub attempt: Option<i32>,
+    /// When a settled retry will run.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// The release removed the session from the runnable index (idle).
+    pub retired: bool,
+    /// The events appended, in seq order, to publish after commit.
+    pub events: Vec<Event>,
+}
+
+/// Parameters are parallel arrays, one element per step:
+/// `$1` session, `$2` token, `$3` settled turn, `$4` its job, `$5` settle
+/// kind, `$6` text (reply or error), `$7` retry delay in ms, `$8` started
+/// turn, `$9` its job, `$10` release, `$11` done_through, `$12` ready_at.
+///
+/// Shape, for a cost linear in the number of steps: `plan` decides what
+/// applies (fence, turn states) by index lookups; `seqs` locks each
+/// session row, numbers its events and carries the whole plan forward in
+/// its RETURNING; every write after that reads `seqs` once and reaches its
+/// rows through their primary key. No two CTEs are joined with each other:
+/// the planner cannot size `unnest` and would pick nested loops, which made
+/// a batch of 500 steps quadratic (450 ms instead of a few).
+///
+/// A step happens at one moment (`at`): a turn settled and the next one
+/// started by the same step finish and start at the same time, never in
+/// the wrong order.
+///
+/// Within the fence nobody else writes these turns and jobs, so what `plan`
+/// read still holds when the writes happen: a started turn's attempt is the
+/// one read plus one, a retry's time is `now()` plus its delay (`now()` is
+/// fixed for the statement).
+///
+/// Starting a run writes only the turn (status, attempt: one HOT update);
+/// settling writes the turn and its job row in `apalis.jobs` (see
+/// [`jobs::sql::settle`]).
+///
+/// Result: one row per step that was fenced in (`row = 'step'`), then one
+/// per appended event (`row = 'event'`).
+static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[],
+                                  $6::text[], $7::float8[], $8::uuid[], $9::text[], $10::bool[],
+                                  $11::bigint[], $12::timestamptz[])
+                 AS i(session_id, token, settle_turn, settle_job, settle_kind, settle_text,
+                      delay_ms, start_turn, start_job, release, done_through, ready_at)
+         ),
+         plan AS (
+             SELECT i.*,
+                    st.id IS NOT NULL AS do_settle, st.seq AS settle_seq,
+                    CASE WHEN i.settle_kind = 'requeued' THEN greatest(st.attempts - 1, 0)
+                         ELSE st.attempts END AS settle_attempts,
+                    tt.id IS NOT NULL AS do_start, tt.seq AS start_seq,
+                    tt.attempts + 1 AS attempt,
+                    now() + make_interval(secs => coalesce(i.delay_ms, 0) / 1000.0) AS retry_at,
+                    clock_timestamp() AS at
+             FROM input i
+             JOIN leases l ON {live}
+             LEFT JOIN turns st ON st.id = i.settle_turn
+                  AND (st.status = 'running'
+                       OR (st.status = 'queued' AND i.settle_kind <> 'requeued'))
+             LEFT JOIN turns tt ON tt.id = i.start_turn AND tt.status IN ('queued', 'running')
+             FOR SHARE OF l
+         ),
+         seqs AS (
+             UPDATE campaign_sessions c
+             SET next_event_seq = c.next_event_seq + p.do_settle::int + p.do_start::int
+             FROM plan p WHERE c.id = p.session_id
+             RETURNING p.*, c.next_event_seq - p.do_settle::int - p.do_start::int AS first_seq,
+                       c.next_turn_seq
+         ),
+         settled AS (
+             UPDATE turns t
+             SET status = CASE s.settle_kind WHEN 'completed' THEN 'completed'
+                                             WHEN 'failed' THEN 'failed' ELSE 'queued' END,
+                 output = CASE s.settle_kind WHEN 'completed' THEN s.settle_text ELSE t.output END,
+                 error = CASE s.settle_kind WHEN 'completed' THEN NULL
+                                            WHEN 'requeued' THEN t.error ELSE s.settle_text END,
+                 completed_at = CASE WHEN s.settle_kind IN ('completed', 'failed')
+                                     THEN s.at END,
+                 fence_token = CASE WHEN s.settle_kind IN ('completed', 'failed')
+                                    THEN s.token ELSE t.fence_token END,
+                 attempts = s.settle_attempts,
+                 run_at = CASE s.settle_kind WHEN 'retrying' THEN s.retry_at ELSE t.run_at END
+             FROM seqs s
+             WHERE s.do_settle AND t.id = s.settle_turn
+         ),
+         settled_jobs AS ({settle_jobs}),
+         started AS (
+             UPDATE turns t
+             SET status = 'running', started_at = s.at, attempts = s.attempt
+             FROM seqs s
+             WHERE s.do_start AND t.id = s.start_turn
+         ),
+         events AS (
+             INSERT INTO session_events (session_id, seq, type, data)
+             SELECT s.session_id, s.first_seq, 'turn.' || s.settle_kind,
+                    CASE s.settle_kind
+                        WHEN 'completed' THEN jsonb_build_object('turn_id', s.settle_turn,
+                                                                 'seq', s.settle_seq,
+                                                                 'output', s.settle_text)
+                        WHEN 'failed' THEN jsonb_build_object('turn_id', s.settle_turn,
+                                                              'seq', s.settle_seq,
+                                                              'error', s.settle_text)
+                        WHEN 'retrying' THEN jsonb_build_object('turn_id', s.settle_turn,
+                                                                'seq', s.settle_seq,
+                                                                'error', s.settle_text,
+                                                                'retry_at', s.retry_at)
+                        ELSE jsonb_build_object('turn_id', s.settle_turn, 'seq', s.settle_seq)
+                    END
+             FROM seqs s WHERE s.do_settle
+             UNION ALL
+             SELECT s.session_id, s.first_seq + s.do_settle::int, 'turn.started',
+                    jsonb_build_object('turn_id', s.start_turn, 'seq', s.start_seq,
+                                       'attempt', s.attempt)
+             FROM seqs s WHERE s.do_start
+             RETURNING session_id, seq, type, at, data
+         ),
+         retired AS (
+             DELETE FROM session_queue q USING seqs s
+             WHERE s.release AND q.session_id = s.session_id
+               AND s.next_turn_seq - 1 <= s.done_through
+         ),
+         requeued AS (
+             INSERT INTO session_queue AS q (session_id, ready_at, from_seq)
+             SELECT s.session_id,
+                    greatest(now(), coalesce(
+                        CASE WHEN s.do_settle AND s.settle_kind = 'retrying' THEN s.retry_at END,
+                        s.ready_at, now())),
+                    s.done_through + 1
+             FROM seqs s
+             WHERE s.release AND s.next_turn_seq - 1 > s.done_through
+             ON CONFLICT (session_id) DO UPDATE
+             SET ready_at = EXCLUDED.ready_at, from_seq = EXCLUDED.from_seq
+         ),
+         released AS (
+             UPDATE leases l SET holder = NULL, expires_at = clock_timestamp()
+             FROM seqs s
+             WHERE s.release AND l.scope = 'session' AND l.key = s.session_id::text
+               AND l.token = s.token
+         )
+         SELECT 'step' AS row, s.session_id, s.do_settle AS settled,
+                CASE WHEN s.do_start THEN s.attempt END AS attempt,
+                CASE WHEN s.do_settle AND s.settle_kind = 'retrying' THEN s.retry_at END AS retry_at,
+                s.release AND s.next_turn_seq - 1 <= s.done_through AS retired,
+                NULL::bigint AS seq, NULL::text AS type, NULL::timestamptz AS at, NULL::jsonb AS data
+         FROM seqs s
+         UNION ALL
+         SELECT 'event', e.session_id, NULL, NULL, NULL, NULL, e.seq, e.type, e.at, e.data
+         FROM events e",
+        live = leases::live("l", "'session'", "i.session_id::text", "i.token"),
+        settle_jobs = jobs::sql::settle(
+            "(SELECT settle_job AS job_id, settle_kind AS kind, settle_text AS text, retry_at,
+                     settle_attempts AS attempts
+              FROM seqs WHERE do_settle)"
+        ),
+    )
+});
+
+#[derive(sqlx::FromRow)]
+struct OutcomeRow {
+    row: String,
+    session_id: Uuid,
+    settled: Option<bool>,
+    attempt: Option<i32>,
+    retry_at: Option<DateTime<Utc>>,
+    retired: Option<bool>,
+    seq: Option<i64>,
+    #[sqlx(rename = "type")]
+    kind: Option<String>,
+    at: Option<DateTime<Utc>>,
+    data: Option<serde_json::Value>,
+}
+
+/// Applies `steps`, at most one per session, in one statement; returns
+/// their outcomes in the same order. A step whose lease is no longer live
+/// writes nothing (`fenced_in` false); the others apply regardless.
+pub async fn advance(pool: &PgPool, steps: &[Step]) -> Result<Vec<StepOutcome>> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(steps.len());
+    let mut sessions = Vec::with_capacity(steps.len());
+    let mut tokens = Vec::with_capacity(steps.len());
+    let mut settle_turns = Vec::with_capacity(steps.len());
+    let mut settle_jobs = Vec::with_capacity(steps.len());
+    let mut kinds = Vec::with_capacity(steps.len());
+    let mut texts = Vec::with_capacity(steps.len());
+    let mut delays = Vec::with_capacity(steps.len());
+    let mut start_turns = Vec::with_capacity(steps.len());
+    let mut start_jobs = Vec::with_capacity(steps.len());
+    let mut releases = Vec::with_capacity(steps.len());
+    let mut done_through = Vec::with_capacity(steps.len());
+    let mut ready_at = Vec::with_capacity(steps.len());
+    for step in steps {
+        if !seen.insert(step.session_id) {
+            return Err(Error::Invalid(format!(
+                "two steps for session {} in one batch",
+                step.session_id
+            )));
+        }
+        sessions.push(step.session_id);
+        tokens.push(step.token);
+        let (turn, job, settle) = match &step.settle {
+            Some((turn, job, settle)) => (Some(*turn), Some(job.as_str()), Some(settle)),
+            None => (None, None, None),
+        };
+        settle_turns.push(turn);
+        settle_jobs.push(job);
+        kinds.push(settle.map(Settle::kind));
+        texts.push(settle.and_then(Settle::text));
+        delays.push(match settle {
+            Some(Settle::Retrying { delay, .. }) => Some(delay.as_secs_f64() * 1000.0),
+            _ => None,
+        });
+        start_turns.push(step.start.as_ref().map(|(turn, _)| *turn));
+        start_jobs.push(step.start.as_ref().map(|(_, job)| job.as_str()));
+        releases.push(step.release.is_some());
+        done_through.push(step.release.map(|r| r.done_through));
+        ready_at.push(step.release.and_then(|r| r.ready_at));
+    }
+    let rows: Vec<OutcomeRow> = sqlx::query_as(sqlx::AssertSqlSafe(ADVANCE_SQL.as_str()))
+        .bind(&sessions)
+        .bind(&tokens)
+        .bind(&settle_turns)
+        .bind(&settle_jobs)
+        .bind(&kinds)
+        .bind(&texts)
+        .bind(&delays)
+        .bind(&start_turns)
+        .bind(&start_jobs)
+        .bind(&releases)
+        .bind(&done_through)
+        .bind(&ready_at)
+        .fetch_all(pool)
+        .await?;
+    let mut outcomes: std::collections::HashMap<Uuid, StepOutcome> =
+        std::collections::HashMap::with_capacity(steps.len());
+    for r in rows {
+        if r.row == "step" {
+            let outcome = outcomes.entry(r.session_id).or_default();
+            outcome.fenced_in = true;
+            outcome.settled = r.settled.unwrap_or(false);
+            outcome.attempt = r.attempt;
+            outcome.retry_at = r.retry_at;
+            outcome.retired = r.retired.unwrap_or(false);
+        } else if let (Some(seq), Some(kind), Some(at), Some(data)) = (r.seq, r.kind, r.at, r.data)
+        {
+            outcomes
+                .entry(r.session_id)
+                .or_default()
+                .events
+                .push(Event {
+                    seq,
+                    kind,
+                    session_id: r.session_id,
+                    at,
+                    data,
+                });
+        }
+    }
+    Ok(sessions
+        .iter()
+        .map(|session| {
+            let mut outcome = outcomes.remove(session).unwrap_or_default();
+            outcome.events.sort_by_key(|e| e.seq);
+            outcome
+        })
+        .collect())
+}
+
+/// Applies one step and refuses it as [`Error::Fenced`] if the lease is lost.
+async fn advance_one(pool: &PgPool, lease: &Lease, step: Step) -> Result<StepOutcome> {
+    let mut outcomes = advance(pool, std::slice::from_ref(&step)).await?;
+    let outcome = outcomes.pop().unwrap_or_default();
+    if !outcome.fenced_in {
+        return Err(Error::Fenced(leases::Error::Fenced {
+            scope: SESSION_SCOPE.to_owned(),
+            key: lease.key.clone(),
+            token: lease.token,
+        }));
+    }
+    Ok(outcome)
+}
+
+fn step_for(turn: &Turn, lease: &Lease) -> Step {
+    Step::new(turn.session_id, lease)
+}
+
+/// Marks `turn` running and counts its job's attempt, under `lease`
+/// (appending `turn.started`). Returns the attempt number (0 if the turn
+/// was already finished) and the event.
+pub async fn start(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<(i32, Option<Event>)> {
+    let mut step = step_for(turn, lease);
+    step.start = Some((turn.id, turn.job_id.clone()));
+    let outcome = advance_one(pool, lease, step).await?;
+    Ok((
+        outcome.attempt.unwrap_or(0),
+        outcome.events.into_iter().next(),
+    ))
+}
+
+async fn settle_one(
+    pool: &PgPool,
+    turn: &Turn,
+    lease: &Lease,
+    settle: Settle,
+) -> Result<StepOutcome> {
+    let mut step = step_for(turn, lease);
+    step.settle = Some((turn.id, turn.job_id.clone(), settle));
+    advance_one(pool, lease, step).await
+}
+
+/// Records the reply, under `lease` (appending `turn.completed`). Returns
+/// false if the turn was already finished (nothing written).
+pub async fn complete(
+    pool: &PgPool,
+    turn: &Turn,
+    lease: &Lease,
+    output: &str,
+) -> Result<(bool, Option<Event>)> {
+    let outcome = settle_one(
+        pool,
+        turn,
+        lease,
+        Settle::Completed {
+            output: output.to_owned(),
+        },
+    )
+    .await?;
+    Ok((outcome.settled, outcome.events.into_iter().next()))
+}
+
+/// Records a failed attempt to retry after `delay`, under `lease`
+/// (appending `turn.retrying`).
+pub async fn retry_later(
+    pool: &PgPool,
+    turn: &Turn,
+    lease: &Lease,
+    error: &str,
+    delay: Duration,
+) -> Result<Option<Event>> {
+    let settle = Settle::Retrying {
+        reason: error.to_owned(),
+        delay,
+    };
+    Ok(settle_one(pool, turn, lease, settle)
+        .await?
+        .events
+        .into_iter()
+        .next())
+}
+
+/// Records a final failure, under `lease` (appending `turn.failed`).
+pub async fn fail(pool: &PgPool, turn: &Turn, lease: &Lease, error: &str) -> Result<Option<Event>> {
+    let settle = Settle::Failed {
+        reason: error.to_owned(),
+    };
+    Ok(settle_one(pool, turn, lease, settle)
+        .await?
+        .events
+        .into_iter()
+        .next())
+}
+
+/// Hands an interrupted turn back (worker shutdown), under `lease`: queued
+/// again (appending `turn.requeued`), the attempt not counted.
+pub async fn hand_back(pool: &PgPool, turn: &Turn, lease: &Lease) -> Result<Option<Event>> {
+    Ok(settle_one(pool, turn, lease, Settle::HandedBack)
+        .await?
+        .events
+        .into_iter()
+        .next())
+}

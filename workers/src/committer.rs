@@ -1,0 +1,147 @@
+//! Group commit: the steps of all the sessions a worker is draining go to
+//! Postgres together.
+//!
+//! Each session's drain writes one step per turn and waits for it (its next
+//! turn must not start before the previous one is recorded). Written one by
+//! one, every step would pay a round trip, a statement and a commit, and a
+//! worker with many busy sessions would spend its time on those. Instead,
+//! drains hand their steps to the [`Committer`], which applies whatever has
+//! queued up in one statement ([`questboard_core::turns::advance`]) and
+//! answers each drain. Under load a batch carries many sessions; a lone
+//! session pays one statement, as before. At most
+//! [`CommitSettings::in_flight`] batches run at once, so the next batch
+//! fills while one is in Postgres.
+//!
+//! After each commit the committer publishes the batch's events, in order,
+//! before answering: a session's next step (and its events) can only come
+//! after.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use questboard_core::events::EventPublisher;
+use questboard_core::metrics as m;
+use questboard_core::turns::{self, Step, StepOutcome};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// How the committer batches.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitSettings {
+    /// Most steps in one statement.
+    pub max_batch: usize,
+    /// Most statements running at once.
+    pub in_flight: usize,
+}
+
+impl Default for CommitSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            in_flight: 2,
+        }
+    }
+}
+
+/// Why a step was not applied. The whole batch it was in failed; nothing
+/// of it was written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("writing turn progress failed: {0}")]
+pub struct CommitError(Arc<str>);
+
+struct Request {
+    step: Step,
+    reply: oneshot::Sender<Result<StepOutcome, CommitError>>,
+}
+
+/// Hands steps to the batching task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Committer {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Committer {
+    /// Starts the batching task (inside a Tokio runtime). It stops when the
+    /// last clone is dropped.
+    pub fn start(pool: PgPool, events: EventPublisher, settings: CommitSettings) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, events, settings, rx));
+        Self { tx }
+    }
+
+    /// Applies `step` with whatever else is waiting, and returns what it did
+    /// once it is committed and its events are handed to the publisher
+    /// (so the outcome's `events` is empty).
+    pub async fn commit(&self, step: Step) -> Result<StepOutcome, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request { step, reply })
+            .map_err(|_| CommitError("the committer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| CommitError("the committer stopped".into()))?
+    }
+}
+
+async fn run(
+    pool: PgPool,
+    events: EventPublisher,
+    settings: CommitSettings,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
+    let slots = Arc::new(Semaphore::new(settings.in_flight.max(1)));
+    let max_batch = settings.max_batch.max(1);
+    // Steps held back because their session already is in the batch being
+    // formed (a drain has one step outstanding, so only a misuse does this).
+    let mut held_back: Vec<Request> = Vec::new();
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = std::mem::take(&mut held_back);
+        if batch.is_empty() && rx.recv_many(&mut batch, max_batch).await == 0 {
+            return;
+        }
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut sessions = HashSet::with_capacity(batch.len());
+        let (batch, later): (Vec<Request>, Vec<Request>) = batch
+            .into_iter()
+            .partition(|r| sessions.insert(r.step.session_id));
+        held_back = later;
+        let (pool, events) = (pool.clone(), events.clone());
+        tokio::spawn(async move {
+            apply(&pool, &events, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn apply(pool: &PgPool, events: &EventPublisher, batch: Vec<Request>) {
+    let (steps, replies): (Vec<Step>, Vec<_>) =
+        batch.into_iter().map(|r| (r.step, r.reply)).unzip();
+    let started = Instant::now();
+    let applied = turns::advance(pool, &steps).await;
+    metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(m::COMMIT_BATCH_STEPS).record(steps.len() as f64);
+    match applied {
+        Ok(outcomes) => {
+            for (mut outcome, reply) in outcomes.into_iter().zip(replies) {
+                events.events(std::mem::take(&mut outcome.events));
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, steps = steps.len(), "a batch of turn steps failed");
+            let err = CommitError(err.to_string().into());
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
