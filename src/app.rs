@@ -15,6 +15,7 @@ use questboard_core::turns::Intake;
 use questboard_core::wakeups::Publisher;
 use tokio::net::TcpListener;
 
+use questboard_workers::committer::CommitSettings;
 use questboard_workers::jobs::{JobContext, PublishDeltas};
 use questboard_workers::providers::{self, ProviderSettings, openai::OpenAiSettings};
 use questboard_workers::runtime::{Worker, WorkerSettings};
@@ -122,6 +123,10 @@ pub fn worker(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<Worker> {
         lease_ttl: Duration::from_millis(config.lease_ttl_ms),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         poll_interval: Duration::from_millis(config.worker_poll_ms),
+        commit: CommitSettings {
+            in_flight: config.worker_commits_in_flight as usize,
+            ..CommitSettings::default()
+        },
         wakeups: redis::Client::open(config.redis_url.expose())
             .inspect_err(|e| tracing::warn!(error = %e, "REDIS_URL unusable: workers will poll"))
             .ok(),

@@ -152,6 +152,11 @@ pub struct Config {
     #[arg(long, env = "QB_WORKER_POLL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
     pub worker_poll_ms: u64,
 
+    /// Statements a worker runs at once to write the turn progress of its
+    /// sessions (each carries the steps of every session waiting by then).
+    #[arg(long, env = "QB_WORKER_COMMITS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub worker_commits_in_flight: u64,
+
     /// The game master: `scripted` (built in) or `openai` (any OpenAI-compatible server).
     #[arg(long, env = "QB_LLM_PROVIDER", value_enum, default_value = "scripted")]
     pub llm_provider: LlmProvider,

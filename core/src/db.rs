@@ -29,13 +29,32 @@ pub enum Error {
 
 /// Opens a connection pool of at most `max_connections`.
 ///
-/// JIT compilation is switched off for our sessions: it pays off for long
-/// analytical queries, but the planner's estimates for our batched
-/// statements (unnest of hundreds of rows) can cross `jit_above_cost`, and
-/// compiling then takes longer than running the statement.
+/// Three planner settings for our sessions, all measured with
+/// `questboard bench` (see BENCHMARKS.md):
+/// - `jit = off`: JIT pays off for long analytical queries, but the
+///   estimates for our batched statements (unnest of hundreds of rows) can
+///   cross `jit_above_cost`, and compiling then takes longer than running.
+/// - `plan_cache_mode = force_generic_plan`: every statement is prepared
+///   once per connection and always parameterised by keys and arrays, so
+///   one generic plan serves all calls. Left to choose, Postgres kept
+///   re-planning the worker's batched write for each call once statistics
+///   existed (a custom plan looks cheaper for a one-element array): a
+///   millisecond of planning per turn on a hot session, twice the work of
+///   running it.
+/// - `enable_seqscan = off`: every statement questboard runs reaches its
+///   rows by key, but a generic plan is made once per connection, and if it
+///   is made while a table is small the planner prefers scanning it whole
+///   to probing its index; the plan then stays while the table grows (and
+///   fills with row versions between vacuums). A worker's batched write
+///   scanning every session row on each call took a core and a half at 400
+///   turns/s. Tables with no usable index are still scanned.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     let options: PgConnectOptions = url.parse().map_err(Error::Connect)?;
-    let options = options.options([("jit", "off")]);
+    let options = options.options([
+        ("jit", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+    ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

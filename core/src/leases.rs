@@ -191,14 +191,25 @@ pub async fn renew_all<'e>(
     ttl: Duration,
 ) -> Result<Vec<(String, DateTime<Utc>)>> {
     let (keys, tokens): (Vec<&str>, Vec<i64>) = held.iter().map(|(k, t)| (k.as_str(), *t)).unzip();
+    // Locks are taken in key order, as every statement that locks several
+    // leases does (writers fencing a batch of sessions), so none of them
+    // can deadlock with a renewal.
     Ok(sqlx::query_as(
         r#"
+        WITH held AS (
+            SELECT l.scope, l.key FROM leases l
+            JOIN unnest($2::text[], $3::bigint[]) AS h(key, token)
+              ON l.scope = $1 AND l.key = h.key AND l.token = h.token
+            WHERE l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
+            ORDER BY l.key
+            FOR NO KEY UPDATE OF l
+        )
         UPDATE leases l
         SET renewed_at = clock_timestamp(),
             expires_at = clock_timestamp() + make_interval(secs => $4 / 1000.0)
-        FROM unnest($2::text[], $3::bigint[]) AS h(key, token)
-        WHERE l.scope = $1 AND l.key = h.key AND l.token = h.token
-          AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
+        FROM held
+        WHERE l.scope = held.scope AND l.key = held.key
+          AND l.expires_at > clock_timestamp()
         RETURNING l.key, l.expires_at
         "#,
     )

@@ -1,7 +1,8 @@
-//! Baselines measured on the same database in the same run, so the
+//! Baselines measured on the same Postgres in the same run, so the
 //! pipeline's figures can be read as ratios:
-//! - **raw apalis-postgres**: noop jobs pushed in bulk, then run by apalis's
-//!   own workers (no leases, no events, no ordering);
+//! - **raw apalis-postgres**: noop jobs inserted in bulk, then run by
+//!   apalis's own workers in worker processes (no leases, no events, no
+//!   ordering), at several batch sizes;
 //! - **the Postgres ceiling**: the bare minimum a queue needs: single-row
 //!   inserts, and claim + complete with `FOR UPDATE SKIP LOCKED`, one and
 //!   ten rows per transaction.
@@ -14,34 +15,19 @@ use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use questboard_core::db;
 
-use super::{BenchArgs, Figure, Scratch, runs, wait_for};
+use super::processes::Processes;
+use super::{BenchArgs, CpuUse, Figure, Scratch, runs, wait_for};
 use crate::config::Config;
 
 /// Clients used by the ceiling scenarios.
 const CLIENTS: usize = 16;
+/// The apalis queue of the noop jobs.
+const QUEUE: &str = "bench.noop";
 
-/// Runs the baselines and prints their rows.
+/// Runs the Postgres ceiling scenarios and prints their rows (the raw
+/// apalis comparison runs with the pipeline, see [`super::pipeline`]).
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
-    let jobs = if args.quick { 500 } else { 20_000 };
     let seconds = if args.quick { 1.0 } else { 5.0 };
-    let mut figures = Vec::new();
-    for batch in [10usize, 100] {
-        let mut f = Figure::new(
-            format!(
-                "raw apalis-postgres noop, batch {batch}, {} workers x {}",
-                args.workers, args.concurrency
-            ),
-            "jobs/s",
-        );
-        for _ in 0..runs(args) {
-            let scratch = Scratch::create(config).await?;
-            f.values
-                .push(raw_apalis(&scratch, args, jobs, batch).await?);
-            scratch.drop_db().await;
-        }
-        f.print();
-        figures.push(f);
-    }
     let mut insert = Figure::new(
         format!("Postgres ceiling: single-row insert, {CLIENTS} clients"),
         "rows/s",
@@ -65,9 +51,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
             .push(ceiling_claim(&scratch, seconds, 10).await?);
         scratch.drop_db().await;
     }
-    for f in [insert, claim1, claim10] {
+    let figures = vec![insert, claim1, claim10];
+    for f in &figures {
         f.print();
-        figures.push(f);
     }
     Ok(figures)
 }
@@ -76,55 +62,75 @@ async fn noop(_job: u64) -> Result<(), BoxDynError> {
     Ok(())
 }
 
-async fn raw_apalis(
+/// Runs an apalis-postgres worker for noop jobs on `DATABASE_URL`, fetching
+/// `batch` at a time, `concurrency` at once, until the process is killed.
+pub async fn serve_noop_worker(
+    config: &Config,
+    batch: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let pool = db::connect(config.database_url.expose(), 8).await?;
+    let backend = PostgresStorage::<u64>::new(&pool).with_config(
+        apalis_postgres::Config::default()
+            .queue(QUEUE)
+            .batch_size(batch.max(1))
+            .heartbeat_interval(Duration::from_millis(100)),
+    );
+    let worker = WorkerBuilder::new(format!("bench-noop-{}", std::process::id()))
+        .backend(backend)
+        .concurrency(concurrency.max(1))
+        .build(noop);
+    worker.run().await?;
+    Ok(())
+}
+
+/// `jobs` noop jobs committed at once, then run by `args.workers` apalis
+/// worker processes fetching `batch` at a time. Returns jobs per second over
+/// the span from the first fetch to the last completion (database clock),
+/// and the CPU spent meanwhile.
+pub async fn raw_apalis(
     scratch: &Scratch,
+    config: &Config,
     args: &BenchArgs,
     jobs: usize,
     batch: usize,
-) -> anyhow::Result<f64> {
-    let queue = "bench.noop";
-    let mut pusher = PostgresStorage::<u64>::new(&scratch.pool)
-        .with_config(apalis_postgres::Config::default().queue(queue));
+) -> anyhow::Result<(f64, CpuUse)> {
+    let mut tx = scratch.pool.begin().await?;
     for chunk in (0..jobs as u64).collect::<Vec<_>>().chunks(1000) {
-        let mut tasks = futures::stream::iter(chunk.iter().map(|i| TaskBuilder::new(*i).build()));
-        pusher.push_all(&mut tasks).await?;
+        let tasks = chunk
+            .iter()
+            .map(|i| TaskBuilder::new(serde_json::to_vec(i).unwrap_or_default()).build())
+            .collect();
+        apalis_postgres::queries::push_tasks(&mut *tx, QUEUE, tasks).await?;
     }
-    let mut workers = Vec::new();
-    let started = Instant::now();
-    for w in 0..args.workers {
-        let pool = db::connect(&scratch.url, 8).await?;
-        let config = apalis_postgres::Config::default()
-            .queue(queue)
-            .batch_size(batch)
-            .heartbeat_interval(Duration::from_millis(100));
-        let backend = PostgresStorage::<u64>::new(&pool).with_config(config);
-        let worker = WorkerBuilder::new(format!("bench-noop-{w}"))
-            .backend(backend)
-            .concurrency(args.concurrency as usize)
-            .build(noop);
-        workers.push(tokio::spawn(async move {
-            let _ = worker.run().await;
-        }));
-    }
+    tx.commit().await?;
+    super::analyze(&scratch.pool).await?;
+    let workers = Processes::apalis(scratch, config, args.workers, args.concurrency, batch)?;
+    let cpu = super::CpuMeter::start(&workers.pids());
     let pool = scratch.pool.clone();
-    wait_for(Duration::from_secs(600), || {
+    wait_for(Duration::from_secs(600), Duration::from_millis(200), || {
         let pool = pool.clone();
         async move {
-            let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'",
+            let left: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM apalis.jobs WHERE job_type = $1 AND status <> 'Done')",
             )
-            .bind(queue)
+            .bind(QUEUE)
             .fetch_one(&pool)
             .await?;
-            Ok(done as usize >= jobs)
+            Ok(!left)
         }
     })
     .await?;
-    let rate = jobs as f64 / started.elapsed().as_secs_f64();
-    for worker in workers {
-        worker.abort();
-    }
-    Ok(rate)
+    let cpu = cpu.stop();
+    workers.stop();
+    let span: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(done_at) - min(lock_at))::float8
+         FROM apalis.jobs WHERE job_type = $1",
+    )
+    .bind(QUEUE)
+    .fetch_one(&scratch.pool)
+    .await?;
+    Ok((jobs as f64 / span.max(1e-6), cpu))
 }
 
 async fn ceiling_table(scratch: &Scratch) -> anyhow::Result<()> {

@@ -1,19 +1,28 @@
 //! `questboard bench`: reproducible measurements against the Postgres and
 //! Redis given by `DATABASE_URL` and `REDIS_URL`.
 //!
-//! Each scenario creates its own scratch database (`qb_bench_<time>`),
-//! applies the migrations, measures, and drops it. Every scenario runs
-//! several times and is reported as median with min and max, because the
-//! machine is shared and noisy; comparisons are ratios measured in the same
-//! run. `--quick` uses tiny sizes: a smoke test for CI, not a measurement.
+//! Each measurement creates its own scratch database (`qb_bench_<time>`),
+//! applies the migrations, measures, and drops it. Workers and the API run
+//! as separate processes of this same binary (`questboard work`,
+//! `questboard serve`), as in production; this process only drives them.
+//! Every scenario runs several times and is reported as median with min and
+//! max, because the machine is shared and noisy; comparisons are ratios
+//! measured in the same run, and the CPU each process kind spent per 1,000
+//! turns is reported next to the rates (it moves much less than they do).
+//! `--quick` uses tiny sizes: a smoke test for CI, not a measurement.
 //!
-//! - [`baseline`]: raw apalis-postgres noop jobs and the bare Postgres
-//!   ceiling, measured on the same database in the same run.
-//! - [`pipeline`]: enqueue rate, end-to-end turns per second over 1, 10 and
-//!   1,000 sessions, idle pickup latency.
-//! - [`realtime`]: POST-to-WebSocket latency at a steady offered rate, and
-//!   fan-out to many sockets of one API process with its memory per socket.
+//! - [`baseline`]: raw apalis-postgres noop jobs (its own workers, several
+//!   batch sizes) and the bare Postgres ceiling.
+//! - [`enqueue`]: turns accepted per second through the HTTP API and
+//!   through the library, one by one and batched.
+//! - [`pipeline`]: end-to-end turns per second over 1,000, 10 and 1
+//!   sessions against raw apalis in the same run; idle pickup latency.
+//! - [`realtime`]: POST-to-WebSocket latency at half the measured maximum,
+//!   and fan-out to many sockets of one API process with its memory per
+//!   socket.
+//! - [`processes`]: starting and stopping the processes measured.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,7 +32,9 @@ use sqlx::PgPool;
 use crate::config::Config;
 
 pub mod baseline;
+pub mod enqueue;
 pub mod pipeline;
+pub mod processes;
 pub mod realtime;
 
 /// What to measure.
@@ -35,25 +46,45 @@ pub struct BenchArgs {
     /// Runs per scenario.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Worker runtimes.
+    /// Worker processes (W).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Sessions each worker runtime processes at once.
-    #[arg(long, default_value_t = 32)]
+    /// Sessions each worker process runs at once (K).
+    #[arg(long, default_value_t = 256)]
     pub concurrency: u32,
-    /// Only scenarios whose group matches: `baseline`, `pipeline`, `realtime` (default: all).
-    #[arg(long)]
-    pub only: Option<String>,
+    /// Concurrent clients of the enqueue and latency scenarios (C).
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Turns per call of the batched library enqueue.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Only these groups (comma-separated): `baseline`, `enqueue`,
+    /// `pipeline`, `realtime` (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Session counts of the end-to-end throughput scenario (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1000,10,1")]
     pub sessions: Vec<usize>,
+    /// apalis-postgres batch sizes compared against (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    pub apalis_batches: Vec<usize>,
     /// WebSocket clients for the fan-out scenario (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     pub fanout: Vec<usize>,
-    /// Offered load for the latency scenario, turns/s (default: half the
-    /// measured 10-session throughput of this run, else 300).
+    /// Offered load of the latency scenario, turns/s (default: half the
+    /// maximum measured just before, in the same setup).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Internal: run as a raw apalis-postgres noop worker with this batch
+    /// size against DATABASE_URL until killed (the baseline starts these).
+    #[arg(long, hide = true)]
+    pub apalis_worker: Option<usize>,
+}
+
+impl BenchArgs {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == group)
+    }
 }
 
 /// One measured figure over several runs.
@@ -81,7 +112,11 @@ impl Figure {
     pub fn median(&self) -> f64 {
         let mut v = self.values.clone();
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
     }
 
     /// Prints the figure as a Markdown table row.
@@ -93,7 +128,7 @@ impl Figure {
             .copied()
             .fold(f64::NEG_INFINITY, f64::max);
         println!(
-            "| {:<62} | {:>10.1} {:<7} | {:>10.1} .. {:<10.1} | {} |",
+            "| {:<70} | {:>10.1} {:<7} | {:>10.1} .. {:<10.1} | {} |",
             self.name,
             self.median(),
             self.unit,
@@ -104,39 +139,27 @@ impl Figure {
     }
 }
 
-/// Runs the selected scenarios and prints a table.
+/// Runs the selected scenarios (or the internal apalis worker) and prints a
+/// table.
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    if let Some(batch) = args.apalis_worker {
+        baseline::serve_noop_worker(config, batch, args.concurrency as usize).await?;
+        return Ok(Vec::new());
+    }
     println!("| scenario | median | min .. max | runs |");
     println!("|---|---|---|---|");
-    let wanted = |group: &str| args.only.as_deref().is_none_or(|o| o == group);
     let mut figures = Vec::new();
-    if wanted("baseline") {
+    if args.wants("baseline") {
         figures.extend(baseline::run(config, args).await?);
     }
-    if wanted("pipeline") {
+    if args.wants("enqueue") {
+        figures.extend(enqueue::run(config, args).await?);
+    }
+    if args.wants("pipeline") {
         figures.extend(pipeline::run(config, args).await?);
     }
-    let raw = figures
-        .iter()
-        .find(|f| f.name.starts_with("raw apalis-postgres noop, batch 100"))
-        .map(Figure::median);
-    let ours = figures
-        .iter()
-        .find(|f| f.name.starts_with("end to end, 1000 session"))
-        .map(Figure::median);
-    if let (Some(raw), Some(ours)) = (raw, ours) {
-        println!(
-            "| ratio: questboard over 1000 sessions / raw apalis-postgres batch 100 (same run) | {:>10.2} x       | | |",
-            ours / raw
-        );
-    }
-    if wanted("realtime") {
-        let measured = figures
-            .iter()
-            .find(|f| f.name.starts_with("end to end, 10 session"))
-            .map(|f| f.median() / 2.0);
-        let rate = args.rate.or(measured).unwrap_or(300.0);
-        figures.extend(realtime::run(config, args, rate).await?);
+    if args.wants("realtime") {
+        figures.extend(realtime::run(config, args).await?);
     }
     Ok(figures)
 }
@@ -193,30 +216,32 @@ impl Scratch {
     }
 }
 
+/// Refreshes the planner's statistics after a bulk load, as autovacuum's
+/// analyze would soon after in production (it is off on some benchmark
+/// machines, and plans made on stale statistics can be much slower).
+pub async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
 /// The JWT secret of APIs the benchmark starts.
 pub const SECRET: &str = "bench-secret-bench-secret-bench-secret!";
 
-/// An API configuration on a scratch database, with the bench secret.
-pub fn bench_config(config: &Config, scratch: &Scratch) -> Config {
+/// A bearer token for `user`, signed with [`SECRET`].
+pub fn token(config: &Config, user: &str) -> anyhow::Result<String> {
     let mut config = config.clone();
-    config.database_url = crate::config::Secret::new(scratch.url.clone());
     config.jwt_secret = Some(crate::config::Secret::new(SECRET));
     config.jwks_url = None;
-    config.jwt_issuer = None;
-    config.jwt_audience = None;
-    config.storage_url = "memory://".into();
-    config.db_max_connections = 16;
-    config
-}
-
-/// A bearer token for `user` under [`bench_config`].
-pub fn token(config: &Config, user: &str) -> anyhow::Result<String> {
     let user = questboard_core::identity::UserId::parse(user).map_err(anyhow::Error::msg)?;
-    Ok(crate::auth::mint(config, &user, Duration::from_secs(3600))?)
+    Ok(crate::auth::mint(
+        &config,
+        &user,
+        Duration::from_secs(3600),
+    )?)
 }
 
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-pub async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> anyhow::Result<()>
+/// Polls `check` every `every` until it holds or `limit` passes.
+pub async fn wait_for<F, Fut>(limit: Duration, every: Duration, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
@@ -227,78 +252,116 @@ where
             std::time::Instant::now() < deadline,
             "timed out after {limit:?}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
     Ok(())
 }
 
-/// CPU time used while something ran: by this process, by Postgres and
-/// Redis server processes, and by everything else on the machine, read
-/// from `/proc` (Linux only; zeros elsewhere).
-#[derive(Debug, Clone)]
-pub struct CpuMeter {
-    own: f64,
-    all: f64,
-    servers: std::collections::HashMap<u32, (Server, f64)>,
+/// The value at quantile `q` of sorted `values`.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// CPU seconds spent between a [`CpuMeter::start`] and its
-/// [`CpuMeter::stop`].
+/// CPU time spent while something ran, by kind of process: this process,
+/// the processes it started, Postgres, Redis, and everything else on the
+/// machine. Read from `/proc` (Linux only; zeros elsewhere). Processes that
+/// exit before [`CpuMeter::stop`] are not counted: stop it first.
+#[derive(Debug, Clone)]
+pub struct CpuMeter {
+    all: f64,
+    before: HashMap<u32, (Kind, f64)>,
+    children: Vec<u32>,
+}
+
+/// CPU seconds spent between [`CpuMeter::start`] and [`CpuMeter::stop`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuUse {
-    /// By this process.
-    pub own: f64,
-    /// By Postgres server processes.
+    /// The questboard processes the benchmark started (workers, API).
+    pub questboard: f64,
+    /// This process (load generator, clients).
+    pub bench: f64,
+    /// Postgres server processes.
     pub postgres: f64,
-    /// By Redis server processes.
+    /// Redis server processes.
     pub redis: f64,
-    /// By everything else.
+    /// Everything else.
     pub others: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Server {
+enum Kind {
+    Bench,
+    Child,
     Postgres,
     Redis,
 }
 
 impl CpuMeter {
-    /// Starts measuring.
-    pub fn start() -> Self {
+    /// Starts measuring; `children` are the pids of the processes started.
+    pub fn start(children: &[u32]) -> Self {
         Self {
-            own: pid_cpu_seconds("self").unwrap_or(0.0),
             all: machine_cpu_seconds(),
-            servers: servers(),
+            before: processes(children),
+            children: children.to_vec(),
         }
     }
 
-    /// What was used since [`CpuMeter::start`]. Server processes that
-    /// exited meanwhile are not counted (stop before closing pools).
+    /// What was used since [`CpuMeter::start`].
     pub fn stop(self) -> CpuUse {
-        let own = pid_cpu_seconds("self").unwrap_or(0.0) - self.own;
         let all = machine_cpu_seconds() - self.all;
-        let (mut postgres, mut redis) = (0.0, 0.0);
-        for (pid, (server, now)) in servers() {
-            let before = self.servers.get(&pid).map_or(0.0, |(_, t)| *t);
-            match server {
-                Server::Postgres => postgres += now - before,
-                Server::Redis => redis += now - before,
+        let mut used = CpuUse::default();
+        for (pid, (kind, now)) in processes(&self.children) {
+            let spent = now - self.before.get(&pid).map_or(0.0, |(_, t)| *t);
+            match kind {
+                Kind::Bench => used.bench += spent,
+                Kind::Child => used.questboard += spent,
+                Kind::Postgres => used.postgres += spent,
+                Kind::Redis => used.redis += spent,
             }
         }
-        CpuUse {
-            own,
-            postgres,
-            redis,
-            others: (all - own - postgres - redis).max(0.0),
+        used.others = (all - used.bench - used.questboard - used.postgres - used.redis).max(0.0);
+        used
+    }
+}
+
+impl CpuUse {
+    /// Adds this use, in milliseconds per 1,000 `units`, to `figures`
+    /// (questboard processes, Postgres, Redis, this process).
+    pub fn record(&self, units: usize, figures: &mut [Figure; 4]) {
+        let per = |s: f64| s * 1e6 / units.max(1) as f64;
+        for (figure, value) in
+            figures
+                .iter_mut()
+                .zip([self.questboard, self.postgres, self.redis, self.bench])
+        {
+            figure.values.push(per(value));
         }
     }
+}
+
+/// The four CPU figures [`CpuUse::record`] fills, named after `what`.
+pub fn cpu_figures(what: &str) -> [Figure; 4] {
+    ["questboard processes", "Postgres", "Redis", "bench (load)"]
+        .map(|who| Figure::new(format!("  ... CPU per 1,000 {what}: {who}"), "ms"))
 }
 
 /// Clock ticks per second of `/proc` counters (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
-fn servers() -> std::collections::HashMap<u32, (Server, f64)> {
-    let mut found = std::collections::HashMap::new();
+fn processes(children: &[u32]) -> HashMap<u32, (Kind, f64)> {
+    let mut found = HashMap::new();
+    let me = std::process::id();
+    if let Some(t) = pid_cpu_seconds(me) {
+        found.insert(me, (Kind::Bench, t));
+    }
+    for &pid in children {
+        if let Some(t) = pid_cpu_seconds(pid) {
+            found.insert(pid, (Kind::Child, t));
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
     };
@@ -311,19 +374,19 @@ fn servers() -> std::collections::HashMap<u32, (Server, f64)> {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let server = match comm.trim() {
-            "postgres" => Server::Postgres,
-            "redis-server" => Server::Redis,
+        let kind = match comm.trim() {
+            "postgres" => Kind::Postgres,
+            "redis-server" => Kind::Redis,
             _ => continue,
         };
-        if let Some(t) = pid_cpu_seconds(&pid.to_string()) {
-            found.insert(pid, (server, t));
+        if let Some(t) = pid_cpu_seconds(pid) {
+            found.insert(pid, (kind, t));
         }
     }
     found
 }
 
-fn pid_cpu_seconds(pid: &str) -> Option<f64> {
+fn pid_cpu_seconds(pid: u32) -> Option<f64> {
     // Fields 14 and 15 of /proc/<pid>/stat: utime and stime, after the
     // parenthesised command name.
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

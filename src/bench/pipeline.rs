@@ -1,150 +1,128 @@
-//! Pipeline scenarios: enqueue rate, end-to-end throughput with per-session
-//! ordering, the hot session, and idle pickup latency.
+//! Pipeline scenarios: end-to-end turns per second with per-session
+//! ordering, against raw apalis-postgres in the same run; the hot session;
+//! idle pickup latency.
+//!
+//! Turns are committed first (`turns::submit_many`), then `W` worker
+//! processes start and run them with the scripted game master at zero
+//! latency. The rate is measured on the database clock, from the first turn
+//! started to the last one completed, so process start-up and polling do
+//! not count (for raw apalis alike: first fetch to last completion). The
+//! tables are analyzed after loading, for both (see [`super::analyze`]).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use questboard_core::db;
 use questboard_core::identity::UserId;
 use questboard_core::jobs::JobKind;
 use questboard_core::sessions::{self, SessionName};
 use questboard_core::turns::{self, NewTurn};
 use questboard_core::wakeups::Publisher;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, oneshot};
 
-use super::{BenchArgs, Figure, Scratch, runs};
-use crate::app;
+use super::processes::Processes;
+use super::{
+    BenchArgs, CpuMeter, CpuUse, Figure, Scratch, cpu_figures, percentile, runs, wait_for,
+};
 use crate::config::Config;
 
-/// Runs every pipeline scenario and prints a table.
+/// Runs the pipeline scenarios and prints their rows.
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
-    let (turns_many, turns_ten, turns_hot, pickups) = if args.quick {
-        (200, 100, 50, 10)
-    } else {
-        (20_000, 10_000, 5_000, 200)
-    };
-    let runs = runs(args);
     let mut figures = Vec::new();
-    for sessions in args.sessions.iter().copied() {
-        let total = match sessions {
-            1 => turns_hot,
-            2..=100 => turns_ten,
-            _ => turns_many,
-        };
+    let (w, k) = (args.workers, args.concurrency);
+    for (index, &sessions) in args.sessions.iter().enumerate() {
         let sessions = if args.quick {
             sessions.min(100)
         } else {
             sessions
         };
-        let mut enqueue = Figure {
-            name: format!("enqueue (library, 32 clients), {sessions} sessions"),
-            unit: "turns/s",
-            values: Vec::new(),
-        };
-        let mut process = Figure {
-            name: format!(
-                "end to end, {sessions} session(s), {} workers x {}",
-                args.workers, args.concurrency
-            ),
-            unit: "turns/s",
-            values: Vec::new(),
-        };
-        for _ in 0..runs {
+        let total = turns_for(sessions, args.quick);
+        let mut ours = Figure::new(
+            format!("end to end, {sessions} session(s), {total} turns, {w} worker processes x {k}"),
+            "turns/s",
+        );
+        let mut cpu = cpu_figures("turns");
+        // The largest session count is compared with raw apalis-postgres,
+        // each run against the same run's baselines.
+        let compare = index == 0;
+        let mut raw: Vec<Figure> = args
+            .apalis_batches
+            .iter()
+            .map(|b| {
+                Figure::new(
+                    format!(
+                        "raw apalis-postgres noop, {total} jobs, batch {b}, {w} processes x {k}"
+                    ),
+                    "jobs/s",
+                )
+            })
+            .collect();
+        let mut raw_cpu = cpu_figures("apalis jobs (best batch)");
+        let mut ratio = Figure::new(
+            format!("ratio: {sessions} sessions / raw apalis at its best batch, same run"),
+            "x",
+        );
+        for _ in 0..runs(args) {
+            let mut best: Option<(f64, CpuUse)> = None;
+            if compare {
+                for (figure, batch) in raw.iter_mut().zip(&args.apalis_batches) {
+                    let scratch = Scratch::create(config).await?;
+                    let (rate, used) =
+                        super::baseline::raw_apalis(&scratch, config, args, total, *batch).await?;
+                    scratch.drop_db().await;
+                    figure.values.push(rate);
+                    if best.is_none_or(|(b, _)| rate > b) {
+                        best = Some((rate, used));
+                    }
+                }
+            }
             let scratch = Scratch::create(config).await?;
-            let (enq, done) = throughput(&scratch, config, args, sessions, total).await?;
-            enqueue.values.push(enq);
-            process.values.push(done);
+            let (rate, used) = throughput(&scratch, config, args, sessions, total).await?;
             scratch.drop_db().await;
+            ours.values.push(rate);
+            used.record(total, &mut cpu);
+            if let Some((best, best_cpu)) = best {
+                ratio.values.push(rate / best);
+                best_cpu.record(total, &mut raw_cpu);
+            }
         }
-        enqueue.print();
-        process.print();
-        figures.push(enqueue);
-        figures.push(process);
+        let mut group = vec![ours];
+        group.extend(cpu);
+        if compare {
+            group.extend(raw);
+            group.extend(raw_cpu);
+            group.push(ratio);
+        }
+        for f in &group {
+            f.print();
+        }
+        figures.extend(group);
     }
-    let mut http = Figure::new(
-        "enqueue via HTTP API (keep-alive, 32 clients), 100 sessions",
-        "turns/s",
-    );
-    for _ in 0..runs {
+
+    let samples = if args.quick { 10 } else { 200 };
+    let mut p50 = Figure::new("idle pickup p50 (commit -> started, database clock)", "ms");
+    let mut p99 = Figure::new("idle pickup p99", "ms");
+    for _ in 0..runs(args) {
         let scratch = Scratch::create(config).await?;
-        http.values
-            .push(http_enqueue(&scratch, config, if args.quick { 200 } else { 5_000 }).await?);
-        scratch.drop_db().await;
-    }
-    http.print();
-    figures.push(http);
-    let mut p50 = Figure {
-        name: "idle pickup p50 (enqueue -> start)".into(),
-        unit: "ms",
-        values: Vec::new(),
-    };
-    let mut p99 = Figure {
-        name: "idle pickup p99".into(),
-        unit: "ms",
-        values: Vec::new(),
-    };
-    for _ in 0..runs {
-        let scratch = Scratch::create(config).await?;
-        let (a, b) = pickup(&scratch, config, pickups).await?;
+        let (a, b) = pickup(&scratch, config, samples).await?;
         p50.values.push(a);
         p99.values.push(b);
         scratch.drop_db().await;
     }
-    p50.print();
-    p99.print();
-    figures.push(p50);
-    figures.push(p99);
+    for f in [p50, p99] {
+        f.print();
+        figures.push(f);
+    }
     Ok(figures)
 }
 
-/// In-process worker runtimes on a scratch database.
-pub struct Workers {
-    stops: Vec<oneshot::Sender<()>>,
-    handles: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Workers {
-    /// Starts `count` runtimes with the scripted provider at zero latency.
-    pub async fn start(
-        scratch: &Scratch,
-        config: &Config,
-        count: usize,
-        concurrency: u32,
-    ) -> anyhow::Result<Self> {
-        let mut config = config.clone();
-        config.scripted_latency_ms = 0;
-        config.worker_concurrency = concurrency;
-        config.lease_ttl_ms = 30_000;
-        let mut stops = Vec::new();
-        let mut handles = Vec::new();
-        for _ in 0..count {
-            // A slot uses a connection only for single statements: a pool
-            // smaller than the slot count keeps several runtimes under
-            // Postgres's default 100 connections.
-            let pool = db::connect(&scratch.url, (concurrency / 2 + 2).min(16)).await?;
-            let worker = app::worker(&config, pool)?;
-            let (tx, rx) = oneshot::channel::<()>();
-            stops.push(tx);
-            handles.push(tokio::spawn(async move {
-                let _ = worker
-                    .run(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            }));
-        }
-        Ok(Self { stops, handles })
+/// Turns run over `sessions` sessions (20 per session, at least 5,000).
+fn turns_for(sessions: usize, quick: bool) -> usize {
+    if quick {
+        return (sessions * 2).max(50);
     }
-
-    /// Stops them all.
-    pub async fn stop(self) {
-        for tx in self.stops {
-            let _ = tx.send(());
-        }
-        for handle in self.handles {
-            let _ = handle.await;
-        }
+    match sessions {
+        1 => 5_000,
+        2..=100 => 10_000,
+        n => n * 20,
     }
 }
 
@@ -159,94 +137,80 @@ pub async fn make_sessions(pool: &PgPool, count: usize) -> anyhow::Result<Vec<uu
     Ok(ids)
 }
 
-/// Enqueues `total` turns over `sessions` sessions, then processes them.
-/// Returns (enqueue rate, processing rate) in turns per second.
+/// Commits `total` turns over `sessions` sessions, `chunk` per transaction.
+pub async fn preload(pool: &PgPool, sessions: &[uuid::Uuid], total: usize) -> anyhow::Result<()> {
+    let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
+    for first in (0..total).step_by(1000) {
+        let news: Vec<NewTurn<'_>> = (first..(first + 1000).min(total))
+            .map(|i| NewTurn {
+                session_id: sessions[i % sessions.len()],
+                author: &author,
+                input: "I search the room.",
+                idempotency_key: None,
+                max_attempts: 5,
+            })
+            .collect();
+        for outcome in turns::submit_many(pool, &news).await? {
+            outcome?;
+        }
+    }
+    Ok(())
+}
+
+/// Commits `total` turns over `sessions` sessions, then runs them with
+/// `args.workers` worker processes. Returns turns per second (first start
+/// to last completion, database clock) and the CPU spent meanwhile.
 async fn throughput(
     scratch: &Scratch,
     config: &Config,
     args: &BenchArgs,
     sessions: usize,
     total: usize,
-) -> anyhow::Result<(f64, f64)> {
-    let ids = Arc::new(make_sessions(&scratch.pool, sessions).await?);
-    let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
-    let gate = Arc::new(Semaphore::new(32));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let permit = gate.clone().acquire_owned().await?;
-        let pool = scratch.pool.clone();
-        let ids = ids.clone();
-        let author = author.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            turns::submit(
-                &pool,
-                NewTurn {
-                    session_id: ids[i % ids.len()],
-                    author: &author,
-                    input: "I search the room.",
-                    idempotency_key: None,
-                    max_attempts: 5,
-                },
-            )
-            .await
-            .map(|_| ())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let enqueue_rate = total as f64 / started.elapsed().as_secs_f64();
-
-    let workers = Workers::start(scratch, config, args.workers, args.concurrency).await?;
-    let started = Instant::now();
-    let cpu = super::CpuMeter::start();
+) -> anyhow::Result<(f64, CpuUse)> {
+    let ids = make_sessions(&scratch.pool, sessions).await?;
+    preload(&scratch.pool, &ids, total).await?;
+    super::analyze(&scratch.pool).await?;
+    let workers = Processes::workers(scratch, config, args.workers, args.concurrency)?;
+    let cpu = CpuMeter::start(&workers.pids());
     // Every turn is finished once no session is runnable (the scripted
-    // provider never fails): a cheap check, where counting finished turns
-    // would scan the whole table every poll and slow Postgres down.
-    loop {
-        let runnable: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM session_queue)")
-            .fetch_one(&scratch.pool)
-            .await?;
-        if !runnable {
-            break;
+    // game master never fails): a cheap check, where counting finished
+    // turns would scan the table on every poll.
+    let pool = scratch.pool.clone();
+    wait_for(Duration::from_secs(600), Duration::from_millis(50), || {
+        let pool = pool.clone();
+        async move {
+            let runnable: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM session_queue)")
+                .fetch_one(&pool)
+                .await?;
+            Ok(!runnable)
         }
-        if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("turns still unfinished after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
+    })
+    .await?;
     let cpu = cpu.stop();
-    let per = |s: f64| s * 1e6 / total as f64;
-    eprintln!(
-        "cpu per 1000 turns: questboard {:.0} ms, postgres {:.0} ms, redis {:.0} ms, others {:.0} ms; {rate:.0} turns/s",
-        per(cpu.own),
-        per(cpu.postgres),
-        per(cpu.redis),
-        per(cpu.others)
-    );
-    workers.stop().await;
-    let completed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM turns WHERE status = 'completed'")
-            .fetch_one(&scratch.pool)
-            .await?;
+    workers.stop();
+    let (completed, span): (i64, f64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'completed'),
+                coalesce(extract(epoch FROM max(completed_at) - min(started_at))::float8, 0)
+         FROM turns",
+    )
+    .fetch_one(&scratch.pool)
+    .await?;
     anyhow::ensure!(
         completed as usize == total,
         "{completed} of {total} turns completed"
     );
-    Ok((enqueue_rate, rate))
+    Ok((total as f64 / span.max(1e-6), cpu))
 }
 
-/// Submits turns one at a time to an idle worker; returns the p50 and p99
-/// of enqueue-to-start in milliseconds (database clock on both ends).
+/// Submits turns one at a time to an idle worker process; returns the p50
+/// and p99 of commit-to-start in milliseconds (database clock on both ends).
 async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::Result<(f64, f64)> {
     let ids = make_sessions(&scratch.pool, 1).await?;
     let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
-    let workers = Workers::start(scratch, config, 1, 8).await?;
+    let worker = Processes::workers(scratch, config, 1, 8)?;
     let wake = Publisher::new(redis::Client::open(config.redis_url.expose())?);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the worker connect and subscribe to wake-ups.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut waits = Vec::with_capacity(samples);
     for _ in 0..samples {
         let turn = turns::submit(
@@ -262,8 +226,8 @@ async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::R
         .await?
         .turn;
         wake.announce(JobKind::Turn);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let wait = loop {
             let wait: Option<f64> = sqlx::query_scalar(
                 "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 FROM turns
                  WHERE id = $1 AND status = 'completed'",
@@ -272,73 +236,20 @@ async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::R
             .fetch_optional(&scratch.pool)
             .await?
             .flatten();
-            if let Some(ms) = wait {
-                waits.push(ms);
-                break;
+            if wait.is_some() {
+                break wait;
             }
-            anyhow::ensure!(Instant::now() < deadline, "turn not picked up within 10 s");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "turn not picked up within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        waits.extend(wait);
         // Let the worker go idle again.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    workers.stop().await;
+    worker.stop();
     waits.sort_by(f64::total_cmp);
-    let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
-    Ok((at(0.5), at(0.99)))
-}
-
-/// Turns accepted per second through the HTTP API by 32 keep-alive clients.
-async fn http_enqueue(scratch: &Scratch, config: &Config, total: usize) -> anyhow::Result<f64> {
-    let config = super::bench_config(config, scratch);
-    let state = app::api_state(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve_http(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
-    let sessions = Arc::new(make_sessions(&scratch.pool, 100).await?);
-    let token = super::token(&config, "bench")?;
-    let client = reqwest::Client::new();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (client, next, sessions, token) = (
-            client.clone(),
-            next.clone(),
-            sessions.clone(),
-            token.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    return anyhow::Ok(());
-                }
-                let response = client
-                    .post(format!(
-                        "http://{addr}/api/sessions/{}/turns",
-                        sessions[i % sessions.len()]
-                    ))
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({ "text": "I search the room." }))
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    response.status().as_u16() == 202,
-                    "submit failed: {}",
-                    response.status()
-                );
-            }
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    Ok(rate)
+    Ok((percentile(&waits, 0.5), percentile(&waits, 0.99)))
 }

@@ -1,40 +1,79 @@
 //! Realtime scenarios: POST-to-WebSocket latency under a steady offered
 //! load, and fan-out of one session's events to many sockets of one API
 //! process, with that process's resident memory per socket.
+//!
+//! Latency runs one API process and `W` worker processes (`K` sessions
+//! each) on 100 sessions, with one socket per session in this process.
+//! First `C` clients POST as fast as they can (closed loop): the rate at
+//! which turns then complete, POST to `turn.completed` on a socket, is the
+//! measured maximum. Then turns are POSTed at half that rate on a fixed
+//! schedule (open loop: a slow answer does not slow the next POST down),
+//! and each turn's latency runs from just before its POST to its
+//! `turn.completed` arriving on the socket.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use super::pipeline::{Workers, make_sessions};
-use super::{BenchArgs, Figure, SECRET, Scratch, bench_config, runs, token, wait_for};
-use crate::app;
+use super::pipeline::make_sessions;
+use super::processes::Processes;
+use super::{BenchArgs, Figure, Scratch, percentile, runs, token, wait_for};
 use crate::config::Config;
 
-/// Runs the realtime scenarios; `rate` is the offered load in turns/s.
-pub async fn run(config: &Config, args: &BenchArgs, rate: f64) -> anyhow::Result<Vec<Figure>> {
+/// Sessions of the latency scenario (one socket each).
+const SESSIONS: usize = 100;
+
+/// Runs the realtime scenarios and prints their rows.
+pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    let seconds = if args.quick { 2.0 } else { 10.0 };
-    let mut p50 = Figure::new(
-        format!("POST turn -> turn.completed on socket p50 @ {rate:.0}/s"),
-        "ms",
+    let (closed, seconds) = if args.quick {
+        (100, 2.0)
+    } else {
+        (5_000, 10.0)
+    };
+    let mut max = Figure::new(
+        format!(
+            "POST -> turn.completed on a socket, closed loop ({} clients): maximum",
+            args.clients
+        ),
+        "turns/s",
     );
+    let mut offered = Figure::new("open loop at half of it: offered", "turns/s");
+    let mut p50 = Figure::new("  ... POST -> turn.completed p50", "ms");
     let mut p95 = Figure::new("  ... p95", "ms");
     let mut p99 = Figure::new("  ... p99", "ms");
+    let mut queued50 = Figure::new(
+        "  ... of which commit -> started p50 (database clock)",
+        "ms",
+    );
+    let mut queued99 = Figure::new("  ... commit -> started p99", "ms");
+    let mut ran50 = Figure::new("  ... started -> completed p50", "ms");
+    let mut ran99 = Figure::new("  ... started -> completed p99", "ms");
     for _ in 0..runs(args) {
-        let (a, b, c) = latency(config, args, rate, seconds).await?;
-        p50.values.push(a);
-        p95.values.push(b);
-        p99.values.push(c);
+        let scratch = Scratch::create(config).await?;
+        let result = latency(&scratch, config, args, closed, seconds).await;
+        scratch.drop_db().await;
+        let result = result?;
+        max.values.push(result.max);
+        offered.values.push(result.rate);
+        p50.values.push(result.p50);
+        p95.values.push(result.p95);
+        p99.values.push(result.p99);
+        queued50.values.push(result.waits.0);
+        queued99.values.push(result.waits.1);
+        ran50.values.push(result.waits.2);
+        ran99.values.push(result.waits.3);
     }
-    for f in [p50, p95, p99] {
+    for f in [
+        max, offered, p50, p95, p99, queued50, queued99, ran50, ran99,
+    ] {
         f.print();
         figures.push(f);
     }
@@ -45,7 +84,7 @@ pub async fn run(config: &Config, args: &BenchArgs, rate: f64) -> anyhow::Result
     };
     for clients in sizes {
         let mut rate = Figure::new(
-            format!("fan-out: events delivered/s to {clients} sockets"),
+            format!("fan-out: events delivered/s to {clients} sockets of one API process"),
             "msg/s",
         );
         let mut memory = Figure::new(
@@ -68,11 +107,7 @@ pub async fn run(config: &Config, args: &BenchArgs, rate: f64) -> anyhow::Result
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(
-    addr: std::net::SocketAddr,
-    session: uuid::Uuid,
-    token: &str,
-) -> anyhow::Result<Socket> {
+async fn connect(addr: SocketAddr, session: uuid::Uuid, token: &str) -> anyhow::Result<Socket> {
     let mut request = format!("ws://{addr}/ws/sessions/{session}").into_client_request()?;
     request
         .headers_mut()
@@ -80,45 +115,62 @@ async fn connect(
     Ok(tokio_tungstenite::connect_async(request).await?.0)
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+struct Latency {
+    max: f64,
+    rate: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    /// p50 and p99 of commit -> started and started -> completed (database clock).
+    waits: (f64, f64, f64, f64),
 }
 
-/// Open-loop load: turns POSTed at `rate` per second over 10 sessions for
-/// `seconds`; latency from just before each POST to its `turn.completed`
-/// arriving on a socket of that session.
+/// Turn ids and when something happened to them.
+type Times = Arc<Mutex<HashMap<String, Instant>>>;
+
+async fn post(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    session: uuid::Uuid,
+    token: &str,
+    sent: &Times,
+) -> anyhow::Result<()> {
+    let at = Instant::now();
+    let response = client
+        .post(format!("http://{addr}/api/sessions/{session}/turns"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "text": "I listen at the door." }))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().as_u16() == 202, "{}", response.status());
+    let body: serde_json::Value = response.json().await?;
+    let id = body["turn_id"].as_str().context("no turn_id")?.to_owned();
+    sent.lock().await.insert(id, at);
+    Ok(())
+}
+
 async fn latency(
+    scratch: &Scratch,
     config: &Config,
     args: &BenchArgs,
-    rate: f64,
+    closed: usize,
     seconds: f64,
-) -> anyhow::Result<(f64, f64, f64)> {
-    let scratch = Scratch::create(config).await?;
-    let config = bench_config(config, &scratch);
-    let state = app::api_state(&config).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve_http(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
-    let workers = Workers::start(&scratch, &config, args.workers, args.concurrency).await?;
-    let sessions = make_sessions(&scratch.pool, 10).await?;
-    let token = token(&config, "bench")?;
+) -> anyhow::Result<Latency> {
+    let (api, addr) = Processes::api(scratch, config).await?;
+    let workers = Processes::workers(scratch, config, args.workers, args.concurrency)?;
+    let sessions = Arc::new(make_sessions(&scratch.pool, SESSIONS).await?);
+    let token = token(config, "bench")?;
 
-    let completed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let completed: Times = Arc::default();
     let mut readers = Vec::new();
-    for session in &sessions {
+    for session in sessions.iter() {
         let mut socket = connect(addr, *session, &token).await?;
         let completed = completed.clone();
         readers.push(tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
                 if let tokio_tungstenite::tungstenite::Message::Text(text) = message
+                    && text.contains("\"turn.completed\"")
                     && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
-                    && value["type"] == "turn.completed"
                     && let Some(id) = value["data"]["turn_id"].as_str()
                 {
                     completed.lock().await.insert(id.to_owned(), Instant::now());
@@ -126,43 +178,92 @@ async fn latency(
             }
         }));
     }
-
+    // Let the workers connect before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let client = reqwest::Client::new();
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+
+    // Closed loop: the maximum.
+    let sent: Times = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let (client, sent, next, sessions, token) = (
+            client.clone(),
+            sent.clone(),
+            next.clone(),
+            sessions.clone(),
+            token.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= closed {
+                    return anyhow::Ok(());
+                }
+                post(&client, addr, sessions[i % sessions.len()], &token, &sent).await?;
+            }
+        }));
+    }
+    for task in clients {
+        task.await??;
+    }
+    wait_for(Duration::from_secs(300), Duration::from_millis(10), || {
+        let completed = completed.clone();
+        async move { Ok(completed.lock().await.len() >= closed) }
+    })
+    .await
+    .context("not every turn.completed of the closed loop reached a socket")?;
+    let last = completed
+        .lock()
+        .await
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(started);
+    let max = closed as f64 / last.duration_since(started).as_secs_f64();
+
+    // Open loop at half the maximum (or --rate).
+    let rate = args.rate.unwrap_or(max / 2.0).max(1.0);
     let total = (rate * seconds).max(1.0) as usize;
+    let sent: Times = Arc::default();
+    let mut children = api.pids();
+    children.extend(workers.pids());
+    let cpu = super::CpuMeter::start(&children);
     let started = Instant::now();
     let mut posts = Vec::with_capacity(total);
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
         let (client, sent, token) = (client.clone(), sent.clone(), token.clone());
-        let url = format!(
-            "http://{addr}/api/sessions/{}/turns",
-            sessions[i % sessions.len()]
-        );
+        let session = sessions[i % sessions.len()];
         posts.push(tokio::spawn(async move {
-            let at = Instant::now();
-            let response = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({ "text": "I listen at the door." }))
-                .send()
-                .await?;
-            let body: serde_json::Value = response.json().await?;
-            let id = body["turn_id"].as_str().context("no turn_id")?.to_owned();
-            sent.lock().await.insert(id, at);
-            anyhow::Ok(())
+            post(&client, addr, session, &token, &sent).await
         }));
     }
-    for post in posts {
-        post.await??;
+    for p in posts {
+        p.await??;
     }
-    wait_for(Duration::from_secs(120), || {
-        let completed = completed.clone();
-        async move { Ok(completed.lock().await.len() >= total) }
+    wait_for(Duration::from_secs(120), Duration::from_millis(10), || {
+        let (sent, completed) = (sent.clone(), completed.clone());
+        async move {
+            let sent = sent.lock().await;
+            let completed = completed.lock().await;
+            Ok(sent.keys().all(|id| completed.contains_key(id)))
+        }
     })
     .await
-    .context("not every turn.completed reached a socket")?;
+    .context("not every turn.completed of the open loop reached a socket")?;
+    let busy = cpu.stop();
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "open loop cpu: questboard {:.2} postgres {:.2} redis {:.2} bench {:.2} others {:.2} cores",
+        busy.questboard / elapsed,
+        busy.postgres / elapsed,
+        busy.redis / elapsed,
+        busy.bench / elapsed,
+        busy.others / elapsed
+    );
     let sent = sent.lock().await;
     let completed = completed.lock().await;
     let mut latencies: Vec<f64> = sent
@@ -174,18 +275,37 @@ async fn latency(
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
+    let ids: Vec<uuid::Uuid> = sent.keys().filter_map(|id| id.parse().ok()).collect();
+    let (mut queued, mut ran): (Vec<f64>, Vec<f64>) = sqlx::query_as::<_, (f64, f64)>(
+        "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000,
+                extract(epoch FROM completed_at - started_at)::float8 * 1000
+         FROM turns WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&scratch.pool)
+    .await?
+    .into_iter()
+    .unzip();
+    queued.sort_by(f64::total_cmp);
+    ran.sort_by(f64::total_cmp);
     for reader in readers {
         reader.abort();
     }
-    workers.stop().await;
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    scratch.drop_db().await;
-    Ok((
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        percentile(&latencies, 0.99),
-    ))
+    workers.stop();
+    api.stop();
+    Ok(Latency {
+        max,
+        rate,
+        p50: percentile(&latencies, 0.5),
+        p95: percentile(&latencies, 0.95),
+        p99: percentile(&latencies, 0.99),
+        waits: (
+            percentile(&queued, 0.5),
+            percentile(&queued, 0.99),
+            percentile(&ran, 0.5),
+            percentile(&ran, 0.99),
+        ),
+    })
 }
 
 fn resident_kib(pid: u32) -> anyhow::Result<f64> {
@@ -201,46 +321,18 @@ fn resident_kib(pid: u32) -> anyhow::Result<f64> {
         .parse()?)
 }
 
-/// `clients` sockets on one session of a separate `questboard serve`
-/// process; `events` renames sent one after another. Returns (messages
-/// delivered per second, resident KiB per socket of that process).
+/// `clients` sockets on one session of an API process; `events` renames
+/// sent one after another. Returns (messages delivered per second, resident
+/// KiB per socket of that process).
 async fn fanout(config: &Config, clients: usize, events: usize) -> anyhow::Result<(f64, f64)> {
     let scratch = Scratch::create(config).await?;
-    let config = bench_config(config, &scratch);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .env("DATABASE_URL", &scratch.url)
-        .env("REDIS_URL", config.redis_url.expose())
-        .env("QB_HTTP_ADDR", addr.to_string())
-        .env("QB_METRICS_ADDR", "127.0.0.1:0")
-        .env("QB_JWT_SECRET", SECRET)
-        .env_remove("QB_JWKS_URL")
-        .env("QB_STORAGE_URL", "memory://")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting questboard serve")?;
     let result = async {
+        let (api, addr) = Processes::api(&scratch, config).await?;
         let http = reqwest::Client::new();
-        wait_for(Duration::from_secs(20), || {
-            let http = http.clone();
-            async move {
-                Ok(http
-                    .get(format!("http://{addr}/healthz"))
-                    .send()
-                    .await
-                    .is_ok())
-            }
-        })
-        .await?;
         let session = make_sessions(&scratch.pool, 1).await?[0];
-        let token = token(&config, "bench")?;
+        let token = token(config, "bench")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = resident_kib(child.id())?;
+        let before = resident_kib(api.pid())?;
 
         let received = Arc::new(AtomicUsize::new(0));
         let mut readers = Vec::with_capacity(clients);
@@ -260,7 +352,7 @@ async fn fanout(config: &Config, clients: usize, events: usize) -> anyhow::Resul
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = resident_kib(child.id())?;
+        let after = resident_kib(api.pid())?;
 
         let started = Instant::now();
         for i in 0..events {
@@ -277,7 +369,7 @@ async fn fanout(config: &Config, clients: usize, events: usize) -> anyhow::Resul
             );
         }
         let expected = clients * events;
-        wait_for(Duration::from_secs(120), || {
+        wait_for(Duration::from_secs(120), Duration::from_millis(10), || {
             let received = received.clone();
             async move { Ok(received.load(Ordering::Relaxed) >= expected) }
         })
@@ -292,11 +384,10 @@ async fn fanout(config: &Config, clients: usize, events: usize) -> anyhow::Resul
         for reader in readers {
             reader.abort();
         }
+        api.stop();
         anyhow::Ok((rate, (after - before) / clients as f64))
     }
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
     scratch.drop_db().await;
     result
 }

@@ -126,7 +126,7 @@ async fn apply(pool: &PgPool, events: &EventPublisher, batch: Vec<Request>) {
     let (steps, replies): (Vec<Step>, Vec<_>) =
         batch.into_iter().map(|r| (r.step, r.reply)).unzip();
     let started = Instant::now();
-    let applied = turns::advance(pool, &steps).await;
+    let applied = turns::retrying(|| turns::advance(pool, &steps)).await;
     metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::histogram!(m::COMMIT_BATCH_STEPS).record(steps.len() as f64);
     match applied {

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use questboard_core::leases::{self, Acquisition, SESSION_SCOPE};
+use questboard_core::leases::{Acquisition, SESSION_SCOPE};
 use questboard_core::metrics as m;
 use questboard_core::turns::{self, Backlog, Claimed, Pending, Release, Settle, Step};
 use sqlx::PgPool;
@@ -153,16 +153,26 @@ impl Worker {
         let mut drains = JoinSet::new();
         tokio::pin!(shutdown);
 
+        // Whether the last claim got every session it asked for: then a
+        // slot that frees up may find more work waiting; otherwise there is
+        // none until a wake-up (new work, a session requeued) or the poll.
+        let mut saturated = true;
+        let mut look = true;
         loop {
             // Fill free slots with claimable sessions, a batch at a time.
-            loop {
+            while look {
                 let free = slots.available_permits().min(CLAIM_BATCH);
+                if free == 0 {
+                    break;
+                }
                 let Ok(permits) = slots.clone().try_acquire_many_owned(free as u32) else {
                     break;
                 };
                 match shared.claim(permits, &mut drains, &interrupt_rx).await {
-                    Ok(claimed) if claimed == free => {}
-                    Ok(_) => break,
+                    Ok(claimed) => {
+                        saturated = claimed == free;
+                        look = saturated;
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "claiming work failed; retrying shortly");
                         break;
@@ -171,16 +181,17 @@ impl Worker {
             }
             metrics::gauge!(m::WORKER_BUSY_SLOTS)
                 .set((concurrency - slots.available_permits()) as f64);
-            tokio::select! {
+            look = tokio::select! {
                 () = &mut shutdown => break,
-                () = wake.notified() => {}
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = wake.notified() => true,
+                () = tokio::time::sleep(self.settings.poll_interval) => true,
                 Some(joined) = drains.join_next(), if !drains.is_empty() => {
                     if let Err(err) = joined {
                         tracing::error!(error = %err, "a drain task panicked");
                     }
+                    saturated
                 }
-            }
+            };
         }
 
         tracing::info!(worker = %self.id, in_flight = drains.len(), "worker stopping");
@@ -238,53 +249,25 @@ impl Shared {
         interrupt: &watch::Receiver<bool>,
     ) -> Result<usize, ClaimError> {
         let wanted = permits.num_permits();
-        let claimed =
-            turns::claim(&self.ctx.pool, &self.id, self.settings.lease_ttl, wanted).await?;
-        if claimed.is_empty() {
-            return Ok(0);
-        }
-        for c in &claimed {
+        let claimed = turns::claim(
+            &self.ctx.pool,
+            &self.id,
+            self.settings.lease_ttl,
+            wanted,
+            self.settings.drain_limit,
+            self.ctx.history_window,
+        )
+        .await?;
+        for (c, _) in &claimed {
             metrics::counter!(m::LEASE_ACQUISITIONS_TOTAL, "scope" => SESSION_SCOPE, "outcome" => c.how.as_str())
                 .increment(1);
             if c.how == Acquisition::TakenOver {
                 tracing::info!(session_id = %c.session_id, token = c.lease.token, "took over an expired session lease");
             }
         }
-        let holds: Vec<Hold> = claimed
-            .iter()
-            .map(|c| self.renewals.hold(&c.lease))
-            .collect();
-        let wanted_sessions: Vec<(Uuid, i64)> =
-            claimed.iter().map(|c| (c.session_id, c.from_seq)).collect();
-        let backlogs = match turns::load(
-            &self.ctx.pool,
-            &wanted_sessions,
-            self.settings.drain_limit,
-            self.ctx.history_window,
-        )
-        .await
-        {
-            Ok(backlogs) => backlogs,
-            Err(err) => {
-                for c in &claimed {
-                    let _ = leases::release(&self.ctx.pool, &c.lease).await;
-                }
-                return Err(err.into());
-            }
-        };
-        let mut backlogs: std::collections::HashMap<Uuid, Backlog> =
-            backlogs.into_iter().map(|b| (b.session_id, b)).collect();
         let count = claimed.len();
-        for (claimed, hold) in claimed.into_iter().zip(holds) {
-            let backlog = backlogs.remove(&claimed.session_id).unwrap_or(Backlog {
-                // The session row is gone: nothing to run; the release
-                // below finds no turn either.
-                session_id: claimed.session_id,
-                next_turn_seq: claimed.from_seq,
-                archived: true,
-                turns: Vec::new(),
-                history: Vec::new(),
-            });
+        for (claimed, backlog) in claimed {
+            let hold = self.renewals.hold(&claimed.lease);
             let permit = permits.split(1);
             let shared = self.clone();
             let interrupt = interrupt.clone();
@@ -326,6 +309,8 @@ struct Drain {
     done_through: i64,
     /// The previous turn's outcome, not written yet.
     outcome: Option<Outcome>,
+    /// The last step released the session with no turn left.
+    retired: bool,
     held_since: Instant,
 }
 
@@ -355,6 +340,7 @@ impl Drain {
             history: backlog.history.into(),
             done_through,
             outcome: None,
+            retired: false,
             held_since: Instant::now(),
         }
     }
@@ -385,9 +371,11 @@ impl Drain {
         }
         metrics::histogram!(m::LEASE_HOLD_SECONDS, "scope" => SESSION_SCOPE)
             .record(self.held_since.elapsed().as_secs_f64());
-        tracing::trace!(%session_id, "drain ended");
-        // The session may have more work (or another may now be claimable).
-        self.shared.wake.notify_one();
+        tracing::trace!(%session_id, retired = self.retired, "drain ended");
+        // A session let go with work left is claimable again at once.
+        if !self.retired {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Runs turns until the session is done, must wait, or must be let go.
@@ -517,6 +505,7 @@ impl Drain {
             );
             return Err(WriteError::Fenced);
         }
+        self.retired = written.retired;
         if let Some(o) = self.outcome.take() {
             self.done_through = o.done_through;
             if written.settled {

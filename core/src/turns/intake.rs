@@ -114,9 +114,9 @@ async fn commit(
             })
             .collect();
         if let [one] = news.as_slice() {
-            vec![super::submit(pool, *one).await]
+            vec![super::retrying(|| super::submit(pool, *one)).await]
         } else {
-            match super::submit_many(pool, &news).await {
+            match super::retrying(|| super::submit_many(pool, &news)).await {
                 Ok(outcomes) => outcomes,
                 Err(err) => {
                     tracing::warn!(error = %err, turns = news.len(), "a batch of submissions failed");

@@ -28,7 +28,7 @@ pub mod steps;
 pub mod submit;
 
 pub use intake::Intake;
-pub use queue::{Backlog, Claimed, Exchange, Pending, claim, load, postpone};
+pub use queue::{Backlog, Claimed, Exchange, Pending, claim, postpone};
 pub use steps::{
     Release, Settle, Step, StepOutcome, advance, complete, fail, hand_back, retry_later, start,
 };
@@ -159,6 +159,45 @@ pub enum Error {
 
 /// Result alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the database gave up on the statement for a reason that
+    /// running it again can cure: it was chosen as a deadlock victim or
+    /// failed serialisation. Batched statements lock many rows; the lock
+    /// order is the same everywhere (session id), but Postgres may still
+    /// pick a victim among waits it cannot see through, and the answer to
+    /// that is to try again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(err)) => {
+                matches!(err.code().as_deref(), Some("40P01" | "40001"))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Runs `attempt`, and runs it again (up to three more times, a few
+/// milliseconds apart) while it fails with a [transient](Error::is_transient)
+/// error. Each attempt must be a whole transaction.
+pub async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut outcome = attempt().await;
+    for retry in 1..=3u64 {
+        match &outcome {
+            Err(err) if err.is_transient() => {
+                tracing::info!(error = %err, retry, "rolled back by the database; running it again");
+                tokio::time::sleep(std::time::Duration::from_millis(5 * retry)).await;
+                outcome = attempt().await;
+            }
+            _ => break,
+        }
+    }
+    outcome
+}
 
 /// Checks a turn's text: not blank, at most `max_chars` characters.
 pub fn validate_input(text: &str, max_chars: usize) -> Result<()> {

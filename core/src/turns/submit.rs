@@ -211,7 +211,7 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
                 array(SELECT m.user_id FROM campaign_session_members m
                       WHERE m.session_id = c.id AND m.user_id = ANY($2)) AS members
          FROM campaign_sessions c WHERE c.id = ANY($1)
-         ORDER BY c.id FOR UPDATE OF c",
+         ORDER BY c.id FOR NO KEY UPDATE OF c",
     )
     .bind(&session_ids)
     .bind(&authors)
