@@ -56,6 +56,19 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     let mut queued99 = Figure::new("  ... commit -> started p99", "ms");
     let mut ran50 = Figure::new("  ... started -> completed p50", "ms");
     let mut ran99 = Figure::new("  ... started -> completed p99", "ms");
+    let mut cores = [
+        "questboard processes",
+        "Postgres",
+        "Redis",
+        "bench (load, sockets)",
+        "others",
+    ]
+    .map(|who| {
+        Figure::new(
+            format!("  ... cores busy during the open loop: {who}"),
+            "cores",
+        )
+    });
     for _ in 0..runs(args) {
         let scratch = Scratch::create(config).await?;
         let result = latency(&scratch, config, args, closed, seconds).await;
@@ -70,10 +83,16 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         queued99.values.push(result.waits.1);
         ran50.values.push(result.waits.2);
         ran99.values.push(result.waits.3);
+        for (figure, value) in cores.iter_mut().zip(result.cores) {
+            figure.values.push(value);
+        }
     }
     for f in [
         max, offered, p50, p95, p99, queued50, queued99, ran50, ran99,
-    ] {
+    ]
+    .into_iter()
+    .chain(cores)
+    {
         f.print();
         figures.push(f);
     }
@@ -123,6 +142,9 @@ struct Latency {
     p99: f64,
     /// p50 and p99 of commit -> started and started -> completed (database clock).
     waits: (f64, f64, f64, f64),
+    /// Cores busy during the open loop: questboard processes, Postgres,
+    /// Redis, this process, everything else.
+    cores: [f64; 5],
 }
 
 /// Turn ids and when something happened to them.
@@ -256,14 +278,14 @@ async fn latency(
     .context("not every turn.completed of the open loop reached a socket")?;
     let busy = cpu.stop();
     let elapsed = started.elapsed().as_secs_f64();
-    eprintln!(
-        "open loop cpu: questboard {:.2} postgres {:.2} redis {:.2} bench {:.2} others {:.2} cores",
-        busy.questboard / elapsed,
-        busy.postgres / elapsed,
-        busy.redis / elapsed,
-        busy.bench / elapsed,
-        busy.others / elapsed
-    );
+    let cores = [
+        busy.questboard,
+        busy.postgres,
+        busy.redis,
+        busy.bench,
+        busy.others,
+    ]
+    .map(|seconds| seconds / elapsed);
     let sent = sent.lock().await;
     let completed = completed.lock().await;
     let mut latencies: Vec<f64> = sent
@@ -305,6 +327,7 @@ async fn latency(
             percentile(&ran, 0.5),
             percentile(&ran, 0.99),
         ),
+        cores,
     })
 }
 

@@ -11,6 +11,7 @@
 )]
 
 mod auth;
+mod batches;
 mod dashboards;
 mod fake_llm;
 mod health;

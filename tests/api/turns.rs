@@ -212,6 +212,13 @@ async fn a_worker_killed_mid_turn_is_taken_over_after_its_lease_expires() {
         t[0]["status"] == "running"
     })
     .await;
+    // The job shows the run in progress (read from the turn: its job row
+    // is written at enqueue and settle only).
+    let running = job(&app, "alice", &job_id).await;
+    assert_eq!(
+        (running["status"].as_str(), running["attempts"].as_i64()),
+        (Some("running"), Some(1))
+    );
     let (first_holder, first_token): (String, i64) =
         sqlx::query_as("SELECT holder, token FROM leases WHERE scope = 'session' AND key = $1")
             .bind(&session)
