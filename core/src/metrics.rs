@@ -72,7 +72,7 @@ pub const COMMIT_BATCH_STEPS: &str = "questboard_commit_batch_steps";
 pub const EVENTS_PUBLISHED_TOTAL: &str = "questboard_events_published_total";
 /// Failed attempts to publish a batch of events (left to the relay).
 pub const EVENTS_PUBLISH_FAILURES_TOTAL: &str = "questboard_events_publish_failures_total";
-/// Committed events not yet published (sampled by the relay).
+/// Committed events the relay found still unpublished after its grace period (sampled each pass).
 pub const RELAY_BACKLOG: &str = "questboard_relay_backlog";
 /// Open WebSocket connections.
 pub const WS_CONNECTIONS: &str = "questboard_ws_connections";

@@ -191,18 +191,13 @@ async fn library_batched(
                 if first >= total {
                     return anyhow::Ok(());
                 }
-                let news: Vec<NewTurn<'_>> = (first..(first + batch).min(total))
-                    .map(|i| NewTurn {
-                        session_id: sessions[i % sessions.len()],
-                        author: &author,
-                        input: "I search the room.",
-                        idempotency_key: None,
-                        max_attempts: 5,
-                    })
-                    .collect();
-                for outcome in turns::submit_many(&pool, &news).await? {
-                    outcome?;
-                }
+                super::pipeline::submit_batch(
+                    &pool,
+                    &sessions,
+                    &author,
+                    first..(first + batch).min(total),
+                )
+                .await?;
             }
         }));
     }

@@ -137,22 +137,34 @@ pub async fn make_sessions(pool: &PgPool, count: usize) -> anyhow::Result<Vec<uu
     Ok(ids)
 }
 
-/// Commits `total` turns over `sessions` sessions, `chunk` per transaction.
+/// Commits `total` turns over `sessions` sessions, 1,000 per transaction.
 pub async fn preload(pool: &PgPool, sessions: &[uuid::Uuid], total: usize) -> anyhow::Result<()> {
     let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
     for first in (0..total).step_by(1000) {
-        let news: Vec<NewTurn<'_>> = (first..(first + 1000).min(total))
-            .map(|i| NewTurn {
-                session_id: sessions[i % sessions.len()],
-                author: &author,
-                input: "I search the room.",
-                idempotency_key: None,
-                max_attempts: 5,
-            })
-            .collect();
-        for outcome in turns::submit_many(pool, &news).await? {
-            outcome?;
-        }
+        submit_batch(pool, sessions, &author, first..(first + 1000).min(total)).await?;
+    }
+    Ok(())
+}
+
+/// Submits turns number `range` (turn `i` goes to session `i` modulo the
+/// session count) with one [`turns::submit_many`] call.
+pub async fn submit_batch(
+    pool: &PgPool,
+    sessions: &[uuid::Uuid],
+    author: &UserId,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
+    let news: Vec<NewTurn<'_>> = range
+        .map(|i| NewTurn {
+            session_id: sessions[i % sessions.len()],
+            author,
+            input: "I search the room.",
+            idempotency_key: None,
+            max_attempts: 5,
+        })
+        .collect();
+    for outcome in turns::submit_many(pool, &news).await? {
+        outcome?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row as _};
 use uuid::Uuid;
 
@@ -64,21 +65,13 @@ pub async fn submit(pool: &PgPool, new: NewTurn<'_>) -> Result<Submitted> {
         }
         Err(err) => return Err(err.into()),
     };
-    let turn = Turn {
+    let turn = queued_turn(
+        &new,
         id,
-        session_id: new.session_id,
-        seq: row.try_get("seq")?,
-        author_user_id: new.author.as_str().to_owned(),
-        status: TurnStatus::Queued,
-        input: new.input.to_owned(),
-        output: None,
-        error: None,
+        row.try_get("seq")?,
         job_id,
-        idempotency_key: new.idempotency_key.map(str::to_owned),
-        created_at: row.try_get("created_at")?,
-        started_at: None,
-        completed_at: None,
-    };
+        row.try_get("created_at")?,
+    );
     let event = Event {
         seq: row.try_get("event_seq")?,
         kind: "turn.queued".into(),
@@ -327,7 +320,7 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
             cols.push(new, *id, job_id, *seq, *event_seq)?;
         }
     }
-    let mut created: HashMap<Uuid, (chrono::DateTime<chrono::Utc>, Event)> = HashMap::new();
+    let mut created: HashMap<Uuid, (DateTime<Utc>, Event)> = HashMap::new();
     if !cols.ids.is_empty() {
         let (sessions_touched, first_seqs, next_turns, next_events) = {
             let mut touched: Vec<(Uuid, i64)> = Vec::new();
@@ -405,21 +398,7 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
                 event_seq: _,
             } => match created.remove(&id) {
                 Some((created_at, event)) => Ok(Submitted {
-                    turn: Turn {
-                        id,
-                        session_id: new.session_id,
-                        seq,
-                        author_user_id: new.author.as_str().to_owned(),
-                        status: TurnStatus::Queued,
-                        input: new.input.to_owned(),
-                        output: None,
-                        error: None,
-                        job_id,
-                        idempotency_key: new.idempotency_key.map(str::to_owned),
-                        created_at,
-                        started_at: None,
-                        completed_at: None,
-                    },
+                    turn: queued_turn(new, id, seq, job_id, created_at),
                     created: true,
                     event: Some(event),
                 }),
@@ -429,6 +408,31 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// The turn just inserted for `new`, as stored.
+fn queued_turn(
+    new: &NewTurn<'_>,
+    id: Uuid,
+    seq: i64,
+    job_id: String,
+    created_at: DateTime<Utc>,
+) -> Turn {
+    Turn {
+        id,
+        session_id: new.session_id,
+        seq,
+        author_user_id: new.author.as_str().to_owned(),
+        status: TurnStatus::Queued,
+        input: new.input.to_owned(),
+        output: None,
+        error: None,
+        job_id,
+        idempotency_key: new.idempotency_key.map(str::to_owned),
+        created_at,
+        started_at: None,
+        completed_at: None,
+    }
 }
 
 /// The columns of a batch insert, one element per new turn.
