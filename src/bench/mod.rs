@@ -127,8 +127,10 @@ impl Figure {
             .iter()
             .copied()
             .fold(f64::NEG_INFINITY, f64::max);
+        // Ratios need two decimals; rates and times read fine with one.
+        let digits = if self.unit == "x" { 2 } else { 1 };
         println!(
-            "| {:<70} | {:>10.1} {:<7} | {:>10.1} .. {:<10.1} | {} |",
+            "| {:<70} | {:>10.digits$} {:<7} | {:>10.digits$} .. {:<10.digits$} | {} |",
             self.name,
             self.median(),
             self.unit,
