@@ -41,15 +41,17 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         "jobs/s",
     );
     for _ in 0..runs(args) {
-        let scratch = Scratch::create(config).await?;
-        insert.values.push(ceiling_insert(&scratch, seconds).await?);
-        claim1
-            .values
-            .push(ceiling_claim(&scratch, seconds, 1).await?);
-        claim10
-            .values
-            .push(ceiling_claim(&scratch, seconds, 10).await?);
-        scratch.drop_db().await;
+        let (a, b, c) = Scratch::scoped(config, async |scratch| {
+            Ok((
+                ceiling_insert(scratch, seconds).await?,
+                ceiling_claim(scratch, seconds, 1).await?,
+                ceiling_claim(scratch, seconds, 10).await?,
+            ))
+        })
+        .await?;
+        insert.values.push(a);
+        claim1.values.push(b);
+        claim10.values.push(c);
     }
     let figures = vec![insert, claim1, claim10];
     for f in &figures {

@@ -45,18 +45,18 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         "turns/s",
     );
     for _ in 0..runs(args) {
-        let scratch = Scratch::create(config).await?;
-        let sessions = Arc::new(make_sessions(&scratch.pool, SESSIONS).await?);
-        let (rate, cpu) = over_http(&scratch, config, &sessions, total, c).await?;
+        let (rate, cpu, one, many) = Scratch::scoped(config, async |scratch| {
+            let sessions = Arc::new(make_sessions(&scratch.pool, SESSIONS).await?);
+            let (rate, cpu) = over_http(scratch, config, &sessions, total, c).await?;
+            let one = library_single(scratch, &sessions, total, c).await?;
+            let many = library_batched(scratch, &sessions, total, args.batch).await?;
+            Ok((rate, cpu, one, many))
+        })
+        .await?;
         http.values.push(rate);
         cpu.record(total, &mut http_cpu);
-        single
-            .values
-            .push(library_single(&scratch, &sessions, total, c).await?);
-        batched
-            .values
-            .push(library_batched(&scratch, &sessions, total, args.batch).await?);
-        scratch.drop_db().await;
+        single.values.push(one);
+        batched.values.push(many);
     }
     let mut figures = vec![http];
     figures.extend(http_cpu);

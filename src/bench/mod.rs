@@ -2,7 +2,9 @@
 //! Redis given by `DATABASE_URL` and `REDIS_URL`.
 //!
 //! Each measurement creates its own scratch database (`qb_bench_<time>`),
-//! applies the migrations, measures, and drops it. Workers and the API run
+//! applies the migrations, measures, and drops it, also when the
+//! measurement fails; scratch databases of killed runs (older than six
+//! hours) are dropped when the next run starts. Workers and the API run
 //! as separate processes of this same binary (`questboard work`,
 //! `questboard serve`), as in production; this process only drives them.
 //! Every scenario runs several times and is reported as median with min and
@@ -148,6 +150,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         baseline::serve_noop_worker(config, batch, args.concurrency as usize).await?;
         return Ok(Vec::new());
     }
+    Scratch::drop_stale(config).await;
     println!("| scenario | median | min .. max | runs |");
     println!("|---|---|---|---|");
     let mut figures = Vec::new();
@@ -202,6 +205,51 @@ impl Scratch {
             url,
             pool,
         })
+    }
+
+    /// Runs `measure` on a fresh scratch database, then drops the database
+    /// whether `measure` succeeded or not.
+    pub async fn scoped<T>(
+        config: &Config,
+        measure: impl AsyncFnOnce(&Scratch) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let scratch = Scratch::create(config).await?;
+        let result = measure(&scratch).await;
+        scratch.drop_db().await;
+        result
+    }
+
+    /// Drops scratch databases left behind by runs that were killed (older
+    /// than six hours, so a run going on in parallel keeps its own).
+    pub async fn drop_stale(config: &Config) {
+        let Ok(pool) = db::connect(config.database_url.expose(), 1).await else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let cutoff = now.saturating_sub(6 * 3600 * 1000);
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'qb\\_bench\\_%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        for name in names {
+            let stamp = name
+                .strip_prefix("qb_bench_")
+                .and_then(|t| t.parse::<u128>().ok());
+            if stamp.is_some_and(|t| t < cutoff) {
+                tracing::info!(database = %name, "dropping a stale scratch database");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&pool)
+                .await;
+            }
+        }
+        pool.close().await;
     }
 
     /// Drops the database.

@@ -64,19 +64,20 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
             let mut best: Option<(f64, CpuUse)> = None;
             if compare {
                 for (figure, batch) in raw.iter_mut().zip(&args.apalis_batches) {
-                    let scratch = Scratch::create(config).await?;
-                    let (rate, used) =
-                        super::baseline::raw_apalis(&scratch, config, args, total, *batch).await?;
-                    scratch.drop_db().await;
+                    let (rate, used) = Scratch::scoped(config, async |scratch| {
+                        super::baseline::raw_apalis(scratch, config, args, total, *batch).await
+                    })
+                    .await?;
                     figure.values.push(rate);
                     if best.is_none_or(|(b, _)| rate > b) {
                         best = Some((rate, used));
                     }
                 }
             }
-            let scratch = Scratch::create(config).await?;
-            let (rate, used) = throughput(&scratch, config, args, sessions, total).await?;
-            scratch.drop_db().await;
+            let (rate, used) = Scratch::scoped(config, async |scratch| {
+                throughput(scratch, config, args, sessions, total).await
+            })
+            .await?;
             ours.values.push(rate);
             used.record(total, &mut cpu);
             if let Some((best, best_cpu)) = best {
@@ -101,11 +102,12 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     let mut p50 = Figure::new("idle pickup p50 (commit -> started, database clock)", "ms");
     let mut p99 = Figure::new("idle pickup p99", "ms");
     for _ in 0..runs(args) {
-        let scratch = Scratch::create(config).await?;
-        let (a, b) = pickup(&scratch, config, samples).await?;
+        let (a, b) = Scratch::scoped(config, async |scratch| {
+            pickup(scratch, config, samples).await
+        })
+        .await?;
         p50.values.push(a);
         p99.values.push(b);
-        scratch.drop_db().await;
     }
     for f in [p50, p99] {
         f.print();

@@ -70,10 +70,10 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         )
     });
     for _ in 0..runs(args) {
-        let scratch = Scratch::create(config).await?;
-        let result = latency(&scratch, config, args, closed, seconds).await;
-        scratch.drop_db().await;
-        let result = result?;
+        let result = Scratch::scoped(config, async |scratch| {
+            latency(scratch, config, args, closed, seconds).await
+        })
+        .await?;
         max.values.push(result.max);
         offered.values.push(result.rate);
         p50.values.push(result.p50);
@@ -348,9 +348,8 @@ fn resident_kib(pid: u32) -> anyhow::Result<f64> {
 /// sent one after another. Returns (messages delivered per second, resident
 /// KiB per socket of that process).
 async fn fanout(config: &Config, clients: usize, events: usize) -> anyhow::Result<(f64, f64)> {
-    let scratch = Scratch::create(config).await?;
-    let result = async {
-        let (api, addr) = Processes::api(&scratch, config).await?;
+    Scratch::scoped(config, async |scratch| {
+        let (api, addr) = Processes::api(scratch, config).await?;
         let http = reqwest::Client::new();
         let session = make_sessions(&scratch.pool, 1).await?[0];
         let token = token(config, "bench")?;
@@ -408,9 +407,7 @@ async fn fanout(config: &Config, clients: usize, events: usize) -> anyhow::Resul
             reader.abort();
         }
         api.stop();
-        anyhow::Ok((rate, (after - before) / clients as f64))
-    }
-    .await;
-    scratch.drop_db().await;
-    result
+        Ok((rate, (after - before) / clients as f64))
+    })
+    .await
 }
