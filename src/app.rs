@@ -16,9 +16,10 @@ use questboard_core::wakeups::Publisher;
 use tokio::net::TcpListener;
 
 use questboard_workers::committer::CommitSettings;
-use questboard_workers::jobs::{JobContext, PublishDeltas};
+use questboard_workers::jobs::{self, JobContext, PublishDeltas, Registry, prune, reconcile};
 use questboard_workers::providers::{self, ProviderSettings, openai::OpenAiSettings};
-use questboard_workers::runtime::{Worker, WorkerSettings};
+use questboard_workers::runtime::{self, Worker, WorkerSettings};
+use questboard_workers::scheduler::{self, Entry, Scheduler, SchedulerSettings};
 
 use crate::auth::Verifier;
 use crate::bridge::Bridge;
@@ -28,6 +29,12 @@ use crate::http::{self, AppState, TurnSettings};
 /// Connects to everything the API needs. Fails fast on bad configuration;
 /// Redis being down is not fatal here (readiness reports it).
 pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
+    api_state_with(config, jobs::registry()).await
+}
+
+/// Like [`api_state`], knowing the kinds of `registry` (tests register
+/// kinds of their own).
+pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Result<AppState> {
     let auth = Verifier::from_config(config).context("bearer token configuration")?;
     auth.prefetch().await;
     let pool = db::connect(config.database_url.expose(), config.db_max_connections)
@@ -40,10 +47,14 @@ pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
     let bridge = Bridge::start(redis.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
+    let schedule = Arc::new(schedule(config, &registry)?);
     Ok(AppState {
         pool,
         redis,
         intake,
+        wake,
+        registry,
+        schedule,
         events,
         bridge,
         ws_allowed_origins: config
@@ -62,14 +73,19 @@ pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes
-/// in-flight requests.
+/// in-flight requests. From that moment turn submissions are refused with
+/// 503 (the client retries, with its Idempotency-Key, on another process).
 pub async fn serve_http(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let intake = state.intake.clone();
     axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            intake.close();
+        })
         .await
 }
 
@@ -102,24 +118,74 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// Builds a worker from the configuration, on an existing pool.
+/// Builds a worker for every registered kind from the configuration, on
+/// an existing pool.
 pub fn worker(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<Worker> {
+    worker_with(config, pool, jobs::registry())
+}
+
+/// What every job handler of this process can use.
+pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobContext> {
     let provider = providers::build(&provider_settings(config)).map_err(anyhow::Error::msg)?;
-    let events = match redis::Client::open(config.redis_url.expose()) {
-        Ok(client) => EventPublisher::start(client, pool.clone()),
-        Err(_) => EventPublisher::disabled(),
+    let (events, wake) = match redis::Client::open(config.redis_url.expose()) {
+        Ok(client) => (
+            EventPublisher::start(client.clone(), pool.clone()),
+            Publisher::new(client),
+        ),
+        Err(_) => (EventPublisher::disabled(), Publisher::disabled()),
     };
-    let ctx = JobContext {
+    let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
+    let day = |days: u32| Duration::from_secs(u64::from(days) * 24 * 3600);
+    Ok(JobContext {
         pool,
+        storage,
+        wake,
         provider,
         sinks: Arc::new(PublishDeltas(events.clone())),
         events,
         system_prompt: config.llm_system_prompt.as_str().into(),
         history_window: i64::from(config.llm_history_turns),
         backoff_base: Duration::from_millis(config.job_backoff_ms),
-    };
+        retention: prune::Retention {
+            invites: day(config.invite_retention_days),
+            jobs_succeeded: day(config.job_retention_succeeded_days),
+            jobs_failed: day(config.job_retention_failed_days),
+            events: day(config.event_retention_days),
+            session_idle: day(config.session_idle_days),
+            archived_sessions: day(config.retention_days),
+            ..prune::Retention::default()
+        },
+        reconcile: reconcile::Settings {
+            grace: Duration::from_secs(config.reconcile_grace_hours.saturating_mul(3600)),
+            ..reconcile::Settings::default()
+        },
+    })
+}
+
+/// Builds a worker serving the kinds of `registry` (the production list,
+/// or more: tests and the benchmark register kinds of their own).
+pub fn worker_with(
+    config: &Config,
+    pool: sqlx::PgPool,
+    registry: Registry,
+) -> anyhow::Result<Worker> {
+    let ctx = job_context(config, pool)?;
+    let kind_concurrency = runtime::parse_kind_concurrency(&config.jobs_concurrency)
+        .map_err(|e| anyhow::anyhow!("QB_JOBS_CONCURRENCY: {e}"))?;
     let settings = WorkerSettings {
         concurrency: config.worker_concurrency as usize,
+        kinds: config
+            .worker_kinds
+            .as_ref()
+            .map(|kinds| {
+                kinds
+                    .iter()
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|kinds| !kinds.is_empty()),
+        kind_concurrency,
         lease_ttl: Duration::from_millis(config.lease_ttl_ms),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         poll_interval: Duration::from_millis(config.worker_poll_ms),
@@ -132,7 +198,39 @@ pub fn worker(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<Worker> {
             .ok(),
         ..WorkerSettings::default()
     };
-    Ok(Worker::new(ctx, settings))
+    Ok(Worker::new(ctx, registry, settings)?)
+}
+
+/// The schedule: built-in maintenance entries, with `QB_SCHEDULE_FILE`'s
+/// overrides; a bad file is refused with its line and the reason.
+pub fn schedule(config: &Config, registry: &Registry) -> anyhow::Result<Vec<Entry>> {
+    Ok(scheduler::entries::load(
+        registry,
+        config.schedule_file.as_deref(),
+    )?)
+}
+
+/// The cron scheduler for `entries`, on an existing pool.
+pub fn scheduler(config: &Config, pool: sqlx::PgPool, entries: Arc<Vec<Entry>>) -> Scheduler {
+    let wake = match redis::Client::open(config.redis_url.expose()) {
+        Ok(client) => Publisher::new(client),
+        Err(_) => Publisher::disabled(),
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".to_owned());
+    Scheduler::new(
+        pool,
+        entries,
+        SchedulerSettings {
+            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+            tolerance: Duration::from_millis(config.scheduler_tolerance_ms),
+            holder: format!(
+                "{host}-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        },
+        wake,
+    )
 }
 
 /// The model provider the configuration asks for.

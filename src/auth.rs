@@ -12,6 +12,11 @@
 //! against a JWKS deployment (the key-confusion attack) or an RS256 token
 //! against a secret are all refused. `exp` and `sub` are required; `sub` is
 //! the user id.
+//!
+//! **Operators** are callers whose token carries the permission
+//! [`OPERATOR_PERMISSION`], either in a `permissions` array (Auth0's RBAC
+//! claim) or in a space-separated `scope`; only they reach `/api/admin`
+//! (`questboard token --operator` mints one for development).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -35,6 +40,8 @@ pub const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 pub const LEEWAY_SECS: u64 = 5;
 /// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
+/// The permission that makes a caller an operator.
+pub const OPERATOR_PERMISSION: &str = "questboard:operator";
 
 /// The claims questboard reads from a token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +59,35 @@ pub struct Claims {
     /// Audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Granted permissions (Auth0 RBAC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    /// Granted scopes, space-separated (OAuth 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl Claims {
+    /// Whether the token grants the operator permission.
+    pub fn is_operator(&self) -> bool {
+        self.permissions
+            .iter()
+            .flatten()
+            .any(|p| p == OPERATOR_PERMISSION)
+            || self
+                .scope
+                .as_deref()
+                .is_some_and(|s| s.split_whitespace().any(|p| p == OPERATOR_PERMISSION))
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Who.
+    pub user: UserId,
+    /// Whether they may use the operators' routes.
+    pub operator: bool,
 }
 
 /// Why a bearer token was refused. The message is safe to show a client.
@@ -166,6 +202,11 @@ impl Verifier {
 
     /// Verifies `token` and returns the caller's user id.
     pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_caller(token).await.map(|c| c.user)
+    }
+
+    /// Verifies `token` and returns the caller.
+    pub async fn verify_caller(&self, token: &str) -> Result<Caller, AuthError> {
         let result = match self {
             Verifier::Shared { key, validation } => decode(token, key, validation),
             Verifier::Jwks(jwks) => jwks.verify(token).await,
@@ -208,7 +249,7 @@ fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> V
     validation
 }
 
-fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<UserId, AuthError> {
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Caller, AuthError> {
     let data =
         jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| match err.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -218,7 +259,10 @@ fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Use
             | ErrorKind::Utf8(_) => AuthError::Malformed,
             _ => AuthError::Invalid,
         })?;
-    UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)
+    Ok(Caller {
+        user: UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)?,
+        operator: data.claims.is_operator(),
+    })
 }
 
 /// RS256 verification against a cached JWKS.
@@ -254,7 +298,7 @@ impl JwksVerifier {
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::RS256 {
             return Err(AuthError::Invalid);
@@ -350,6 +394,17 @@ impl JwksVerifier {
 /// Mints an HS256 token for `user`, valid for `ttl`, with the configured
 /// issuer and audience. For development and tests.
 pub fn mint(config: &Config, user: &UserId, ttl: Duration) -> Result<String, ConfigError> {
+    mint_with(config, user, ttl, false)
+}
+
+/// Like [`mint`]; with `operator`, the token carries
+/// [`OPERATOR_PERMISSION`] in its `permissions`.
+pub fn mint_with(
+    config: &Config,
+    user: &UserId,
+    ttl: Duration,
+    operator: bool,
+) -> Result<String, ConfigError> {
     let secret = config.jwt_secret.as_ref().ok_or(ConfigError::NoSecret)?;
     if secret.expose().len() < MIN_SECRET_BYTES {
         return Err(ConfigError::WeakSecret);
@@ -361,6 +416,8 @@ pub fn mint(config: &Config, user: &UserId, ttl: Duration) -> Result<String, Con
         iat: Some(now),
         iss: config.jwt_issuer.clone(),
         aud: config.jwt_audience.clone(),
+        permissions: operator.then(|| vec![OPERATOR_PERMISSION.to_owned()]),
+        scope: None,
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -3,10 +3,15 @@
 //! - `migrate`: create the database if needed and apply migrations (the
 //!   Procfile's release phase).
 //! - `serve`: the HTTP API, plus `/metrics` on its own listener.
-//! - `work`: a worker: runs durable jobs (turns) under per-session leases.
-//! - `dev`: migrate, then API and worker in one process, for local use.
-//! - `bench`: measure the pipeline in a scratch database.
+//! - `work`: a worker: runs durable jobs of every kind (or `QB_WORKER_KINDS`).
+//! - `schedule`: the cron scheduler (one leader at a time fires ticks).
+//! - `dev`: migrate, then API, worker and scheduler in one process, for local use.
+//! - `admin`: operators' commands against the database (jobs, queues,
+//!   prune, reconcile).
 //! - `token`: print a development JWT signed with `QB_JWT_SECRET`.
+//!
+//! The benchmark is its own binary (`questboard-bench`, in `bench/`), so
+//! this one carries no bench code.
 
 use std::time::Duration;
 
@@ -40,10 +45,13 @@ pub enum Command {
     Serve,
     /// Run a worker: process durable jobs until SIGTERM or Ctrl-C.
     Work,
-    /// Migrate, then run the API and a worker in one process (local use).
+    /// Run the cron scheduler until SIGTERM or Ctrl-C.
+    Schedule,
+    /// Migrate, then run the API, a worker and the scheduler in one process (local use).
     Dev,
-    /// Measure the turn pipeline in a scratch database (see BENCHMARKS.md).
-    Bench(crate::bench::BenchArgs),
+    /// Operators' commands, against the database.
+    #[command(subcommand)]
+    Admin(crate::admin::AdminCommand),
     /// Print a development bearer token signed with QB_JWT_SECRET.
     Token {
         /// The user id (`sub` claim).
@@ -52,6 +60,9 @@ pub enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 24 * 3600)]
         ttl: u64,
+        /// Grant the `questboard:operator` permission (the admin routes).
+        #[arg(long)]
+        operator: bool,
     },
 }
 
@@ -71,17 +82,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init_logging(config.log_format);
             work(&config).await
         }
+        Command::Schedule => {
+            telemetry::init_logging(config.log_format);
+            schedule(&config).await
+        }
         Command::Dev => {
             telemetry::init_logging(config.log_format);
             dev(&config).await
         }
-        Command::Bench(args) => {
-            crate::bench::run(&config, &args).await?;
-            Ok(())
+        Command::Admin(command) => {
+            telemetry::init_logging(config.log_format);
+            crate::admin::run(&config, command).await
         }
-        Command::Token { user, ttl } => {
+        Command::Token {
+            user,
+            ttl,
+            operator,
+        } => {
             let user = UserId::parse(&user).context("--user")?;
-            let token = auth::mint(&config, &user, Duration::from_secs(ttl))?;
+            let token = auth::mint_with(&config, &user, Duration::from_secs(ttl), operator)?;
             println!("{token}");
             Ok(())
         }
@@ -131,6 +150,21 @@ async fn work(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn schedule(config: &Config) -> anyhow::Result<()> {
+    telemetry::serve_metrics(config.metrics_addr)
+        .await
+        .context("binding QB_METRICS_ADDR")?;
+    let registry = questboard_workers::jobs::registry();
+    let entries = std::sync::Arc::new(app::schedule(config, &registry)?);
+    let pool = db::connect(config.database_url.expose(), 4)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    app::scheduler(config, pool, entries)
+        .run(app::shutdown_signal())
+        .await;
+    Ok(())
+}
+
 async fn dev(config: &Config) -> anyhow::Result<()> {
     migrate(config).await?;
     telemetry::serve_metrics(config.metrics_addr)
@@ -138,6 +172,7 @@ async fn dev(config: &Config) -> anyhow::Result<()> {
         .context("binding QB_METRICS_ADDR")?;
     let state = app::api_state(config).await?;
     let worker = app::worker(config, state.pool.clone())?;
+    let scheduler = app::scheduler(config, state.pool.clone(), state.schedule.clone());
     app::spawn_relay(config, state.pool.clone(), worker.id().to_owned());
     let listener = TcpListener::bind(config.http_addr)
         .await
@@ -151,9 +186,10 @@ async fn dev(config: &Config) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let (served, worked) = tokio::join!(
+    let (served, worked, ()) = tokio::join!(
         app::serve_http(listener, state, stopped(stop_rx.clone())),
-        worker.run(stopped(stop_rx)),
+        worker.run(stopped(stop_rx.clone())),
+        scheduler.run(stopped(stop_rx)),
     );
     served?;
     worked?;

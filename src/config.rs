@@ -127,17 +127,61 @@ pub struct Config {
     #[arg(long, env = "QB_MAX_TURN_CHARS", default_value_t = 8000)]
     pub max_turn_chars: usize,
 
-    /// Most runs of a job before it fails for good.
+    /// Most runs of a turn before it fails for good (other kinds declare their own).
     #[arg(long, env = "QB_JOB_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub job_max_attempts: u32,
 
-    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    /// First retry delay of a turn in milliseconds; doubles per attempt, with jitter.
     #[arg(long, env = "QB_JOB_BACKOFF_MS", default_value_t = 1000)]
     pub job_backoff_ms: u64,
 
-    /// Campaign sessions a worker processes at once.
+    /// Campaign sessions a worker processes at once (the turn kind's concurrency).
     #[arg(long, env = "QB_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: u32,
+
+    /// Comma-separated job kinds this worker serves (unset: all), e.g. `prune,reconcile`.
+    #[arg(long, env = "QB_WORKER_KINDS", value_delimiter = ',')]
+    pub worker_kinds: Option<Vec<String>>,
+
+    /// Per-kind concurrency over each kind's declared default, e.g. `prune=1,reconcile=2`.
+    #[arg(long, env = "QB_JOBS_CONCURRENCY", default_value = "")]
+    pub jobs_concurrency: String,
+
+    /// The schedule file (TOML) that overrides and extends the built-in maintenance schedule.
+    #[arg(long, env = "QB_SCHEDULE_FILE")]
+    pub schedule_file: Option<std::path::PathBuf>,
+
+    /// How late (ms) a scheduled tick may fire and still count as on time; older ticks were missed.
+    #[arg(long, env = "QB_SCHEDULER_TOLERANCE_MS", default_value_t = 60_000)]
+    pub scheduler_tolerance_ms: u64,
+
+    /// Days session events are kept (`prune`).
+    #[arg(long, env = "QB_EVENT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub event_retention_days: u32,
+
+    /// Days without activity before `prune` archives a session.
+    #[arg(long, env = "QB_SESSION_IDLE_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub session_idle_days: u32,
+
+    /// Days a session stays archived before `prune` deletes it with everything it owns.
+    #[arg(long, env = "QB_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub retention_days: u32,
+
+    /// Days succeeded job rows are kept (`prune`).
+    #[arg(long, env = "QB_JOB_RETENTION_SUCCEEDED_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub job_retention_succeeded_days: u32,
+
+    /// Days failed and cancelled job rows are kept (`prune`).
+    #[arg(long, env = "QB_JOB_RETENTION_FAILED_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub job_retention_failed_days: u32,
+
+    /// Days expired, revoked or used-up invites are kept (`prune`).
+    #[arg(long, env = "QB_INVITE_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub invite_retention_days: u32,
+
+    /// Hours an orphaned object must be old before `reconcile --repair` deletes it.
+    #[arg(long, env = "QB_RECONCILE_GRACE_HOURS", default_value_t = 24)]
+    pub reconcile_grace_hours: u64,
 
     /// How long a stopping worker lets in-flight turns finish before handing them back.
     #[arg(long, env = "QB_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]

@@ -2,14 +2,14 @@
 //!
 //! A job-queue driven background processing platform for AI game-master
 //! campaign apps. This crate is the one binary (`questboard serve | work |
-//! dev | migrate | bench | token`) and the HTTP/WebSocket API; the domain
+//! schedule | dev | migrate | admin | token`) and the HTTP/WebSocket API; the domain
 //! lives in `questboard-core` (re-exported as [`core`]) and the worker
 //! runtime in `questboard-workers`.
 //!
 //! Map of the crate:
 //!
 //! - [`cli`]: the subcommands and what each one starts.
-//! - [`bench`](mod@bench): `questboard bench`, the measurements in `BENCHMARKS.md`.
+//! - [`admin`]: `questboard admin`, operators' commands against the database.
 //! - [`bridge`]: Redis session channels delivered to this process's WebSockets.
 //! - [`config`]: the one typed configuration, read from the environment.
 //! - [`telemetry`]: logging, the Prometheus recorder and the `/metrics` listener.
@@ -24,9 +24,9 @@
 
 pub use questboard_core as core;
 
+pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod config;

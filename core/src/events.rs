@@ -27,6 +27,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::leases::Lease;
 use crate::metrics as m;
 
 /// The Redis channel of a session's events and deltas.
@@ -123,6 +124,147 @@ pub async fn list(
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// Where a session's log starts and ends for a reader: every event with
+/// `seq <= pruned_through` may be gone (retention), and `last` is the
+/// newest seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// Events up to this seq were pruned.
+    pub pruned_through: i64,
+    /// The session's newest event.
+    pub last: i64,
+}
+
+impl Horizon {
+    /// Whether a reader that saw everything up to `after_seq` missed
+    /// events that no longer exist: it must refetch state and resume from
+    /// [`Horizon::last`] (the `reset` message of sockets and the event list).
+    pub fn must_reset(&self, after_seq: i64) -> bool {
+        after_seq < self.pruned_through
+    }
+}
+
+/// The session's [`Horizon`] (None: no such session).
+pub async fn horizon(pool: &PgPool, session_id: Uuid) -> sqlx::Result<Option<Horizon>> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT events_pruned_through, next_event_seq - 1 FROM campaign_sessions WHERE id = $1",
+    )
+    .bind(session_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(pruned_through, last)| Horizon {
+        pruned_through,
+        last,
+    }))
+}
+
+/// Sessions after `after` (in id order, at most `limit` looked at) whose
+/// oldest kept event was written before `before`, with how far each was
+/// pruned; and where to go on (None once a batch came back short). One
+/// primary-key probe per session: a session's events are appended in time
+/// order, so its first kept event is its oldest.
+pub async fn sessions_with_old_events(
+    pool: &PgPool,
+    after: Uuid,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<(Vec<(Uuid, i64)>, Option<Uuid>)> {
+    let rows: Vec<(Uuid, i64, bool)> = sqlx::query_as(
+        "SELECT c.id, c.events_pruned_through,
+                EXISTS (SELECT 1 FROM session_events e
+                        WHERE e.session_id = c.id AND e.seq = c.events_pruned_through + 1
+                          AND e.at < $2)
+         FROM campaign_sessions c WHERE c.id > $1 ORDER BY c.id LIMIT $3",
+    )
+    .bind(after)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let next = if rows.len() as i64 >= limit {
+        rows.last().map(|r| r.0)
+    } else {
+        None
+    };
+    Ok((
+        rows.into_iter()
+            .filter(|r| r.2)
+            .map(|(id, pruned, _)| (id, pruned))
+            .collect(),
+        next,
+    ))
+}
+
+/// Deletes (or with `dry_run` counts) up to `limit` of the session's
+/// events after `pruned_through` written before `before`, and moves the
+/// session's `events_pruned_through` to the last one deleted, in one
+/// statement (readers see both or neither). Returns how many and the new
+/// mark.
+pub async fn prune_session(
+    pool: &PgPool,
+    session_id: Uuid,
+    pruned_through: i64,
+    before: DateTime<Utc>,
+    limit: i64,
+    dry_run: bool,
+) -> sqlx::Result<(u64, i64)> {
+    let sql = if dry_run {
+        "SELECT count(*), coalesce(max(seq), $2) FROM session_events
+         WHERE session_id = $1 AND seq > $2 AND seq <= $2 + $4 AND at < $3"
+    } else {
+        "WITH gone AS (
+             DELETE FROM session_events
+             WHERE session_id = $1 AND seq > $2 AND seq <= $2 + $4 AND at < $3
+             RETURNING seq
+         ),
+         marked AS (
+             UPDATE campaign_sessions c
+             SET events_pruned_through = greatest(c.events_pruned_through,
+                                                  (SELECT max(seq) FROM gone))
+             WHERE c.id = $1 AND EXISTS (SELECT 1 FROM gone)
+         )
+         SELECT count(*), coalesce(max(seq), $2) FROM gone"
+    };
+    let (count, mark): (i64, i64) = sqlx::query_as(sql)
+        .bind(session_id)
+        .bind(pruned_through)
+        .bind(before)
+        .bind(limit)
+        .fetch_one(pool)
+        .await?;
+    Ok((count as u64, mark))
+}
+
+/// Deletes up to `limit` events of a session being deleted, with their
+/// outbox ranges once none are left. Returns how many events went.
+pub async fn delete_session_chunk(
+    pool: &PgPool,
+    session_id: Uuid,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let (count,): (i64,) = sqlx::query_as(
+        "WITH doomed AS (
+             SELECT seq FROM session_events WHERE session_id = $1 ORDER BY seq LIMIT $2
+         ),
+         gone AS (
+             DELETE FROM session_events e USING doomed d
+             WHERE e.session_id = $1 AND e.seq = d.seq RETURNING e.seq
+         )
+         SELECT count(*) FROM gone",
+    )
+    .bind(session_id)
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    if count == 0 {
+        sqlx::query("DELETE FROM event_outbox WHERE session_id = $1")
+            .bind(session_id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(count as u64)
 }
 
 /// Publishes events and deltas on Redis from a background task, in the
@@ -270,13 +412,32 @@ async fn publish_batch(
 
 /// Deletes the outbox ranges ending at each (session, seq).
 async fn clear_published(pool: &PgPool, sessions: &[Uuid], seqs: &[i64]) -> sqlx::Result<()> {
+    clear_ranges(pool, sessions, seqs, None).await
+}
+
+/// Deletes the outbox ranges ending at each (session, seq); with `fence`,
+/// only while that lease is live (the relay's writes are fenced by its
+/// leader lease).
+async fn clear_ranges(
+    pool: &PgPool,
+    sessions: &[Uuid],
+    seqs: &[i64],
+    fence: Option<&Lease>,
+) -> sqlx::Result<()> {
     sqlx::query(
         "DELETE FROM event_outbox o
          USING unnest($1::uuid[], $2::bigint[]) AS p(session_id, seq)
-         WHERE o.session_id = p.session_id AND o.to_seq = p.seq",
+         WHERE o.session_id = p.session_id AND o.to_seq = p.seq
+           AND ($3::bigint IS NULL OR EXISTS (
+               SELECT 1 FROM leases l
+               WHERE l.scope = $4 AND l.key = $5 AND l.token = $3
+                 AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()))",
     )
     .bind(sessions)
     .bind(seqs)
+    .bind(fence.map(|l| l.token))
+    .bind(fence.map(|l| l.scope.as_str()))
+    .bind(fence.map(|l| l.key.as_str()))
     .execute(pool)
     .await?;
     Ok(())
@@ -285,11 +446,12 @@ async fn clear_published(pool: &PgPool, sessions: &[Uuid], seqs: &[i64]) -> sqlx
 /// Publishes, in order, the events of up to `limit` outbox ranges written
 /// more than `grace` ago and still there (Redis was down, or a process died
 /// between commit and publish), then clears those ranges. Returns how many
-/// events were published. Run by one process at a time, under the `relay`
-/// lease.
+/// events were published. Run by one process at a time, under the
+/// `relay/events` leader lease `lease`, which fences the clearing.
 pub async fn relay_once(
     pool: &PgPool,
     conn: &mut ConnectionManager,
+    lease: &Lease,
     grace: Duration,
     limit: i64,
 ) -> Result<usize, RelayError> {
@@ -358,7 +520,7 @@ pub async fn relay_once(
         pipe.query_async::<()>(conn).await?;
     }
     let (sessions, ends): (Vec<Uuid>, Vec<i64>) = ranges.into_iter().unzip();
-    clear_published(pool, &sessions, &ends).await?;
+    clear_ranges(pool, &sessions, &ends, Some(lease)).await?;
     metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "path" => "relay").increment(backlog.len() as u64);
     Ok(backlog.len())
 }
@@ -377,11 +539,15 @@ pub enum RelayError {
     Json(#[from] serde_json::Error),
 }
 
+/// The scope and key of the relay's leader lease.
+pub const RELAY_LEASE: (&str, &str) = ("relay", "events");
+
 /// Runs the relay until the task is dropped: every `interval`, the process
-/// holding the `relay/events` lease publishes committed events still
-/// in the outbox after `grace`. Every API and worker process runs this; the
-/// lease makes one of them do the work (duplicates would be harmless,
-/// since subscribers drop seqs they have seen, but wasteful).
+/// leading `relay/events` ([`crate::leases::Leadership`]) publishes
+/// committed events still in the outbox after `grace`. Every API and
+/// worker process runs this; the lease makes one of them do the work
+/// (duplicates would be harmless, since subscribers drop seqs they have
+/// seen, but wasteful).
 pub async fn run_relay(
     pool: PgPool,
     client: redis::Client,
@@ -389,7 +555,6 @@ pub async fn run_relay(
     interval: Duration,
     grace: Duration,
 ) {
-    let ttl = interval * 5;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(2)))
@@ -398,24 +563,19 @@ pub async fn run_relay(
         tracing::warn!("event relay disabled: REDIS_URL unusable");
         return;
     };
-    let mut held: Option<crate::leases::Lease> = None;
+    let leadership = crate::leases::Leadership::start(
+        pool.clone(),
+        RELAY_LEASE.0,
+        RELAY_LEASE.1,
+        holder,
+        interval * 5,
+    );
     loop {
         tokio::time::sleep(interval).await;
-        held = match held.take() {
-            Some(lease) => match crate::leases::renew(&pool, &lease, ttl).await {
-                Ok(true) => Some(lease),
-                _ => None,
-            },
-            None => crate::leases::try_acquire(&pool, "relay", "events", &holder, ttl)
-                .await
-                .ok()
-                .flatten()
-                .map(|(lease, _)| lease),
-        };
-        if held.is_none() {
+        let Some(lease) = leadership.current() else {
             continue;
-        }
-        match relay_once(&pool, &mut conn, grace, 1000).await {
+        };
+        match relay_once(&pool, &mut conn, &lease, grace, 1000).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 published = n,

@@ -350,10 +350,12 @@ pub async fn accept(pool: &PgPool, token: &str, user: &UserId) -> Result<Accepte
             event: None,
         });
     }
-    sqlx::query("UPDATE campaign_session_invites SET uses = uses + 1 WHERE id = $1")
-        .bind(invite.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE campaign_session_invites SET uses = uses + 1, last_used_at = now() WHERE id = $1",
+    )
+    .bind(invite.id)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("UPDATE campaign_sessions SET last_active_at = now() WHERE id = $1")
         .bind(invite.session_id)
         .execute(&mut *tx)
@@ -372,6 +374,53 @@ pub async fn accept(pool: &PgPool, token: &str, user: &UserId) -> Result<Accepte
         already_member: false,
         event: Some(event),
     })
+}
+
+/// Deletes (or with `dry_run` counts) up to `limit` invites after id
+/// `after` (in id order) that expired, were revoked, or were used up more
+/// than `older_than` ago: tokens that can never admit anyone again, kept a
+/// while so owners still see them listed. Returns (looked at, deleted,
+/// where to go on; None once a batch came back short).
+pub async fn prune(
+    pool: &PgPool,
+    after: Uuid,
+    older_than: std::time::Duration,
+    limit: i64,
+    dry_run: bool,
+) -> Result<(u64, u64, Option<Uuid>)> {
+    let (scanned, deleted, last): (i64, i64, Option<Uuid>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH batch AS (
+                 SELECT id, expires_at, revoked_at, uses, max_uses,
+                        coalesce(last_used_at, created_at) AS last_used_at
+                 FROM campaign_session_invites WHERE id > $1 ORDER BY id LIMIT $2
+             ),
+             doomed AS (
+                 SELECT id FROM batch
+                 WHERE expires_at < now() - make_interval(secs => $3)
+                    OR revoked_at < now() - make_interval(secs => $3)
+                    OR (uses >= max_uses AND last_used_at < now() - make_interval(secs => $3))
+             ),
+             gone AS ({delete})
+             SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone),
+                    (SELECT id FROM batch ORDER BY id DESC LIMIT 1)",
+            delete = if dry_run {
+                "SELECT id FROM doomed"
+            } else {
+                "DELETE FROM campaign_session_invites i USING doomed d WHERE i.id = d.id
+                 RETURNING i.id"
+            }
+        )))
+        .bind(after)
+        .bind(limit)
+        .bind(older_than.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+    Ok((
+        scanned as u64,
+        deleted as u64,
+        if scanned < limit { None } else { last },
+    ))
 }
 
 #[cfg(test)]

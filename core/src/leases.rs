@@ -10,9 +10,16 @@
 //! refused, however sure it is that it still holds the lease. Correctness
 //! rests on that check, not on timing.
 //!
-//! Release expires the row instead of deleting it, so the token sequence
-//! never goes back and a crashed holder's lease is simply taken over once it
-//! expires.
+//! Release expires the row instead of deleting it, and a crashed holder's
+//! lease is simply taken over once it expires. Tokens come from one
+//! sequence for every lease, so they only grow even where a row is deleted
+//! (job leases end with their run; `prune` removes rows expired for a day).
+//!
+//! Three kinds of holder use this one helper: worker slots hold **session**
+//! leases while they drain a session's turns; plain-lane runs hold **job**
+//! leases ([`JOB_SCOPE`]); and singleton roles, the cron scheduler and the
+//! event relay, hold a lease through [`Leadership`], which keeps it alive
+//! and tells its owner the moment it may no longer act.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -22,6 +29,9 @@ use sqlx::{PgConnection, PgExecutor};
 
 /// The scope of per-campaign-session leases.
 pub const SESSION_SCOPE: &str = "session";
+
+/// The scope of the leases plain-lane runs hold (the key is the job id).
+pub const JOB_SCOPE: &str = "job";
 
 /// A held lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,5 +279,218 @@ pub async fn check_fence(
             key: key.to_owned(),
             token,
         }),
+    }
+}
+
+/// Deletes lease rows that expired more than `older_than` ago (released,
+/// or abandoned by a holder that died), at most `limit`, after key
+/// (`after_scope`, `after_key`) in key order. Returns how many were looked
+/// at, how many went (or would, with `dry_run`), and where to go on (None
+/// once a batch came back short). A deleted row is simply inserted again
+/// by its next acquisition, with a new, larger token.
+pub async fn prune_expired(
+    pool: &sqlx::PgPool,
+    after: (&str, &str),
+    older_than: Duration,
+    limit: i64,
+    dry_run: bool,
+) -> Result<(u64, u64, Option<(String, String)>)> {
+    let (scanned, deleted, last_scope, last_key): (i64, i64, Option<String>, Option<String>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH batch AS (
+                 SELECT scope, key, expires_at FROM leases
+                 WHERE (scope, key) > ($1, $2) ORDER BY scope, key LIMIT $3
+             ),
+             doomed AS (
+                 SELECT scope, key FROM batch
+                 WHERE expires_at < clock_timestamp() - make_interval(secs => $4)
+             ),
+             gone AS ({delete})
+             SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone),
+                    (SELECT scope FROM batch ORDER BY scope DESC, key DESC LIMIT 1),
+                    (SELECT key FROM batch ORDER BY scope DESC, key DESC LIMIT 1)",
+            delete = if dry_run {
+                "SELECT scope FROM doomed"
+            } else {
+                "DELETE FROM leases l USING doomed d
+                 WHERE l.scope = d.scope AND l.key = d.key
+                   AND l.expires_at < clock_timestamp() - make_interval(secs => $4)
+                 RETURNING l.scope"
+            }
+        )))
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .bind(older_than.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+    let next = match (last_scope, last_key) {
+        (Some(scope), Some(key)) if scanned >= limit => Some((scope, key)),
+        _ => None,
+    };
+    Ok((scanned as u64, deleted as u64, next))
+}
+
+/// A singleton role (the cron scheduler, the event relay) that one process
+/// at a time may play, under a lease of its own.
+///
+/// Every process that could play the role runs one: it tries to take the
+/// lease every third of the TTL (and at most every second) while someone
+/// else holds it, and renews it every third of the TTL while it holds it.
+/// It stops leading when a renewal is refused (someone took over) or when
+/// no renewal succeeded for two thirds of the TTL (Postgres unreachable:
+/// another process may take the lease once it expires). Whatever the
+/// leader writes on behalf of the role must be fenced by the token of
+/// [`Leadership::current`] ([`check_fence`] in the writing transaction): a
+/// leader that lost the lease without noticing yet is refused there.
+#[derive(Debug)]
+pub struct Leadership {
+    current: tokio::sync::watch::Receiver<Option<Lease>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Leadership {
+    /// Starts competing for `scope`/`key` as `holder` (inside a Tokio runtime).
+    pub fn start(
+        pool: sqlx::PgPool,
+        scope: &'static str,
+        key: &'static str,
+        holder: String,
+        ttl: Duration,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(lead(pool, scope, key, holder, ttl, tx, stopped));
+        Self {
+            current: rx,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The lease while this process leads.
+    pub fn current(&self) -> Option<Lease> {
+        self.current.borrow().clone()
+    }
+
+    /// Changes of leadership (None: not leading).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<Lease>> {
+        self.current.clone()
+    }
+
+    /// Stops competing and gives the lease up if held, so another process
+    /// takes over at once instead of after the TTL.
+    pub async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn lead(
+    pool: sqlx::PgPool,
+    scope: &'static str,
+    key: &'static str,
+    holder: String,
+    ttl: Duration,
+    current: tokio::sync::watch::Sender<Option<Lease>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use crate::metrics as m;
+    let renew_every = ttl / 3;
+    let try_every = renew_every.min(Duration::from_secs(1));
+    let mut held: Option<(Lease, std::time::Instant)> = None;
+    metrics::gauge!(m::LEADER, "scope" => scope).set(0.0);
+    loop {
+        let wait = if held.is_some() {
+            renew_every
+        } else {
+            try_every
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let was_leading = held.is_some();
+        held = match held.take() {
+            Some((lease, renewed)) => match renew(&pool, &lease, ttl).await {
+                Ok(true) => Some((lease, std::time::Instant::now())),
+                Ok(false) => {
+                    tracing::warn!(
+                        scope,
+                        key,
+                        token = lease.token,
+                        "leadership lost: renewal refused"
+                    );
+                    None
+                }
+                Err(err) if renewed.elapsed() < ttl * 2 / 3 => {
+                    tracing::warn!(scope, key, error = %err, "renewing the leader lease failed; retrying");
+                    Some((lease, renewed))
+                }
+                Err(err) => {
+                    tracing::warn!(scope, key, error = %err, "leadership given up: not renewed for two thirds of its TTL");
+                    None
+                }
+            },
+            None => match try_acquire(&pool, scope, key, &holder, ttl).await {
+                Ok(Some((lease, how))) => {
+                    metrics::counter!(m::LEASE_ACQUISITIONS_TOTAL, "scope" => scope, "outcome" => how.as_str())
+                        .increment(1);
+                    tracing::info!(
+                        scope,
+                        key,
+                        token = lease.token,
+                        how = how.as_str(),
+                        "leading"
+                    );
+                    Some((lease, std::time::Instant::now()))
+                }
+                Ok(None) => None,
+                Err(err) => {
+                    tracing::debug!(scope, key, error = %err, "trying to take the leader lease failed");
+                    None
+                }
+            },
+        };
+        if held.is_some() != was_leading {
+            metrics::counter!(m::LEADER_CHANGES_TOTAL, "scope" => scope).increment(1);
+            metrics::gauge!(m::LEADER, "scope" => scope).set(if held.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        let lease = held.as_ref().map(|(lease, _)| lease.clone());
+        current.send_if_modified(|now| {
+            if now.as_ref().map(|l| l.token) != lease.as_ref().map(|l| l.token) {
+                *now = lease;
+                true
+            } else {
+                false
+            }
+        });
+    }
+    let _ = current.send(None);
+    metrics::gauge!(m::LEADER, "scope" => scope).set(0.0);
+    if let Some((lease, _)) = held {
+        match release(&pool, &lease).await {
+            Ok(_) => tracing::info!(scope, key, "leadership released"),
+            Err(err) => {
+                tracing::warn!(scope, key, error = %err, "releasing the leader lease failed; it expires by itself")
+            }
+        }
     }
 }

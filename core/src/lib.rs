@@ -16,11 +16,16 @@
 //! - [`turns`]: player turns, their numbering and idempotency, the
 //!   runnable-session index, and the fenced writes workers make (`turns`,
 //!   `session_queue`).
-//! - [`jobs`]: the job registry ([`jobs::JobKind`]) and durable job rows in
-//!   apalis-postgres's `apalis.jobs`: enqueue in the caller's transaction,
-//!   status, backoff.
+//! - [`jobs`]: the job contract ([`jobs::Job`], [`jobs::JobSpec`]) and
+//!   durable job rows in apalis-postgres's `apalis.jobs`: enqueue in the
+//!   caller's transaction, unique keys, status; the plain lane's claim,
+//!   settle and rescue ([`jobs::plain`]); operators' controls
+//!   ([`jobs::control`]).
+//! - [`schedule`]: the cron scheduler's state: last tick per entry, fired
+//!   under the leader lease.
 //! - [`leases`]: time-bounded, fenced ownership of a key (a session, a
-//!   singleton) on the database clock (`leases`).
+//!   job's run, a singleton role through [`leases::Leadership`]) on the
+//!   database clock (`leases`).
 //! - [`events`]: the durable per-session event log, publishing it on Redis,
 //!   and the relay for what missed Redis (`session_events`).
 //! - [`wakeups`]: waking idle workers through Redis when jobs are enqueued.
@@ -35,6 +40,7 @@ pub mod invites;
 pub mod jobs;
 pub mod leases;
 pub mod metrics;
+pub mod schedule;
 pub mod sessions;
 pub mod storage;
 pub mod turns;

@@ -46,8 +46,32 @@ pub const JOBS_HANDED_BACK_TOTAL: &str = "questboard_jobs_handed_back_total";
 pub const JOB_RUN_SECONDS: &str = "questboard_job_run_seconds";
 /// Time from enqueue to the first start of a job, by `kind`.
 pub const JOB_QUEUE_WAIT_SECONDS: &str = "questboard_job_queue_wait_seconds";
-/// Unfinished jobs, by `kind` and `state` (`queued`: waiting or running, `retrying`); sampled.
+/// Job runs stopped at an operator's request, by `kind`.
+pub const JOBS_CANCELLED_TOTAL: &str = "questboard_jobs_cancelled_total";
+/// Job runs stopped for outliving their kind's timeout, by `kind`.
+pub const JOBS_TIMED_OUT_TOTAL: &str = "questboard_jobs_timed_out_total";
+/// Running jobs moved back in line because their worker stopped renewing the lease, by `kind`.
+pub const JOBS_RESCUED_TOTAL: &str = "questboard_jobs_rescued_total";
+/// Items long jobs reported done (progress), by `kind`.
+pub const JOB_ITEMS_TOTAL: &str = "questboard_job_items_total";
+/// The last reported share done of a long job, by `kind` (0 to 1).
+pub const JOB_PROGRESS_RATIO: &str = "questboard_job_progress_ratio";
+/// Unfinished jobs, by `kind` and `state` (`queued`, `running`, `retrying`); sampled.
 pub const QUEUE_DEPTH: &str = "questboard_queue_depth";
+/// Jobs failed for good or cancelled and not pruned yet, by `kind` and `state`; sampled.
+pub const JOBS_DEAD: &str = "questboard_jobs_dead";
+/// How long the oldest job that may run now has waited, by `kind`; sampled.
+pub const QUEUE_OLDEST_WAIT_SECONDS: &str = "questboard_queue_oldest_wait_seconds";
+/// 1 while a kind is paused by an operator, by `kind`; sampled.
+pub const KIND_PAUSED: &str = "questboard_job_kind_paused";
+/// Statements that recorded a batch of plain-job outcomes.
+pub const COMPLETE_SECONDS: &str = "questboard_complete_seconds";
+/// Schedule ticks, by `entry` and `outcome` (`fired`, `caught_up`, `skipped`).
+pub const SCHEDULE_TICKS_TOTAL: &str = "questboard_schedule_ticks_total";
+/// 1 while this process leads a singleton role, by `scope` (`scheduler`, `relay`).
+pub const LEADER: &str = "questboard_leader";
+/// Times this process started or stopped leading, by `scope`.
+pub const LEADER_CHANGES_TOTAL: &str = "questboard_leader_changes_total";
 /// Lease acquisition attempts, by `scope` and `outcome` (`acquired`, `busy`, `taken_over`).
 pub const LEASE_ACQUISITIONS_TOTAL: &str = "questboard_lease_acquisitions_total";
 /// How long leases were held, by `scope`.
@@ -62,7 +86,7 @@ pub const PROVIDER_REQUEST_SECONDS: &str = "questboard_provider_request_seconds"
 pub const PROVIDER_ERRORS_TOTAL: &str = "questboard_provider_errors_total";
 /// Reply chunks streamed out of providers.
 pub const TURN_CHUNKS_TOTAL: &str = "questboard_turn_chunks_total";
-/// Worker slots busy with a session right now.
+/// Worker slots busy right now, by `kind` (for turns: sessions).
 pub const WORKER_BUSY_SLOTS: &str = "questboard_worker_busy_slots";
 /// Statements that applied a batch of turn steps (one worker's group commit).
 pub const COMMIT_SECONDS: &str = "questboard_commit_seconds";
@@ -111,7 +135,19 @@ pub const ALL: &[&str] = &[
     JOBS_HANDED_BACK_TOTAL,
     JOB_RUN_SECONDS,
     JOB_QUEUE_WAIT_SECONDS,
+    JOBS_CANCELLED_TOTAL,
+    JOBS_TIMED_OUT_TOTAL,
+    JOBS_RESCUED_TOTAL,
+    JOB_ITEMS_TOTAL,
+    JOB_PROGRESS_RATIO,
     QUEUE_DEPTH,
+    JOBS_DEAD,
+    QUEUE_OLDEST_WAIT_SECONDS,
+    KIND_PAUSED,
+    COMPLETE_SECONDS,
+    SCHEDULE_TICKS_TOTAL,
+    LEADER,
+    LEADER_CHANGES_TOTAL,
     LEASE_ACQUISITIONS_TOTAL,
     LEASE_HOLD_SECONDS,
     LEASES_LOST_TOTAL,
@@ -185,9 +221,56 @@ pub fn describe() {
         Unit::Seconds,
         "Time from enqueue to a job's first start, by kind."
     );
+    describe_counter!(
+        JOBS_CANCELLED_TOTAL,
+        "Job runs stopped at an operator's request, by kind."
+    );
+    describe_counter!(
+        JOBS_TIMED_OUT_TOTAL,
+        "Job runs stopped for outliving their kind's timeout, by kind."
+    );
+    describe_counter!(
+        JOBS_RESCUED_TOTAL,
+        "Running jobs moved back in line because their worker stopped renewing the lease, by kind."
+    );
+    describe_counter!(
+        JOB_ITEMS_TOTAL,
+        "Items long jobs reported done in their progress, by kind."
+    );
+    describe_gauge!(
+        JOB_PROGRESS_RATIO,
+        "Share done last reported by a long job, by kind (0 to 1)."
+    );
     describe_gauge!(
         QUEUE_DEPTH,
-        "Unfinished jobs, by kind and state (queued: waiting or running; retrying: waiting out a backoff), sampled."
+        "Unfinished jobs, by kind and state (queued, running, retrying), sampled."
+    );
+    describe_gauge!(
+        JOBS_DEAD,
+        "Jobs failed for good or cancelled and not pruned yet, by kind and state, sampled."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long the oldest job that may run now has waited, by kind, sampled."
+    );
+    describe_gauge!(KIND_PAUSED, "1 while a job kind is paused by an operator.");
+    describe_histogram!(
+        COMPLETE_SECONDS,
+        Unit::Seconds,
+        "Time of one statement recording a batch of plain-job outcomes."
+    );
+    describe_counter!(
+        SCHEDULE_TICKS_TOTAL,
+        "Schedule ticks, by entry and outcome (fired, caught_up, skipped)."
+    );
+    describe_gauge!(
+        LEADER,
+        "1 while this process leads a singleton role, by scope (scheduler, relay)."
+    );
+    describe_counter!(
+        LEADER_CHANGES_TOTAL,
+        "Times this process started or stopped leading a singleton role, by scope."
     );
     describe_counter!(
         LEASE_ACQUISITIONS_TOTAL,
@@ -218,7 +301,7 @@ pub fn describe() {
     );
     describe_gauge!(
         WORKER_BUSY_SLOTS,
-        "Worker slots busy with a session right now."
+        "Worker slots busy right now, by kind (for turns: sessions being drained)."
     );
     describe_histogram!(
         COMMIT_SECONDS,
@@ -228,6 +311,44 @@ pub fn describe() {
     describe_histogram!(
         COMMIT_BATCH_STEPS,
         "Turn steps (one per session) applied by one group-commit statement."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED_TOTAL,
+        "Session events published on Redis, by path (direct, relay)."
+    );
+    describe_counter!(
+        EVENTS_PUBLISH_FAILURES_TOTAL,
+        "Failed attempts to publish a batch of events (left to the relay)."
+    );
+    describe_gauge!(
+        RELAY_BACKLOG,
+        "Committed events still unpublished after the relay's grace period, sampled."
+    );
+    describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections.");
+    describe_counter!(
+        EVENTS_DELIVERED_TOTAL,
+        "Live session events delivered to WebSocket clients."
+    );
+    describe_counter!(
+        EVENTS_REPLAYED_TOTAL,
+        "Session events replayed to clients from Postgres, by reason."
+    );
+    describe_counter!(
+        DELTAS_DELIVERED_TOTAL,
+        "Reply chunks delivered to WebSocket clients."
+    );
+    describe_histogram!(
+        EVENT_DELIVERY_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from an event's commit to its delivery on a socket."
+    );
+    describe_counter!(
+        WS_CLOSED_TOTAL,
+        "WebSocket clients closed by the server, by reason."
+    );
+    describe_counter!(
+        REDIS_RECONNECTS_TOTAL,
+        "Reconnections of the Redis pub/sub bridge."
     );
     describe_gauge!(
         PROCESS_START_TIME_SECONDS,

@@ -491,6 +491,151 @@ pub async fn remove_member(pool: &PgPool, id: Uuid, actor: &UserId, target: &str
     Ok(event)
 }
 
+/// The ids of up to `limit` sessions after `after`, in id order: the pages
+/// retention walks.
+pub async fn page_ids(pool: &PgPool, after: Uuid, limit: i64) -> Result<Vec<Uuid>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM campaign_sessions WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Archives those of `ids` that are active and had no activity for
+/// `idle_for`, appending `session.archived` with reason `idle` to each, in
+/// one statement (with `dry_run`, only counts them). Sessions being written
+/// this instant are skipped: they are not idle. Returns the events (empty
+/// for a dry run) and how many.
+pub async fn archive_idle(
+    pool: &PgPool,
+    ids: &[Uuid],
+    idle_for: std::time::Duration,
+    dry_run: bool,
+) -> Result<(Vec<Event>, u64)> {
+    if dry_run {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM campaign_sessions
+             WHERE id = ANY($1) AND status = 'active'
+               AND last_active_at < now() - make_interval(secs => $2)",
+        )
+        .bind(ids)
+        .bind(idle_for.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+        return Ok((Vec::new(), count as u64));
+    }
+    let events: Vec<Event> = sqlx::query_as(
+        "WITH idle AS (
+             SELECT id FROM campaign_sessions
+             WHERE id = ANY($1) AND status = 'active'
+               AND last_active_at < now() - make_interval(secs => $2)
+             ORDER BY id
+             FOR NO KEY UPDATE SKIP LOCKED
+         ),
+         archived AS (
+             UPDATE campaign_sessions c
+             SET status = 'archived', updated_at = now(), next_event_seq = c.next_event_seq + 1
+             FROM idle i WHERE c.id = i.id
+             RETURNING c.id, c.next_event_seq - 1 AS seq
+         )
+         INSERT INTO session_events (session_id, seq, type, data)
+         SELECT id, seq, 'session.archived',
+                jsonb_build_object('reason', 'idle', 'by', 'questboard')
+         FROM archived
+         RETURNING seq, type, session_id, at, data",
+    )
+    .bind(ids)
+    .bind(idle_for.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let count = events.len() as u64;
+    Ok((events, count))
+}
+
+/// Up to `limit` sessions archived more than `archived_for` ago, with their
+/// storage prefixes, longest archived first: what retention deletes.
+pub async fn archived_before(
+    pool: &PgPool,
+    archived_for: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, storage_prefix FROM campaign_sessions
+         WHERE status = 'archived' AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(archived_for.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// How many sessions were archived more than `archived_for` ago.
+pub async fn count_archived_before(
+    pool: &PgPool,
+    archived_for: std::time::Duration,
+) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM campaign_sessions
+         WHERE status = 'archived' AND updated_at < now() - make_interval(secs => $1)",
+    )
+    .bind(archived_for.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+    Ok(count as u64)
+}
+
+/// Deletes an archived session's row, which takes its members, invites and
+/// runnable-index row with it, and its session lease. Its turns, events
+/// and jobs go first, in bounded chunks (see `prune`). Returns false if it
+/// was not there (or not archived).
+pub async fn delete_archived(pool: &PgPool, id: Uuid) -> Result<bool> {
+    let deleted: i64 = sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM campaign_sessions WHERE id = $1 AND status = 'archived' RETURNING id
+         ),
+         lease AS (
+             DELETE FROM leases WHERE scope = 'session' AND key = $1::text
+                                  AND EXISTS (SELECT 1 FROM gone)
+         )
+         SELECT count(*) FROM gone",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    Ok(deleted == 1)
+}
+
+/// Which of `ids` are sessions, with their storage prefixes (for
+/// reconciling storage with metadata).
+pub async fn prefixes_of(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>> {
+    Ok(
+        sqlx::query_as("SELECT id, storage_prefix FROM campaign_sessions WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Up to `limit` sessions after `after` in id order, with their storage
+/// prefixes and creation times (for reconciling).
+pub async fn page_prefixes(
+    pool: &PgPool,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, DateTime<Utc>)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, storage_prefix, created_at FROM campaign_sessions
+         WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -18,13 +18,21 @@
 //! name a client sends can reach outside its session. A file's content type
 //! must agree with its extension: a `.png` cannot be stored as `text/html`,
 //! which keeps stored media from becoming a cross-site scripting vector.
+//!
+//! Object stores have no directories, so a session's prefix "exists" by
+//! its manifest, `<prefix>/session.json` (written when the session is
+//! created; `reconcile --repair` writes missing ones). Outside session
+//! prefixes only `reports/` (job reports) and `_questboard/` (probes) are
+//! used. Maintenance lists and deletes whole prefixes through
+//! [`Storage::list_objects`] (a stream, page by page) and
+//! [`Storage::delete_objects`].
 
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::aws::AmazonS3Builder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
@@ -32,6 +40,11 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt as _, PutOptions};
+
+/// The name of a session's manifest, at the root of its prefix.
+pub const MANIFEST: &str = "session.json";
+/// Where job reports go.
+pub const REPORTS: &str = "reports";
 
 /// Longest file name component, in bytes.
 pub const MAX_COMPONENT_BYTES: usize = 128;
@@ -188,6 +201,66 @@ impl Storage {
         })
     }
 
+    /// Every object whose key starts with `prefix` (`""`: all), as a
+    /// stream read page by page from the backend, in no particular order.
+    pub fn list_objects(
+        &self,
+        prefix: &str,
+    ) -> futures::stream::BoxStream<'static, Result<ObjectInfo>> {
+        let prefix = prefix.trim_matches('/');
+        let path =
+            (!prefix.is_empty()).then(|| prefix.split('/').fold(Path::default(), |p, c| p.join(c)));
+        self.store
+            .list(path.as_ref())
+            .map_ok(|meta| ObjectInfo {
+                key: meta.location.to_string(),
+                size: meta.size,
+                last_modified: meta.last_modified,
+            })
+            .map_err(Error::from)
+            .boxed()
+    }
+
+    /// Deletes the objects `keys` (missing ones count as deleted), in
+    /// batches as the backend allows (S3: 1,000 per request). Returns how
+    /// many were deleted.
+    pub async fn delete_objects(&self, keys: Vec<String>) -> Result<u64> {
+        let count = keys.len() as u64;
+        let locations = futures::stream::iter(keys.into_iter().map(|k| Ok(Path::from(k)))).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => return Err(Error::Backend(err)),
+            }
+        }
+        Ok(count)
+    }
+
+    /// Stores a job report as `reports/<name>` (validated like every name).
+    /// Returns its key.
+    pub async fn put_report(&self, name: &str, bytes: Bytes) -> Result<String> {
+        let location = validated_path(&format!("{REPORTS}/{name}"))?;
+        let mut attributes = Attributes::new();
+        if self.keeps_attributes {
+            attributes.insert(Attribute::ContentType, "application/json".into());
+        }
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&location, bytes.into(), options)
+            .await?;
+        Ok(location.to_string())
+    }
+
+    /// Reads an object by key (reports, mostly).
+    pub async fn get_object(&self, key: &str) -> Result<Bytes> {
+        let location = validated_path(key)?;
+        Ok(self.store.get(&location).await?.bytes().await?)
+    }
+
     /// Checks the backend answers (used by readiness checks and startup).
     pub async fn check(&self) -> Result<()> {
         let probe = Path::from("_questboard").join("probe");
@@ -233,6 +306,17 @@ fn split_bucket(rest: &str) -> Result<(&str, Option<Path>)> {
         Some(validated_path(prefix).map_err(|e| Error::Config(e.to_string()))?)
     };
     Ok((bucket, prefix))
+}
+
+/// An object found by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its key, relative to the configured root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub last_modified: DateTime<Utc>,
 }
 
 /// The fixed places a session's files go.
@@ -407,6 +491,63 @@ impl SessionFiles {
             .collect();
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(files)
+    }
+
+    /// The session's prefix, as a key.
+    pub fn prefix(&self) -> String {
+        self.prefix.to_string()
+    }
+
+    /// Writes the session's manifest (`session.json`): what makes its
+    /// prefix exist on stores without directories.
+    pub async fn put_manifest(&self, manifest: &serde_json::Value) -> Result<()> {
+        let location = self.prefix.clone().join(MANIFEST);
+        let bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| Error::Config(format!("manifest: {e}")))?;
+        let mut attributes = Attributes::new();
+        if self.storage.keeps_attributes {
+            attributes.insert(Attribute::ContentType, "application/json".into());
+        }
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.storage
+            .store
+            .put_opts(&location, Bytes::from(bytes).into(), options)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the session's manifest exists.
+    pub async fn has_manifest(&self) -> Result<bool> {
+        let location = self.prefix.clone().join(MANIFEST);
+        match self.storage.store.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::Backend(e)),
+        }
+    }
+
+    /// Deletes every object under the session's prefix, page by page.
+    /// Returns how many were deleted.
+    pub async fn delete_all(&self) -> Result<u64> {
+        let mut listing = self.storage.list_objects(&self.prefix());
+        let mut total = 0;
+        let mut page = Vec::with_capacity(1000);
+        while let Some(object) = listing.next().await {
+            page.push(object?.key);
+            if page.len() == 1000 {
+                total += self
+                    .storage
+                    .delete_objects(std::mem::take(&mut page))
+                    .await?;
+            }
+        }
+        if !page.is_empty() {
+            total += self.storage.delete_objects(page).await?;
+        }
+        Ok(total)
     }
 
     /// Deletes a file. Deleting a missing file succeeds, as on S3.

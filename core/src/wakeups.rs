@@ -11,16 +11,22 @@
 //! Wake-ups are hints, never the source of truth: a lost message (Redis
 //! down, worker reconnecting) only means the worker finds the job on its
 //! next poll (`QB_WORKER_POLL_MS`).
+//!
+//! The same way, [`CANCEL_CHANNEL`] tells workers at once that an operator
+//! asked a running job to stop; the request itself is durable (in
+//! `job_runs`), and workers also read it when they renew their job leases.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::jobs::JobKind;
-
 /// The Redis channel announcing that jobs were enqueued; the message is the
 /// job kind's name.
 pub const CHANNEL: &str = "questboard:jobs:enqueued";
+
+/// The Redis channel asking workers to stop a running job; the message is
+/// the job id.
+pub const CANCEL_CHANNEL: &str = "questboard:jobs:cancel";
 
 /// Publishes wake-ups. Cheap to clone; connects lazily and reconnects by
 /// itself; never blocks or fails its caller.
@@ -60,18 +66,28 @@ impl Publisher {
     }
 
     /// Announces, in the background, that jobs of `kind` were enqueued.
-    pub fn announce(&self, kind: JobKind) {
+    pub fn announce(&self, kind: &str) {
+        self.publish(CHANNEL, kind.to_owned());
+    }
+
+    /// Tells workers, in the background, that an operator asked job
+    /// `job_id` to stop.
+    pub fn cancel(&self, job_id: &str) {
+        self.publish(CANCEL_CHANNEL, job_id.to_owned());
+    }
+
+    fn publish(&self, channel: &'static str, message: String) {
         let Some(mut conn) = self.conn.clone() else {
             return;
         };
         tokio::spawn(async move {
             let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(CHANNEL)
-                .arg(kind.name())
+                .arg(channel)
+                .arg(message)
                 .query_async(&mut conn)
                 .await;
             if let Err(err) = sent {
-                tracing::debug!(error = %err, "wake-up not published; workers will poll");
+                tracing::debug!(error = %err, channel, "message not published; workers will poll");
             }
         });
     }

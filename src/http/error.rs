@@ -8,7 +8,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use questboard_core::{invites, sessions, storage, turns};
+use questboard_core::{invites, jobs, sessions, storage, turns};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -152,6 +152,11 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -202,11 +207,21 @@ impl From<storage::Error> for Error {
     }
 }
 
+impl From<jobs::Error> for Error {
+    fn from(err: jobs::Error) -> Self {
+        match err {
+            jobs::Error::Invalid(why) => Error::Unprocessable(why),
+            jobs::Error::Payload(_) | jobs::Error::Database(_) => Error::internal(err),
+        }
+    }
+}
+
 impl From<turns::Error> for Error {
     fn from(err: turns::Error) -> Self {
         match err {
             turns::Error::Session(err) => err.into(),
             turns::Error::Invalid(why) => Error::Unprocessable(why),
+            turns::Error::Unavailable(why) => Error::Unavailable(why.into()),
             turns::Error::KeyReused => Error::Conflict(err.to_string()),
             turns::Error::Fenced(_) | turns::Error::Job(_) | turns::Error::Database(_) => {
                 Error::internal(err)

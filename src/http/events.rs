@@ -1,6 +1,12 @@
 //! `GET /api/sessions/{id}/events`: the session's durable event log, for
 //! clients that poll instead of holding a WebSocket. Same events, same
 //! `seq`s as the socket delivers.
+//!
+//! Events older than `QB_EVENT_RETENTION_DAYS` are pruned. A client that
+//! asks for events after a seq that was pruned gets no events and a
+//! `reset` `{seq, reason, pruned_through}` instead of a silent gap: it
+//! refetches the state it shows (turns, members, ...), then resumes with
+//! `after_seq` = the `seq` given.
 
 use axum::Router;
 use axum::extract::State;
@@ -38,6 +44,32 @@ pub struct EventParams {
 pub struct EventPage {
     /// In `seq` order, without gaps.
     pub events: Vec<Event>,
+    /// Present when events after `after_seq` were pruned: refetch state,
+    /// then resume from `reset.seq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset: Option<Reset>,
+}
+
+/// Tells a client that the events it asked for no longer exist.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Reset {
+    /// Resume after this seq once state is refetched.
+    pub seq: i64,
+    /// Why: `events_pruned`.
+    pub reason: &'static str,
+    /// Every event up to this seq was pruned.
+    pub pruned_through: i64,
+}
+
+impl Reset {
+    /// The reset for a reader of a session whose log is at `horizon`.
+    pub fn pruned(horizon: events::Horizon) -> Self {
+        Self {
+            seq: horizon.last,
+            reason: "events_pruned",
+            pruned_through: horizon.pruned_through,
+        }
+    }
 }
 
 /// The session's events after `after_seq`; members only.
@@ -63,7 +95,18 @@ pub async fn list_events(
             format!("after_seq must be >= 0 and limit between 1 and {MAX_PAGE}"),
         ));
     }
+    if let Some(horizon) = events::horizon(&state.pool, session_id).await?
+        && horizon.must_reset(after)
+    {
+        return Ok(Json(EventPage {
+            events: Vec::new(),
+            reset: Some(Reset::pruned(horizon)),
+        }));
+    }
     let events = events::list(&state.pool, session_id, after, limit).await?;
     metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => "rest").increment(events.len() as u64);
-    Ok(Json(EventPage { events }))
+    Ok(Json(EventPage {
+        events,
+        reset: None,
+    }))
 }

@@ -29,6 +29,42 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// The authenticated caller, who must be an operator (the
+/// `questboard:operator` permission): 401 without a valid token, 403 for
+/// anyone else.
+#[derive(Debug, Clone)]
+pub struct Operator(pub UserId);
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let token = bearer_token(&parts.headers)?;
+        let caller = state.auth.verify_caller(token).await?;
+        if !caller.operator {
+            return Err(Error::Forbidden(format!(
+                "this route needs the {} permission",
+                crate::auth::OPERATOR_PERMISSION
+            )));
+        }
+        Ok(Operator(caller.user))
+    }
+}
+
+/// The authenticated caller with their permissions, for routes that show
+/// operators more than members.
+#[derive(Debug, Clone)]
+pub struct AuthCaller(pub crate::auth::Caller);
+
+impl FromRequestParts<AppState> for AuthCaller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let token = bearer_token(&parts.headers)?;
+        Ok(AuthCaller(state.auth.verify_caller(token).await?))
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, AuthError> {
     let value = headers

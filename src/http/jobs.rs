@@ -1,19 +1,26 @@
-//! `GET /api/jobs/{job_id}`: a durable job's state, for members of the
-//! job's campaign session only (404 for anyone else, as for sessions).
+//! `GET /api/jobs/{job_id}`: a durable job's state, for every kind.
+//!
+//! A job of a campaign session is visible to that session's members; a
+//! job without a session (maintenance) only to operators. Anyone else gets
+//! 404, exactly as for an id that does not exist, so job ids cannot be
+//! probed. The views here are shared with the operators' routes
+//! (`admin.rs`), which show more of a job.
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use questboard_core::jobs::{self, JobKind, JobStatus};
+use questboard_core::jobs::{self, JobRecord, JobStatus, Progress};
 use questboard_core::sessions;
+use questboard_workers::jobs::Registry;
 use serde::Serialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
 use super::error::{Error, ErrorBody, Result};
-use super::extract::{AuthUser, Json, Path};
+use super::extract::{AuthCaller, Json, Path};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/jobs/{job_id}", get(get_job))
@@ -24,8 +31,8 @@ pub(super) fn router() -> Router<AppState> {
 pub struct JobView {
     /// The job id (a ULID).
     pub job_id: String,
-    /// What it does.
-    pub kind: JobKind,
+    /// What it does (`turn`, `prune`, `reconcile`, ...).
+    pub kind: String,
     /// Where it is.
     pub status: JobStatus,
     /// Runs started so far.
@@ -40,51 +47,67 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub finished_at: Option<DateTime<Utc>>,
-    /// The campaign session it belongs to.
-    pub session_id: Uuid,
+    /// The campaign session it belongs to, if any.
+    pub session_id: Option<Uuid>,
+    /// What its handler reported when it succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    /// What a long job last reported while running.
+    pub progress: Option<Progress>,
 }
 
-/// A job's state; members of its session only.
+impl JobView {
+    /// The view of `record`, with its kind named from `registry`.
+    pub fn of(record: &JobRecord, registry: &Registry) -> Self {
+        Self {
+            job_id: record.id.clone(),
+            kind: kind_name(registry, &record.job_type),
+            status: record.client_status(),
+            attempts: record.attempts,
+            max_attempts: record.max_attempts,
+            last_error: record.last_error.clone(),
+            run_at: record.run_at,
+            started_at: record.lock_at,
+            finished_at: record.done_at,
+            session_id: record.session(),
+            result: record.result.clone(),
+            progress: record.progress(),
+        }
+    }
+}
+
+/// The kind stored under `queue`, or the queue itself for kinds this
+/// process does not know.
+pub fn kind_name(registry: &Registry, queue: &str) -> String {
+    registry
+        .by_queue(queue)
+        .map_or_else(|| queue.to_owned(), |k| k.spec.kind.to_owned())
+}
+
+/// A job's state; members of its session, or operators.
 #[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "Job id, as returned when the work was submitted")),
     responses(
         (status = 200, body = JobView),
         (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)),
+        (status = 404, description = "No such job, or not visible to the caller", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_job(
-    AuthUser(user): AuthUser,
+    AuthCaller(caller): AuthCaller,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobView>> {
-    if job_id.len() != 26 || !job_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !jobs::is_job_id(&job_id) {
         return Err(Error::NotFound("job"));
     }
     let job = jobs::fetch(&state.pool, &job_id)
-        .await
-        .map_err(Error::internal)?
+        .await?
         .ok_or(Error::NotFound("job"))?;
-    let (Some(kind), Some(session_id)) = (
-        job.kind(),
-        job.session_id
-            .as_deref()
-            .and_then(|s| s.parse::<Uuid>().ok()),
-    ) else {
-        return Err(Error::NotFound("job"));
-    };
-    sessions::require_member(&state.pool, session_id, &user)
-        .await
-        .map_err(|_| Error::NotFound("job"))?;
-    Ok(Json(JobView {
-        job_id: job.id.clone(),
-        kind,
-        status: job.client_status(),
-        attempts: job.attempts,
-        max_attempts: job.max_attempts,
-        last_error: job.last_error.clone(),
-        run_at: job.run_at,
-        started_at: job.lock_at,
-        finished_at: job.done_at,
-        session_id,
-    }))
+    if !caller.operator {
+        let session = job.session().ok_or(Error::NotFound("job"))?;
+        sessions::require_member(&state.pool, session, &caller.user)
+            .await
+            .map_err(|_| Error::NotFound("job"))?;
+    }
+    Ok(Json(JobView::of(&job, &state.registry)))
 }

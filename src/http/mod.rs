@@ -7,6 +7,7 @@
 //! | invites | [`invites`] |
 //! | turns | [`turns`] |
 //! | job status | [`jobs`] |
+//! | operators' controls of the job platform | [`admin`] |
 //! | the session event log | [`events`] |
 //! | live session WebSockets | [`ws`] |
 //! | liveness and readiness | [`health`] |
@@ -25,6 +26,7 @@ use sqlx::PgPool;
 
 use crate::auth::Verifier;
 
+pub mod admin;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -47,6 +49,13 @@ pub struct AppState {
     pub redis: redis::Client,
     /// Commits turn submissions of concurrent requests together.
     pub intake: questboard_core::turns::Intake,
+    /// Wakes workers when operators start, retry or resume jobs; tells
+    /// them to stop a cancelled one.
+    pub wake: questboard_core::wakeups::Publisher,
+    /// Every job kind, with its declaration.
+    pub registry: questboard_workers::jobs::Registry,
+    /// The schedule, for operators to read.
+    pub schedule: Arc<Vec<questboard_workers::scheduler::Entry>>,
     /// Publishes committed session events on Redis.
     pub events: questboard_core::events::EventPublisher,
     /// Delivers Redis session channels to this process's WebSockets.
@@ -80,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(invites::router())
         .merge(turns::router())
         .merge(jobs::router())
+        .merge(admin::router())
         .merge(events::router())
         .merge(openapi::router());
     Router::new()

@@ -10,14 +10,16 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::extract::Json;
-use super::{error, events, health, invites, jobs, sessions, turns};
+use super::{admin, error, events, health, invites, jobs, sessions, turns};
 
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "questboard",
-        description = "Campaign sessions, members, invites and turns for AI game-master apps. \
+        description = "Campaign sessions, members, invites and turns for AI game-master apps, \
+            and operators' controls of the job platform (/api/admin, which needs the \
+            `questboard:operator` permission). \
             Every /api route except this description needs `Authorization: Bearer <JWT>`; \
             every error is `{\"error\": {\"code\", \"message\"}}`."
     ),
@@ -35,6 +37,15 @@ use super::{error, events, health, invites, jobs, sessions, turns};
         turns::submit_turn,
         turns::list_turns,
         jobs::get_job,
+        admin::list_queues,
+        admin::pause_kind,
+        admin::resume_kind,
+        admin::list_jobs,
+        admin::get_job,
+        admin::start_job,
+        admin::retry_job,
+        admin::cancel_job,
+        admin::get_schedule,
         events::list_events,
         health::healthz,
         health::readyz,
@@ -46,6 +57,7 @@ use super::{error, events, health, invites, jobs, sessions, turns};
         (name = "invites", description = "One-time invite tokens"),
         (name = "turns", description = "Player turns and the game master's replies"),
         (name = "jobs", description = "Durable job status"),
+        (name = "admin", description = "Operators' controls of the job platform: queues, jobs, the schedule. Every route needs a token with the `questboard:operator` permission (in `permissions`, or in a space-separated `scope`)"),
         (name = "events", description = "The session event log (the WebSocket `/ws/sessions/{session_id}?after_seq=N` delivers the same events live)"),
         (name = "health", description = "Liveness and readiness")
     )

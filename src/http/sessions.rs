@@ -155,6 +155,20 @@ pub async fn create_session(
     let created = sessions::create(&state.pool, &user, &name).await?;
     metrics::counter!(m::SESSIONS_CREATED_TOTAL).increment(1);
     tracing::info!(session_id = %created.session.id, owner = %user, "session created");
+    // The manifest makes the session's storage prefix exist. Storage being
+    // down must not stop play: `reconcile --repair` writes missing ones.
+    let manifest = questboard_workers::jobs::reconcile::manifest(
+        created.session.id,
+        created.session.created_at,
+    );
+    let written = match state.storage.session(&created.session.storage_prefix) {
+        Ok(files) => files.put_manifest(&manifest).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = written {
+        tracing::warn!(session_id = %created.session.id, error = %err,
+            "writing the session's manifest failed; reconcile will report and repair it");
+    }
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 

@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use questboard_core::jobs::JobKind;
 use questboard_core::metrics as m;
 use questboard_core::sessions;
 use questboard_core::turns::{self, NewTurn, Turn, TurnStatus};
@@ -188,7 +187,7 @@ pub async fn submit_turn(
     };
     metrics::counter!(m::TURNS_SUBMITTED_TOTAL, "outcome" => outcome).increment(1);
     if submitted.created {
-        metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => JobKind::Turn.name()).increment(1);
+        metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => "turn").increment(1);
     }
     let turn = submitted.turn;
     let body = SubmittedTurn {

@@ -12,6 +12,12 @@
 //! one is preceded by the missing ones read from Postgres, and seqs already
 //! sent are skipped. `turn.delta` chunks pass through as they come.
 //!
+//! Events older than the retention period are pruned: a client resuming
+//! from a seq that was pruned first gets `{"type": "reset", "session_id",
+//! "seq", "reason": "events_pruned", "pruned_through"}`, never a silent
+//! gap; it refetches the state it shows, and the socket goes on with the
+//! events after `seq`.
+//!
 //! Close codes: 4003 the member was removed; 4008 the client fell behind
 //! (reconnect with `after_seq`); 4000 no pong within [`PONG_TIMEOUT`].
 
@@ -201,8 +207,34 @@ impl Socket {
         }
     }
 
+    /// Tells the client that events after the last one it saw were pruned,
+    /// and goes on from the session's newest event.
+    async fn reset(&mut self) -> Result<(), End> {
+        let horizon = events::horizon(&self.state.pool, self.session_id)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "reading a session's horizon failed");
+                End::Close(1011, "temporarily unable to read events", "error")
+            })?;
+        let Some(horizon) = horizon.filter(|h| h.must_reset(self.last)) else {
+            return Ok(());
+        };
+        let reset = super::events::Reset::pruned(horizon);
+        self.send_json(&serde_json::json!({
+            "type": "reset",
+            "session_id": self.session_id,
+            "seq": reset.seq,
+            "reason": reset.reason,
+            "pruned_through": reset.pruned_through,
+        }))
+        .await?;
+        self.last = reset.seq;
+        Ok(())
+    }
+
     /// Sends every stored event after the last one sent.
     async fn catch_up(&mut self, reason: &'static str) -> Result<(), End> {
+        self.reset().await?;
         loop {
             let page = events::list(&self.state.pool, self.session_id, self.last, REPLAY_PAGE)
                 .await
@@ -210,6 +242,20 @@ impl Socket {
                     tracing::warn!(error = %err, "reading events for a socket failed");
                     End::Close(1011, "temporarily unable to read events", "error")
                 })?;
+            if page.first().is_some_and(|e| e.seq > self.last + 1) {
+                // The log has no gaps but where retention pruned it,
+                // meanwhile: reset, then read on from there.
+                let before = self.last;
+                self.reset().await?;
+                if self.last == before {
+                    return Err(End::Close(
+                        1011,
+                        "the event log changed; reconnect",
+                        "error",
+                    ));
+                }
+                continue;
+            }
             let count = page.len();
             metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => reason).increment(count as u64);
             for event in &page {

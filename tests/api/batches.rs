@@ -407,7 +407,18 @@ async fn committed_events_stay_in_the_outbox_until_published_then_are_cleared() 
     let mut conn = redis::aio::ConnectionManager::new(client.clone())
         .await
         .expect("redis");
-    let published = events::relay_once(&db.pool, &mut conn, Duration::ZERO, 100)
+    // The relay acts only under its leader lease, which fences its writes.
+    let (lease, _) = questboard_core::leases::try_acquire(
+        &db.pool,
+        events::RELAY_LEASE.0,
+        events::RELAY_LEASE.1,
+        "test-relay",
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("lease")
+    .expect("free");
+    let published = events::relay_once(&db.pool, &mut conn, &lease, Duration::ZERO, 100)
         .await
         .expect("relay");
     assert_eq!(published, 3);
@@ -427,7 +438,7 @@ async fn committed_events_stay_in_the_outbox_until_published_then_are_cleared() 
     drop(messages);
     // Nothing left: a second relay pass publishes nothing.
     assert_eq!(
-        events::relay_once(&db.pool, &mut conn, Duration::ZERO, 100)
+        events::relay_once(&db.pool, &mut conn, &lease, Duration::ZERO, 100)
             .await
             .expect("relay"),
         0

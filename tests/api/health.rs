@@ -134,6 +134,15 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "GET /api/sessions/{session_id}/turns",
         "GET /api/jobs/{job_id}",
         "GET /api/sessions/{session_id}/events",
+        "GET /api/admin/queues",
+        "POST /api/admin/queues/{kind}/pause",
+        "POST /api/admin/queues/{kind}/resume",
+        "GET /api/admin/jobs",
+        "POST /api/admin/jobs",
+        "GET /api/admin/jobs/{job_id}",
+        "POST /api/admin/jobs/{job_id}/retry",
+        "POST /api/admin/jobs/{job_id}/cancel",
+        "GET /api/admin/schedule",
         "GET /healthz",
         "GET /readyz",
     ]
@@ -147,6 +156,18 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         doc.body["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // Operators' routes say what they need.
+    for (path, item) in doc.body["paths"].as_object().expect("paths") {
+        if path.starts_with("/api/admin") {
+            for (method, op) in item.as_object().expect("item") {
+                assert_eq!(
+                    op["security"][0]["bearer"][0], "questboard:operator",
+                    "{method} {path}"
+                );
+                assert!(op["responses"]["403"].is_object(), "{method} {path}");
+            }
+        }
+    }
     // Every 4xx response points at the error schema.
     for (path, item) in doc.body["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("item") {

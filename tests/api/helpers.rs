@@ -26,6 +26,15 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// Redis URL for tests.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -214,7 +223,9 @@ impl TestApp {
         let metrics_addr = telemetry::serve_metrics("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("metrics listener");
-        let state = app::api_state(&config).await.expect("api state");
+        let state = app::api_state_with(&config, crate::kinds::test_registry())
+            .await
+            .expect("api state");
         app::spawn_relay(
             &config,
             state.pool.clone(),
@@ -242,8 +253,77 @@ impl TestApp {
         }
     }
 
+    /// Starts the API's graceful shutdown (as SIGTERM would): requests in
+    /// flight are finished, new connections refused.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A valid token for `user` with the `questboard:operator` permission.
+    pub fn operator_token(&self, user: &str) -> String {
+        auth::mint_with(
+            &self.config,
+            &UserId::parse(user).expect("user id"),
+            Duration::from_secs(600),
+            true,
+        )
+        .expect("mint")
+    }
+
+    /// Sends a request as the operator `ops`.
+    pub async fn op(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(self.operator_token("ops"));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        into_resp(req.send().await.expect("request")).await
+    }
+
+    /// Starts a job through the operators' route; returns its id.
+    pub async fn start_job(&self, kind: &str, payload: Value) -> String {
+        let resp = self
+            .op(
+                Method::POST,
+                "/api/admin/jobs",
+                Some(serde_json::json!({ "kind": kind, "payload": payload })),
+            )
+            .await;
+        assert_eq!(resp.status, 201, "{}", resp.text);
+        resp.body["job_id"].as_str().expect("job_id").to_owned()
+    }
+
+    /// A job as operators see it.
+    pub async fn job_detail(&self, id: &str) -> Value {
+        let resp = self
+            .op(Method::GET, &format!("/api/admin/jobs/{id}"), None)
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text);
+        resp.body
+    }
+
+    /// Waits until `check` holds for the job (as operators see it).
+    pub async fn wait_job(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = self.job_detail(id).await;
+            if check(&job) {
+                return job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {job:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// A valid token for `user`.
@@ -414,15 +494,31 @@ pub fn fast_worker(config: &mut Config) {
 
 impl TestApp {
     /// Starts a worker runtime in this process with the app's configuration
-    /// after [`fast_worker`] and then `adjust`.
+    /// after [`fast_worker`] and then `adjust`, serving the production kinds.
     pub async fn worker(&self, adjust: impl FnOnce(&mut Config)) -> TestWorker {
+        self.spawn_worker(adjust, questboard_workers::jobs::registry())
+            .await
+    }
+
+    /// Like [`TestApp::worker`], also serving the test kinds
+    /// (`kinds::test_registry`).
+    pub async fn jobs_worker(&self, adjust: impl FnOnce(&mut Config)) -> TestWorker {
+        self.spawn_worker(adjust, crate::kinds::test_registry())
+            .await
+    }
+
+    async fn spawn_worker(
+        &self,
+        adjust: impl FnOnce(&mut Config),
+        registry: questboard_workers::jobs::Registry,
+    ) -> TestWorker {
         let mut config = self.config.clone();
         fast_worker(&mut config);
         adjust(&mut config);
         let pool = questboard_core::db::connect(&self.db.url, 10)
             .await
             .expect("worker pool");
-        let worker = app::worker(&config, pool).expect("worker");
+        let worker = app::worker_with(&config, pool, registry).expect("worker");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             worker
@@ -436,6 +532,37 @@ impl TestApp {
             stop: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// Starts a worker that serves the test kinds as a separate process
+    /// (this test binary, re-run as `kinds::child_worker_entry_point`), so
+    /// it can be killed; logs to a file whose path is returned.
+    pub fn child_worker(&self, env: &[(&str, &str)]) -> (std::process::Child, std::path::PathBuf) {
+        let log = std::env::temp_dir().join(format!("qb-child-{}.log", uuid::Uuid::new_v4()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([
+            "--exact",
+            "kinds::child_worker_entry_point",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(crate::kinds::CHILD_ENV, "1")
+        .env("DATABASE_URL", &self.db.url)
+        .env("REDIS_URL", redis_url())
+        .env("QB_JWT_SECRET", TEST_SECRET)
+        .env("QB_STORAGE_URL", "memory://")
+        .env("QB_METRICS_ADDR", "127.0.0.1:0")
+        .env("QB_WORKER_POLL_MS", "50")
+        .env("QB_LEASE_TTL_MS", "1500")
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        (cmd.spawn().expect("spawn child worker"), log)
     }
 
     /// Starts `questboard work` as a separate process (so it can be killed

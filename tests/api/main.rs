@@ -10,6 +10,7 @@
     clippy::expect_used
 )]
 
+mod admin;
 mod auth;
 mod batches;
 mod dashboards;
@@ -18,8 +19,13 @@ mod health;
 mod helpers;
 mod hostile;
 mod invites;
+mod jobs;
+mod kinds;
 mod leases;
+mod prune;
 mod realtime;
+mod reconcile;
+mod scheduler;
 mod sessions;
 mod storage;
 mod turns;

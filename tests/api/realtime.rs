@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::helpers::{TestApp, WsItem};
+use crate::helpers::{TestApp, WsItem, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -299,14 +299,6 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 #[tokio::test]

@@ -708,3 +708,48 @@ async fn a_stopping_worker_hands_unfinished_turns_back_and_releases_the_lease() 
     assert_eq!(turns[0]["status"], "completed");
     next.stop().await;
 }
+
+#[tokio::test]
+async fn a_turn_submitted_while_the_api_shuts_down_gets_503() {
+    let mut app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Closing time").await;
+    // The request is in flight (its body half sent) when shutdown begins.
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(2);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    let request = app
+        .client
+        .post(app.url(&format!("/api/sessions/{session}/turns")))
+        .bearer_auth(app.token("alice"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let sending = tokio::spawn(request);
+    tx.send(bytes::Bytes::from_static(b"{\"text\": \"I "))
+        .await
+        .expect("chunk");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tx.send(bytes::Bytes::from_static(b"leave.\"}"))
+        .await
+        .expect("chunk");
+    drop(tx);
+    let resp = crate::helpers::into_resp(sending.await.expect("task").expect("response")).await;
+    resp.assert_error(503, "unavailable");
+    assert_eq!(
+        resp.headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    // Nothing was written: the turn does not exist.
+    let turns: i64 = sqlx::query_scalar("SELECT count(*) FROM turns")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(turns, 0);
+}

@@ -14,14 +14,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Error, NewTurn, Result, Submitted};
+use super::{Error, NewTurn, Result, Submitted, TurnJob};
 use crate::events::{Event, EventPublisher};
 use crate::identity::UserId;
-use crate::jobs::JobKind;
+use crate::jobs::Job as _;
 use crate::wakeups;
 
 /// Most submissions in one transaction.
@@ -43,6 +44,10 @@ struct Request {
 #[derive(Clone, Debug)]
 pub struct Intake {
     tx: mpsc::UnboundedSender<Request>,
+    /// Set when the process starts shutting down: new submissions are
+    /// refused as unavailable (the client retries elsewhere with its
+    /// Idempotency-Key); batches already taken are committed and answered.
+    closed: Arc<AtomicBool>,
 }
 
 impl Intake {
@@ -51,14 +56,25 @@ impl Intake {
     pub fn start(pool: sqlx::PgPool, events: EventPublisher, wake: wakeups::Publisher) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, events, wake, rx));
-        Self { tx }
+        Self {
+            tx,
+            closed: Arc::default(),
+        }
+    }
+
+    /// Refuses every submission from now on (at shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// Submits `new` with whatever else is waiting; answers once committed,
     /// its event handed to the publisher and the workers woken.
     pub async fn submit(&self, new: NewTurn<'_>) -> Result<Submitted> {
+        let stopped = || Error::Unavailable("the API is shutting down; try again");
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(stopped());
+        }
         let (reply, answer) = oneshot::channel();
-        let stopped = || Error::Invalid("the API is shutting down".into());
         self.tx
             .send(Request {
                 session_id: new.session_id,
@@ -144,7 +160,7 @@ async fn commit(
         events.events(group);
     }
     if any_new {
-        wake.announce(JobKind::Turn);
+        wake.announce(TurnJob::SPEC.kind);
     }
     for (request, outcome) in batch.into_iter().zip(outcomes) {
         let _ = request.reply.send(outcome);

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::events::Event;
 use crate::identity::UserId;
-use crate::jobs;
+use crate::jobs::{self, Job, JobSpec};
 use crate::leases;
 use crate::sessions::{self, UnknownValue};
 
@@ -143,6 +143,9 @@ pub enum Error {
     /// The input or key is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The process cannot take submissions now (it is shutting down).
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// The idempotency key was used before with a different input.
     #[error("this Idempotency-Key was already used for a different turn")]
     KeyReused,
@@ -169,7 +172,8 @@ impl Error {
     /// that is to try again.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Database(sqlx::Error::Database(err)) => {
+            Error::Database(sqlx::Error::Database(err))
+            | Error::Job(jobs::Error::Database(sqlx::Error::Database(err))) => {
                 matches!(err.code().as_deref(), Some("40P01" | "40001"))
             }
             _ => false,
@@ -233,13 +237,36 @@ pub fn validate_idempotency_key(key: &str) -> Result<()> {
 pub(crate) const TURN_COLUMNS: &str = "id, session_id, seq, author_user_id, status, input, output, error, \
      job_id, idempotency_key, created_at, started_at, completed_at";
 
-/// The payload of a turn job.
+/// The payload of a turn job, and the turn kind's declaration.
+///
+/// Turns are the one session-serial kind: the worker's session lane runs
+/// them (a session's turns one at a time, in `seq` order, under the
+/// session's lease), reading everything from the turn row; the payload is
+/// kept for apalis tooling. Their attempts and backoff come from
+/// `QB_JOB_MAX_ATTEMPTS` and `QB_JOB_BACKOFF_MS`, their concurrency from
+/// `QB_WORKER_CONCURRENCY` (the values here are those settings' defaults);
+/// a run is bounded by the model request's timeout, not by the runtime.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct TurnJob {
     /// The turn.
     pub turn_id: Uuid,
     /// Its session.
     pub session_id: Uuid,
+}
+
+impl Job for TurnJob {
+    const SPEC: JobSpec = JobSpec {
+        kind: "turn",
+        queue: "questboard.turn",
+        max_attempts: 5,
+        concurrency: 8,
+        session_serial: true,
+        ..JobSpec::DEFAULTS
+    };
+
+    fn session(&self) -> Option<Uuid> {
+        Some(self.session_id)
+    }
 }
 
 /// Turns of a session with `seq > after_seq`, in order.
@@ -259,4 +286,26 @@ pub async fn list(
     .bind(limit)
     .fetch_all(pool)
     .await?)
+}
+
+/// Deletes up to `limit` turns of a session being deleted, oldest first,
+/// with their job rows. Returns how many turns went.
+pub async fn delete_session_chunk(pool: &PgPool, session_id: Uuid, limit: i64) -> Result<u64> {
+    let (count,): (i64,) = sqlx::query_as(
+        "WITH doomed AS (
+             SELECT id, job_id FROM turns WHERE session_id = $1 ORDER BY seq LIMIT $2
+         ),
+         jobs AS (
+             DELETE FROM apalis.jobs j USING doomed d WHERE j.id = d.job_id
+         ),
+         gone AS (
+             DELETE FROM turns t USING doomed d WHERE t.id = d.id RETURNING t.id
+         )
+         SELECT count(*) FROM gone",
+    )
+    .bind(session_id)
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    Ok(count as u64)
 }

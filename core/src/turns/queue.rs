@@ -44,6 +44,7 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
         "WITH candidates AS (
              SELECT q.session_id FROM session_queue q
              WHERE q.ready_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM job_kinds k WHERE k.kind = 'turn' AND k.paused)
                AND NOT EXISTS (
                    SELECT 1 FROM leases l
                    WHERE l.scope = 'session' AND l.key = q.session_id::text
@@ -126,7 +127,7 @@ struct ClaimRow {
 }
 
 /// Takes the leases of up to `limit` sessions that have a turn which may
-/// run now and no live lease (free, released, or expired because their
+/// run now (none while an operator paused the `turn` kind) and no live lease (free, released, or expired because their
 /// holder died), longest waiting first, and reads what their holder needs:
 /// up to `turns` unfinished turns each, from the session's `from_seq` on,
 /// and the `history` completed exchanges before the first of them. One

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{Error, NewTurn, Result, Submitted, TURN_COLUMNS, Turn, TurnJob, TurnStatus};
 use crate::events::Event;
-use crate::jobs::{self, JobKind};
+use crate::jobs::{self, Job as _};
 use crate::sessions::{self, SessionStatus};
 
 /// The unique constraint that makes idempotency keys race-free.
@@ -123,7 +123,7 @@ static SUBMIT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          SELECT turn.seq, turn.created_at, event.seq AS event_seq, event.at AS event_at,
                 event.data AS event_data
          FROM turn, event",
-        job = jobs::sql::insert_pending(JobKind::Turn, "s", "$5", "$7", "$8", "$1"),
+        job = jobs::sql::insert_pending(&TurnJob::SPEC, "s", "$5", "$7", "$8", "$1"),
     )
 });
 
@@ -527,7 +527,7 @@ static SUBMIT_MANY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
                 seq AS event_seq, at AS event_at, data AS event_data
          FROM event",
         job = jobs::sql::insert_pending(
-            JobKind::Turn,
+            &TurnJob::SPEC,
             "n",
             "n.job_id",
             "n.payload",

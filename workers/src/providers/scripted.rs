@@ -11,6 +11,8 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
+#[cfg(test)]
+use super::DiscardChunks;
 use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Speaker};
 
 const OPENINGS: [&str; 6] = [
@@ -77,10 +79,17 @@ impl ModelProvider for Scripted {
             let reply = Self::reply(prompt);
             let words: Vec<&str> = reply.split_inclusive(' ').collect();
             let chunks: Vec<String> = words.chunks(WORDS_PER_CHUNK).map(|c| c.concat()).collect();
-            let pause = self.latency / chunks.len().max(1) as u32;
+            // Each chunk is due at its share of the latency from the start,
+            // on absolute deadlines: a sleep rounds up to the timer's
+            // millisecond, and relative sleeps of a fraction of a
+            // millisecond each would add that rounding once per chunk (a
+            // 5 ms reply took about 10).
+            let start = tokio::time::Instant::now();
+            let count = chunks.len().max(1) as u32;
             for (index, chunk) in chunks.iter().enumerate() {
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
+                if !self.latency.is_zero() {
+                    let due = start + self.latency * (index as u32 + 1) / count;
+                    tokio::time::sleep_until(due).await;
                 }
                 sink.chunk(index as u32, chunk);
             }
@@ -100,6 +109,16 @@ mod tests {
             assert_eq!(index as usize, self.0.len());
             self.0.push(text.to_owned());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_configured_latency_is_the_whole_replys() {
+        let prompt = Prompt::for_turn("sys", [], "a fairly long turn of many words to split");
+        let started = tokio::time::Instant::now();
+        let _ = Scripted::new(Duration::from_millis(5))
+            .complete(&prompt, &mut DiscardChunks)
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
     }
 
     #[tokio::test]

@@ -12,17 +12,16 @@
 use std::time::Duration;
 
 use questboard_core::identity::UserId;
-use questboard_core::jobs::JobKind;
 use questboard_core::sessions::{self, SessionName};
 use questboard_core::turns::{self, NewTurn};
 use questboard_core::wakeups::Publisher;
 use sqlx::PgPool;
 
-use super::processes::Processes;
+use super::processes::{Processes, WorkerOptions};
 use super::{
     BenchArgs, CpuMeter, CpuUse, Figure, Scratch, cpu_figures, percentile, runs, wait_for,
 };
-use crate::config::Config;
+use questboard::config::Config;
 
 /// Runs the pipeline scenarios and prints their rows.
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
@@ -184,7 +183,11 @@ async fn throughput(
     let ids = make_sessions(&scratch.pool, sessions).await?;
     preload(&scratch.pool, &ids, total).await?;
     super::analyze(&scratch.pool).await?;
-    let workers = Processes::workers(scratch, config, args.workers, args.concurrency)?;
+    let workers = Processes::workers(
+        scratch,
+        config,
+        &WorkerOptions::turns(args.workers, args.concurrency),
+    )?;
     let cpu = CpuMeter::start(&workers.pids());
     // Every turn is finished once no session is runnable (the scripted
     // game master never fails): a cheap check, where counting finished
@@ -221,7 +224,7 @@ async fn throughput(
 async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::Result<(f64, f64)> {
     let ids = make_sessions(&scratch.pool, 1).await?;
     let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
-    let worker = Processes::workers(scratch, config, 1, 8)?;
+    let worker = Processes::workers(scratch, config, &WorkerOptions::turns(1, 8))?;
     let wake = Publisher::new(redis::Client::open(config.redis_url.expose())?);
     // Let the worker connect and subscribe to wake-ups.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -239,7 +242,7 @@ async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::R
         )
         .await?
         .turn;
-        wake.announce(JobKind::Turn);
+        wake.announce("turn");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let wait = loop {
             let wait: Option<f64> = sqlx::query_scalar(

@@ -23,9 +23,9 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use super::pipeline::make_sessions;
-use super::processes::Processes;
+use super::processes::{Processes, WorkerOptions};
 use super::{BenchArgs, Figure, Scratch, percentile, runs, token, wait_for};
-use crate::config::Config;
+use questboard::config::Config;
 
 /// Sessions of the latency scenario (one socket each).
 const SESSIONS: usize = 100;
@@ -179,7 +179,11 @@ async fn latency(
     seconds: f64,
 ) -> anyhow::Result<Latency> {
     let (api, addr) = Processes::api(scratch, config).await?;
-    let workers = Processes::workers(scratch, config, args.workers, args.concurrency)?;
+    let workers = Processes::workers(
+        scratch,
+        config,
+        &WorkerOptions::turns(args.workers, args.concurrency),
+    )?;
     let sessions = Arc::new(make_sessions(&scratch.pool, SESSIONS).await?);
     let token = token(config, "bench")?;
 

@@ -1,24 +1,33 @@
-//! `questboard bench`: reproducible measurements against the Postgres and
+//! `questboard-bench`: reproducible measurements against the Postgres and
 //! Redis given by `DATABASE_URL` and `REDIS_URL`.
 //!
-//! Each measurement creates its own scratch database (`qb_bench_<time>`),
-//! applies the migrations, measures, and drops it, also when the
-//! measurement fails; scratch databases of killed runs (older than six
-//! hours) are dropped when the next run starts. Workers and the API run
-//! as separate processes of this same binary (`questboard work`,
-//! `questboard serve`), as in production; this process only drives them.
-//! Every scenario runs several times and is reported as median with min and
-//! max, because the machine is shared and noisy; comparisons are ratios
-//! measured in the same run, and the CPU each process kind spent per 1,000
-//! turns is reported next to the rates (it moves much less than they do).
-//! `--quick` uses tiny sizes: a smoke test for CI, not a measurement.
+//! Its own binary, so the production `questboard` binary carries no bench
+//! code. Each measurement creates its own scratch database
+//! (`qb_bench_<time>`), applies the migrations, measures, and drops it,
+//! also when the measurement fails; scratch databases of killed runs (older
+//! than six hours) are dropped when the next run starts. Workers and the API
+//! run as separate processes of the `questboard` binary (`questboard work`,
+//! `questboard serve`; `--questboard PATH` picks which build), as in
+//! production; this process only drives them, and plays the raw
+//! apalis-postgres workers and the workers of its no-op job kind. Every
+//! scenario runs several times and is reported as median with min and max,
+//! because the machine is shared and noisy; comparisons are ratios measured
+//! in the same run, and the CPU each process kind spent per 1,000 turns is
+//! reported next to the rates (it moves much less than they do). `--quick`
+//! uses tiny sizes: a smoke test for CI, not a measurement.
 //!
 //! - [`baseline`]: raw apalis-postgres noop jobs (its own workers, several
 //!   batch sizes) and the bare Postgres ceiling.
 //! - [`enqueue`]: turns accepted per second through the HTTP API and
 //!   through the library, one by one and batched.
 //! - [`pipeline`]: end-to-end turns per second over 1,000, 10 and 1
-//!   sessions against raw apalis in the same run; idle pickup latency.
+//!   sessions against raw apalis-postgres in the same run; idle pickup.
+//! - [`plain`]: the plain lane: a no-op kind registered only here
+//!   ([`noop`]) against raw apalis-postgres at batch 100, same run.
+//! - [`realwork`]: turns with a real (5 ms) scripted reply, 200 sessions,
+//!   one worker of 10 slots: how close to the 2,000 turns/s limit.
+//! - [`retention`]: pruning a million finished job rows while turns are
+//!   submitted: rows per second and the longest lock wait it caused.
 //! - [`realtime`]: POST-to-WebSocket latency at half the measured maximum,
 //!   and fan-out to many sockets of one API process with its memory per
 //!   socket.
@@ -31,17 +40,41 @@ use anyhow::Context as _;
 use questboard_core::db;
 use sqlx::PgPool;
 
-use crate::config::Config;
+use questboard::config::Config;
 
 pub mod baseline;
 pub mod enqueue;
+pub mod noop;
 pub mod pipeline;
+pub mod plain;
 pub mod processes;
 pub mod realtime;
+pub mod realwork;
+pub mod retention;
+
+/// The benchmark's command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "questboard-bench",
+    version,
+    about = "Measures questboard (see BENCHMARKS.md)"
+)]
+pub struct Cli {
+    /// Settings of the measured processes (each also read from its
+    /// environment variable: DATABASE_URL, REDIS_URL, ...).
+    #[command(flatten)]
+    pub config: Config,
+    /// What to measure.
+    #[command(flatten)]
+    pub args: BenchArgs,
+}
 
 /// What to measure.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// The `questboard` binary to measure (default: next to this one).
+    #[arg(long)]
+    pub questboard: Option<std::path::PathBuf>,
     /// Small sizes (seconds, for CI smoke runs); figures are not meaningful.
     #[arg(long)]
     pub quick: bool,
@@ -61,7 +94,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Only these groups (comma-separated): `baseline`, `enqueue`,
-    /// `pipeline`, `realtime` (default: all).
+    /// `pipeline`, `plain`, `realwork`, `retention`, `realtime` (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Session counts of the end-to-end throughput scenario (comma-separated).
@@ -77,10 +110,17 @@ pub struct BenchArgs {
     /// maximum measured just before, in the same setup).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Finished job rows of the retention scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub prune_rows: usize,
     /// Internal: run as a raw apalis-postgres noop worker with this batch
     /// size against DATABASE_URL until killed (the baseline starts these).
     #[arg(long, hide = true)]
     pub apalis_worker: Option<usize>,
+    /// Internal: run as a questboard worker serving only the no-op kind
+    /// against DATABASE_URL until killed (the plain scenario starts these).
+    #[arg(long, hide = true)]
+    pub noop_worker: bool,
 }
 
 impl BenchArgs {
@@ -150,6 +190,11 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         baseline::serve_noop_worker(config, batch, args.concurrency as usize).await?;
         return Ok(Vec::new());
     }
+    if args.noop_worker {
+        noop::serve(config).await?;
+        return Ok(Vec::new());
+    }
+    processes::use_questboard(args.questboard.clone())?;
     Scratch::drop_stale(config).await;
     println!("| scenario | median | min .. max | runs |");
     println!("|---|---|---|---|");
@@ -162,6 +207,15 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     if args.wants("pipeline") {
         figures.extend(pipeline::run(config, args).await?);
+    }
+    if args.wants("plain") {
+        figures.extend(plain::run(config, args).await?);
+    }
+    if args.wants("realwork") {
+        figures.extend(realwork::run(config, args).await?);
+    }
+    if args.wants("retention") {
+        figures.extend(retention::run(config, args).await?);
     }
     if args.wants("realtime") {
         figures.extend(realtime::run(config, args).await?);
@@ -280,10 +334,10 @@ pub const SECRET: &str = "bench-secret-bench-secret-bench-secret!";
 /// A bearer token for `user`, signed with [`SECRET`].
 pub fn token(config: &Config, user: &str) -> anyhow::Result<String> {
     let mut config = config.clone();
-    config.jwt_secret = Some(crate::config::Secret::new(SECRET));
+    config.jwt_secret = Some(questboard::config::Secret::new(SECRET));
     config.jwks_url = None;
     let user = questboard_core::identity::UserId::parse(user).map_err(anyhow::Error::msg)?;
-    Ok(crate::auth::mint(
+    Ok(questboard::auth::mint(
         &config,
         &user,
         Duration::from_secs(3600),

@@ -17,7 +17,7 @@ use questboard_core::db;
 
 use super::processes::Processes;
 use super::{BenchArgs, CpuUse, Figure, Scratch, runs, wait_for};
-use crate::config::Config;
+use questboard::config::Config;
 
 /// Clients used by the ceiling scenarios.
 const CLIENTS: usize = 16;
@@ -109,20 +109,7 @@ pub async fn raw_apalis(
     super::analyze(&scratch.pool).await?;
     let workers = Processes::apalis(scratch, config, args.workers, args.concurrency, batch)?;
     let cpu = super::CpuMeter::start(&workers.pids());
-    let pool = scratch.pool.clone();
-    wait_for(Duration::from_secs(600), Duration::from_millis(200), || {
-        let pool = pool.clone();
-        async move {
-            let left: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM apalis.jobs WHERE job_type = $1 AND status <> 'Done')",
-            )
-            .bind(QUEUE)
-            .fetch_one(&pool)
-            .await?;
-            Ok(!left)
-        }
-    })
-    .await?;
+    drained(&scratch.pool, QUEUE, Duration::from_millis(200)).await?;
     let cpu = cpu.stop();
     workers.stop();
     let span: f64 = sqlx::query_scalar(
@@ -133,6 +120,25 @@ pub async fn raw_apalis(
     .fetch_one(&scratch.pool)
     .await?;
     Ok((jobs as f64 / span.max(1e-6), cpu))
+}
+
+/// Waits (checking every `every`, ten minutes at most) until every job of
+/// `queue` is done or dead.
+pub async fn drained(pool: &sqlx::PgPool, queue: &str, every: Duration) -> anyhow::Result<()> {
+    wait_for(Duration::from_secs(600), every, || {
+        let pool = pool.clone();
+        async move {
+            let left: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM apalis.jobs
+                                WHERE job_type = $1 AND status NOT IN ('Done', 'Killed'))",
+            )
+            .bind(queue)
+            .fetch_one(&pool)
+            .await?;
+            Ok(!left)
+        }
+    })
+    .await
 }
 
 async fn ceiling_table(scratch: &Scratch) -> anyhow::Result<()> {

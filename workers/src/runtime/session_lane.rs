@@ -1,14 +1,14 @@
-//! The worker runtime: claims campaign sessions that have work, holds their
-//! lease while draining their turns in order, and shuts down gracefully.
+//! The session lane: claims campaign sessions that have turns to run,
+//! holds their lease while draining their turns in order.
 //!
 //! Why sessions and not single jobs: a session's turns must run one at a
-//! time in `seq` order across every worker. So a worker slot holds a
-//! session's lease ([`questboard_core::leases`]), runs that session's next
-//! turns back to back (up to [`WorkerSettings::drain_limit`], then lets go
-//! so other sessions get their turn), and releases it. A job whose session
-//! is leased elsewhere never occupies a slot here: the claim skips it and
-//! the holder drains it. Different sessions run in parallel up to
-//! [`WorkerSettings::concurrency`].
+//! time in `seq` order across every worker. So a slot holds a session's
+//! lease ([`questboard_core::leases`]), runs that session's next turns back
+//! to back (up to [`SessionSettings::drain_limit`], then lets go so other
+//! sessions get their turn), and releases it. A job whose session is
+//! leased elsewhere never occupies a slot here: the claim skips it and the
+//! holder drains it. Different sessions run in parallel up to
+//! [`SessionSettings::concurrency`].
 //!
 //! Batching, because Postgres round trips and commits are what a turn
 //! costs: free slots are filled by one claim statement and one read of the
@@ -17,12 +17,6 @@
 //! start this one), and the steps of all busy sessions go to Postgres
 //! together through the [`Committer`]; leases are renewed together by
 //! [`Renewals`].
-//!
-//! Wake-ups: whoever enqueues publishes on Redis
-//! ([`questboard_core::wakeups`]); a subscriber task turns that into a
-//! coalesced wake-up, so an idle worker picks new work up in milliseconds.
-//! A short poll covers what no message announces (retries coming due,
-//! expired leases of dead workers) and any message lost while Redis was away.
 //!
 //! Liveness: leases are renewed every third of their TTL. A holder that
 //! cannot renew stops; and whatever it still tries to write is refused by
@@ -34,106 +28,48 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
+use questboard_core::jobs::Job as _;
 use questboard_core::leases::{Acquisition, SESSION_SCOPE};
 use questboard_core::metrics as m;
-use questboard_core::turns::{self, Backlog, Claimed, Pending, Release, Settle, Step};
-use sqlx::PgPool;
+use questboard_core::turns::{self, Backlog, Claimed, Pending, Release, Settle, Step, TurnJob};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
+use super::Shutdown;
 use crate::committer::{CommitSettings, Committer};
 use crate::jobs::{JobContext, turn};
 use crate::renewals::{Hold, Renewals};
 
-/// How a worker behaves.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    /// Sessions processed at once.
+/// How the session lane behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    /// Sessions processed at once (`QB_WORKER_CONCURRENCY`).
     pub concurrency: usize,
     /// Lease lifetime; renewed every third of it.
     pub lease_ttl: Duration,
-    /// How long shutdown waits for in-flight turns before handing them back.
-    pub shutdown_grace: Duration,
-    /// How often an idle worker looks for work no notification announced.
+    /// How often an idle lane looks for work no notification announced.
     pub poll_interval: Duration,
     /// Most turns drained from one session before letting others go first.
     pub drain_limit: usize,
-    /// How often queue depth is sampled into metrics.
-    pub sample_interval: Duration,
     /// How turn steps are batched into statements.
     pub commit: CommitSettings,
-    /// Redis, for wake-ups when jobs are enqueued (None: poll only).
-    pub wakeups: Option<redis::Client>,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            concurrency: 8,
-            lease_ttl: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(250),
-            drain_limit: 64,
-            sample_interval: Duration::from_secs(5),
-            commit: CommitSettings::default(),
-            wakeups: None,
-        }
-    }
 }
 
 /// Most sessions claimed by one statement.
 const CLAIM_BATCH: usize = 256;
 
-/// What stops a worker from running.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The database failed at startup.
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
+/// The lane running turns.
+pub(super) struct SessionLane {
+    pub(super) id: String,
+    pub(super) ctx: JobContext,
+    pub(super) settings: SessionSettings,
 }
 
-/// A worker process's runtime.
-pub struct Worker {
-    id: String,
-    ctx: JobContext,
-    settings: WorkerSettings,
-}
-
-impl Worker {
-    /// A worker with a fresh, unique holder id.
-    pub fn new(ctx: JobContext, settings: WorkerSettings) -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
-        let id = format!(
-            "{host}-{}-{}",
-            std::process::id(),
-            &Uuid::new_v4().simple().to_string()[..8]
-        );
-        Self { id, ctx, settings }
-    }
-
-    /// The holder id this worker writes into leases.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Runs until `shutdown` completes, then stops claiming, lets in-flight
-    /// turns finish within the grace period, hands back the rest and
-    /// releases every lease.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let wake = Arc::new(Notify::new());
-        let listening = self
-            .settings
-            .wakeups
-            .clone()
-            .map(|client| tokio::spawn(forward_wakeups(client, wake.clone())));
-        let sampling = tokio::spawn(sample_queue_depth(
-            self.ctx.pool.clone(),
-            self.settings.sample_interval,
-        ));
-        tracing::info!(worker = %self.id, concurrency = self.settings.concurrency, "worker started");
-
+impl SessionLane {
+    /// Claims and drains sessions until `shutdown` says stop, then lets
+    /// in-flight turns finish until it says interrupt, hands back the rest
+    /// and releases every lease.
+    pub(super) async fn run(self, wake: Arc<Notify>, mut shutdown: Shutdown) {
         let shared = Arc::new(Shared {
             id: self.id.clone(),
             committer: Committer::start(
@@ -141,17 +77,17 @@ impl Worker {
                 self.ctx.events.clone(),
                 self.settings.commit,
             ),
-            renewals: Renewals::start(self.ctx.pool.clone(), self.settings.lease_ttl),
+            renewals: Renewals::sessions(self.ctx.pool.clone(), self.settings.lease_ttl),
             ctx: self.ctx.clone(),
-            settings: self.settings.clone(),
+            settings: self.settings,
             stopping: AtomicBool::new(false),
             wake: wake.clone(),
         });
-        let (interrupt_tx, interrupt_rx) = watch::channel(false);
+        let interrupt_rx = shutdown.interrupt.clone();
         let concurrency = self.settings.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut drains = JoinSet::new();
-        tokio::pin!(shutdown);
+        let kind = TurnJob::SPEC.kind;
 
         // Whether the last claim got every session it asked for: then a
         // slot that frees up may find more work waiting; otherwise there is
@@ -179,10 +115,10 @@ impl Worker {
                     }
                 }
             }
-            metrics::gauge!(m::WORKER_BUSY_SLOTS)
+            metrics::gauge!(m::WORKER_BUSY_SLOTS, "kind" => kind)
                 .set((concurrency - slots.available_permits()) as f64);
             look = tokio::select! {
-                () = &mut shutdown => break,
+                () = shutdown.stopping() => break,
                 () = wake.notified() => true,
                 () = tokio::time::sleep(self.settings.poll_interval) => true,
                 Some(joined) = drains.join_next(), if !drains.is_empty() => {
@@ -194,18 +130,15 @@ impl Worker {
             };
         }
 
-        tracing::info!(worker = %self.id, in_flight = drains.len(), "worker stopping");
+        tracing::info!(worker = %self.id, in_flight = drains.len(), "session lane stopping");
         shared.stopping.store(true, Ordering::SeqCst);
-        let grace = tokio::time::sleep(self.settings.shutdown_grace);
-        tokio::pin!(grace);
         loop {
             tokio::select! {
                 next = drains.join_next() => if next.is_none() { break },
-                () = &mut grace => {
+                () = shutdown.interrupted() => {
                     tracing::warn!(in_flight = drains.len(), "grace period over: handing turns back");
-                    let _ = interrupt_tx.send(true);
                     // Handing back is one quick write per drain.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    let _ = tokio::time::timeout(super::HAND_BACK_WAIT, async {
                         while drains.join_next().await.is_some() {}
                     })
                     .await;
@@ -214,20 +147,14 @@ impl Worker {
                 }
             }
         }
-        if let Some(listening) = listening {
-            listening.abort();
-        }
-        sampling.abort();
-        metrics::gauge!(m::WORKER_BUSY_SLOTS).set(0.0);
-        tracing::info!(worker = %self.id, "worker stopped");
-        Ok(())
+        metrics::gauge!(m::WORKER_BUSY_SLOTS, "kind" => kind).set(0.0);
     }
 }
 
 struct Shared {
     id: String,
     ctx: JobContext,
-    settings: WorkerSettings,
+    settings: SessionSettings,
     committer: Committer,
     renewals: Renewals,
     stopping: AtomicBool,
@@ -544,66 +471,4 @@ enum WriteError {
     Fenced,
     /// The batch failed.
     Failed(crate::committer::CommitError),
-}
-
-/// Turns wake-up messages into coalesced wake-ups, resubscribing with
-/// backoff whenever the Redis connection drops.
-async fn forward_wakeups(client: redis::Client, wake: Arc<Notify>) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(questboard_core::wakeups::CHANNEL).await {
-                Ok(()) => {
-                    delay = Duration::from_millis(100);
-                    // Anything enqueued while we were away: look now.
-                    wake.notify_one();
-                    let mut messages = pubsub.on_message();
-                    while messages.next().await.is_some() {
-                        wake.notify_one();
-                    }
-                    tracing::warn!("wake-up subscription ended; resubscribing");
-                }
-                Err(err) => tracing::warn!(error = %err, "subscribing to wake-ups failed"),
-            },
-            Err(err) => {
-                tracing::warn!(error = %err, "connecting to Redis for wake-ups failed; polling meanwhile")
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Samples unfinished jobs by kind and state into [`m::QUEUE_DEPTH`]:
-/// `queued` (waiting, or running: a running job's live state is on the row
-/// it processes, see `questboard_core::jobs::fetch`) and `retrying`
-/// (waiting out a backoff). The filter is the predicate of apalis's fetch
-/// index, so the count reads that index, not the whole table.
-async fn sample_queue_depth(pool: PgPool, every: Duration) {
-    loop {
-        let rows: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
-            "SELECT job_type,
-                    CASE WHEN status = 'Pending' THEN 'queued' ELSE 'retrying' END AS state,
-                    count(*)
-             FROM apalis.jobs
-             WHERE status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)
-             GROUP BY 1, 2",
-        )
-        .fetch_all(&pool)
-        .await;
-        if let Ok(rows) = rows {
-            for kind in questboard_core::jobs::JobKind::ALL {
-                for state in ["queued", "retrying"] {
-                    let count = rows
-                        .iter()
-                        .find(|(t, s, _)| t == kind.queue() && s == state)
-                        .map(|(_, _, c)| *c)
-                        .unwrap_or(0);
-                    metrics::gauge!(m::QUEUE_DEPTH, "kind" => kind.name(), "state" => state)
-                        .set(count as f64);
-                }
-            }
-        }
-        tokio::time::sleep(every).await;
-    }
 }

@@ -18,8 +18,8 @@ use questboard_core::turns::{self, NewTurn};
 
 use super::processes::Processes;
 use super::{BenchArgs, CpuMeter, Figure, Scratch, cpu_figures, runs, token};
-use crate::bench::pipeline::make_sessions;
-use crate::config::Config;
+use crate::pipeline::make_sessions;
+use questboard::config::Config;
 
 /// Sessions the turns are spread over.
 const SESSIONS: usize = 100;

@@ -1,0 +1,262 @@
+//! Pruning at scale: a million finished job rows, and turns submitted the
+//! whole time. The `prune` job (jobs only, as the daily schedule runs it)
+//! runs in a `questboard work` process serving only `prune`; meanwhile 8
+//! tasks submit turns one by one (`turns::submit`), timing each, and one
+//! connection samples `pg_locks` every 5 ms for the longest lock wait in
+//! progress. Reported: rows deleted per second (the job's run time on the
+//! database clock), the longest lock wait seen while it ran, and the
+//! submissions' p99 and maximum latency before and during the prune.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use questboard_core::identity::UserId;
+use questboard_core::jobs::{self, Job as _};
+use questboard_core::turns::{self, NewTurn};
+use questboard_workers::jobs::prune::{Category, Prune};
+use tokio::sync::Mutex;
+
+use super::pipeline::make_sessions;
+use super::processes::{Processes, WorkerOptions};
+use super::{BenchArgs, Figure, Scratch, percentile, runs, wait_for};
+use questboard::config::Config;
+
+/// Submitting tasks.
+const SUBMITTERS: usize = 8;
+
+struct Outcome {
+    rate: f64,
+    seconds: f64,
+    lock_wait_ms: f64,
+    before: (f64, f64),
+    during: (f64, f64),
+}
+
+/// Runs the scenario and prints its rows.
+pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let rows = if args.quick { 20_000 } else { args.prune_rows };
+    let mut rate = Figure::new(
+        format!("prune: {rows} finished job rows, turns submitted meanwhile"),
+        "rows/s",
+    );
+    let mut seconds = Figure::new("  ... prune run time", "s");
+    let mut lock = Figure::new(
+        "  ... longest lock wait seen while it ran (pg_locks, 5 ms samples)",
+        "ms",
+    );
+    let mut before99 = Figure::new("  ... turn submission p99 before the prune", "ms");
+    let mut before_max = Figure::new("  ... turn submission max before the prune", "ms");
+    let mut during99 = Figure::new("  ... turn submission p99 during the prune", "ms");
+    let mut during_max = Figure::new("  ... turn submission max during the prune", "ms");
+    for _ in 0..runs(args) {
+        let o =
+            Scratch::scoped(config, async |scratch| measure(scratch, config, rows).await).await?;
+        rate.values.push(o.rate);
+        seconds.values.push(o.seconds);
+        lock.values.push(o.lock_wait_ms);
+        before99.values.push(o.before.0);
+        before_max.values.push(o.before.1);
+        during99.values.push(o.during.0);
+        during_max.values.push(o.during.1);
+    }
+    let figures = vec![
+        rate, seconds, lock, before99, before_max, during99, during_max,
+    ];
+    for f in &figures {
+        f.print();
+    }
+    Ok(figures)
+}
+
+/// Finished job rows, nine days old (past the seven days succeeded jobs
+/// are kept), with ids of their time; and a tenth as many recent ones that
+/// must stay.
+async fn load(scratch: &Scratch, rows: usize) -> anyhow::Result<()> {
+    let nine_days_ago = Utc::now() - chrono::TimeDelta::days(9);
+    let recent = Utc::now() - chrono::TimeDelta::hours(1);
+    for (count, base) in [(rows, nine_days_ago), (rows / 10, recent)] {
+        for first in (0..count).step_by(20_000) {
+            let n = (first + 20_000).min(count) - first;
+            let mut ids = Vec::with_capacity(n);
+            let mut times = Vec::with_capacity(n);
+            for i in 0..n {
+                let at = base + chrono::TimeDelta::milliseconds(((first + i) / 10) as i64);
+                ids.push(
+                    ulid::Ulid::from_parts(at.timestamp_millis() as u64, rand_bits(first + i))
+                        .to_string(),
+                );
+                times.push(at);
+            }
+            sqlx::query(
+                "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
+                                          lock_at, done_at, priority, last_result)
+                 SELECT i.id, 'questboard.turn', '\\x7b7d'::bytea, 'Done', 1, 5, i.at, i.at,
+                        i.at + interval '1 second', 0, '{\"Ok\": {}}'::jsonb
+                 FROM unnest($1::text[], $2::timestamptz[]) AS i(id, at)",
+            )
+            .bind(&ids)
+            .bind(&times)
+            .execute(&scratch.pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn rand_bits(i: usize) -> u128 {
+    // Distinct, well spread low bits; ids only need to be unique.
+    (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) >> 48
+}
+
+async fn measure(scratch: &Scratch, config: &Config, rows: usize) -> anyhow::Result<Outcome> {
+    load(scratch, rows).await?;
+    let sessions = Arc::new(make_sessions(&scratch.pool, 100).await?);
+    super::analyze(&scratch.pool).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for task in 0..SUBMITTERS {
+        let (pool, stop, samples, sessions) = (
+            scratch.pool.clone(),
+            stop.clone(),
+            samples.clone(),
+            sessions.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
+            let mut i = task;
+            while !stop.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                turns::submit(
+                    &pool,
+                    NewTurn {
+                        session_id: sessions[i % sessions.len()],
+                        author: &author,
+                        input: "I wait.",
+                        idempotency_key: None,
+                        max_attempts: 5,
+                    },
+                )
+                .await?;
+                samples
+                    .lock()
+                    .await
+                    .push((at, at.elapsed().as_secs_f64() * 1000.0));
+                i += SUBMITTERS;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let waits: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
+    let sampler = {
+        let (url, stop, waits) = (scratch.url.clone(), stop.clone(), waits.clone());
+        tokio::spawn(async move {
+            let pool = questboard_core::db::connect(&url, 1).await?;
+            while !stop.load(Ordering::Relaxed) {
+                let wait: f64 = sqlx::query_scalar(
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0)::float8
+                            * 1000
+                     FROM pg_locks WHERE NOT granted AND waitstart IS NOT NULL",
+                )
+                .fetch_one(&pool)
+                .await?;
+                waits.lock().await.push((Instant::now(), wait));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let job = {
+        let mut conn = scratch.pool.acquire().await?;
+        jobs::enqueue(
+            &mut conn,
+            &Prune {
+                only: vec![Category::Jobs],
+                dry_run: false,
+            },
+            &jobs::Options::default(),
+        )
+        .await?
+        .id
+    };
+    let worker = Processes::workers(
+        scratch,
+        config,
+        &WorkerOptions {
+            count: 1,
+            concurrency: 1,
+            latency_ms: 0,
+            kinds: Some(Prune::SPEC.kind),
+        },
+    )?;
+    let pool = scratch.pool.clone();
+    let id = job.clone();
+    wait_for(
+        Duration::from_secs(3600),
+        Duration::from_millis(100),
+        || {
+            let (pool, id) = (pool.clone(), id.clone());
+            async move {
+                let status: String =
+                    sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
+                        .bind(&id)
+                        .fetch_one(&pool)
+                        .await?;
+                anyhow::ensure!(status != "Killed", "the prune job failed");
+                Ok(status == "Done")
+            }
+        },
+    )
+    .await?;
+    let ended = Instant::now();
+    worker.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    sampler.await??;
+
+    let (deleted, run_seconds): (i64, f64) = sqlx::query_as(
+        "SELECT (last_result -> 'Ok' ->> 'jobs')::bigint,
+                extract(epoch FROM done_at - lock_at)::float8
+         FROM apalis.jobs WHERE id = $1",
+    )
+    .bind(&job)
+    .fetch_one(&scratch.pool)
+    .await?;
+    anyhow::ensure!(deleted as usize == rows, "pruned {deleted} rows of {rows}");
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Done' AND done_at > now() - interval '1 day'",
+    )
+    .fetch_one(&scratch.pool)
+    .await?;
+    anyhow::ensure!(kept as usize >= rows / 10, "recent rows were pruned too");
+
+    let stats = |all: &[(Instant, f64)], from: Instant, to: Instant| {
+        let mut v: Vec<f64> = all
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(_, ms)| *ms)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (percentile(&v, 0.99), v.last().copied().unwrap_or(f64::NAN))
+    };
+    let samples = samples.lock().await;
+    let waits = waits.lock().await;
+    let first = samples.first().map_or(started, |s| s.0);
+    Ok(Outcome {
+        rate: deleted as f64 / run_seconds.max(1e-6),
+        seconds: run_seconds,
+        lock_wait_ms: stats(&waits, started, ended).1,
+        before: stats(&samples, first, started),
+        during: stats(&samples, started, ended),
+    })
+}

@@ -1,0 +1,520 @@
+//! `/api/admin`: what operators see and do with the job platform. Every
+//! route requires the `questboard:operator` permission (401 without a
+//! valid token, 403 without the permission).
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /api/admin/queues` | per kind: queued, running, retrying, failed, cancelled, oldest wait, paused, concurrency |
+//! | `GET /api/admin/jobs?kind=&status=&session_id=&limit=&cursor=` | jobs, newest first, keyset paged |
+//! | `GET /api/admin/jobs/{id}` | a job with payload, errors, result, progress, lease holder |
+//! | `POST /api/admin/jobs` | starts a job of a kind operators may start |
+//! | `POST /api/admin/jobs/{id}/retry`, `/cancel` | queue a failed or cancelled job again; cancel a queued or running one |
+//! | `POST /api/admin/queues/{kind}/pause`, `/resume` | stop or restart claiming a kind |
+//! | `GET /api/admin/schedule` | schedule entries, next fire time, last tick, leader |
+//!
+//! The same operations, against the database, are `questboard admin ...`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use questboard_core::jobs::control::{self, Cancellation, ListFilter, QueueStats, Retry};
+use questboard_core::jobs::{self, JobRecord, JobStatus};
+use questboard_workers::jobs::{Kind, Registry};
+use questboard_workers::scheduler::{self, ScheduleView};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{Error, ErrorBody, Result};
+use super::extract::{Json, Operator, Path, Query};
+use super::jobs::JobView;
+
+/// Default page of the job list.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Largest page of the job list.
+pub const MAX_PAGE: i64 = 500;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/queues", get(list_queues))
+        .route("/admin/queues/{kind}/pause", post(pause_kind))
+        .route("/admin/queues/{kind}/resume", post(resume_kind))
+        .route("/admin/jobs", get(list_jobs).post(start_job))
+        .route("/admin/jobs/{job_id}", get(get_job))
+        .route("/admin/jobs/{job_id}/retry", post(retry_job))
+        .route("/admin/jobs/{job_id}/cancel", post(cancel_job))
+        .route("/admin/schedule", get(get_schedule))
+}
+
+/// One kind's queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueView {
+    /// The counts.
+    #[serde(flatten)]
+    pub stats: QueueStats,
+    /// Runs one worker process runs at once by default
+    /// (`QB_JOBS_CONCURRENCY` overrides it per worker).
+    pub concurrency: usize,
+    /// Whether operators may start jobs of the kind.
+    pub operator_may_start: bool,
+}
+
+/// Every kind's queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuesPage {
+    /// One per registered kind.
+    pub queues: Vec<QueueView>,
+}
+
+/// Per-kind queue statistics; operators only.
+#[utoipa::path(get, path = "/api/admin/queues", tag = "admin",
+    responses((status = 200, body = QueuesPage), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn list_queues(
+    Operator(_operator): Operator,
+    State(state): State<AppState>,
+) -> Result<Json<QueuesPage>> {
+    let specs = state.registry.specs();
+    let stats = control::queue_stats(&state.pool, &specs).await?;
+    Ok(Json(QueuesPage {
+        queues: specs
+            .iter()
+            .zip(stats)
+            .map(|(spec, stats)| QueueView {
+                stats,
+                concurrency: spec.concurrency,
+                operator_may_start: spec.operator_may_start,
+            })
+            .collect(),
+    }))
+}
+
+/// A kind's state after pausing or resuming it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KindState {
+    /// The kind.
+    pub kind: String,
+    /// Whether workers skip it.
+    pub paused: bool,
+}
+
+fn known_kind<'a>(registry: &'a Registry, kind: &str) -> Result<&'a Kind> {
+    registry.get(kind).ok_or(Error::NotFound("job kind"))
+}
+
+/// Pauses a kind: no worker claims its jobs until it is resumed; runs
+/// going on finish. Operators only.
+#[utoipa::path(post, path = "/api/admin/queues/{kind}/pause", tag = "admin",
+    params(("kind" = String, Path, description = "Job kind")),
+    responses((status = 200, body = KindState), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn pause_kind(
+    Operator(user): Operator,
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+) -> Result<Json<KindState>> {
+    set_paused(&state, &user, &kind, true).await
+}
+
+/// Resumes a paused kind. Operators only.
+#[utoipa::path(post, path = "/api/admin/queues/{kind}/resume", tag = "admin",
+    params(("kind" = String, Path, description = "Job kind")),
+    responses((status = 200, body = KindState), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn resume_kind(
+    Operator(user): Operator,
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+) -> Result<Json<KindState>> {
+    set_paused(&state, &user, &kind, false).await
+}
+
+async fn set_paused(
+    state: &AppState,
+    user: &questboard_core::identity::UserId,
+    kind: &str,
+    paused: bool,
+) -> Result<Json<KindState>> {
+    let kind = known_kind(&state.registry, kind)?.spec.kind;
+    control::set_paused(&state.pool, kind, paused, user.as_str()).await?;
+    if !paused {
+        state.wake.announce(kind);
+    }
+    tracing::info!(kind, paused, by = %user, "job kind paused or resumed");
+    Ok(Json(KindState {
+        kind: kind.to_owned(),
+        paused,
+    }))
+}
+
+/// A job as operators see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDetail {
+    /// What members see.
+    #[serde(flatten)]
+    pub job: JobView,
+    /// Its stored payload (`{"version", "payload"}`), on the detail route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    /// The errors of its last failed runs, oldest first: `[{attempt, at, error}]`.
+    #[schema(value_type = Vec<Object>)]
+    pub errors: Value,
+    /// Its unique key, if it was enqueued with one.
+    pub unique_key: Option<String>,
+    /// Its priority.
+    pub priority: Option<i32>,
+    /// The worker holding its job lease while it runs.
+    pub lease_holder: Option<String>,
+    /// When that lease lapses unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When an operator asked it to stop, while it still runs.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Who or what asked for it (a schedule tick, an operator).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+impl JobDetail {
+    fn of(record: JobRecord, registry: &Registry, payload: Option<Value>) -> Self {
+        Self {
+            job: JobView::of(&record, registry),
+            payload,
+            errors: record.errors.unwrap_or_else(|| Value::Array(Vec::new())),
+            unique_key: record.unique_key,
+            priority: record.priority,
+            lease_holder: record.lease_holder,
+            lease_expires_at: record.lease_expires_at,
+            cancel_requested_at: record.cancel_requested_at,
+            metadata: record.metadata,
+        }
+    }
+}
+
+/// Query of the job list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobParams {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this status: queued, running, succeeded, failed, retrying, cancelled.
+    pub status: Option<String>,
+    /// Only this session's jobs.
+    pub session_id: Option<Uuid>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// Where the page starts: the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<JobDetail>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists jobs, newest first; operators only.
+#[utoipa::path(get, path = "/api/admin/jobs", tag = "admin",
+    params(JobParams),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn list_jobs(
+    Operator(_operator): Operator,
+    State(state): State<AppState>,
+    Query(params): Query<JobParams>,
+) -> Result<Json<JobPage>> {
+    let bad = |message: String| Error::bad_request("invalid_query", message);
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let queue = match &params.kind {
+        Some(kind) => Some(
+            state
+                .registry
+                .get(kind)
+                .ok_or_else(|| bad("kind is not a known job kind".into()))?
+                .spec
+                .queue
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let status = match &params.status {
+        Some(status) => Some(JobStatus::parse(status).ok_or_else(|| {
+            bad(
+                "status must be one of queued, running, succeeded, failed, retrying, cancelled"
+                    .into(),
+            )
+        })?),
+        None => None,
+    };
+    if let Some(cursor) = &params.cursor
+        && !jobs::is_job_id(cursor)
+    {
+        return Err(bad("cursor is not valid".into()));
+    }
+    let (records, next) = control::list(
+        &state.pool,
+        &ListFilter {
+            queue,
+            status,
+            session: params.session_id,
+            before: params.cursor.clone(),
+            limit,
+        },
+    )
+    .await?;
+    Ok(Json(JobPage {
+        jobs: records
+            .into_iter()
+            .map(|r| JobDetail::of(r, &state.registry, None))
+            .collect(),
+        next_cursor: next,
+    }))
+}
+
+async fn detail(state: &AppState, job_id: &str) -> Result<JobDetail> {
+    if !jobs::is_job_id(job_id) {
+        return Err(Error::NotFound("job"));
+    }
+    let record = jobs::fetch(&state.pool, job_id)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+    let payload = jobs::payload(&state.pool, job_id).await?;
+    Ok(JobDetail::of(record, &state.registry, payload))
+}
+
+/// A job in full; operators only.
+#[utoipa::path(get, path = "/api/admin/jobs/{job_id}", tag = "admin",
+    params(("job_id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobDetail), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn get_job(
+    Operator(_operator): Operator,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobDetail>> {
+    Ok(Json(detail(&state, &job_id).await?))
+}
+
+/// Refuses hand operations on turn jobs: a turn's place in its session's
+/// strict order is what it is; it is retried and failed by the pipeline.
+fn not_a_turn(state: &AppState, record: &JobRecord) -> Result<()> {
+    match state.registry.by_queue(&record.job_type) {
+        Some(kind) if kind.spec.session_serial => Err(Error::Conflict(
+            "turn jobs follow their session's order; they are not retried or cancelled by hand"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Queues a failed or cancelled job again with its attempts reset;
+/// operators only.
+#[utoipa::path(post, path = "/api/admin/jobs/{job_id}/retry", tag = "admin",
+    params(("job_id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobDetail), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Not failed or cancelled, a turn, or its unique key is held by a newer job", body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn retry_job(
+    Operator(user): Operator,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobDetail>> {
+    let current = detail(&state, &job_id).await?;
+    if let Some(record) = jobs::fetch(&state.pool, &job_id).await? {
+        not_a_turn(&state, &record)?;
+    }
+    match control::retry(&state.pool, &job_id).await? {
+        None => return Err(Error::NotFound("job")),
+        Some(Retry::Queued) => {}
+        Some(Retry::NotRetryable(status)) => {
+            return Err(Error::Conflict(format!(
+                "only failed or cancelled jobs can be retried; this one is {}",
+                status.as_str()
+            )));
+        }
+        Some(Retry::KeyTaken(holder)) => {
+            return Err(Error::Conflict(format!(
+                "its unique key is held by job {holder}; retrying would run the work twice"
+            )));
+        }
+    }
+    if let Some(kind) = state.registry.get(&current.job.kind) {
+        state.wake.announce(kind.spec.kind);
+    }
+    tracing::info!(job_id, by = %user, "job retried by an operator");
+    Ok(Json(detail(&state, &job_id).await?))
+}
+
+/// What a cancellation did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelOutcome {
+    /// The job.
+    pub job_id: String,
+    /// `cancelled` (it was waiting) or `cancel_requested` (it is running:
+    /// it stops at its next safe point and ends cancelled).
+    pub outcome: String,
+}
+
+/// Cancels a job: a waiting one at once, a running one at its next safe
+/// point; operators only.
+#[utoipa::path(post, path = "/api/admin/jobs/{job_id}/cancel", tag = "admin",
+    params(("job_id" = String, Path, description = "Job id")),
+    responses((status = 200, body = CancelOutcome), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Already finished, or a turn", body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn cancel_job(
+    Operator(user): Operator,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Json<CancelOutcome>> {
+    if !jobs::is_job_id(&job_id) {
+        return Err(Error::NotFound("job"));
+    }
+    let record = jobs::fetch(&state.pool, &job_id)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+    not_a_turn(&state, &record)?;
+    let outcome = match control::cancel(&state.pool, &job_id, user.as_str()).await? {
+        None => return Err(Error::NotFound("job")),
+        Some(Cancellation::Cancelled) => "cancelled",
+        Some(Cancellation::Requested) => {
+            state.wake.cancel(&job_id);
+            "cancel_requested"
+        }
+        Some(Cancellation::AlreadyFinished(status)) => {
+            return Err(Error::Conflict(format!(
+                "the job already ended: {}",
+                status.as_str()
+            )));
+        }
+    };
+    tracing::info!(job_id, by = %user, outcome, "job cancelled by an operator");
+    Ok(Json(CancelOutcome {
+        job_id,
+        outcome: outcome.into(),
+    }))
+}
+
+/// Body of `POST /api/admin/jobs`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartJob {
+    /// A kind operators may start (`prune`, `reconcile`, ...; never `turn`).
+    pub kind: String,
+    /// The kind's payload (default `{}`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// Not before this time.
+    pub run_at: Option<DateTime<Utc>>,
+    /// While a job of the kind holds this key, starting it again returns that job.
+    pub unique_key: Option<String>,
+}
+
+/// What starting a job did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StartedJob {
+    /// The job (new, or the one holding the unique key).
+    pub job_id: String,
+    /// False: a job with the same unique key existed and is returned.
+    pub created: bool,
+}
+
+/// Starts a job of a kind operators may start; operators only.
+#[utoipa::path(post, path = "/api/admin/jobs", tag = "admin",
+    request_body = StartJob,
+    responses((status = 201, description = "Enqueued", body = StartedJob),
+              (status = 200, description = "A job with this unique key exists", body = StartedJob),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn start_job(
+    Operator(user): Operator,
+    State(state): State<AppState>,
+    Json(body): Json<StartJob>,
+) -> Result<Response> {
+    let kind = state
+        .registry
+        .get(&body.kind)
+        .ok_or_else(|| Error::Unprocessable(format!("unknown job kind {:?}", body.kind)))?;
+    if !kind.spec.operator_may_start {
+        return Err(Error::Unprocessable(format!(
+            "jobs of kind {} cannot be started by operators",
+            kind.spec.kind
+        )));
+    }
+    let payload = if body.payload.is_null() {
+        Value::Object(Default::default())
+    } else {
+        body.payload
+    };
+    let (stored, session) = kind
+        .validate(payload)
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
+    let mut conn = state.pool.acquire().await?;
+    let enqueued = jobs::enqueue_stored(
+        &mut conn,
+        &kind.spec,
+        stored,
+        session,
+        &jobs::Options {
+            run_at: body.run_at,
+            unique_key: body.unique_key,
+            metadata: vec![("enqueued_by".into(), user.as_str().to_owned())],
+            ..jobs::Options::default()
+        },
+    )
+    .await?;
+    if enqueued.created {
+        metrics::counter!(questboard_core::metrics::JOBS_ENQUEUED_TOTAL, "kind" => kind.spec.kind)
+            .increment(1);
+        state.wake.announce(kind.spec.kind);
+        tracing::info!(job_id = %enqueued.id, kind = kind.spec.kind, by = %user, "job started by an operator");
+    }
+    let status = if enqueued.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(StartedJob {
+            job_id: enqueued.id,
+            created: enqueued.created,
+        }),
+    )
+        .into_response())
+}
+
+/// The schedule: entries, next fire times, last ticks and the leader;
+/// operators only.
+#[utoipa::path(get, path = "/api/admin/schedule", tag = "admin",
+    responses((status = 200, body = ScheduleView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn get_schedule(
+    Operator(_operator): Operator,
+    State(state): State<AppState>,
+) -> Result<Json<ScheduleView>> {
+    Ok(Json(
+        scheduler::describe(&state.pool, &state.schedule).await?,
+    ))
+}

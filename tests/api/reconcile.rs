@@ -1,0 +1,291 @@
+//! Reconciling metadata with storage, on the local filesystem and on S3
+//! (moto), run by the real `questboard work` binary: planted orphans,
+//! missing manifests and stray objects are reported; `repair` deletes
+//! orphans past the grace period and writes missing manifests, and never
+//! touches anything else.
+
+use std::time::Duration;
+
+use questboard_core::identity::UserId;
+use questboard_core::jobs;
+use questboard_core::sessions::{self, SessionName};
+use questboard_core::storage::Storage;
+use questboard_workers::jobs::reconcile::{Reconcile, manifest};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{TestDb, redis_url};
+
+/// Where the objects live, and how to reach them around questboard.
+enum Backend {
+    Local(std::path::PathBuf),
+    S3 { endpoint: String, bucket: String },
+}
+
+impl Backend {
+    fn storage_url(&self) -> String {
+        match self {
+            Backend::Local(dir) => format!("file://{}", dir.display()),
+            Backend::S3 { bucket, .. } => format!("s3://{bucket}/tenant"),
+        }
+    }
+
+    fn storage(&self) -> Storage {
+        match self {
+            Backend::Local(_) => Storage::from_url(&self.storage_url()).expect("storage"),
+            Backend::S3 { endpoint, .. } => {
+                Storage::from_url_with(&self.storage_url(), s3_options(endpoint)).expect("s3")
+            }
+        }
+    }
+
+    /// Environment for a worker process using this storage.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("QB_STORAGE_URL".to_owned(), self.storage_url())];
+        if let Backend::S3 { endpoint, .. } = self {
+            for (k, v) in s3_options(endpoint) {
+                env.push((k.to_ascii_uppercase(), v.to_owned()));
+            }
+        }
+        env
+    }
+
+    async fn put(&self, key: &str, body: &'static [u8]) {
+        match self {
+            Backend::Local(dir) => {
+                let path = dir.join(key);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+                std::fs::write(path, body).expect("write");
+            }
+            Backend::S3 { endpoint, bucket } => {
+                let resp = reqwest::Client::new()
+                    .put(format!("{endpoint}/{bucket}/tenant/{key}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("put");
+                assert!(resp.status().is_success(), "{}", resp.status());
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) {
+        // Unsigned deletes are refused by S3; go through the store.
+        self.storage()
+            .delete_objects(vec![key.to_owned()])
+            .await
+            .expect("delete");
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        match self.storage().get_object(key).await {
+            Ok(_) => true,
+            Err(questboard_core::storage::Error::NotFound) => false,
+            Err(e) => panic!("{key}: {e}"),
+        }
+    }
+}
+
+fn s3_options(endpoint: &str) -> [(&'static str, String); 6] {
+    [
+        ("aws_endpoint", endpoint.to_owned()),
+        ("aws_allow_http", "true".into()),
+        ("aws_access_key_id", "test".into()),
+        ("aws_secret_access_key", "test".into()),
+        ("aws_region", "us-east-1".into()),
+        ("aws_virtual_hosted_style_request", "false".into()),
+    ]
+}
+
+/// Runs one reconcile in a fresh `questboard work` process (serving only
+/// `reconcile`, with the given grace); returns its report.
+async fn reconcile(db: &TestDb, backend: &Backend, repair: bool, grace_hours: u64) -> Value {
+    let id = {
+        let mut conn = db.pool.acquire().await.expect("conn");
+        jobs::enqueue(&mut conn, &Reconcile { repair }, &jobs::Options::default())
+            .await
+            .expect("enqueue")
+            .id
+    };
+    let log = std::env::temp_dir().join(format!("qb-reconcile-{}.log", Uuid::new_v4()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_questboard"));
+    cmd.arg("work")
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis_url())
+        .env("QB_METRICS_ADDR", "127.0.0.1:0")
+        .env("QB_WORKER_KINDS", "reconcile")
+        .env("QB_WORKER_POLL_MS", "50")
+        .env("QB_RECONCILE_GRACE_HOURS", grace_hours.to_string())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log"));
+    for (k, v) in backend.env() {
+        cmd.env(k, v);
+    }
+    let mut worker = cmd.spawn().expect("questboard work");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let record = loop {
+        let record = jobs::fetch(&db.pool, &id)
+            .await
+            .expect("fetch")
+            .expect("job");
+        if matches!(record.status.as_str(), "Done" | "Killed") {
+            break record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reconcile did not finish: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(record.status, "Done", "{:?}", record.last_error);
+    record.result.expect("report")
+}
+
+fn keys(category: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = category["keys"]
+        .as_array()
+        .or(category["prefixes"].as_array())
+        .expect("keys")
+        .iter()
+        .filter_map(|k| k.as_str().map(String::from))
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn exercise(backend: Backend) {
+    let db = TestDb::create().await;
+    let storage = backend.storage();
+    let owner = UserId::parse("alice").expect("user");
+    let name = SessionName::parse("Keep").expect("name");
+    // Two sessions with their manifests (as the API writes them) and
+    // files in known areas; one loses its manifest.
+    let mut prefixes = Vec::new();
+    for _ in 0..2 {
+        let s = sessions::create(&db.pool, &owner, &name)
+            .await
+            .expect("session");
+        let files = storage.session(&s.session.storage_prefix).expect("files");
+        files
+            .put_manifest(&manifest(s.session.id, s.session.created_at))
+            .await
+            .expect("manifest");
+        prefixes.push(s.session.storage_prefix);
+    }
+    let (whole, bare) = (prefixes[0].clone(), prefixes[1].clone());
+    backend
+        .put(&format!("{whole}/logs/transcript.json"), b"[]")
+        .await;
+    backend
+        .put(&format!("{whole}/media/images/scene.png"), b"png")
+        .await;
+    backend.delete(&format!("{bare}/session.json")).await;
+    // Planted: orphans of sessions that do not exist, strays in and out of
+    // session prefixes, and what questboard keeps outside them.
+    let ghost = format!("sessions/{}", Uuid::now_v7());
+    let orphans = [
+        format!("{ghost}/logs/old.json"),
+        format!("{ghost}/media/audio/old.wav"),
+        "sessions/not-a-session/data/x.json".to_owned(),
+    ];
+    for key in &orphans {
+        backend.put(key, b"orphan").await;
+    }
+    let strays = [format!("{whole}/stray.bin"), "junk/readme.txt".to_owned()];
+    for key in &strays {
+        backend.put(key, b"stray").await;
+    }
+    backend.put("reports/earlier.json", b"{}").await;
+
+    // Report only: nothing changes.
+    let report = reconcile(&db, &backend, false, 0).await;
+    assert_eq!(report["orphans"]["count"], 3, "{report:#}");
+    let mut expected_orphans: Vec<String> = orphans.to_vec();
+    expected_orphans.sort();
+    assert_eq!(keys(&report["orphans"]), expected_orphans);
+    assert_eq!(report["orphans"]["deleted"], 0);
+    assert_eq!(report["missing_prefixes"]["count"], 1, "{report:#}");
+    assert_eq!(
+        keys(&report["missing_prefixes"]),
+        std::slice::from_ref(&bare)
+    );
+    assert_eq!(report["outside_areas"]["count"], 2, "{report:#}");
+    let mut expected_strays: Vec<String> = strays.to_vec();
+    expected_strays.sort();
+    assert_eq!(keys(&report["outside_areas"]), expected_strays);
+    assert_eq!(report["sessions_scanned"], 2);
+    for key in orphans.iter().chain(&strays) {
+        assert!(
+            backend.exists(key).await,
+            "{key} was touched by a report-only run"
+        );
+    }
+    // The report is stored too.
+    let stored = report["report_key"].as_str().expect("report key");
+    assert!(stored.starts_with("reports/reconcile/"), "{stored}");
+    let body: Value =
+        serde_json::from_slice(&storage.get_object(stored).await.expect("report")).expect("json");
+    assert_eq!(body["orphans"]["count"], 3);
+
+    // Repair inside the grace period: manifests are written, young orphans kept.
+    let report = reconcile(&db, &backend, true, 24).await;
+    assert_eq!(report["orphans"]["within_grace"], 3, "{report:#}");
+    assert_eq!(report["orphans"]["deleted"], 0);
+    assert_eq!(report["missing_prefixes"]["manifests_written"], 1);
+    assert!(backend.exists(&format!("{bare}/session.json")).await);
+    for key in &orphans {
+        assert!(
+            backend.exists(key).await,
+            "{key} deleted within the grace period"
+        );
+    }
+
+    // Repair past the grace period: orphans go; strays and live files stay.
+    let report = reconcile(&db, &backend, true, 0).await;
+    assert_eq!(report["orphans"]["deleted"], 3, "{report:#}");
+    assert_eq!(report["missing_prefixes"]["count"], 0);
+    for key in &orphans {
+        assert!(!backend.exists(key).await, "{key} survived the repair");
+    }
+    for key in strays.iter().chain([
+        &format!("{whole}/logs/transcript.json"),
+        &format!("{whole}/session.json"),
+    ]) {
+        assert!(backend.exists(key).await, "{key} must never be deleted");
+    }
+    let report = reconcile(&db, &backend, false, 0).await;
+    assert_eq!(report["orphans"]["count"], 0, "{report:#}");
+    assert_eq!(report["missing_prefixes"]["count"], 0);
+    assert_eq!(report["outside_areas"]["count"], 2);
+}
+
+#[tokio::test]
+async fn reconcile_on_the_local_filesystem() {
+    let dir = std::env::temp_dir().join(format!("qb-reconcile-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    exercise(Backend::Local(dir.clone())).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn reconcile_on_s3() {
+    let Ok(endpoint) = std::env::var("QB_TEST_S3_ENDPOINT") else {
+        eprintln!("SKIPPED reconcile_on_s3: QB_TEST_S3_ENDPOINT is not set");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the S3 test (QB_TEST_S3_ENDPOINT unset)"
+        );
+        return;
+    };
+    let bucket = format!("qb-reconcile-{}", Uuid::new_v4().simple());
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(created.status().is_success());
+    exercise(Backend::S3 { endpoint, bucket }).await;
+}
