@@ -52,6 +52,8 @@ pub struct WorkerOptions {
     pub latency_ms: u64,
     /// `QB_WORKER_KINDS` (None: all).
     pub kinds: Option<&'static str>,
+    /// Serve `/metrics` on this port (None: any free one, unknown).
+    pub metrics_port: Option<u16>,
 }
 
 impl WorkerOptions {
@@ -62,6 +64,7 @@ impl WorkerOptions {
             concurrency,
             latency_ms: 0,
             kinds: None,
+            metrics_port: None,
         }
     }
 }
@@ -109,6 +112,9 @@ impl Processes {
                 .env("QB_LEASE_TTL_MS", "30000");
             if let Some(kinds) = options.kinds {
                 command.env("QB_WORKER_KINDS", kinds);
+            }
+            if let Some(port) = options.metrics_port {
+                command.env("QB_METRICS_ADDR", format!("127.0.0.1:{port}"));
             }
             children.push(command.spawn().context("starting questboard work")?);
         }
@@ -235,4 +241,31 @@ impl Drop for Processes {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The mean of histogram `name` (its `_sum` over its `_count`, all label
+/// sets together) in the Prometheus text at `port`.
+pub async fn histogram_mean(port: u16, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let total = |suffix: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(suffix))
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Ok(total("_sum") / total("_count").max(1.0))
 }

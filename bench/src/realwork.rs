@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use super::pipeline::{make_sessions, preload};
-use super::processes::{Processes, WorkerOptions};
+use super::processes::{Processes, WorkerOptions, free_port, histogram_mean};
 use super::{BenchArgs, CpuMeter, Figure, Scratch, cpu_figures, runs, wait_for};
 use questboard::config::Config;
 
@@ -35,12 +35,16 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     let mut share = Figure::new("  ... share of the limit", "%");
     let mut ran = Figure::new("  ... started -> completed per turn (mean)", "ms");
     let mut gap = Figure::new("  ... of which not the reply (mean - latency)", "ms");
+    let mut reply = Figure::new("  ... the reply, as the worker timed it (mean)", "ms");
+    let mut commit = Figure::new("  ... one group-commit statement (mean)", "ms");
+    let mut batch = Figure::new("  ... steps per group-commit statement (mean)", "steps");
     let mut cpu = cpu_figures("turns (real work)");
     for _ in 0..runs(args) {
         let result = Scratch::scoped(config, async |scratch| {
             let ids = make_sessions(&scratch.pool, sessions).await?;
             preload(&scratch.pool, &ids, total).await?;
             super::analyze(&scratch.pool).await?;
+            let port = free_port()?;
             let worker = Processes::workers(
                 scratch,
                 config,
@@ -49,6 +53,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
                     concurrency: slots,
                     latency_ms: latency,
                     kinds: None,
+                    metrics_port: Some(port),
                 },
             )?;
             let meter = CpuMeter::start(&worker.pids());
@@ -65,6 +70,11 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
             })
             .await?;
             let used = meter.stop();
+            let timings = (
+                histogram_mean(port, "questboard_provider_request_seconds").await? * 1000.0,
+                histogram_mean(port, "questboard_commit_seconds").await? * 1000.0,
+                histogram_mean(port, "questboard_commit_batch_steps").await?,
+            );
             worker.stop();
             let (completed, span, mean_ran): (i64, f64, f64) = sqlx::query_as(
                 "SELECT count(*),
@@ -83,6 +93,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
                 mean_ran,
                 mean_ran - latency as f64,
                 used,
+                timings,
             ))
         })
         .await?;
@@ -91,8 +102,11 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         ran.values.push(result.1);
         gap.values.push(result.2);
         result.3.record(total, &mut cpu);
+        reply.values.push(result.4.0);
+        commit.values.push(result.4.1);
+        batch.values.push(result.4.2);
     }
-    let mut figures = vec![rate, share, ran, gap];
+    let mut figures = vec![rate, share, ran, gap, reply, commit, batch];
     figures.extend(cpu);
     for f in &figures {
         f.print();

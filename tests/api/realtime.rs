@@ -161,6 +161,19 @@ async fn a_member_on_one_api_sees_turns_submitted_through_another_in_order_with_
             "turn {id}"
         );
     }
+    // A turn's chunks come after its turn.started: a reply is asked for
+    // while that step commits, but nothing of it shows before.
+    for (at, message) in received.iter().enumerate() {
+        if message["type"] == "turn.delta" {
+            let started = received.iter().position(|m| {
+                m["type"] == "turn.started" && m["data"]["turn_id"] == message["turn_id"]
+            });
+            assert!(
+                started.is_some_and(|s| s < at),
+                "a chunk before its turn started: {received:#?}"
+            );
+        }
+    }
     // Streamed chunks arrived too, and spell out the recorded replies.
     let completed: Vec<&Value> = events
         .iter()

@@ -1,20 +1,26 @@
 //! The `turn` job: ask the game master, decide how the run ends.
 //!
-//! Runs only while the worker holds the turn's session lease, between the
-//! step that started the turn and the step that settles it (see
-//! `runtime`): this file decides *what* is recorded (the reply, a retry
-//! with backoff, a final failure, a hand-back at shutdown); the fenced,
-//! batched write records it exactly once.
+//! Runs only while the worker holds the turn's session lease, from the
+//! step that starts the turn to the step that settles it (see
+//! `runtime::session_lane`): this file decides *what* is recorded (the
+//! reply, a retry with backoff, a final failure, a hand-back at shutdown);
+//! the fenced, batched write records it exactly once.
+//!
+//! The reply is asked for while the step that starts the turn commits, not
+//! after: a slot's time then goes to replies, not to waiting for its own
+//! writes. Nothing of the reply is seen before that step is committed: its
+//! streamed chunks wait behind a [`Gate`] that opens only then, and if the
+//! step is refused (the lease was lost) or fails, the reply is dropped.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use questboard_core::metrics as m;
 use questboard_core::turns::{Exchange, Pending, Settle};
-use uuid::Uuid;
 
 use super::JobContext;
-use crate::providers::{Prompt, ProviderError};
+use crate::providers::{ChunkSink, Prompt, ProviderError};
 
 const KIND: &str = "turn";
 
@@ -46,26 +52,83 @@ pub fn started(turn: &Pending, attempt: i32) {
     }
 }
 
-/// Runs attempt `attempt` of `turn` in session `session_id`: asks the model
-/// with the session's recent `history` (oldest first) and streams its reply
-/// to the session's sink. `interrupted` completes when the worker must stop
-/// now: the run is then handed back.
-pub async fn run(
-    ctx: &JobContext,
-    session_id: Uuid,
-    turn: &Pending,
-    attempt: i32,
-    history: &VecDeque<Exchange>,
-    interrupted: impl Future<Output = ()>,
-) -> Settle {
-    let prompt = Prompt::for_turn(
+/// What the model is asked for `turn`: the system prompt, the session's
+/// recent `history` (oldest first) and the turn.
+pub fn prompt(ctx: &JobContext, turn: &Pending, history: &VecDeque<Exchange>) -> Prompt {
+    Prompt::for_turn(
         &ctx.system_prompt,
         history
             .iter()
             .map(|e| (e.input.as_str(), e.output.as_str())),
         &turn.input,
-    );
-    let mut sink = ctx.sinks.sink(session_id, turn.id);
+    )
+}
+
+/// Holds a reply's streamed chunks until its turn's start is committed,
+/// then passes them (and every later one) to the session's sink, in order.
+#[derive(Clone)]
+pub struct Gate(Arc<Mutex<GateState>>);
+
+struct GateState {
+    sink: Box<dyn ChunkSink>,
+    open: bool,
+    held: Vec<(u32, String)>,
+}
+
+impl Gate {
+    /// A closed gate in front of `sink`.
+    pub fn new(sink: Box<dyn ChunkSink>) -> Self {
+        Self(Arc::new(Mutex::new(GateState {
+            sink,
+            open: false,
+            held: Vec::new(),
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets the held chunks, and every later one, through.
+    pub fn open(&self) {
+        let mut state = self.state();
+        state.open = true;
+        let held = std::mem::take(&mut state.held);
+        for (index, text) in held {
+            state.sink.chunk(index, &text);
+        }
+    }
+
+    /// The sink the reply streams into.
+    pub fn sink(&self) -> Box<dyn ChunkSink> {
+        Box::new(Gated(self.clone()))
+    }
+}
+
+struct Gated(Gate);
+
+impl ChunkSink for Gated {
+    fn chunk(&mut self, index: u32, text: &str) {
+        let mut state = self.0.state();
+        if state.open {
+            state.sink.chunk(index, text);
+        } else {
+            state.held.push((index, text.to_owned()));
+        }
+    }
+}
+
+/// Runs attempt `attempt` of `turn`: asks the model `prompt` and streams
+/// its reply into `sink`. `interrupted` completes when the worker must
+/// stop now: the run is then handed back.
+pub async fn run(
+    ctx: &JobContext,
+    turn: &Pending,
+    attempt: i32,
+    prompt: Prompt,
+    mut sink: Box<dyn ChunkSink>,
+    interrupted: impl Future<Output = ()>,
+) -> Settle {
     let asked = Instant::now();
     let provider = ctx.provider.name();
     let result = tokio::select! {
@@ -119,5 +182,43 @@ pub fn settled(turn: &Pending, settle: &Settle, started: Instant) {
     if !matches!(settle, Settle::HandedBack) {
         metrics::histogram!(m::JOB_RUN_SECONDS, "kind" => KIND, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Arc<Mutex<Vec<(u32, String)>>>);
+    impl ChunkSink for Collect {
+        fn chunk(&mut self, index: u32, text: &str) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((index, text.to_owned()));
+        }
+    }
+
+    #[test]
+    fn a_gate_holds_chunks_until_it_opens_then_keeps_their_order() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Gate::new(Box::new(Collect(seen.clone())));
+        let mut sink = gate.sink();
+        sink.chunk(0, "a");
+        sink.chunk(1, "b");
+        assert!(seen.lock().map(|s| s.is_empty()).unwrap_or(false));
+        gate.open();
+        sink.chunk(2, "c");
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen, [(0, "a".into()), (1, "b".into()), (2, "c".into())]);
+    }
+
+    #[test]
+    fn a_closed_gate_drops_what_it_held() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Gate::new(Box::new(Collect(seen.clone())));
+        gate.sink().chunk(0, "never shown");
+        drop(gate);
+        assert!(seen.lock().map(|s| s.is_empty()).unwrap_or(false));
     }
 }

@@ -4,8 +4,11 @@
 //! Its reply names the turn it answers and how many earlier exchanges its
 //! prompt carried, so a test (or a curious newcomer) can tell that each turn
 //! saw the history before it. It streams the reply a few words at a time,
-//! spreading `QB_SCRIPTED_LATENCY_MS` over the chunks like a real model.
+//! spreading `QB_SCRIPTED_LATENCY_MS` over the chunks like a real model;
+//! a reply takes that long on average (correcting for the timer's
+//! lateness), so benchmarks with it measure what they say.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -26,6 +29,20 @@ const OPENINGS: [&str; 6] = [
 
 /// Words per streamed chunk.
 const WORDS_PER_CHUNK: usize = 4;
+
+/// How late this process's sleeps wake, on average (nanoseconds; an
+/// exponentially weighted mean over the last few dozen sleeps).
+static LATENESS_NANOS: AtomicU64 = AtomicU64::new(0);
+
+fn observe_lateness(late: Duration) {
+    let late = u64::try_from(late.as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(5_000_000);
+    let old = LATENESS_NANOS.load(Ordering::Relaxed);
+    // old + (late - old) / 16, in integers.
+    let new = (old * 15 + late) / 16;
+    LATENESS_NANOS.store(new, Ordering::Relaxed);
+}
 
 /// The scripted game master.
 #[derive(Debug, Clone)]
@@ -80,16 +97,25 @@ impl ModelProvider for Scripted {
             let words: Vec<&str> = reply.split_inclusive(' ').collect();
             let chunks: Vec<String> = words.chunks(WORDS_PER_CHUNK).map(|c| c.concat()).collect();
             // Each chunk is due at its share of the latency from the start,
-            // on absolute deadlines: a sleep rounds up to the timer's
-            // millisecond, and relative sleeps of a fraction of a
-            // millisecond each would add that rounding once per chunk (a
-            // 5 ms reply took about 10).
+            // on absolute deadlines (relative sleeps of a fraction of a
+            // millisecond each would add the timer's rounding once per
+            // chunk: a 5 ms reply took about 10). A timer fires on the first
+            // millisecond tick after its deadline, and its task wakes a
+            // little later still: each sleep is set early by the lateness
+            // sleeps showed so far, so the reply takes the configured time
+            // on average.
             let start = tokio::time::Instant::now();
             let count = chunks.len().max(1) as u32;
             for (index, chunk) in chunks.iter().enumerate() {
                 if !self.latency.is_zero() {
                     let due = start + self.latency * (index as u32 + 1) / count;
-                    tokio::time::sleep_until(due).await;
+                    let wake = due
+                        .checked_sub(Duration::from_nanos(LATENESS_NANOS.load(Ordering::Relaxed)))
+                        .unwrap_or(due)
+                        .max(start);
+                    tokio::time::sleep_until(wake).await;
+                    let late = tokio::time::Instant::now().saturating_duration_since(wake);
+                    observe_lateness(late);
                 }
                 sink.chunk(index as u32, chunk);
             }

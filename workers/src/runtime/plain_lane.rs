@@ -35,6 +35,9 @@ use crate::renewals::Renewals;
 
 /// Most jobs of one kind claimed by one statement.
 const CLAIM_BATCH: usize = 256;
+/// A free slot of a busy kind waits at most this long for more to free up
+/// before it is filled by a claim of its own.
+const CLAIM_AFTER: Duration = Duration::from_millis(20);
 /// Most outcomes in one settle statement.
 const SETTLE_BATCH: usize = 512;
 /// Settle statements running at once.
@@ -61,6 +64,21 @@ impl PlainKind {
 
     fn busy(&self) -> usize {
         self.concurrency - self.slots.available_permits()
+    }
+
+    /// How many jobs of the kind to claim now: every free slot; but while
+    /// some of its runs are still going, only once a quarter of its slots
+    /// (at most 64) are free or [`CLAIM_AFTER`] passed since its last claim
+    /// (`since`), so a busy lane claims in batches instead of a statement
+    /// per finished run, and a slot never stays free for long.
+    fn claimable(&self, since: Duration) -> usize {
+        let free = self.slots.available_permits();
+        let batch = (self.concurrency / 4).clamp(1, 64);
+        if free == self.concurrency || free >= batch || (free > 0 && since >= CLAIM_AFTER) {
+            free.min(CLAIM_BATCH)
+        } else {
+            0
+        }
     }
 }
 
@@ -96,8 +114,13 @@ impl PlainLane {
         let mut runs = JoinSet::new();
         let queues: Vec<&'static str> = self.kinds.iter().map(|k| k.spec.queue).collect();
         let mut next_rescue = Instant::now();
+        let mut last_claims: Vec<Instant> = vec![Instant::now(); self.kinds.len()];
         let mut look = true;
         let mut saturated = true;
+        // A claim that got some jobs but fewer than it asked for may have
+        // skipped rows another worker was claiming at that moment: look
+        // again soon rather than at the next poll.
+        let mut partial = false;
         loop {
             if Instant::now() >= next_rescue {
                 next_rescue = Instant::now() + self.poll_interval;
@@ -106,17 +129,24 @@ impl PlainLane {
                 }
             }
             while look {
+                let now = Instant::now();
                 let wants: Vec<Want> = self
                     .kinds
                     .iter()
-                    .map(|k| Want {
+                    .zip(&last_claims)
+                    .map(|(k, last)| Want {
                         kind: k.spec.kind,
                         queue: k.spec.queue,
-                        limit: k.slots.available_permits().min(CLAIM_BATCH),
+                        limit: k.claimable(now.duration_since(*last)),
                     })
                     .collect();
                 if wants.iter().all(|w| w.limit == 0) {
                     break;
+                }
+                for (want, last) in wants.iter().zip(&mut last_claims) {
+                    if want.limit > 0 {
+                        *last = now;
+                    }
                 }
                 match plain::claim(&self.ctx.pool, &self.id, self.lease_ttl, &wants).await {
                     Ok(claimed) => {
@@ -127,6 +157,7 @@ impl PlainLane {
                         saturated = wants
                             .iter()
                             .any(|w| w.limit > 0 && got.get(w.queue).copied() == Some(w.limit));
+                        partial = !saturated && !claimed.is_empty();
                         look = saturated;
                         for job in claimed {
                             self.start(job, &mut runs, &renewals, &completer, &running, &shutdown);
@@ -145,12 +176,22 @@ impl PlainLane {
             look = tokio::select! {
                 () = shutdown.stopping() => break,
                 () = wake.notified() => true,
-                () = tokio::time::sleep(self.poll_interval) => true,
+                () = tokio::time::sleep(if partial { CLAIM_AFTER } else { self.poll_interval }) => {
+                    partial = false;
+                    true
+                }
                 Some(id) = cancels.recv() => { stop(&running, &id); false }
                 Some(id) = renewed_cancels.recv() => { stop(&running, &id); false }
                 Some(joined) = runs.join_next(), if !runs.is_empty() => {
-                    if let Err(err) = joined {
-                        tracing::error!(error = %err, "a job run panicked");
+                    // Runs settled by one statement end together: let the
+                    // others finish too, so one claim refills their slots.
+                    tokio::task::yield_now().await;
+                    let mut next = Some(joined);
+                    while let Some(joined) = next {
+                        if let Err(err) = joined {
+                            tracing::error!(error = %err, "a job run panicked");
+                        }
+                        next = runs.try_join_next();
                     }
                     saturated
                 }

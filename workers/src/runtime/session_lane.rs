@@ -340,32 +340,57 @@ impl Drain {
             }
             let mut step = self.step();
             step.start = Some((turn.id, turn.job_id.clone()));
-            let attempt = match self.write(step).await {
-                Ok(Some(attempt)) => attempt,
-                Ok(None) => {
-                    // Already finished (a previous holder recorded it).
-                    self.done_through = self.finished(turn.seq);
-                    continue;
-                }
-                Err(err) => {
-                    self.abandoned(err);
-                    return End::Abandon;
-                }
-            };
-            turn::started(&turn, attempt);
+            // The reply is asked for while the step that starts the turn
+            // commits (see `jobs::turn`): its chunks wait behind the gate,
+            // and it is dropped if the step does not go through. Within the
+            // fence nobody else starts this turn, so its attempt is the one
+            // read plus one.
+            let shared = self.shared.clone();
+            let prompt = turn::prompt(&shared.ctx, &turn, &self.history);
+            let gate = turn::Gate::new(shared.ctx.sinks.sink(self.claimed.session_id, turn.id));
             let started = Instant::now();
             let interrupted = async {
                 let _ = interrupt.wait_for(|stop| *stop).await;
             };
-            let settle = turn::run(
-                &self.shared.ctx,
-                self.claimed.session_id,
-                &turn,
-                attempt,
-                &self.history,
-                interrupted,
-            )
-            .await;
+            // The reply's future borrows the turn: it ends in this block.
+            let settle = {
+                let run = turn::run(
+                    &shared.ctx,
+                    &turn,
+                    turn.attempts + 1,
+                    prompt,
+                    gate.sink(),
+                    interrupted,
+                );
+                tokio::pin!(run);
+                let commit = shared.committer.commit(step);
+                tokio::pin!(commit);
+                let mut early = None;
+                let written = loop {
+                    tokio::select! {
+                        written = &mut commit => break written,
+                        settle = &mut run, if early.is_none() => early = Some(settle),
+                    }
+                };
+                let attempt = match self.record(written) {
+                    Ok(Some(attempt)) => attempt,
+                    Ok(None) => {
+                        // Already finished (a previous holder recorded it).
+                        self.done_through = self.finished(turn.seq);
+                        continue;
+                    }
+                    Err(err) => {
+                        self.abandoned(err);
+                        return End::Abandon;
+                    }
+                };
+                gate.open();
+                turn::started(&turn, attempt);
+                match early {
+                    Some(settle) => settle,
+                    None => run.await,
+                }
+            };
             ran += 1;
             let finishes = settle.finishes();
             let done_through = if finishes {
@@ -418,12 +443,17 @@ impl Drain {
 
     /// Writes `step`; returns the attempt of the turn it started, if any.
     async fn write(&mut self, step: Step) -> Result<Option<i32>, WriteError> {
-        let written = self
-            .shared
-            .committer
-            .commit(step)
-            .await
-            .map_err(WriteError::Failed)?;
+        let written = self.shared.committer.commit(step).await;
+        self.record(written)
+    }
+
+    /// Takes in what a step did; returns the attempt of the turn it
+    /// started, if any.
+    fn record(
+        &mut self,
+        written: Result<turns::StepOutcome, crate::committer::CommitError>,
+    ) -> Result<Option<i32>, WriteError> {
+        let written = written.map_err(WriteError::Failed)?;
         if !written.fenced_in {
             metrics::counter!(m::FENCING_REJECTIONS_TOTAL, "scope" => SESSION_SCOPE).increment(1);
             tracing::warn!(
