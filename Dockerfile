@@ -1,19 +1,24 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: compile in the Rust image, run in a slim Debian image
-# as an unprivileged user. One binary serves every Procfile role.
+# as an unprivileged user. One binary serves every Procfile role (release,
+# web, worker, scheduler); the benchmark binary is not part of the image.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config \
     && rm -rf /var/lib/apt/lists/*
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them: every member's
+# manifest with an empty crate, then the real sources.
 COPY Cargo.toml Cargo.lock ./
 COPY core/Cargo.toml core/Cargo.toml
-RUN mkdir -p src core/src tests/api \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs core/src/lib.rs tests/api/main.rs \
+COPY workers/Cargo.toml workers/Cargo.toml
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src core/src workers/src bench/src tests/api \
+    && echo 'fn main() {}' > src/main.rs && echo 'fn main() {}' > bench/src/main.rs \
+    && touch src/lib.rs core/src/lib.rs workers/src/lib.rs bench/src/lib.rs tests/api/main.rs \
     && cargo build --release --locked --bin questboard || true
 COPY . .
-RUN touch src/main.rs src/lib.rs core/src/lib.rs \
+RUN touch src/main.rs src/lib.rs core/src/lib.rs workers/src/lib.rs \
     && cargo build --release --locked --bin questboard \
     && strip target/release/questboard
 

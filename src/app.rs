@@ -53,7 +53,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
         redis,
         intake,
         wake,
-        registry,
+        registry: Arc::new(registry),
         schedule,
         events,
         bridge,

@@ -146,18 +146,76 @@ impl Horizon {
     }
 }
 
-/// The session's [`Horizon`] (None: no such session).
-pub async fn horizon(pool: &PgPool, session_id: Uuid) -> sqlx::Result<Option<Horizon>> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT events_pruned_through, next_event_seq - 1 FROM campaign_sessions WHERE id = $1",
+/// The event columns of a `LEFT JOIN session_events` (all null when the
+/// outer row has no event).
+type JoinedEvent = (
+    Option<i64>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<Value>,
+);
+
+/// A row of two leading columns (the first of type `A`, the second an
+/// `i64`) and the [`JoinedEvent`] columns.
+type JoinedRow<A> = (
+    A,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<Value>,
+);
+
+/// The event of `session_id` a left-joined row carries, if any.
+fn joined(session_id: Uuid, (seq, kind, at, data): JoinedEvent) -> Option<Event> {
+    Some(Event {
+        seq: seq?,
+        kind: kind?,
+        session_id,
+        at: at?,
+        data: data?,
+    })
+}
+
+/// Events of a session with `seq > after_seq`, in order, with the
+/// session's [`Horizon`], in one statement (a reader resuming needs both:
+/// the events, and whether some it asked for were pruned). None: no such
+/// session.
+pub async fn replay_page(
+    pool: &PgPool,
+    session_id: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> sqlx::Result<Option<(Horizon, Vec<Event>)>> {
+    let rows: Vec<JoinedRow<i64>> = sqlx::query_as(
+        "SELECT c.events_pruned_through, c.next_event_seq - 1, e.seq, e.type, e.at, e.data
+         FROM campaign_sessions c
+         LEFT JOIN LATERAL (
+             SELECT seq, type, at, data FROM session_events
+             WHERE session_id = c.id AND seq > $2 ORDER BY seq LIMIT $3
+         ) e ON true
+         WHERE c.id = $1
+         ORDER BY e.seq",
     )
     .bind(session_id)
-    .fetch_optional(pool)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(pool)
     .await?;
-    Ok(row.map(|(pruned_through, last)| Horizon {
-        pruned_through,
-        last,
-    }))
+    let Some(&(pruned_through, last, ..)) = rows.first() else {
+        return Ok(None);
+    };
+    let events = rows
+        .into_iter()
+        .filter_map(|(_, _, seq, kind, at, data)| joined(session_id, (seq, kind, at, data)))
+        .collect();
+    Ok(Some((
+        Horizon {
+            pruned_through,
+            last,
+        },
+        events,
+    )))
 }
 
 /// Sessions after `after` (in id order, at most `limit` looked at) whose
@@ -455,15 +513,7 @@ pub async fn relay_once(
     grace: Duration,
     limit: i64,
 ) -> Result<usize, RelayError> {
-    type Row = (
-        Uuid,
-        i64,
-        Option<i64>,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        Option<Value>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<JoinedRow<Uuid>> = sqlx::query_as(
         "WITH ranges AS (
              SELECT session_id, from_seq, to_seq FROM event_outbox
              WHERE at < clock_timestamp() - make_interval(secs => $1)
@@ -486,13 +536,7 @@ pub async fn relay_once(
     let backlog: Vec<Event> = rows
         .into_iter()
         .filter_map(|(session_id, _, seq, kind, at, data)| {
-            Some(Event {
-                seq: seq?,
-                kind: kind?,
-                session_id,
-                at: at?,
-                data: data?,
-            })
+            joined(session_id, (seq, kind, at, data))
         })
         .collect();
     // Only ranges older than the grace period count: younger ones are

@@ -95,15 +95,17 @@ pub async fn list_events(
             format!("after_seq must be >= 0 and limit between 1 and {MAX_PAGE}"),
         ));
     }
-    if let Some(horizon) = events::horizon(&state.pool, session_id).await?
-        && horizon.must_reset(after)
-    {
+    let Some((horizon, events)) =
+        events::replay_page(&state.pool, session_id, after, limit).await?
+    else {
+        return Err(Error::NotFound("session"));
+    };
+    if horizon.must_reset(after) {
         return Ok(Json(EventPage {
             events: Vec::new(),
             reset: Some(Reset::pruned(horizon)),
         }));
     }
-    let events = events::list(&state.pool, session_id, after, limit).await?;
     metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => "rest").increment(events.len() as u64);
     Ok(Json(EventPage {
         events,

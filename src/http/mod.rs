@@ -52,8 +52,9 @@ pub struct AppState {
     /// Wakes workers when operators start, retry or resume jobs; tells
     /// them to stop a cancelled one.
     pub wake: questboard_core::wakeups::Publisher,
-    /// Every job kind, with its declaration.
-    pub registry: questboard_workers::jobs::Registry,
+    /// Every job kind, with its declaration (shared: the state is cloned
+    /// for every request and socket).
+    pub registry: Arc<questboard_workers::jobs::Registry>,
     /// The schedule, for operators to read.
     pub schedule: Arc<Vec<questboard_workers::scheduler::Entry>>,
     /// Publishes committed session events on Redis.

@@ -151,7 +151,7 @@ impl Socket {
     async fn run(mut self) {
         // Subscribe before reading history, so nothing falls in between.
         let mut live = self.state.bridge.subscribe(self.session_id);
-        let end = match self.catch_up("resume").await {
+        let end = match Box::pin(self.catch_up("resume")).await {
             Err(end) => end,
             Ok(()) => self.serve(&mut live).await,
         };
@@ -181,7 +181,7 @@ impl Socket {
                                 self.send_json(delta).await
                             }
                         },
-                        Ok(Live::Resync) => self.catch_up("resync").await,
+                        Ok(Live::Resync) => Box::pin(self.catch_up("resync")).await,
                         Err(RecvError::Lagged(_)) => Err(End::Close(4008, "slow consumer: reconnect with after_seq", "slow_consumer")),
                         Err(RecvError::Closed) => Err(End::Gone),
                     };
@@ -207,18 +207,9 @@ impl Socket {
         }
     }
 
-    /// Tells the client that events after the last one it saw were pruned,
-    /// and goes on from the session's newest event.
-    async fn reset(&mut self) -> Result<(), End> {
-        let horizon = events::horizon(&self.state.pool, self.session_id)
-            .await
-            .map_err(|err| {
-                tracing::warn!(error = %err, "reading a session's horizon failed");
-                End::Close(1011, "temporarily unable to read events", "error")
-            })?;
-        let Some(horizon) = horizon.filter(|h| h.must_reset(self.last)) else {
-            return Ok(());
-        };
+    /// Tells the client that events after the last one it saw were pruned
+    /// (the log is at `horizon`), and goes on from the session's newest event.
+    async fn reset(&mut self, horizon: events::Horizon) -> Result<(), End> {
         let reset = super::events::Reset::pruned(horizon);
         self.send_json(&serde_json::json!({
             "type": "reset",
@@ -232,29 +223,38 @@ impl Socket {
         Ok(())
     }
 
-    /// Sends every stored event after the last one sent.
+    /// Sends every stored event after the last one sent (after a `reset`
+    /// if some of them were pruned). Callers box it: a socket lives long
+    /// and catches up rarely, so its replay state is not kept inline in
+    /// every socket's future.
     async fn catch_up(&mut self, reason: &'static str) -> Result<(), End> {
-        self.reset().await?;
         loop {
-            let page = events::list(&self.state.pool, self.session_id, self.last, REPLAY_PAGE)
-                .await
-                .map_err(|err| {
-                    tracing::warn!(error = %err, "reading events for a socket failed");
-                    End::Close(1011, "temporarily unable to read events", "error")
-                })?;
-            if page.first().is_some_and(|e| e.seq > self.last + 1) {
-                // The log has no gaps but where retention pruned it,
-                // meanwhile: reset, then read on from there.
-                let before = self.last;
-                self.reset().await?;
-                if self.last == before {
-                    return Err(End::Close(
-                        1011,
-                        "the event log changed; reconnect",
-                        "error",
-                    ));
-                }
+            let page =
+                events::replay_page(&self.state.pool, self.session_id, self.last, REPLAY_PAGE)
+                    .await
+                    .map_err(|err| {
+                        tracing::warn!(error = %err, "reading events for a socket failed");
+                        End::Close(1011, "temporarily unable to read events", "error")
+                    })?;
+            let Some((horizon, page)) = page else {
+                return Err(End::Close(
+                    4003,
+                    "no longer a member of this session",
+                    "removed",
+                ));
+            };
+            if horizon.must_reset(self.last) {
+                self.reset(horizon).await?;
                 continue;
+            }
+            if page.first().is_some_and(|e| e.seq > self.last + 1) {
+                // The log has no gaps but where retention pruned it, and
+                // the horizon read with this page says it did not.
+                return Err(End::Close(
+                    1011,
+                    "the event log changed; reconnect",
+                    "error",
+                ));
             }
             let count = page.len();
             metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => reason).increment(count as u64);
@@ -279,7 +279,7 @@ impl Socket {
             // everything after the last seq sent. Seqs are allocated under
             // the session row lock, so every earlier event is committed by
             // now, and so is this one: the read includes it.
-            return self.catch_up("gap").await;
+            return Box::pin(self.catch_up("gap")).await;
         }
         let lag = (Utc::now() - event.at).to_std().unwrap_or_default();
         metrics::histogram!(m::EVENT_DELIVERY_LAG_SECONDS).record(lag.as_secs_f64());

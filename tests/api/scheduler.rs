@@ -302,3 +302,32 @@ async fn a_scheduler_down_for_three_ticks_catches_up_once_or_skips() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_bad_schedule_file_is_refused_at_start_with_its_line() {
+    let app = TestApp::spawn().await;
+    let path = std::env::temp_dir().join(format!("qb-bad-schedule-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        "[[entry]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\nkind = \"prune\"\ntimezone = \"Mars/Olympus\"\n",
+    )
+    .expect("file");
+    let url = app.db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_questboard"))
+            .arg("schedule")
+            .env("DATABASE_URL", url)
+            .env("QB_SCHEDULE_FILE", &path)
+            .env("QB_METRICS_ADDR", "127.0.0.1:0")
+            .output()
+            .expect("questboard schedule")
+    })
+    .await
+    .expect("run");
+    assert!(!out.status.success(), "a bad schedule file was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":5:") && err.contains("unknown time zone \"Mars/Olympus\""),
+        "{err}"
+    );
+}

@@ -444,6 +444,46 @@ pub async fn rescue(pool: &PgPool, queues: &[&str]) -> Result<Vec<Rescued>> {
         .collect())
 }
 
+/// What an idle plain lane would find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlook {
+    /// Some job of the kinds may run now.
+    pub due: bool,
+    /// Some running job of the kinds lost its lease (its worker died).
+    pub lost: bool,
+}
+
+/// Whether there is anything to claim or rescue for `queues`: two index
+/// probes in one statement, so an idle lane's poll costs almost nothing
+/// (a claim or rescue statement that finds nothing still pays for starting
+/// its data-modifying plan: an idle lane polling with them took a tenth of
+/// Postgres's time next to a busy session lane).
+pub async fn outlook(pool: &PgPool, queues: &[&str]) -> Result<Outlook> {
+    if queues.is_empty() {
+        return Ok(Outlook {
+            due: false,
+            lost: false,
+        });
+    }
+    let (due, lost): (bool, bool) = sqlx::query_as(
+        "SELECT
+             EXISTS (SELECT 1 FROM apalis.jobs j
+                     WHERE j.job_type = ANY($1)
+                       AND (j.status = 'Pending' OR (j.status = 'Failed' AND j.attempts < j.max_attempts))
+                       AND j.run_at <= now()),
+             EXISTS (SELECT 1 FROM apalis.jobs j
+                     WHERE j.status = 'Running' AND j.job_type = ANY($1)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM leases l
+                           WHERE l.scope = 'job' AND l.key = j.id AND l.holder IS NOT NULL
+                             AND l.expires_at > clock_timestamp()))",
+    )
+    .bind(queues)
+    .fetch_one(pool)
+    .await?;
+    Ok(Outlook { due, lost })
+}
+
 /// Which of the held jobs `ids` an operator asked to stop.
 pub async fn cancel_requested(pool: &PgPool, ids: &[String]) -> Result<Vec<String>> {
     if ids.is_empty() {

@@ -324,7 +324,6 @@ struct Throttle {
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 impl JobRun {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         claimed: &plain::Claimed,
         spec: JobSpec,

@@ -72,7 +72,9 @@ pub struct Gate(Arc<Mutex<GateState>>);
 struct GateState {
     sink: Box<dyn ChunkSink>,
     open: bool,
-    held: Vec<(u32, String)>,
+    /// The held chunks' text, one after another, and where each ends.
+    text: String,
+    held: Vec<(u32, usize)>,
 }
 
 impl Gate {
@@ -81,6 +83,7 @@ impl Gate {
         Self(Arc::new(Mutex::new(GateState {
             sink,
             open: false,
+            text: String::new(),
             held: Vec::new(),
         })))
     }
@@ -92,11 +95,14 @@ impl Gate {
     /// Lets the held chunks, and every later one, through.
     pub fn open(&self) {
         let mut state = self.state();
+        let state = &mut *state;
         state.open = true;
-        let held = std::mem::take(&mut state.held);
-        for (index, text) in held {
-            state.sink.chunk(index, &text);
+        let mut start = 0;
+        for (index, end) in state.held.drain(..) {
+            state.sink.chunk(index, &state.text[start..end]);
+            start = end;
         }
+        state.text = String::new();
     }
 
     /// The sink the reply streams into.
@@ -113,7 +119,9 @@ impl ChunkSink for Gated {
         if state.open {
             state.sink.chunk(index, text);
         } else {
-            state.held.push((index, text.to_owned()));
+            state.text.push_str(text);
+            let end = state.text.len();
+            state.held.push((index, end));
         }
     }
 }

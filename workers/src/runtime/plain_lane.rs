@@ -7,8 +7,10 @@
 //! handler under the kind's timeout and classifies the outcome; a
 //! **completer** writes the outcomes that queued up meanwhile in one fenced
 //! statement ([`questboard_core::jobs::plain::settle`]). The lane also
-//! **rescues** runs whose worker died: every poll it moves Running jobs
-//! whose job lease lapsed back to due ([`questboard_core::jobs::plain::rescue`]).
+//! **rescues** runs whose worker died: every poll one cheap probe
+//! ([`questboard_core::jobs::plain::outlook`]) says whether a job is due or
+//! a Running job's lease lapsed, and only then does it claim, or move those
+//! runs back to due ([`questboard_core::jobs::plain::rescue`]).
 //!
 //! Each run holds a job lease, renewed with all others of the worker
 //! ([`Renewals`]); a run whose lease is lost learns it at its next
@@ -113,17 +115,18 @@ impl PlainLane {
         let running: Running = Arc::default();
         let mut runs = JoinSet::new();
         let queues: Vec<&'static str> = self.kinds.iter().map(|k| k.spec.queue).collect();
-        let mut next_rescue = Instant::now();
         let mut last_claims: Vec<Instant> = vec![Instant::now(); self.kinds.len()];
         let mut look = true;
+        // Set by the poll: look for lapsed runs first.
+        let mut rescue = true;
         let mut saturated = true;
         // A claim that got some jobs but fewer than it asked for may have
         // skipped rows another worker was claiming at that moment: look
         // again soon rather than at the next poll.
         let mut partial = false;
         loop {
-            if Instant::now() >= next_rescue {
-                next_rescue = Instant::now() + self.poll_interval;
+            if rescue {
+                rescue = false;
                 if self.rescue(&queues).await {
                     look = true;
                 }
@@ -177,8 +180,23 @@ impl PlainLane {
                 () = shutdown.stopping() => break,
                 () = wake.notified() => true,
                 () = tokio::time::sleep(if partial { CLAIM_AFTER } else { self.poll_interval }) => {
-                    partial = false;
-                    true
+                    if std::mem::take(&mut partial) {
+                        true
+                    } else {
+                        // Nothing announced it: retries coming due, runs of
+                        // dead workers. Claim and rescue only if there is
+                        // something to find.
+                        match plain::outlook(&self.ctx.pool, &queues).await {
+                            Ok(outlook) => {
+                                rescue = outlook.lost;
+                                outlook.due || outlook.lost
+                            }
+                            Err(err) => {
+                                tracing::debug!(error = %err, "looking for due jobs failed");
+                                false
+                            }
+                        }
+                    }
                 }
                 Some(id) = cancels.recv() => { stop(&running, &id); false }
                 Some(id) = renewed_cancels.recv() => { stop(&running, &id); false }

@@ -368,6 +368,9 @@ impl Drain {
                 let mut early = None;
                 let written = loop {
                     tokio::select! {
+                        // The step goes to the committer first; the reply
+                        // is asked for while it is in Postgres.
+                        biased;
                         written = &mut commit => break written,
                         settle = &mut run, if early.is_none() => early = Some(settle),
                     }
