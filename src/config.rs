@@ -111,6 +111,11 @@ pub struct Config {
     #[arg(long, env = "QB_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest a session's game state may be after an update, in bytes of
+    /// JSON; updates that would pass it get 422 `STATE_TOO_LARGE`.
+    #[arg(long, env = "QB_STATE_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub state_max_bytes: usize,
+
     /// Log format.
     #[arg(long, env = "QB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

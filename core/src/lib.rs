@@ -29,6 +29,8 @@
 //! - [`events`]: the durable per-session event log, publishing it on Redis,
 //!   and the relay for what missed Redis (`session_events`).
 //! - [`wakeups`]: waking idle workers through Redis when jobs are enqueued.
+//! - [`state`]: each session's versioned game state and the game master's
+//!   operations on it (`game_states`, `game_state_requests`).
 //! - [`storage`]: the one abstraction over `object_store` for campaign files,
 //!   with a per-session prefix and validated paths.
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
@@ -42,6 +44,7 @@ pub mod leases;
 pub mod metrics;
 pub mod schedule;
 pub mod sessions;
+pub mod state;
 pub mod storage;
 pub mod turns;
 pub mod wakeups;

@@ -19,6 +19,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "questboard_auth_failures_total";
 pub const JWKS_REFRESHES_TOTAL: &str = "questboard_jwks_refreshes_total";
 /// Campaign sessions created.
 pub const SESSIONS_CREATED_TOTAL: &str = "questboard_sessions_created_total";
+/// Game-state updates applied, by `source` (`gm`, `system`).
+pub const STATE_UPDATES_TOTAL: &str = "questboard_state_updates_total";
 /// Invites created.
 pub const INVITES_CREATED_TOTAL: &str = "questboard_invites_created_total";
 /// Invite acceptances, by `outcome` (`joined`, `already_member`, `not_found`,
@@ -122,6 +124,7 @@ pub const ALL: &[&str] = &[
     AUTH_FAILURES_TOTAL,
     JWKS_REFRESHES_TOTAL,
     SESSIONS_CREATED_TOTAL,
+    STATE_UPDATES_TOTAL,
     INVITES_CREATED_TOTAL,
     INVITE_ACCEPTS_TOTAL,
     READINESS_CHECKS_TOTAL,
@@ -189,6 +192,10 @@ pub fn describe() {
     describe_counter!(AUTH_FAILURES_TOTAL, "Bearer tokens refused, by reason.");
     describe_counter!(JWKS_REFRESHES_TOTAL, "JWKS fetches, by outcome.");
     describe_counter!(SESSIONS_CREATED_TOTAL, "Campaign sessions created.");
+    describe_counter!(
+        STATE_UPDATES_TOTAL,
+        "Game-state updates applied, by source."
+    );
     describe_counter!(INVITES_CREATED_TOTAL, "Invites created.");
     describe_counter!(INVITE_ACCEPTS_TOTAL, "Invite acceptances, by outcome.");
     describe_counter!(

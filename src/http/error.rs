@@ -8,7 +8,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use questboard_core::{invites, jobs, sessions, storage, turns};
+use questboard_core::{invites, jobs, sessions, state, storage, turns};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -40,6 +40,24 @@ pub enum Error {
     /// 409: conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// 409: a game-state update made against another version.
+    #[error("{message}")]
+    VersionConflict {
+        /// Human-readable explanation.
+        message: String,
+        /// The state's version now.
+        current_version: i64,
+    },
+    /// 422: a game-state update that cannot be applied.
+    #[error("{message}")]
+    InvalidUpdate {
+        /// `VALIDATION_ERROR` or `STATE_TOO_LARGE`.
+        code: &'static str,
+        /// Which operation, if one is to blame.
+        operation: Option<usize>,
+        /// Human-readable explanation.
+        message: String,
+    },
     /// 410: existed, but is no longer usable.
     #[error("{message}")]
     Gone {
@@ -82,6 +100,12 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation, safe to show.
     pub message: String,
+    /// `VERSION_CONFLICT` only: the game state's current version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
+    /// Game-state `VALIDATION_ERROR` only: the index of the operation refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<usize>,
 }
 
 impl Error {
@@ -93,11 +117,13 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::VersionConflict { .. } => StatusCode::CONFLICT,
             Error::Gone { .. } => StatusCode::GONE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unprocessable(_) | Error::InvalidUpdate { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -106,7 +132,10 @@ impl Error {
     /// The machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::BadRequest { code, .. } | Error::Gone { code, .. } => code,
+            Error::BadRequest { code, .. }
+            | Error::Gone { code, .. }
+            | Error::InvalidUpdate { code, .. } => code,
+            Error::VersionConflict { .. } => "VERSION_CONFLICT",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
@@ -117,6 +146,24 @@ impl Error {
             Error::Unprocessable(_) => "validation_failed",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The error as its JSON body shows it.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            current_version: match self {
+                Error::VersionConflict {
+                    current_version, ..
+                } => Some(*current_version),
+                _ => None,
+            },
+            operation: match self {
+                Error::InvalidUpdate { operation, .. } => *operation,
+                _ => None,
+            },
         }
     }
 
@@ -141,10 +188,7 @@ impl IntoResponse for Error {
         }
         let status = self.status();
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_owned(),
-                message: self.to_string(),
-            },
+            error: self.detail(),
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -226,6 +270,33 @@ impl From<turns::Error> for Error {
             turns::Error::Fenced(_) | turns::Error::Job(_) | turns::Error::Database(_) => {
                 Error::internal(err)
             }
+        }
+    }
+}
+
+impl From<state::Error> for Error {
+    fn from(err: state::Error) -> Self {
+        match err {
+            state::Error::Session(err) => err.into(),
+            state::Error::NotGameMaster => Error::Forbidden(err.to_string()),
+            state::Error::Archived | state::Error::IdReused => Error::Conflict(err.to_string()),
+            state::Error::VersionConflict {
+                current_version, ..
+            } => Error::VersionConflict {
+                message: err.to_string(),
+                current_version,
+            },
+            state::Error::Invalid { index, .. } => Error::InvalidUpdate {
+                code: "VALIDATION_ERROR",
+                operation: index,
+                message: err.to_string(),
+            },
+            state::Error::TooLarge { .. } => Error::InvalidUpdate {
+                code: "STATE_TOO_LARGE",
+                operation: None,
+                message: err.to_string(),
+            },
+            state::Error::Database(err) => Error::internal(err),
         }
     }
 }

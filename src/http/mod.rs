@@ -6,6 +6,7 @@
 //! | campaign sessions and members | [`sessions`] |
 //! | invites | [`invites`] |
 //! | turns | [`turns`] |
+//! | the game state | [`state`] |
 //! | job status | [`jobs`] |
 //! | operators' controls of the job platform | [`admin`] |
 //! | the session event log | [`events`] |
@@ -35,6 +36,7 @@ pub mod invites;
 pub mod jobs;
 pub mod openapi;
 pub mod sessions;
+pub mod state;
 pub mod turns;
 pub mod ws;
 
@@ -69,6 +71,8 @@ pub struct AppState {
     pub storage: Storage,
     /// Largest accepted body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest a game state may be after an update, in bytes.
+    pub state_max_bytes: usize,
     /// Limits of submitted turns.
     pub turns: TurnSettings,
 }
@@ -89,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::router())
         .merge(invites::router())
         .merge(turns::router())
+        .merge(state::router())
         .merge(jobs::router())
         .merge(admin::router())
         .merge(events::router())

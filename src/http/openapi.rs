@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::extract::Json;
-use super::{admin, error, events, health, invites, jobs, sessions, turns};
+use super::{admin, error, events, health, invites, jobs, sessions, state, turns};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -34,6 +34,8 @@ use super::{admin, error, events, health, invites, jobs, sessions, turns};
         invites::list_invites,
         invites::revoke_invite,
         invites::accept_invite,
+        state::get_state,
+        state::update_state,
         turns::submit_turn,
         turns::list_turns,
         jobs::get_job,
@@ -55,6 +57,7 @@ use super::{admin, error, events, health, invites, jobs, sessions, turns};
     tags(
         (name = "sessions", description = "Campaign sessions and their members"),
         (name = "invites", description = "One-time invite tokens"),
+        (name = "state", description = "Each session's versioned game state: members read it, game masters (the owner and `gm` members) change it with operations against its version (see docs/architecture.md for the operations table)"),
         (name = "turns", description = "Player turns and the game master's replies"),
         (name = "jobs", description = "Durable job status"),
         (name = "admin", description = "Operators' controls of the job platform: queues, jobs, the schedule. Every route needs a token with the `questboard:operator` permission (in `permissions`, or in a space-separated `scope`)"),

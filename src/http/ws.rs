@@ -18,6 +18,20 @@
 //! gap; it refetches the state it shows, and the socket goes on with the
 //! events after `seq`.
 //!
+//! The client may ask for the game state and change it on the same socket
+//! (see [`super::state`] for the rules, the same as over REST):
+//! `{"type": "state.get", "request_id"}` and `{"type": "state.update",
+//! "request_id", "id"?, "version", "operations"}`, each answered with
+//! `{"type": "reply", "request_id", "ok": true, ...}` (the state view, or
+//! `new_version` and `update_id`) or `{"type": "reply", "request_id", "ok":
+//! false, "error": {"code", "message", ...}}` with the codes of REST. A
+//! message that is not JSON, has no string or number `request_id` of at
+//! most 128 characters, or an unknown `type` gets an error reply with code
+//! `bad_message` (and `request_id` null when it had none). Messages are
+//! limited to [`MAX_CLIENT_MESSAGE`] bytes. The update's `state.updated`
+//! event reaches this socket like every other member's, before or after
+//! the reply.
+//!
 //! Close codes: 4003 the member was removed; 4008 the client fell behind
 //! (reconnect with `after_seq`); 4000 no pong within [`PONG_TIMEOUT`].
 
@@ -51,8 +65,10 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long one send may take before the client counts as too slow.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest message a client may send (it has nothing to say but pongs).
-pub const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Largest message a client may send (a `state.update` of at most this
+/// size; larger updates go through REST, up to `QB_MAX_BODY_BYTES`). A
+/// larger message ends the connection.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// Read and write buffer of a socket.
 pub const SOCKET_BUFFER: usize = 4096;
 /// Events read from Postgres per page when replaying.
@@ -110,7 +126,7 @@ async fn ws_session(
     Ok(upgrade
         // tungstenite's defaults (128 KiB read buffer, 128 KiB write
         // buffer) would cost every socket ~140 KiB of resident memory;
-        // clients send nothing but pongs and our messages are small.
+        // client messages are small (at most MAX_CLIENT_MESSAGE) and so are ours.
         .read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
@@ -192,7 +208,15 @@ impl Socket {
                 incoming = self.socket.recv() => match incoming {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return End::Gone,
                     Some(Ok(WsMessage::Pong(_))) => last_pong = Instant::now(),
-                    // Pings are answered by axum; clients have nothing else to say.
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let reply =
+                            Box::pin(answer(&self.state, self.session_id, &self.user, text.as_str()))
+                                .await;
+                        if let Err(end) = self.send_json(&reply).await {
+                            return end;
+                        }
+                    }
+                    // Pings are answered by axum; binary frames mean nothing here.
                     Some(Ok(_)) => {}
                 },
                 _ = ping.tick() => {
@@ -317,6 +341,69 @@ impl Socket {
                 "slow consumer: reconnect with after_seq",
                 "slow_consumer",
             )),
+        }
+    }
+}
+
+/// The reply to a client's message (see the module docs).
+async fn answer(
+    state: &AppState,
+    session_id: Uuid,
+    user: &UserId,
+    text: &str,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let bad = |request_id: &Value, message: &str| {
+        json!({"type": "reply", "request_id": request_id, "ok": false,
+               "error": {"code": "bad_message", "message": message}})
+    };
+    let Ok(message) = serde_json::from_str::<Value>(text) else {
+        return bad(&Value::Null, "messages are JSON objects");
+    };
+    let request_id = match message.get("request_id") {
+        Some(Value::String(s)) if s.chars().count() <= 128 => Value::String(s.clone()),
+        Some(Value::Number(n)) => Value::Number(n.clone()),
+        _ => {
+            return bad(
+                &Value::Null,
+                "a message needs a `request_id` (a string of at most 128 characters, or a number)",
+            );
+        }
+    };
+    let result = match message.get("type").and_then(Value::as_str) {
+        Some("state.get") => questboard_core::state::read_as_member(&state.pool, session_id, user)
+            .await
+            .map_err(Error::from)
+            .and_then(|snapshot| {
+                serde_json::to_value(super::state::StateView::from(snapshot))
+                    .map_err(Error::internal)
+            }),
+        Some("state.update") => {
+            match serde_json::from_value::<super::state::StateUpdateInput>(message.clone()) {
+                Ok(input) => super::state::apply(state, session_id, user, &input)
+                    .await
+                    .and_then(|done| serde_json::to_value(done).map_err(Error::internal)),
+                Err(err) => Err(Error::Unprocessable(format!(
+                    "a state.update needs `version` (integer) and `operations` (array), and may have `id` (string): {}",
+                    err.to_string().chars().take(120).collect::<String>()
+                ))),
+            }
+        }
+        _ => return bad(&request_id, "unknown `type`: use state.get or state.update"),
+    };
+    match result {
+        Ok(Value::Object(mut fields)) => {
+            fields.insert("type".into(), json!("reply"));
+            fields.insert("request_id".into(), request_id);
+            fields.insert("ok".into(), json!(true));
+            Value::Object(fields)
+        }
+        Ok(_) => bad(&request_id, "unexpected reply"),
+        Err(err) => {
+            if let Error::Internal(cause) = &err {
+                tracing::error!(error = %cause, "a socket message failed");
+            }
+            json!({"type": "reply", "request_id": request_id, "ok": false, "error": err.detail()})
         }
     }
 }

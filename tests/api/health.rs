@@ -132,6 +132,8 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "POST /api/invites/accept",
         "POST /api/sessions/{session_id}/turns",
         "GET /api/sessions/{session_id}/turns",
+        "GET /api/sessions/{session_id}/state",
+        "POST /api/sessions/{session_id}/state/updates",
         "GET /api/jobs/{job_id}",
         "GET /api/sessions/{session_id}/events",
         "GET /api/admin/queues",
@@ -152,6 +154,12 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
     assert_eq!(operations, expected);
     let schemas = &doc.body["components"]["schemas"];
     assert!(schemas["ErrorBody"].is_object() && schemas["ErrorDetail"].is_object());
+    // The state update's operations are described, not just "any".
+    assert!(
+        schemas["StateOperation"]["properties"]["operation"].is_object(),
+        "{}",
+        schemas["StateOperation"]
+    );
     assert_eq!(
         doc.body["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"

@@ -668,6 +668,35 @@ pub enum WsItem {
 }
 
 impl WsClient {
+    /// Sends a text message.
+    pub async fn send_text(&mut self, text: String) {
+        use futures::SinkExt as _;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a JSON message and waits for the `reply` to `request_id`,
+    /// skipping events in between.
+    pub async fn request(&mut self, message: Value, wait: Duration) -> Value {
+        let request_id = message["request_id"].clone();
+        self.send_text(message.to_string()).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(WsItem::Json(value))
+                    if value["type"] == "reply" && value["request_id"] == request_id =>
+                {
+                    return value;
+                }
+                Some(WsItem::Json(_)) => continue,
+                other => panic!("no reply to {request_id}: {other:?}"),
+            }
+        }
+    }
+
     /// The next JSON message or the close, waiting at most `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<WsItem> {
         use futures::StreamExt as _;

@@ -27,5 +27,6 @@ mod realtime;
 mod reconcile;
 mod scheduler;
 mod sessions;
+mod state;
 mod storage;
 mod turns;

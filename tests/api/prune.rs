@@ -101,6 +101,7 @@ async fn census(pool: &PgPool) -> Vec<i64> {
         "session_events",
         "apalis.jobs",
         "leases",
+        "game_state_requests",
     ] {
         counts.push(
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
@@ -208,6 +209,11 @@ async fn prune_removes_exactly_what_is_past_retention() {
         ('test', 'released-new', NULL, nextval('lease_tokens'), now(), now(), now() - interval '1 hour'),
         ('test', 'live', 'me', nextval('lease_tokens'), now(), now(), now() + interval '1 hour')").await;
 
+    // Client ids of game-state updates: a week old and a day old.
+    exec(&pool, &format!("INSERT INTO game_state_requests (session_id, request_id, request_hash, update_id, new_version, created_at) VALUES
+        ('{live}', 'old', '\\x00', gen_random_uuid(), 1, now() - interval '8 days'),
+        ('{live}', 'new', '\\x00', gen_random_uuid(), 2, now() - interval '1 day')")).await;
+
     let prune = app
         .jobs_worker(|c| c.worker_kinds = Some(vec!["prune".into()]))
         .await;
@@ -221,6 +227,7 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(dry["jobs"], 3, "{dry:#}");
     assert_eq!(dry["events"], 2, "{dry:#}");
     assert_eq!(dry["leases"], 2, "{dry:#}");
+    assert_eq!(dry["state_requests"], 1, "{dry:#}");
     assert_eq!(dry["sessions_archived"], 1, "{dry:#}");
     assert_eq!(dry["sessions_deleted"], 1, "{dry:#}");
     // (The dry run's own job row is the one difference.)
@@ -234,6 +241,7 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(report["dry_run"], false);
     assert_eq!(report["invites"], 3, "{report:#}");
     assert_eq!(report["leases"], 2, "{report:#}");
+    assert_eq!(report["state_requests"], 1, "{report:#}");
     assert_eq!(report["sessions_archived"], 1, "{report:#}");
     assert_eq!(report["sessions_deleted"], 1, "{report:#}");
     assert_eq!(report["turns_deleted"], 2, "{report:#}");
@@ -254,6 +262,8 @@ async fn prune_removes_exactly_what_is_past_retention() {
     for stays in [&done_new, &failed_new, &waiting_old] {
         assert!(jobs.contains(stays.as_str()), "job {stays} should stay");
     }
+    let requests = ids(&pool, "SELECT request_id FROM game_state_requests").await;
+    assert_eq!(requests, ["new".to_owned()].into_iter().collect());
     let leases = ids(&pool, "SELECT key FROM leases WHERE scope = 'test'").await;
     assert_eq!(
         leases,

@@ -183,6 +183,14 @@ async fn non_members_get_404_on_every_session_route() {
                 format!("/api/sessions/{id}/members/mallory"),
                 None,
             ),
+            (Method::GET, format!("/api/sessions/{id}/state"), None),
+            (
+                Method::POST,
+                format!("/api/sessions/{id}/state/updates"),
+                Some(json!({ "version": 0, "operations": [
+                    { "path": "items", "operation": "push", "value": "loot" }
+                ] })),
+            ),
         ];
         for (method, path, body) in routes {
             let resp = app.call(method.clone(), &path, Some("mallory"), body).await;

@@ -9,6 +9,8 @@
 //!   the session remembers how far it was pruned, and a client resuming
 //!   from an older seq gets an explicit `reset` instead of a gap;
 //! - `leases`: lease rows expired for more than `leases`;
+//! - `state_requests`: client ids of game-state updates (which make resends
+//!   idempotent) older than `state_requests`;
 //! - `idle_sessions`: active sessions without activity for `session_idle`
 //!   (`QB_SESSION_IDLE_DAYS`) are archived (`session.archived`, reason `idle`);
 //! - `archived_sessions`: sessions archived more than `archived_sessions`
@@ -46,6 +48,8 @@ pub enum Category {
     Events,
     /// Expired lease rows.
     Leases,
+    /// Old client ids of game-state updates.
+    StateRequests,
     /// Archive sessions idle too long.
     IdleSessions,
     /// Delete sessions archived too long, with everything they own.
@@ -54,9 +58,10 @@ pub enum Category {
 
 impl Category {
     /// Every category, in the order a full run goes through them.
-    pub const ALL: [Category; 6] = [
+    pub const ALL: [Category; 7] = [
         Category::Invites,
         Category::Leases,
+        Category::StateRequests,
         Category::Jobs,
         Category::Events,
         Category::IdleSessions,
@@ -69,6 +74,7 @@ impl Category {
             Category::Jobs => "jobs",
             Category::Events => "events",
             Category::Leases => "leases",
+            Category::StateRequests => "state_requests",
             Category::IdleSessions => "idle_sessions",
             Category::ArchivedSessions => "archived_sessions",
         }
@@ -114,6 +120,8 @@ pub struct Retention {
     pub events: Duration,
     /// Expired lease rows.
     pub leases: Duration,
+    /// Client ids of game-state updates.
+    pub state_requests: Duration,
     /// Idle time before a session is archived.
     pub session_idle: Duration,
     /// Time archived before a session is deleted.
@@ -134,6 +142,7 @@ impl Default for Retention {
             jobs_failed: 30 * DAY,
             events: 30 * DAY,
             leases: DAY,
+            state_requests: 7 * DAY,
             session_idle: 90 * DAY,
             archived_sessions: 365 * DAY,
             batch: 1000,
@@ -149,6 +158,7 @@ struct Report {
     jobs: u64,
     events: u64,
     leases: u64,
+    state_requests: u64,
     sessions_archived: u64,
     sessions_deleted: u64,
     turns_deleted: u64,
@@ -162,6 +172,7 @@ impl Report {
             + self.jobs
             + self.events
             + self.leases
+            + self.state_requests
             + self.sessions_archived
             + self.sessions_deleted) as i64
     }
@@ -239,6 +250,25 @@ impl Pruner<'_> {
             match next {
                 Some(next) => after = next,
                 None => return Ok(()),
+            }
+        }
+    }
+
+    async fn state_requests(&mut self) -> Result<(), JobError> {
+        loop {
+            let n = questboard_core::state::prune_requests(
+                &self.ctx.pool,
+                self.retention.state_requests,
+                self.retention.batch,
+                self.dry_run,
+            )
+            .await
+            .map_err(db)?;
+            self.report.state_requests += n;
+            self.step(Category::StateRequests).await?;
+            // A dry run counts everything in one statement.
+            if self.dry_run || (n as i64) < self.retention.batch {
+                return Ok(());
             }
         }
     }
@@ -439,6 +469,7 @@ impl Handler for Prune {
             match category {
                 Category::Invites => pruner.invites().await?,
                 Category::Leases => pruner.leases().await?,
+                Category::StateRequests => pruner.state_requests().await?,
                 Category::Jobs => pruner.jobs().await?,
                 Category::Events => pruner.events().await?,
                 Category::IdleSessions => pruner.idle_sessions().await?,
@@ -454,6 +485,7 @@ impl Handler for Prune {
             "jobs": report.jobs,
             "events": report.events,
             "leases": report.leases,
+            "state_requests": report.state_requests,
             "sessions_archived": report.sessions_archived,
             "sessions_deleted": report.sessions_deleted,
             "turns_deleted": report.turns_deleted,

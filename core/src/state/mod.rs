@@ -1,0 +1,382 @@
+//! The game state: one versioned JSON document per session (characters,
+//! actors, items, the current encounter, plugin data) that only its game
+//! master changes, through small [`ops`] checked against the version.
+//!
+//! Every applied update bumps `version` by one and appends a
+//! `state.updated` event to the session's log in the same transaction, so it
+//! reaches every member's socket in order through the one event path, and
+//! the event history and resume work for it unchanged. A client applies an
+//! event when its `version` is one more than what it holds, and refetches
+//! otherwise. The state's row (`game_states`) is created with its session
+//! (a trigger), so every session has one, at version 0.
+
+pub mod ops;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::events::{self, Event};
+use crate::identity::UserId;
+use crate::sessions::{self, Role, SessionStatus};
+pub use ops::Operation;
+
+/// The most operations one update may carry.
+pub const MAX_OPERATIONS: usize = 500;
+/// The longest client-chosen update id, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// A session's state at one version.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Snapshot {
+    /// The session.
+    pub session_id: Uuid,
+    /// How many updates were applied to it.
+    pub version: i64,
+    /// When the last one was.
+    pub updated_at: DateTime<Utc>,
+    /// The stored document (without the server-owned keys).
+    pub state: Value,
+}
+
+impl Snapshot {
+    /// The document as clients see it: the stored keys plus the
+    /// server-owned `stateVersion` and `lastUpdated`.
+    pub fn document(&self) -> Value {
+        let mut document = self.state.clone();
+        if let Value::Object(map) = &mut document {
+            map.insert("stateVersion".into(), json!(self.version));
+            map.insert("lastUpdated".into(), json!(self.updated_at));
+        }
+        document
+    }
+}
+
+/// Who made an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A game master (the owner or a `gm` member), through the API.
+    Gm,
+    /// Questboard itself (a turn's reply).
+    System,
+}
+
+/// An update as a game master sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Update<'a> {
+    /// The client's id for it, which makes it idempotent.
+    pub request_id: Option<&'a str>,
+    /// The version the operations were made against.
+    pub version: i64,
+    /// What to change, validated.
+    pub operations: &'a [Operation],
+    /// The largest the state may be afterwards, in bytes of JSON.
+    pub max_bytes: usize,
+}
+
+/// What an update did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The state's version after it.
+    pub new_version: i64,
+    /// The update's id (in its `state.updated` event).
+    pub update_id: Uuid,
+    /// The event to publish; None when this was a replay of an update
+    /// already applied under the same request id.
+    pub event: Option<Event>,
+}
+
+/// What can go wrong with the state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The session, or the membership in it, does not exist.
+    #[error(transparent)]
+    Session(#[from] sessions::Error),
+    /// A member whose role may not change the state.
+    #[error("only the game master (the owner or a gm member) can change the game state")]
+    NotGameMaster,
+    /// The session is archived: its state is read-only.
+    #[error("the session is archived; its game state can no longer change")]
+    Archived,
+    /// The update was made against another version.
+    #[error("the state is at version {current_version}, not {sent}; fetch it and retry")]
+    VersionConflict {
+        /// The state's version now.
+        current_version: i64,
+        /// The version the update was made against.
+        sent: i64,
+    },
+    /// An operation (by index) or the update as a whole is not acceptable.
+    #[error("{}", match .index { Some(i) => format!("operation {i}: {message}"), None => message.clone() })]
+    Invalid {
+        /// Which operation, if one is to blame.
+        index: Option<usize>,
+        /// Why.
+        message: String,
+    },
+    /// The state would be larger than allowed.
+    #[error("the state would be {bytes} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// Its size after the update.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request id was used before for a different update.
+    #[error("this update id was already used for a different update")]
+    IdReused,
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Validates the operations of an update as sent (before anything is read).
+pub fn parse_operations(raw: &[Value]) -> Result<Vec<Operation>> {
+    if raw.is_empty() {
+        return Err(Error::Invalid {
+            index: None,
+            message: "an update needs at least one operation".into(),
+        });
+    }
+    if raw.len() > MAX_OPERATIONS {
+        return Err(Error::Invalid {
+            index: None,
+            message: format!("an update carries at most {MAX_OPERATIONS} operations"),
+        });
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, op)| {
+            Operation::parse(op).map_err(|message| Error::Invalid {
+                index: Some(i),
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Validates a client-chosen update id: 1 to [`MAX_REQUEST_ID_BYTES`]
+/// printable ASCII characters.
+pub fn check_request_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Error::Invalid {
+            index: None,
+            message: format!(
+                "`id` must be 1 to {MAX_REQUEST_ID_BYTES} printable ASCII characters without spaces"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The state of a session as seen by `user`: [`sessions::Error::NotFound`]
+/// unless they are a member.
+pub async fn read_as_member(pool: &PgPool, session_id: Uuid, user: &UserId) -> Result<Snapshot> {
+    sqlx::query_as::<_, Snapshot>(
+        "SELECT g.session_id, g.version, g.updated_at, g.state
+         FROM game_states g
+         JOIN campaign_session_members m ON m.session_id = g.session_id
+         WHERE g.session_id = $1 AND m.user_id = $2",
+    )
+    .bind(session_id)
+    .bind(user.as_str())
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::Session(sessions::Error::NotFound))
+}
+
+/// Applies a game master's update: who may act first (members only, then
+/// owner and `gm`), then a replayed request id (answered as the first time,
+/// nothing applied), then the lifecycle and the version, then the
+/// operations, all or none. The change, its `state.updated` event and the
+/// request id are committed together.
+pub async fn update_as_gm(
+    pool: &PgPool,
+    session_id: Uuid,
+    actor: &UserId,
+    update: Update<'_>,
+) -> Result<Applied> {
+    let wire: Vec<ops::StateOperation> = update.operations.iter().map(Operation::wire).collect();
+    let request_hash =
+        Sha256::digest(serde_json::to_vec(&(update.version, &wire)).unwrap_or_default());
+    let mut tx = pool.begin().await?;
+    let member = sessions::require_member(&mut *tx, session_id, actor).await?;
+    if !matches!(member.role, Role::Owner | Role::Gm) {
+        return Err(Error::NotGameMaster);
+    }
+    let current = lock(&mut tx, session_id).await?;
+    if let Some(id) = update.request_id {
+        let earlier: Option<(Vec<u8>, Uuid, i64)> = sqlx::query_as(
+            "SELECT request_hash, update_id, new_version FROM game_state_requests
+             WHERE session_id = $1 AND request_id = $2",
+        )
+        .bind(session_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((hash, update_id, new_version)) = earlier {
+            if hash.as_slice() != request_hash.as_slice() {
+                return Err(Error::IdReused);
+            }
+            return Ok(Applied {
+                new_version,
+                update_id,
+                event: None,
+            });
+        }
+    }
+    if member.session.status == SessionStatus::Archived {
+        return Err(Error::Archived);
+    }
+    let applied = write(
+        &mut tx,
+        current,
+        &Change {
+            base_version: update.version,
+            operations: update.operations,
+            wire: &wire,
+            source: Source::Gm,
+            by: actor.as_str(),
+            max_bytes: update.max_bytes,
+        },
+    )
+    .await?;
+    if let Some(id) = update.request_id {
+        sqlx::query(
+            "INSERT INTO game_state_requests (session_id, request_id, request_hash, update_id, new_version)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(session_id)
+        .bind(id)
+        .bind(request_hash.as_slice())
+        .bind(applied.update_id)
+        .bind(applied.new_version)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Reads and locks the state row until the transaction ends.
+async fn lock(conn: &mut PgConnection, session_id: Uuid) -> Result<Snapshot> {
+    sqlx::query_as::<_, Snapshot>(
+        "SELECT session_id, version, updated_at, state FROM game_states
+         WHERE session_id = $1 FOR UPDATE",
+    )
+    .bind(session_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(Error::Session(sessions::Error::NotFound))
+}
+
+/// One change to apply to a locked state.
+struct Change<'a> {
+    base_version: i64,
+    operations: &'a [Operation],
+    wire: &'a [ops::StateOperation],
+    source: Source,
+    by: &'a str,
+    max_bytes: usize,
+}
+
+/// Checks the version, applies the operations to `current`, checks the
+/// result, and writes it with its event on `conn`.
+async fn write(conn: &mut PgConnection, current: Snapshot, change: &Change<'_>) -> Result<Applied> {
+    if current.version != change.base_version {
+        return Err(Error::VersionConflict {
+            current_version: current.version,
+            sent: change.base_version,
+        });
+    }
+    let mut state = current.state;
+    ops::apply_all(&mut state, change.operations)
+        .map_err(|(index, message)| Error::Invalid { index, message })?;
+    let document = serde_json::to_string(&state).map_err(|err| Error::Invalid {
+        index: None,
+        message: err.to_string(),
+    })?;
+    if document.len() > change.max_bytes {
+        return Err(Error::TooLarge {
+            bytes: document.len(),
+            limit: change.max_bytes,
+        });
+    }
+    let new_version: i64 = sqlx::query_scalar(
+        "UPDATE game_states SET version = version + 1, state = $2::jsonb, updated_at = now()
+         WHERE session_id = $1 RETURNING version",
+    )
+    .bind(current.session_id)
+    .bind(&document)
+    .fetch_one(&mut *conn)
+    .await?;
+    let update_id = Uuid::now_v7();
+    let event = events::append(
+        conn,
+        current.session_id,
+        "state.updated",
+        json!({
+            "update_id": update_id,
+            "version": new_version,
+            "base_version": change.base_version,
+            "operations": change.wire,
+            "source": change.source,
+            "by": change.by,
+        }),
+    )
+    .await?;
+    sqlx::query("UPDATE campaign_sessions SET last_active_at = now() WHERE id = $1")
+        .bind(current.session_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Applied {
+        new_version,
+        update_id,
+        event: Some(event),
+    })
+}
+
+/// Deletes up to `limit` client update ids older than `older_than` (with
+/// `dry_run`, counts all of them and deletes nothing). Returns how many.
+pub async fn prune_requests(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+    limit: i64,
+    dry_run: bool,
+) -> sqlx::Result<u64> {
+    let n: i64 = if dry_run {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM game_state_requests
+             WHERE created_at < now() - make_interval(secs => $1)",
+        )
+        .bind(older_than.as_secs_f64())
+        .fetch_one(pool)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "WITH doomed AS (
+                 SELECT ctid FROM game_state_requests
+                 WHERE created_at < now() - make_interval(secs => $1)
+                 LIMIT $2
+             ),
+             gone AS (
+                 DELETE FROM game_state_requests r USING doomed d
+                 WHERE r.ctid = d.ctid RETURNING 1
+             )
+             SELECT count(*) FROM gone",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(limit)
+        .fetch_one(pool)
+        .await?
+    };
+    Ok(n as u64)
+}
