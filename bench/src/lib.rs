@@ -51,6 +51,7 @@ pub mod processes;
 pub mod realtime;
 pub mod realwork;
 pub mod retention;
+pub mod state;
 
 /// The benchmark's command line.
 #[derive(Debug, clap::Parser)]
@@ -94,7 +95,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Only these groups (comma-separated): `baseline`, `enqueue`,
-    /// `pipeline`, `plain`, `realwork`, `retention`, `realtime` (default: all).
+    /// `pipeline`, `plain`, `realwork`, `retention`, `realtime`, `state`
+    /// (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Session counts of the end-to-end throughput scenario (comma-separated).
@@ -219,6 +221,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     if args.wants("realtime") {
         figures.extend(realtime::run(config, args).await?);
+    }
+    if args.wants("state") {
+        figures.extend(state::run(config, args).await?);
     }
     Ok(figures)
 }

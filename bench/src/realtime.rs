@@ -126,7 +126,11 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(addr: SocketAddr, session: uuid::Uuid, token: &str) -> anyhow::Result<Socket> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    session: uuid::Uuid,
+    token: &str,
+) -> anyhow::Result<Socket> {
     let mut request = format!("ws://{addr}/ws/sessions/{session}").into_client_request()?;
     request
         .headers_mut()

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::events::{self, Event};
+use crate::events::Event;
 use crate::identity::UserId;
 use crate::sessions::{self, Role, SessionStatus};
 pub use ops::Operation;
@@ -197,7 +197,8 @@ pub async fn read_as_member(pool: &PgPool, session_id: Uuid, user: &UserId) -> R
 /// owner and `gm`), then a replayed request id (answered as the first time,
 /// nothing applied), then the lifecycle and the version, then the
 /// operations, all or none. The change, its `state.updated` event and the
-/// request id are committed together.
+/// request id are committed together, in two statements between `BEGIN`
+/// and `COMMIT` (one reads and locks, one writes).
 pub async fn update_as_gm(
     pool: &PgPool,
     session_id: Uuid,
@@ -208,12 +209,29 @@ pub async fn update_as_gm(
     let request_hash =
         Sha256::digest(serde_json::to_vec(&(update.version, &wire)).unwrap_or_default());
     let mut tx = pool.begin().await?;
-    let member = sessions::require_member(&mut *tx, session_id, actor).await?;
-    if !matches!(member.role, Role::Owner | Role::Gm) {
+    // The caller's role, the session's lifecycle and the state, locked
+    // (a non-member has no row: 404 as for a session that does not exist).
+    let locked: Option<(Role, SessionStatus, i64, Value)> = sqlx::query_as(
+        "SELECT m.role, s.status, g.version, g.state
+         FROM campaign_session_members m
+         JOIN campaign_sessions s ON s.id = m.session_id
+         JOIN game_states g ON g.session_id = m.session_id
+         WHERE m.session_id = $1 AND m.user_id = $2
+         FOR UPDATE OF g",
+    )
+    .bind(session_id)
+    .bind(actor.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((role, status, version, state)) = locked else {
+        return Err(Error::Session(sessions::Error::NotFound));
+    };
+    if !matches!(role, Role::Owner | Role::Gm) {
         return Err(Error::NotGameMaster);
     }
-    let current = lock(&mut tx, session_id).await?;
     if let Some(id) = update.request_id {
+        // Read after the lock: an earlier update with this id committed
+        // while this one waited is seen.
         let earlier: Option<(Vec<u8>, Uuid, i64)> = sqlx::query_as(
             "SELECT request_hash, update_id, new_version FROM game_state_requests
              WHERE session_id = $1 AND request_id = $2",
@@ -233,12 +251,17 @@ pub async fn update_as_gm(
             });
         }
     }
-    if member.session.status == SessionStatus::Archived {
+    if status == SessionStatus::Archived {
         return Err(Error::Archived);
     }
     let applied = write(
         &mut tx,
-        current,
+        Snapshot {
+            session_id,
+            version,
+            updated_at: Utc::now(),
+            state,
+        },
         &Change {
             base_version: update.version,
             operations: update.operations,
@@ -246,36 +269,12 @@ pub async fn update_as_gm(
             source: Source::Gm,
             by: actor.as_str(),
             max_bytes: update.max_bytes,
+            request: update.request_id.map(|id| (id, request_hash.as_slice())),
         },
     )
     .await?;
-    if let Some(id) = update.request_id {
-        sqlx::query(
-            "INSERT INTO game_state_requests (session_id, request_id, request_hash, update_id, new_version)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(session_id)
-        .bind(id)
-        .bind(request_hash.as_slice())
-        .bind(applied.update_id)
-        .bind(applied.new_version)
-        .execute(&mut *tx)
-        .await?;
-    }
     tx.commit().await?;
     Ok(applied)
-}
-
-/// Reads and locks the state row until the transaction ends.
-async fn lock(conn: &mut PgConnection, session_id: Uuid) -> Result<Snapshot> {
-    sqlx::query_as::<_, Snapshot>(
-        "SELECT session_id, version, updated_at, state FROM game_states
-         WHERE session_id = $1 FOR UPDATE",
-    )
-    .bind(session_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(Error::Session(sessions::Error::NotFound))
 }
 
 /// One change to apply to a locked state.
@@ -286,10 +285,15 @@ struct Change<'a> {
     source: Source,
     by: &'a str,
     max_bytes: usize,
+    /// The client's id for the update and the hash of what it asked.
+    request: Option<(&'a str, &'a [u8])>,
 }
 
 /// Checks the version, applies the operations to `current`, checks the
-/// result, and writes it with its event on `conn`.
+/// result, and writes it on `conn` in one statement: the new state, the
+/// session's next event seq (allocated as `events::append` does, under the
+/// session row's lock) and activity time, the `state.updated` event, and
+/// the request id.
 async fn write(conn: &mut PgConnection, current: Snapshot, change: &Change<'_>) -> Result<Applied> {
     if current.version != change.base_version {
         return Err(Error::VersionConflict {
@@ -310,33 +314,50 @@ async fn write(conn: &mut PgConnection, current: Snapshot, change: &Change<'_>) 
             limit: change.max_bytes,
         });
     }
-    let new_version: i64 = sqlx::query_scalar(
-        "UPDATE game_states SET version = version + 1, state = $2::jsonb, updated_at = now()
-         WHERE session_id = $1 RETURNING version",
+    let update_id = Uuid::now_v7();
+    // The row is locked and at `base_version`: this update makes the next.
+    let new_version = change.base_version + 1;
+    let data = json!({
+        "update_id": update_id,
+        "version": new_version,
+        "base_version": change.base_version,
+        "operations": change.wire,
+        "source": change.source,
+        "by": change.by,
+    });
+    let event = sqlx::query_as::<_, Event>(
+        "WITH g AS (
+             UPDATE game_states SET version = $3, state = $2::jsonb, updated_at = now()
+             WHERE session_id = $1 AND version = $3 - 1
+             RETURNING session_id
+         ),
+         s AS (
+             UPDATE campaign_sessions c
+             SET next_event_seq = c.next_event_seq + 1, last_active_at = now()
+             FROM g WHERE c.id = g.session_id
+             RETURNING c.next_event_seq - 1 AS seq
+         ),
+         r AS (
+             INSERT INTO game_state_requests (session_id, request_id, request_hash, update_id, new_version)
+             SELECT $1, $5, $6, $7, $3 FROM s WHERE $5::text IS NOT NULL
+         )
+         INSERT INTO session_events (session_id, seq, type, data)
+         SELECT $1, seq, 'state.updated', $4 FROM s
+         RETURNING seq, type, session_id, at, data",
     )
     .bind(current.session_id)
     .bind(&document)
-    .fetch_one(&mut *conn)
-    .await?;
-    let update_id = Uuid::now_v7();
-    let event = events::append(
-        conn,
-        current.session_id,
-        "state.updated",
-        json!({
-            "update_id": update_id,
-            "version": new_version,
-            "base_version": change.base_version,
-            "operations": change.wire,
-            "source": change.source,
-            "by": change.by,
-        }),
-    )
-    .await?;
-    sqlx::query("UPDATE campaign_sessions SET last_active_at = now() WHERE id = $1")
-        .bind(current.session_id)
-        .execute(&mut *conn)
-        .await?;
+    .bind(new_version)
+    .bind(data)
+    .bind(change.request.map(|(id, _)| id))
+    .bind(change.request.map(|(_, hash)| hash))
+    .bind(update_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(Error::VersionConflict {
+        current_version: current.version,
+        sent: change.base_version,
+    })?;
     Ok(Applied {
         new_version,
         update_id,
