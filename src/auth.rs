@@ -96,6 +96,10 @@ pub enum AuthError {
     /// No `Authorization` header.
     #[error("missing bearer token")]
     Missing,
+    /// More than one `Authorization` header: which one is meant is
+    /// ambiguous, so none is used (400).
+    #[error("more than one Authorization header")]
+    Ambiguous,
     /// The header is not `Bearer <token>` or the token is not a JWT.
     #[error("malformed bearer token")]
     Malformed,
@@ -118,6 +122,7 @@ impl AuthError {
     pub fn reason(self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
+            AuthError::Ambiguous => "ambiguous",
             AuthError::Malformed => "malformed",
             AuthError::Expired => "expired",
             AuthError::Invalid => "invalid",
@@ -231,6 +236,9 @@ impl Verifier {
 fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = LEEWAY_SECS;
+    // A token not valid yet is refused like an expired one, with the same
+    // leeway (jsonwebtoken leaves `nbf` unchecked by default).
+    validation.validate_nbf = true;
     // A configured issuer or audience must be present, not merely correct
     // when present.
     let mut required = vec!["exp", "sub"];
@@ -250,6 +258,12 @@ fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> V
 }
 
 fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Caller, AuthError> {
+    // RFC 7515 4.1.11: a `crit` header names extensions the recipient must
+    // understand; questboard understands none, so any is refused.
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+    if header.crit.is_some() {
+        return Err(AuthError::Invalid);
+    }
     let data =
         jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| match err.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,

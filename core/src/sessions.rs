@@ -151,11 +151,32 @@ pub struct Member {
 pub struct SessionName(String);
 
 impl SessionName {
-    /// Validates and trims `raw`.
+    /// Validates `raw`, trimmed and in Unicode normal form C (so names that
+    /// look the same are the same): at least one visible character, at
+    /// most [`MAX_NAME_CHARS`], no control characters and no bidirectional
+    /// overrides or isolates (which make text display as something else).
     pub fn parse(raw: &str) -> Result<Self, Error> {
-        let name = raw.trim();
+        use unicode_normalization::UnicodeNormalization as _;
+        let name: String = raw.trim().nfc().collect();
+        let name = name.as_str();
         if name.is_empty() {
             return Err(Error::Invalid("name must not be empty".into()));
+        }
+        if name
+            .chars()
+            .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+        {
+            return Err(Error::Invalid(
+                "name must not contain bidirectional overrides or isolates".into(),
+            ));
+        }
+        if name
+            .chars()
+            .all(|c| c.is_whitespace() || crate::identity::is_format(c))
+        {
+            return Err(Error::Invalid(
+                "name must have at least one visible character".into(),
+            ));
         }
         if name.chars().count() > MAX_NAME_CHARS {
             return Err(Error::Invalid(format!(
@@ -456,13 +477,15 @@ pub async fn remove_member(pool: &PgPool, id: Uuid, actor: &UserId, target: &str
     // bytes would not even reach Postgres).
     let target = UserId::parse(target).map_err(|_| Error::NoSuchMember)?;
     let target = target.as_str();
+    // Who may act comes before what the session allows: a player asking
+    // to remove the owner is refused for asking, not for the owner.
+    if membership.role != Role::Owner && target != actor.as_str() {
+        return Err(Error::Forbidden("only the owner can remove other members"));
+    }
     if target == membership.session.owner_user_id {
         return Err(Error::Conflict(
             "the owner cannot be removed from their session",
         ));
-    }
-    if membership.role != Role::Owner && target != actor.as_str() {
-        return Err(Error::Forbidden("only the owner can remove other members"));
     }
     let removed = sqlx::query(
         r#"

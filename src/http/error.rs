@@ -113,6 +113,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(AuthError::Ambiguous) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -136,6 +137,7 @@ impl Error {
             | Error::Gone { code, .. }
             | Error::InvalidUpdate { code, .. } => code,
             Error::VersionConflict { .. } => "VERSION_CONFLICT",
+            Error::Unauthorized(AuthError::Ambiguous) => "duplicate_authorization",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",

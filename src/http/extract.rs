@@ -67,6 +67,14 @@ impl FromRequestParts<AppState> for AuthCaller {
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, AuthError> {
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(AuthError::Ambiguous);
+    }
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(AuthError::Missing)?

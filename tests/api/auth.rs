@@ -61,6 +61,8 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::GET, format!("/api/sessions/{s}/turns")),
         (Method::GET, "/api/jobs/01M83ZZNBQ8FJJ8BY91YHXQJKR".into()),
         (Method::GET, format!("/api/sessions/{s}/events")),
+        (Method::GET, format!("/api/sessions/{s}/state")),
+        (Method::POST, format!("/api/sessions/{s}/state/updates")),
     ]
 }
 
@@ -131,10 +133,13 @@ async fn alg_none_and_tampered_tokens_are_refused() {
         .await;
     resp.assert_error(401, "unauthorized");
 
-    // Missing or empty `sub`, missing `exp`.
+    // Missing, empty, blank or disguised `sub`, missing `exp`.
     for claims in [
         json!({ "exp": now() + 600 }),
         json!({ "sub": "", "exp": now() + 600 }),
+        json!({ "sub": "   ", "exp": now() + 600 }),
+        json!({ "sub": "\u{202e}nimda", "exp": now() + 600 }),
+        json!({ "sub": "al\u{200b}ice", "exp": now() + 600 }),
         json!({ "sub": "alice" }),
     ] {
         let token = hs(Algorithm::HS256, TEST_SECRET, &claims);
@@ -269,4 +274,72 @@ async fn jwks_mode_verifies_rs256_and_follows_key_rotation() {
         .call_with_auth(Method::GET, "/api/sessions", &bearer(rotated))
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text);
+}
+
+#[tokio::test]
+async fn tokens_not_yet_valid_or_with_critical_extensions_are_refused() {
+    let app = TestApp::spawn().await;
+    let get = async |token: &str| {
+        app.call_with_auth(Method::GET, "/api/sessions", &format!("Bearer {token}"))
+            .await
+    };
+    // `nbf` half an hour ahead: refused; within the leeway or past: fine.
+    let later = hs(
+        Algorithm::HS256,
+        TEST_SECRET,
+        &json!({ "sub": "alice", "exp": now() + 7200, "nbf": now() + 1800 }),
+    );
+    get(&later).await.assert_error(401, "unauthorized");
+    for nbf in [now() + 2, now() - 60] {
+        let ok = hs(
+            Algorithm::HS256,
+            TEST_SECRET,
+            &json!({ "sub": "alice", "exp": now() + 600, "nbf": nbf }),
+        );
+        assert_eq!(get(&ok).await.status, 200, "nbf {nbf}");
+    }
+    // A `crit` header parameter (RFC 7515 4.1.11): refused, correctly signed or not.
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["exp-v2".into()]);
+    let critical = jsonwebtoken::encode(
+        &header,
+        &json!({ "sub": "alice", "exp": now() + 600 }),
+        &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .expect("encode");
+    get(&critical).await.assert_error(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_refused_in_either_order() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Mine").await;
+    let (alice, bob) = (app.token("alice"), app.token("bob"));
+    for (first, second) in [(&alice, &bob), (&bob, &alice), (&alice, &alice)] {
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/sessions/{session}")))
+            .header("authorization", format!("Bearer {first}"))
+            .header("authorization", format!("Bearer {second}"))
+            .send()
+            .await
+            .expect("request");
+        let resp = crate::helpers::into_resp(resp).await;
+        resp.assert_error(400, "duplicate_authorization");
+
+        // The WebSocket upgrade too.
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = format!("ws://{}/ws/sessions/{session}", app.addr)
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().append(
+            "authorization",
+            format!("Bearer {first}").parse().expect("header"),
+        );
+        request.headers_mut().append(
+            "authorization",
+            format!("Bearer {second}").parse().expect("header"),
+        );
+        assert_eq!(app.ws_request(request).await.err(), Some(400));
+    }
 }

@@ -247,10 +247,11 @@ async fn members_are_removed_by_the_owner_or_leave_but_the_owner_stays() {
     let session = app.session_with("alice", &["bob", "carol"]).await;
     let base = format!("/api/sessions/{session}");
 
-    // Nobody removes the owner, not even the owner.
+    // Nobody removes the owner: a player may not ask (403, before what
+    // the session allows), and the owner cannot leave (409).
     app.delete("bob", &format!("{base}/members/alice"))
         .await
-        .assert_error(409, "conflict");
+        .assert_error(403, "forbidden");
     app.delete("alice", &format!("{base}/members/alice"))
         .await
         .assert_error(409, "conflict");
@@ -288,6 +289,10 @@ async fn names_are_validated() {
         json!({ "name": "x".repeat(101) }),
         json!({ "name": "x".repeat(100_000) }),
         json!({ "name": "bell\u{7}" }),
+        json!({ "name": "\u{200b}\u{200b}" }),
+        json!({ "name": " \u{feff}\u{2060} " }),
+        json!({ "name": "\u{202e}evil" }),
+        json!({ "name": "left\u{2067}right" }),
         json!({ "name": 42 }),
         json!({ "name": null }),
         json!({}),
@@ -297,6 +302,16 @@ async fn names_are_validated() {
             .await
             .assert_error(422, "validation_failed");
     }
+    // Names are stored in normal form C: "e" + combining acute is "é".
+    let resp = app
+        .post(
+            "alice",
+            "/api/sessions",
+            json!({ "name": "  Caf\u{65}\u{301}  " }),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text);
+    assert_eq!(resp.body["name"], "Caf\u{e9}");
     // 100 characters (multi-byte) are fine.
     let resp = app
         .post("alice", "/api/sessions", json!({ "name": "é".repeat(100) }))
@@ -315,5 +330,5 @@ async fn names_are_validated() {
         .fetch_one(&app.db.pool)
         .await
         .expect("count");
-    assert_eq!(count, 1);
+    assert_eq!(count, 2);
 }
