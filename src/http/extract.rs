@@ -125,9 +125,9 @@ pub struct BodyLimit(pub usize);
 
 fn json_rejection(rejection: JsonRejection, limit: usize) -> Error {
     match rejection {
-        JsonRejection::JsonDataError(err) => Error::Unprocessable(err.body_text()),
+        JsonRejection::JsonDataError(err) => Error::Unprocessable(describe(&err.body_text())),
         JsonRejection::JsonSyntaxError(err) => {
-            Error::bad_request("malformed_json", err.body_text())
+            Error::bad_request("malformed_json", describe(&err.body_text()))
         }
         JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType,
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge(limit),
@@ -149,9 +149,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Path(value)),
-            Err(PathRejection::FailedToDeserializePathParams(err)) => {
-                Err(Error::bad_request("invalid_path", err.body_text()))
-            }
+            Err(PathRejection::FailedToDeserializePathParams(err)) => Err(Error::bad_request(
+                "invalid_path",
+                describe(&err.body_text()),
+            )),
             Err(other) => Err(Error::internal(other)),
         }
     }
@@ -176,5 +177,108 @@ where
             }
             Err(other) => Err(Error::bad_request("invalid_query", other.body_text())),
         }
+    }
+}
+
+/// Most characters of client input a message quotes back.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// A rejection's text made safe to show: the input it quotes is cut to
+/// [`MAX_ECHO_CHARS`] characters, and Rust type names ("expected struct
+/// SessionInput") become the JSON they stand for ("expected an object").
+pub fn describe(text: &str) -> String {
+    let text = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(text)
+        .replace("a sequence", "an array")
+        .replace("a map", "an object")
+        .replace("type: sequence", "type: array")
+        .replace("type: map", "type: object");
+    let mut out = String::with_capacity(text.len().min(512));
+    let mut words = text.split(' ').peekable();
+    let mut first = true;
+    while let Some(word) = words.next() {
+        if !first {
+            out.push(' ');
+        }
+        first = false;
+        if matches!(word, "struct" | "enum" | "tuple" | "unit") {
+            // "expected struct Name": drop the name, say what JSON it is.
+            let name = words.next().unwrap_or_default();
+            let rest = name.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+            out.push_str(match word {
+                "struct" => "an object",
+                "enum" => "one of the documented values",
+                _ => "a value of the documented shape",
+            });
+            out.push_str(rest);
+            continue;
+        }
+        out.push_str(word);
+    }
+    cap_quoted(&out)
+}
+
+/// Cuts every quoted or backticked run, and the whole text, to a bounded
+/// length.
+fn cap_quoted(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside: Option<char> = None;
+    let mut run = 0usize;
+    for c in text.chars() {
+        match inside {
+            Some(q) if c == q => {
+                inside = None;
+                out.push(c);
+            }
+            Some(_) => {
+                run += 1;
+                if run <= MAX_ECHO_CHARS {
+                    out.push(c);
+                } else if run == MAX_ECHO_CHARS + 1 {
+                    out.push_str("...");
+                }
+            }
+            None => {
+                if c == '"' || c == '`' {
+                    inside = Some(c);
+                    run = 0;
+                }
+                out.push(c);
+            }
+        }
+        if out.chars().count() > 4 * MAX_ECHO_CHARS + 200 {
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_json_not_rust_and_echo_little() {
+        let shaped = describe(
+            "Failed to deserialize the JSON body into the target type: invalid type: string \"x\", expected struct SessionInput at line 1 column 3",
+        );
+        assert_eq!(
+            shaped,
+            "invalid type: string \"x\", expected an object at line 1 column 3"
+        );
+        assert!(describe("expected a sequence").ends_with("an array"));
+        assert_eq!(
+            describe("invalid type: sequence, expected a string"),
+            "invalid type: array, expected a string"
+        );
+        let long = format!("Cannot parse `{}` to a UUID", "a".repeat(10_000));
+        let cut = describe(&long);
+        assert!(cut.len() < 200, "{cut}");
+        assert!(
+            cut.contains(&format!("`{}...`", "a".repeat(MAX_ECHO_CHARS))),
+            "{cut}"
+        );
     }
 }

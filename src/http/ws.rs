@@ -385,7 +385,7 @@ async fn answer(
                     .and_then(|done| serde_json::to_value(done).map_err(Error::internal)),
                 Err(err) => Err(Error::Unprocessable(format!(
                     "a state.update needs `version` (integer) and `operations` (array), and may have `id` (string): {}",
-                    err.to_string().chars().take(120).collect::<String>()
+                    super::extract::describe(&err.to_string())
                 ))),
             }
         }

@@ -166,3 +166,24 @@ async fn nothing_a_client_sends_here_produces_a_500() {
         }
     }
 }
+
+#[tokio::test]
+async fn error_messages_echo_little_input_and_no_rust_types() {
+    let app = TestApp::spawn().await;
+    // A 10 KB path segment comes back cut, not whole.
+    let long = "a".repeat(10_000);
+    let resp = app.get("alice", &format!("/api/sessions/{long}")).await;
+    resp.assert_error(400, "invalid_path");
+    let message = resp.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.len() < 300, "{message}");
+    assert!(!message.contains(&"a".repeat(65)), "{message}");
+    // Shape errors describe JSON, not the Rust type behind it.
+    for body in [json!("a string"), json!([1, 2]), json!({ "name": ["x"] })] {
+        let resp = app.post("alice", "/api/sessions", body.clone()).await;
+        resp.assert_error(422, "validation_failed");
+        let message = resp.body["error"]["message"].as_str().unwrap_or_default();
+        for rust in ["struct", "SessionInput", "enum ", "sequence", "a map"] {
+            assert!(!message.contains(rust), "{body}: {message}");
+        }
+    }
+}
