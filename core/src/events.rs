@@ -108,24 +108,6 @@ pub async fn append(
     .await
 }
 
-/// Events of a session with `seq > after_seq`, in order.
-pub async fn list(
-    pool: &PgPool,
-    session_id: Uuid,
-    after_seq: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<Event>> {
-    sqlx::query_as::<_, Event>(
-        "SELECT seq, type, session_id, at, data FROM session_events
-         WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-    )
-    .bind(session_id)
-    .bind(after_seq)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
 /// Where a session's log starts and ends for a reader: every event with
 /// `seq <= pruned_through` may be gone (retention), and `last` is the
 /// newest seq.

@@ -370,7 +370,11 @@ async fn answer(
             );
         }
     };
-    let result = match message.get("type").and_then(Value::as_str) {
+    let kind = message
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let result = match kind.as_deref() {
         Some("state.get") => questboard_core::state::read_as_member(&state.pool, session_id, user)
             .await
             .map_err(Error::from)
@@ -379,7 +383,7 @@ async fn answer(
                     .map_err(Error::internal)
             }),
         Some("state.update") => {
-            match serde_json::from_value::<super::state::StateUpdateInput>(message.clone()) {
+            match serde_json::from_value::<super::state::StateUpdateInput>(message) {
                 Ok(input) => super::state::apply(state, session_id, user, &input)
                     .await
                     .and_then(|done| serde_json::to_value(done).map_err(Error::internal)),

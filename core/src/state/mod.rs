@@ -206,8 +206,12 @@ pub async fn update_as_gm(
     update: Update<'_>,
 ) -> Result<Applied> {
     let wire: Vec<ops::StateOperation> = update.operations.iter().map(Operation::wire).collect();
-    let request_hash =
-        Sha256::digest(serde_json::to_vec(&(update.version, &wire)).unwrap_or_default());
+    // A client id comes with the hash of what it asked, to tell a resend
+    // from another update reusing the id.
+    let request: Option<(&str, Vec<u8>)> = update.request_id.map(|id| {
+        let asked = serde_json::to_vec(&(update.version, &wire)).unwrap_or_default();
+        (id, Sha256::digest(asked).to_vec())
+    });
     let mut tx = pool.begin().await?;
     // The caller's role, the session's lifecycle and the state, locked
     // (a non-member has no row: 404 as for a session that does not exist).
@@ -229,7 +233,7 @@ pub async fn update_as_gm(
     if !matches!(role, Role::Owner | Role::Gm) {
         return Err(Error::NotGameMaster);
     }
-    if let Some(id) = update.request_id {
+    if let Some((id, request_hash)) = &request {
         // Read after the lock: an earlier update with this id committed
         // while this one waited is seen.
         let earlier: Option<(Vec<u8>, Uuid, i64)> = sqlx::query_as(
@@ -237,11 +241,11 @@ pub async fn update_as_gm(
              WHERE session_id = $1 AND request_id = $2",
         )
         .bind(session_id)
-        .bind(id)
+        .bind(*id)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some((hash, update_id, new_version)) = earlier {
-            if hash.as_slice() != request_hash.as_slice() {
+            if &hash != request_hash {
                 return Err(Error::IdReused);
             }
             return Ok(Applied {
@@ -256,12 +260,8 @@ pub async fn update_as_gm(
     }
     let applied = write(
         &mut tx,
-        Snapshot {
-            session_id,
-            version,
-            updated_at: Utc::now(),
-            state,
-        },
+        session_id,
+        (version, state),
         &Change {
             base_version: update.version,
             operations: update.operations,
@@ -269,7 +269,7 @@ pub async fn update_as_gm(
             source: Source::Gm,
             by: actor.as_str(),
             max_bytes: update.max_bytes,
-            request: update.request_id.map(|id| (id, request_hash.as_slice())),
+            request: request.as_ref().map(|(id, hash)| (*id, hash.as_slice())),
         },
     )
     .await?;
@@ -289,19 +289,24 @@ struct Change<'a> {
     request: Option<(&'a str, &'a [u8])>,
 }
 
-/// Checks the version, applies the operations to `current`, checks the
+/// Checks the version, applies the operations to the locked state
+/// `current` (its version and document), checks the
 /// result, and writes it on `conn` in one statement: the new state, the
 /// session's next event seq (allocated as `events::append` does, under the
 /// session row's lock) and activity time, the `state.updated` event, and
 /// the request id.
-async fn write(conn: &mut PgConnection, current: Snapshot, change: &Change<'_>) -> Result<Applied> {
-    if current.version != change.base_version {
+async fn write(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    (current_version, mut state): (i64, Value),
+    change: &Change<'_>,
+) -> Result<Applied> {
+    if current_version != change.base_version {
         return Err(Error::VersionConflict {
-            current_version: current.version,
+            current_version,
             sent: change.base_version,
         });
     }
-    let mut state = current.state;
     ops::apply_all(&mut state, change.operations)
         .map_err(|(index, message)| Error::Invalid { index, message })?;
     let document = serde_json::to_string(&state).map_err(|err| Error::Invalid {
@@ -345,7 +350,7 @@ async fn write(conn: &mut PgConnection, current: Snapshot, change: &Change<'_>) 
          SELECT $1, seq, 'state.updated', $4 FROM s
          RETURNING seq, type, session_id, at, data",
     )
-    .bind(current.session_id)
+    .bind(session_id)
     .bind(&document)
     .bind(new_version)
     .bind(data)
@@ -355,7 +360,7 @@ async fn write(conn: &mut PgConnection, current: Snapshot, change: &Change<'_>) 
     .fetch_optional(&mut *conn)
     .await?
     .ok_or(Error::VersionConflict {
-        current_version: current.version,
+        current_version,
         sent: change.base_version,
     })?;
     Ok(Applied {
