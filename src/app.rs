@@ -192,6 +192,7 @@ pub fn worker_with(
         poll_interval: Duration::from_millis(config.worker_poll_ms),
         commit: CommitSettings {
             in_flight: config.worker_commits_in_flight as usize,
+            state_max_bytes: config.state_max_bytes,
             ..CommitSettings::default()
         },
         wakeups: redis::Client::open(config.redis_url.expose())
@@ -245,6 +246,7 @@ pub fn provider_settings(config: &Config) -> ProviderSettings {
             model: config.llm_model.clone(),
             api_key: config.llm_api_key.as_ref().map(|k| k.expose().to_owned()),
             timeout: Duration::from_millis(config.llm_timeout_ms),
+            tools: config.llm_tools,
         }),
     }
 }

@@ -234,6 +234,18 @@ pub struct Config {
     #[arg(long, env = "QB_LLM_TIMEOUT_MS", default_value_t = 60_000)]
     pub llm_timeout_ms: u64,
 
+    /// Offer the model the `update_game_state` tool (function calling), so
+    /// its replies can change the game state; `false` for servers that
+    /// reject `tools`.
+    #[arg(
+        long,
+        env = "QB_LLM_TOOLS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub llm_tools: bool,
+
     /// Earlier exchanges included in a turn's prompt.
     #[arg(long, env = "QB_LLM_HISTORY_TURNS", default_value_t = 20)]
     pub llm_history_turns: u32,

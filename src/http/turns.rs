@@ -16,6 +16,7 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use questboard_core::metrics as m;
 use questboard_core::sessions;
+use questboard_core::state::StateChange;
 use questboard_core::turns::{self, NewTurn, Turn, TurnStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -76,6 +77,10 @@ pub struct TurnView {
     pub output: Option<String>,
     /// Why the last attempt failed, if it did (sanitised).
     pub error: Option<String>,
+    /// What the reply did to the game state, when it asked for a change:
+    /// applied (the version it made) or refused (why; the reply stands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_change: Option<StateChange>,
     /// Its job.
     pub job_id: String,
     /// Submitted.
@@ -96,6 +101,7 @@ impl From<Turn> for TurnView {
             input: t.input,
             output: t.output,
             error: t.error,
+            state_change: t.state_change.map(|c| c.0),
             job_id: t.job_id,
             created_at: t.created_at,
             started_at: t.started_at,

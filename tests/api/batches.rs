@@ -216,6 +216,7 @@ async fn a_batch_of_steps_applies_the_live_ones_and_nothing_of_a_fenced_out_one(
             tb.job_id.clone(),
             Settle::Completed {
                 output: output.to_owned(),
+                state: None,
             },
         )),
         ..Step::new(b, &lb)
@@ -285,6 +286,7 @@ async fn a_release_racing_a_submission_keeps_the_session_in_line() {
                 first.job_id.clone(),
                 Settle::Completed {
                     output: "answer".to_owned(),
+                    state: None,
                 },
             )),
             release: Some(Release {

@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 pub enum Reply {
     /// Stream these chunks, then `[DONE]`.
     Stream(Vec<String>),
+    /// Stream these raw `delta` objects (text, `tool_calls` fragments),
+    /// finishing with `tool_calls` if any carried one, else `stop`.
+    Deltas(Vec<Value>),
     /// Answer with this status (and `Retry-After` seconds, if given).
     Status(u16, Option<u64>),
 }
@@ -122,7 +125,21 @@ async fn complete(State(fake): State<Fake>, headers: HeaderMap, body: String) ->
             }
             response
         }
-        Reply::Stream(chunks) => {
+        reply @ (Reply::Stream(_) | Reply::Deltas(_)) => {
+            let (deltas, finish) = match reply {
+                Reply::Stream(chunks) => (
+                    chunks
+                        .into_iter()
+                        .map(|c| json!({ "content": c }))
+                        .collect(),
+                    "stop",
+                ),
+                Reply::Deltas(deltas) => {
+                    let calls = deltas.iter().any(|d| d.get("tool_calls").is_some());
+                    (deltas, if calls { "tool_calls" } else { "stop" })
+                }
+                Reply::Status(..) => unreachable!(),
+            };
             let mut events = vec![
                 ": keep-alive\n\n".to_owned(),
                 format!(
@@ -133,17 +150,20 @@ async fn complete(State(fake): State<Fake>, headers: HeaderMap, body: String) ->
                     })
                 ),
             ];
-            for chunk in chunks {
-                events.push(format!("data: {}\n\n", json!({
-                    "id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                    "choices": [{ "index": 0, "delta": { "content": chunk }, "finish_reason": null }]
-                })));
+            for delta in deltas {
+                events.push(format!(
+                    "data: {}\n\n",
+                    json!({
+                        "id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                        "choices": [{ "index": 0, "delta": delta, "finish_reason": null }]
+                    })
+                ));
             }
             events.push(format!(
                 "data: {}\n\n",
                 json!({
                     "id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                    "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
+                    "choices": [{ "index": 0, "delta": {}, "finish_reason": finish }]
                 })
             ));
             events.push("data: [DONE]\n\n".to_owned());

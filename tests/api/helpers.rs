@@ -591,6 +591,29 @@ impl TestApp {
         (cmd.spawn().expect("spawn worker process"), log)
     }
 
+    /// Starts `questboard work` as a process whose scripted model takes
+    /// `latency_ms` per reply, with leases of `ttl_ms`, and waits until it
+    /// runs the session's first turn (so a test can kill or freeze it
+    /// mid-turn).
+    pub async fn worker_running_first_turn(
+        &self,
+        user: &str,
+        session: &str,
+        latency_ms: u64,
+        ttl_ms: u64,
+    ) -> (std::process::Child, std::path::PathBuf) {
+        let (latency, ttl) = (latency_ms.to_string(), ttl_ms.to_string());
+        let started = self.worker_process(&[
+            ("QB_SCRIPTED_LATENCY_MS", latency.as_str()),
+            ("QB_LEASE_TTL_MS", ttl.as_str()),
+        ]);
+        self.wait_turns(user, session, "the turn to start", |t| {
+            t[0]["status"] == "running"
+        })
+        .await;
+        started
+    }
+
     /// Submits a turn as `user`.
     pub async fn submit(&self, user: &str, session: &str, text: &str) -> Resp {
         self.post(
@@ -791,5 +814,27 @@ impl TestApp {
             .await;
         assert_eq!(resp.status, 200, "{}", resp.text);
         resp.body["events"].as_array().expect("events").clone()
+    }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `child`.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} failed");
+}
+
+/// Waits up to `wait` for the file at `log` to contain `needle`; returns
+/// what it holds then.
+pub async fn wait_log(log: &std::path::Path, needle: &str, wait: Duration) -> String {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) || std::time::Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -29,4 +29,5 @@ mod scheduler;
 mod sessions;
 mod state;
 mod storage;
+mod turn_state;
 mod turns;

@@ -11,7 +11,7 @@ use questboard::config::LlmProvider;
 use serde_json::{Value, json};
 
 use crate::fake_llm::{FakeLlm, Reply};
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, signal, wait_log};
 
 fn ts(turn: &Value, field: &str) -> DateTime<Utc> {
     turn[field]
@@ -204,14 +204,9 @@ async fn a_worker_killed_mid_turn_is_taken_over_after_its_lease_expires() {
     let job_id = resp.body["job_id"].as_str().expect("job").to_owned();
 
     // A worker process with a slow model picks the turn up...
-    let (mut doomed, _log) = app.worker_process(&[
-        ("QB_SCRIPTED_LATENCY_MS", "30000"),
-        ("QB_LEASE_TTL_MS", "1500"),
-    ]);
-    app.wait_turns("alice", &session, "the turn to start", |t| {
-        t[0]["status"] == "running"
-    })
-    .await;
+    let (mut doomed, _log) = app
+        .worker_running_first_turn("alice", &session, 30000, 1500)
+        .await;
     // The job shows the run in progress (read from the turn: its job row
     // is written at enqueue and settle only).
     let running = job(&app, "alice", &job_id).await;
@@ -278,14 +273,9 @@ async fn a_turn_whose_every_attempt_died_with_its_worker_fails_instead_of_loopin
         .expect("job")
         .to_owned();
     app.submit("alice", &session, "the next turn").await;
-    let (mut doomed, _log) = app.worker_process(&[
-        ("QB_SCRIPTED_LATENCY_MS", "30000"),
-        ("QB_LEASE_TTL_MS", "1000"),
-    ]);
-    app.wait_turns("alice", &session, "the turn to start", |t| {
-        t[0]["status"] == "running"
-    })
-    .await;
+    let (mut doomed, _log) = app
+        .worker_running_first_turn("alice", &session, 30000, 1000)
+        .await;
     doomed.kill().expect("kill -9");
     doomed.wait().expect("reap");
 
@@ -312,22 +302,10 @@ async fn a_paused_worker_that_lost_its_lease_cannot_write_its_stale_reply() {
     let resp = app.submit("alice", &session, "I hold my breath.").await;
     let job_id = resp.body["job_id"].as_str().expect("job").to_owned();
 
-    let (mut paused, log) = app.worker_process(&[
-        ("QB_SCRIPTED_LATENCY_MS", "1500"),
-        ("QB_LEASE_TTL_MS", "900"),
-    ]);
-    app.wait_turns("alice", &session, "the turn to start", |t| {
-        t[0]["status"] == "running"
-    })
-    .await;
-    let pid = paused.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    let (mut paused, log) = app
+        .worker_running_first_turn("alice", &session, 1500, 900)
+        .await;
+    signal(&paused, "-STOP");
 
     // While it is frozen, its lease lapses and another worker finishes the turn.
     let other = app.worker(|c| c.lease_ttl_ms = 900).await;
@@ -340,22 +318,13 @@ async fn a_paused_worker_that_lost_its_lease_cannot_write_its_stale_reply() {
     other.stop().await;
 
     // Thawed, the stale holder finishes its model call and tries to record it.
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut text = String::new();
-    while std::time::Instant::now() < deadline {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("write refused by the fencing check") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    signal(&paused, "-CONT");
+    let text = wait_log(
+        &log,
+        "write refused by the fencing check",
+        Duration::from_secs(20),
+    )
+    .await;
     paused.kill().expect("kill");
     paused.wait().expect("reap");
     assert!(
@@ -542,9 +511,10 @@ async fn the_openai_provider_streams_replies_and_sends_the_history() {
         .iter()
         .filter_map(|m| m["role"].as_str())
         .collect();
-    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    // The instructions, the game state, the history, the turn.
+    assert_eq!(roles, ["system", "system", "user", "assistant", "user"]);
     assert_eq!(
-        requests[1].body["messages"][2]["content"],
+        requests[1].body["messages"][3]["content"],
         "You said: first words"
     );
     worker.stop().await;

@@ -15,6 +15,11 @@
 //! After each commit the committer publishes the batch's events, in order,
 //! before answering: a session's next step (and its events) can only come
 //! after.
+//!
+//! A step whose reply changes the game state is the exception: it locks
+//! the session's state row, so it runs alone in its own transaction
+//! ([`turns::advance_with_state`]), next to the batch. Turns without a
+//! state change never wait for it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,6 +38,9 @@ pub struct CommitSettings {
     pub max_batch: usize,
     /// Most statements running at once.
     pub in_flight: usize,
+    /// The largest a game state may become by a reply's change
+    /// (`QB_STATE_MAX_BYTES`).
+    pub state_max_bytes: usize,
 }
 
 impl Default for CommitSettings {
@@ -40,6 +48,7 @@ impl Default for CommitSettings {
         Self {
             max_batch: 512,
             in_flight: 2,
+            state_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -52,7 +61,7 @@ pub struct CommitError(Arc<str>);
 
 struct Request {
     step: Step,
-    reply: oneshot::Sender<Result<StepOutcome, CommitError>>,
+    reply: Reply,
 }
 
 /// Hands steps to the batching task. Cheap to clone.
@@ -116,19 +125,57 @@ async fn run(
         held_back = later;
         let (pool, events) = (pool.clone(), events.clone());
         tokio::spawn(async move {
-            apply(&pool, &events, batch).await;
+            apply(&pool, &events, batch, settings.state_max_bytes).await;
             drop(permit);
         });
     }
 }
 
-async fn apply(pool: &PgPool, events: &EventPublisher, batch: Vec<Request>) {
+async fn apply(
+    pool: &PgPool,
+    events: &EventPublisher,
+    batch: Vec<Request>,
+    state_max_bytes: usize,
+) {
+    let (with_state, batch): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| {
+        r.step
+            .settle
+            .as_ref()
+            .is_some_and(|(_, _, settle)| settle.proposal().is_some())
+    });
+    let alone = with_state.into_iter().map(|request| async move {
+        let applied =
+            turns::retrying(|| turns::advance_with_state(pool, &request.step, state_max_bytes))
+                .await;
+        answer(events, applied.map(|o| vec![o]), vec![request.reply], 1);
+    });
+    let batched = async {
+        if !batch.is_empty() {
+            apply_batch(pool, events, batch).await;
+        }
+    };
+    futures::future::join(futures::future::join_all(alone), batched).await;
+}
+
+async fn apply_batch(pool: &PgPool, events: &EventPublisher, batch: Vec<Request>) {
     let (steps, replies): (Vec<Step>, Vec<_>) =
         batch.into_iter().map(|r| (r.step, r.reply)).unzip();
     let started = Instant::now();
     let applied = turns::retrying(|| turns::advance(pool, &steps)).await;
     metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::histogram!(m::COMMIT_BATCH_STEPS).record(steps.len() as f64);
+    answer(events, applied, replies, steps.len());
+}
+
+type Reply = oneshot::Sender<Result<StepOutcome, CommitError>>;
+
+/// Publishes what the steps appended, then answers their drains.
+fn answer(
+    events: &EventPublisher,
+    applied: turns::Result<Vec<StepOutcome>>,
+    replies: Vec<Reply>,
+    steps: usize,
+) {
     match applied {
         Ok(outcomes) => {
             for (mut outcome, reply) in outcomes.into_iter().zip(replies) {
@@ -137,7 +184,7 @@ async fn apply(pool: &PgPool, events: &EventPublisher, batch: Vec<Request>) {
             }
         }
         Err(err) => {
-            tracing::warn!(error = %err, steps = steps.len(), "a batch of turn steps failed");
+            tracing::warn!(error = %err, steps, "turn steps failed");
             let err = CommitError(err.to_string().into());
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));

@@ -11,6 +11,7 @@
 //! (a trigger), so every session has one, at version 0.
 
 pub mod ops;
+pub mod proposal;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,6 +24,7 @@ use crate::events::Event;
 use crate::identity::UserId;
 use crate::sessions::{self, Role, SessionStatus};
 pub use ops::Operation;
+pub use proposal::{Proposal, Refusal, Resolved, StateChange};
 
 /// The most operations one update may carry.
 pub const MAX_OPERATIONS: usize = 500;
@@ -177,6 +179,17 @@ pub fn check_request_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The state of a session (for a worker building a prompt: no membership
+/// check).
+pub async fn read(pool: &PgPool, session_id: Uuid) -> Result<Option<Snapshot>> {
+    Ok(sqlx::query_as::<_, Snapshot>(
+        "SELECT session_id, version, updated_at, state FROM game_states WHERE session_id = $1",
+    )
+    .bind(session_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// The state of a session as seen by `user`: [`sessions::Error::NotFound`]
 /// unless they are a member.
 pub async fn read_as_member(pool: &PgPool, session_id: Uuid, user: &UserId) -> Result<Snapshot> {
@@ -289,18 +302,25 @@ struct Change<'a> {
     request: Option<(&'a str, &'a [u8])>,
 }
 
+/// A change checked and applied to a copy of the locked state, ready to write.
+struct Prepared {
+    /// The new document, as JSON text.
+    document: String,
+    /// The update's id.
+    update_id: Uuid,
+    /// The version it makes.
+    new_version: i64,
+    /// The `state.updated` event's data.
+    data: Value,
+}
+
 /// Checks the version, applies the operations to the locked state
-/// `current` (its version and document), checks the
-/// result, and writes it on `conn` in one statement: the new state, the
-/// session's next event seq (allocated as `events::append` does, under the
-/// session row's lock) and activity time, the `state.updated` event, and
-/// the request id.
-async fn write(
-    conn: &mut PgConnection,
-    session_id: Uuid,
+/// `current` (its version and document) and checks the result.
+fn prepare(
     (current_version, mut state): (i64, Value),
     change: &Change<'_>,
-) -> Result<Applied> {
+    turn_id: Option<Uuid>,
+) -> Result<Prepared> {
     if current_version != change.base_version {
         return Err(Error::VersionConflict {
             current_version,
@@ -322,7 +342,7 @@ async fn write(
     let update_id = Uuid::now_v7();
     // The row is locked and at `base_version`: this update makes the next.
     let new_version = change.base_version + 1;
-    let data = json!({
+    let mut data = json!({
         "update_id": update_id,
         "version": new_version,
         "base_version": change.base_version,
@@ -330,6 +350,34 @@ async fn write(
         "source": change.source,
         "by": change.by,
     });
+    if let (Some(turn_id), Value::Object(map)) = (turn_id, &mut data) {
+        map.insert("turn_id".into(), json!(turn_id));
+    }
+    Ok(Prepared {
+        document,
+        update_id,
+        new_version,
+        data,
+    })
+}
+
+/// Prepares `change` against the locked state `current` and writes it on
+/// `conn` in one statement: the new state, the session's next event seq
+/// (allocated as `events::append` does, under the session row's lock) and
+/// activity time, the `state.updated` event, and the request id.
+async fn write(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    current: (i64, Value),
+    change: &Change<'_>,
+) -> Result<Applied> {
+    let current_version = current.0;
+    let Prepared {
+        document,
+        update_id,
+        new_version,
+        data,
+    } = prepare(current, change, None)?;
     let event = sqlx::query_as::<_, Event>(
         "WITH g AS (
              UPDATE game_states SET version = $3, state = $2::jsonb, updated_at = now()

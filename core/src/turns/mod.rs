@@ -30,7 +30,8 @@ pub mod submit;
 pub use intake::Intake;
 pub use queue::{Backlog, Claimed, Exchange, Pending, claim, postpone};
 pub use steps::{
-    Release, Settle, Step, StepOutcome, advance, complete, fail, hand_back, retry_later, start,
+    Release, Settle, Step, StepOutcome, advance, advance_with_state, complete, fail, hand_back,
+    retry_later, start,
 };
 pub use submit::{submit, submit_many};
 
@@ -96,6 +97,8 @@ pub struct Turn {
     pub output: Option<String>,
     /// Why the last attempt failed (sanitised).
     pub error: Option<String>,
+    /// What the reply did to the game state, if it asked for a change.
+    pub state_change: Option<sqlx::types::Json<crate::state::StateChange>>,
     /// The job processing it.
     pub job_id: String,
     /// The idempotency key it was submitted with.
@@ -235,7 +238,7 @@ pub fn validate_idempotency_key(key: &str) -> Result<()> {
 }
 
 pub(crate) const TURN_COLUMNS: &str = "id, session_id, seq, author_user_id, status, input, output, error, \
-     job_id, idempotency_key, created_at, started_at, completed_at";
+     state_change, job_id, idempotency_key, created_at, started_at, completed_at";
 
 /// The payload of a turn job, and the turn kind's declaration.
 ///

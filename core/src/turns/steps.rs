@@ -27,6 +27,7 @@ use super::{Error, Result, Turn};
 use crate::events::Event;
 use crate::jobs;
 use crate::leases::{self, Lease, SESSION_SCOPE};
+use crate::state::{Proposal, Resolved, proposal};
 
 /// How a run of a turn ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +36,9 @@ pub enum Settle {
     Completed {
         /// The game master's reply.
         output: String,
+        /// The game-state change it asks for, if any (applied or refused
+        /// when the reply is recorded, see [`advance_with_state`]).
+        state: Option<Proposal>,
     },
     /// Failed for good; the session goes on with its next turn.
     Failed {
@@ -64,7 +68,7 @@ impl Settle {
 
     fn text(&self) -> Option<&str> {
         match self {
-            Settle::Completed { output } => Some(output),
+            Settle::Completed { output, .. } => Some(output),
             Settle::Failed { reason } | Settle::Retrying { reason, .. } => Some(reason),
             Settle::HandedBack => None,
         }
@@ -73,6 +77,14 @@ impl Settle {
     /// Whether the turn is finished after this (the session may go on).
     pub fn finishes(&self) -> bool {
         matches!(self, Settle::Completed { .. } | Settle::Failed { .. })
+    }
+
+    /// The game-state change a completed reply asks for.
+    pub fn proposal(&self) -> Option<&Proposal> {
+        match self {
+            Settle::Completed { state, .. } => state.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -173,14 +185,53 @@ pub struct StepOutcome {
 ///
 /// Result: one row per step that was fenced in (`row = 'step'`), then one
 /// per appended event (`row = 'event'`).
-static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
+///
+/// [`ADVANCE_WITH_STATE_SQL`] is the same statement for steps whose reply
+/// changes the game state ([`super::super::state::proposal`]), run alone in
+/// a transaction that has locked the session's state row: three more
+/// parameters, `$13` the turn's `state_change` record, `$14` the new
+/// document (null: refused, nothing to write) and `$15` the
+/// `state.updated` event's data. The state is written only if the reply
+/// is (`do_state` needs `do_settle`): a reply and its change are recorded
+/// together, once, or not at all. `state.updated` comes first, so a member
+/// who sees the reply already has the state it made.
+static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| advance_sql(false));
+
+/// [`ADVANCE_SQL`] for a step whose reply changes the game state.
+static ADVANCE_WITH_STATE_SQL: LazyLock<String> = LazyLock::new(|| advance_sql(true));
+
+fn advance_sql(with_state: bool) -> String {
+    let (state_input, state_names, do_state, state_write, state_event) = if with_state {
+        (
+            ", $13::jsonb[], $14::text[], $15::jsonb[]",
+            ", state_change, state_doc, state_event",
+            "(st.seq IS NOT NULL AND i.settle_kind = 'completed' AND i.state_doc IS NOT NULL)
+                        AS do_state",
+            "state_written AS (
+                 UPDATE game_states g
+                 SET state = s.state_doc::jsonb, version = g.version + 1, updated_at = s.at
+                 FROM seqs s WHERE s.do_state AND g.session_id = s.session_id
+             ),",
+            "SELECT s.session_id, s.first_seq, 'state.updated', s.state_event
+             FROM seqs s WHERE s.do_state
+             UNION ALL",
+        )
+    } else {
+        (
+            "",
+            "",
+            "false AS do_state, NULL::jsonb AS state_change",
+            "",
+            "",
+        )
+    };
     format!(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[],
                                   $6::text[], $7::float8[], $8::uuid[], $9::text[], $10::bool[],
-                                  $11::bigint[], $12::timestamptz[])
+                                  $11::bigint[], $12::timestamptz[]{state_input})
                  AS i(session_id, token, settle_turn, settle_job, settle_kind, settle_text,
-                      delay_ms, start_turn, start_job, release, done_through, ready_at)
+                      delay_ms, start_turn, start_job, release, done_through, ready_at{state_names})
          ),
          plan AS (
              SELECT i.*,
@@ -188,7 +239,7 @@ static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
                     CASE WHEN i.settle_kind = 'requeued' THEN greatest(st.attempts - 1, 0)
                          ELSE st.attempts END AS settle_attempts,
                     tt.seq IS NOT NULL AS do_start, tt.seq AS start_seq,
-                    tt.attempts + 1 AS attempt,
+                    tt.attempts + 1 AS attempt, {do_state},
                     now() + make_interval(secs => coalesce(i.delay_ms, 0) / 1000.0) AS retry_at,
                     clock_timestamp() AS at
              FROM input i
@@ -211,9 +262,11 @@ static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
          ),
          seqs AS (
              UPDATE campaign_sessions c
-             SET next_event_seq = c.next_event_seq + p.do_settle::int + p.do_start::int
+             SET next_event_seq = c.next_event_seq + p.do_state::int + p.do_settle::int
+                                  + p.do_start::int
              FROM plan p WHERE c.id = p.session_id
-             RETURNING p.*, c.next_event_seq - p.do_settle::int - p.do_start::int AS first_seq,
+             RETURNING p.*, c.next_event_seq - p.do_state::int - p.do_settle::int
+                            - p.do_start::int AS first_seq,
                        c.next_turn_seq
          ),
          settled AS (
@@ -223,6 +276,8 @@ static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
                  output = CASE s.settle_kind WHEN 'completed' THEN s.settle_text ELSE t.output END,
                  error = CASE s.settle_kind WHEN 'completed' THEN NULL
                                             WHEN 'requeued' THEN t.error ELSE s.settle_text END,
+                 state_change = CASE s.settle_kind WHEN 'completed' THEN s.state_change
+                                                   ELSE t.state_change END,
                  completed_at = CASE WHEN s.settle_kind IN ('completed', 'failed')
                                      THEN s.at END,
                  fence_token = CASE WHEN s.settle_kind IN ('completed', 'failed')
@@ -233,6 +288,7 @@ static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
              WHERE s.do_settle AND t.id = s.settle_turn
          ),
          settled_jobs AS ({settle_jobs}),
+         {state_write}
          started AS (
              UPDATE turns t
              SET status = 'running', started_at = s.at, attempts = s.attempt
@@ -241,11 +297,14 @@ static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
          ),
          events AS (
              INSERT INTO session_events (session_id, seq, type, data)
-             SELECT s.session_id, s.first_seq, 'turn.' || s.settle_kind,
+             {state_event}
+             SELECT s.session_id, s.first_seq + s.do_state::int, 'turn.' || s.settle_kind,
                     CASE s.settle_kind
                         WHEN 'completed' THEN jsonb_build_object('turn_id', s.settle_turn,
                                                                  'seq', s.settle_seq,
                                                                  'output', s.settle_text)
+                            || CASE WHEN s.state_change IS NULL THEN '{{}}'::jsonb
+                                    ELSE jsonb_build_object('state_change', s.state_change) END
                         WHEN 'failed' THEN jsonb_build_object('turn_id', s.settle_turn,
                                                               'seq', s.settle_seq,
                                                               'error', s.settle_text)
@@ -257,7 +316,7 @@ static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
                     END
              FROM seqs s WHERE s.do_settle
              UNION ALL
-             SELECT s.session_id, s.first_seq + s.do_settle::int, 'turn.started',
+             SELECT s.session_id, s.first_seq + s.do_state::int + s.do_settle::int, 'turn.started',
                     jsonb_build_object('turn_id', s.start_turn, 'seq', s.start_seq,
                                        'attempt', s.attempt)
              FROM seqs s WHERE s.do_start
@@ -302,7 +361,7 @@ static ADVANCE_SQL: LazyLock<String> = LazyLock::new(|| {
               FROM seqs WHERE do_settle)"
         ),
     )
-});
+}
 
 #[derive(sqlx::FromRow)]
 struct OutcomeRow {
@@ -326,6 +385,93 @@ pub async fn advance(pool: &PgPool, steps: &[Step]) -> Result<Vec<StepOutcome>> 
     if steps.is_empty() {
         return Ok(Vec::new());
     }
+    if steps.iter().any(|s| {
+        s.settle
+            .as_ref()
+            .is_some_and(|(_, _, s)| s.proposal().is_some())
+    }) {
+        return Err(Error::Invalid(
+            "a step whose reply changes the game state goes through advance_with_state".into(),
+        ));
+    }
+    run_advance(pool, &ADVANCE_SQL, steps, None).await
+}
+
+/// The game-state parameters of [`ADVANCE_WITH_STATE_SQL`] for one step.
+struct StateInputs {
+    change: Option<serde_json::Value>,
+    document: Option<String>,
+    event: Option<serde_json::Value>,
+}
+
+/// Applies one step whose reply changes the game state: in one
+/// transaction, locks the session's state, resolves the proposal against
+/// it ([`proposal::resolve`]: applied, or refused with why) and applies the
+/// step with the change (see [`ADVANCE_SQL`]). The state is written only
+/// if the reply is: a run that lost its lease, or a turn already finished
+/// by an earlier run, writes neither. Run again on a transient error.
+pub async fn advance_with_state(
+    pool: &PgPool,
+    step: &Step,
+    state_max_bytes: usize,
+) -> Result<StepOutcome> {
+    let Some((turn_id, _, settle)) = &step.settle else {
+        return Err(Error::Invalid("a state change needs a settled turn".into()));
+    };
+    let Some(proposed) = settle.proposal() else {
+        return Err(Error::Invalid(
+            "the step's reply asks for no state change".into(),
+        ));
+    };
+    let mut tx = pool.begin().await?;
+    // The lock a game master's update takes: their updates and this one
+    // apply one after the other, each against the other's result.
+    let current: Option<(i64, serde_json::Value)> =
+        sqlx::query_as("SELECT version, state FROM game_states WHERE session_id = $1 FOR UPDATE")
+            .bind(step.session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let resolved =
+        current.and_then(|current| proposal::resolve(proposed, current, *turn_id, state_max_bytes));
+    let inputs = match resolved {
+        Some(Resolved { change, write }) => {
+            let (document, event) = write.map_or((None, None), |(d, e)| (Some(d), Some(e)));
+            StateInputs {
+                change: Some(
+                    serde_json::to_value(change).map_err(|e| Error::Invalid(e.to_string()))?,
+                ),
+                document,
+                event,
+            }
+        }
+        None => StateInputs {
+            change: None,
+            document: None,
+            event: None,
+        },
+    };
+    let mut outcomes = run_advance(
+        &mut *tx,
+        &ADVANCE_WITH_STATE_SQL,
+        std::slice::from_ref(step),
+        Some(inputs),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(outcomes.pop().unwrap_or_default())
+}
+
+/// Binds `steps` (and, for one step, its state inputs) to `sql` and reads
+/// the outcomes back in the steps' order.
+async fn run_advance<'c, E>(
+    executor: E,
+    sql: &'static str,
+    steps: &[Step],
+    state: Option<StateInputs>,
+) -> Result<Vec<StepOutcome>>
+where
+    E: sqlx::PgExecutor<'c>,
+{
     // Session-id order is the lock order (see ADVANCE_SQL).
     let mut sorted: Vec<&Step> = steps.iter().collect();
     sorted.sort_by_key(|step| step.session_id);
@@ -369,7 +515,7 @@ pub async fn advance(pool: &PgPool, steps: &[Step]) -> Result<Vec<StepOutcome>> 
         done_through.push(step.release.map(|r| r.done_through));
         ready_at.push(step.release.and_then(|r| r.ready_at));
     }
-    let rows: Vec<OutcomeRow> = sqlx::query_as(sqlx::AssertSqlSafe(ADVANCE_SQL.as_str()))
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&sessions)
         .bind(&tokens)
         .bind(&settle_turns)
@@ -381,9 +527,14 @@ pub async fn advance(pool: &PgPool, steps: &[Step]) -> Result<Vec<StepOutcome>> 
         .bind(&start_jobs)
         .bind(&releases)
         .bind(&done_through)
-        .bind(&ready_at)
-        .fetch_all(pool)
-        .await?;
+        .bind(&ready_at);
+    if let Some(state) = state {
+        query = query
+            .bind([state.change])
+            .bind([state.document])
+            .bind([state.event]);
+    }
+    let rows: Vec<OutcomeRow> = query.fetch_all(executor).await?;
     let mut outcomes: std::collections::HashMap<Uuid, StepOutcome> =
         std::collections::HashMap::with_capacity(steps.len());
     for r in rows {
@@ -475,6 +626,7 @@ pub async fn complete(
         lease,
         Settle::Completed {
             output: output.to_owned(),
+            state: None,
         },
     )
     .await?;

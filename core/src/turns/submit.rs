@@ -170,7 +170,7 @@ enum Plan {
     /// Refused (not a member, archived, key reused with another text).
     Refused(Error),
     /// A replay of an earlier turn: stored, or item `n` of this batch.
-    Stored(Turn),
+    Stored(Box<Turn>),
     SameAs(usize),
     /// New: numbered and to be inserted.
     Insert {
@@ -273,7 +273,7 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
             );
             if let Some(turn) = stored.get(&id) {
                 plans.push(if turn.input == new.input {
-                    Plan::Stored(turn.clone())
+                    Plan::Stored(Box::new(turn.clone()))
                 } else {
                     Plan::Refused(Error::KeyReused)
                 });
@@ -379,7 +379,7 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
         let outcome = match plan {
             Plan::Refused(err) => Err(err),
             Plan::Stored(turn) => Ok(Submitted {
-                turn,
+                turn: *turn,
                 created: false,
                 event: None,
             }),
@@ -427,6 +427,7 @@ fn queued_turn(
         input: new.input.to_owned(),
         output: None,
         error: None,
+        state_change: None,
         job_id,
         idempotency_key: new.idempotency_key.map(str::to_owned),
         created_at,

@@ -64,6 +64,20 @@ pub fn prompt(ctx: &JobContext, turn: &Pending, history: &VecDeque<Exchange>) ->
     )
 }
 
+/// `prompt` with the session's game state, for a provider that can change
+/// it ([`crate::providers::ModelProvider::sees_state`]). If the state cannot
+/// be read the prompt goes without it: the turn does not wait on it.
+pub async fn with_state(ctx: &JobContext, prompt: Prompt, session_id: uuid::Uuid) -> Prompt {
+    match questboard_core::state::read(&ctx.pool, session_id).await {
+        Ok(Some(snapshot)) => prompt.with_state(snapshot.version, &snapshot.document()),
+        Ok(None) => prompt,
+        Err(err) => {
+            tracing::warn!(%session_id, error = %err, "game state not read for the prompt");
+            prompt
+        }
+    }
+}
+
 /// Holds a reply's streamed chunks until its turn's start is committed,
 /// then passes them (and every later one) to the session's sink, in order.
 #[derive(Clone)]
@@ -153,7 +167,12 @@ pub async fn run(
     metrics::histogram!(m::PROVIDER_REQUEST_SECONDS, "provider" => provider, "outcome" => outcome)
         .record(asked.elapsed().as_secs_f64());
     let err = match result {
-        Ok(output) => return Settle::Completed { output },
+        Ok(reply) => {
+            return Settle::Completed {
+                output: reply.text,
+                state: reply.state,
+            };
+        }
         Err(err) => err,
     };
     metrics::counter!(m::PROVIDER_ERRORS_TOTAL, "provider" => provider, "kind" => err.kind())

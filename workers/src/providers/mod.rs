@@ -7,7 +7,9 @@
 //!   Ollama, vLLM, llama.cpp), streamed over SSE.
 //!
 //! Replies stream out chunk by chunk through a [`ChunkSink`] (the realtime
-//! bridge publishes them to WebSockets). Errors say whether a retry may help
+//! bridge publishes them to WebSockets). A reply may also ask to change the
+//! session's game state ([`Reply::state`]): the operations are checked and
+//! applied, or refused, when the reply is recorded, never here. Errors say whether a retry may help
 //! ([`ProviderError::Retryable`], with the server's `Retry-After` if it gave
 //! one) or not ([`ProviderError::Fatal`]); their text is safe to show a
 //! player: no keys, no response bodies.
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use questboard_core::state::Proposal;
 
 pub mod openai;
 pub mod scripted;
@@ -76,6 +79,31 @@ impl Prompt {
         Self { messages }
     }
 
+    /// Tells the model the session's game state as it is now (`version`,
+    /// `document`), after the instructions. A document longer than
+    /// [`MAX_PROMPT_STATE_BYTES`] is left out, and the model told so.
+    pub fn with_state(mut self, version: i64, document: &serde_json::Value) -> Self {
+        let text = document.to_string();
+        let content = if text.len() <= MAX_PROMPT_STATE_BYTES {
+            format!("The game state now (version {version}), as JSON:\n{text}")
+        } else {
+            format!(
+                "The game state (version {version}) is too large to show here ({} bytes); \
+                 change it only where you are sure of the path.",
+                text.len()
+            )
+        };
+        let at = self.messages.len().min(1);
+        self.messages.insert(
+            at,
+            Message {
+                role: Speaker::System,
+                content,
+            },
+        );
+        self
+    }
+
     /// The earlier exchanges the prompt carries.
     pub fn history_len(&self) -> usize {
         self.messages
@@ -84,6 +112,9 @@ impl Prompt {
             .count()
     }
 }
+
+/// The largest game state a prompt carries, in bytes of JSON.
+pub const MAX_PROMPT_STATE_BYTES: usize = 32 * 1024;
 
 /// Receives a reply as it streams.
 pub trait ChunkSink: Send {
@@ -128,17 +159,43 @@ impl ProviderError {
     }
 }
 
+/// A whole reply.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reply {
+    /// What the game master says.
+    pub text: String,
+    /// The game-state change it asks for with it, if any.
+    pub state: Option<Proposal>,
+}
+
+impl Reply {
+    /// A reply that changes nothing.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            state: None,
+        }
+    }
+}
+
 /// A game master.
 pub trait ModelProvider: Send + Sync {
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// Answers `prompt`, streaming the reply into `sink`; returns the whole reply.
+    /// Whether its prompts should carry the session's game state (it can
+    /// change the state and needs to see it to do so sensibly).
+    fn sees_state(&self) -> bool {
+        false
+    }
+
+    /// Answers `prompt`, streaming the reply's text into `sink`; returns
+    /// the whole reply.
     fn complete<'a>(
         &'a self,
         prompt: &'a Prompt,
         sink: &'a mut dyn ChunkSink,
-    ) -> BoxFuture<'a, Result<String, ProviderError>>;
+    ) -> BoxFuture<'a, Result<Reply, ProviderError>>;
 }
 
 /// Which provider to use and how.

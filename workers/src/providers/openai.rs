@@ -7,6 +7,19 @@
 //! timeouts and dropped connections are retryable (honouring `Retry-After`);
 //! other 4xx are fatal. Response bodies are logged for operators but never
 //! put into the error a player sees.
+//!
+//! The game master may change the game state with its reply: the request
+//! offers one tool (function calling, the chat-completions `tools` wire
+//! format), `update_game_state` with an `operations` array. Its calls stream
+//! as `choices[0].delta.tool_calls` fragments (an `index`, then the id and
+//! name, then the JSON `arguments` a piece at a time), which are put back
+//! together here. A model that calls the tool without saying anything is
+//! answered as the protocol wants, with the assistant's `tool_calls`
+//! message and a `tool` result, and asked once more, with `tool_choice:
+//! "none"`, for the narration. The operations become the reply's
+//! [`Proposal`]; arguments that are not the JSON asked for, or a call to a
+//! tool that was not offered, become a proposal refused with why. Servers
+//! that reject `tools` can be told not to get them (`QB_LLM_TOOLS=false`).
 
 use std::time::Duration;
 
@@ -16,7 +29,13 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
 
-use super::{ChunkSink, ModelProvider, Prompt, ProviderError};
+use questboard_core::state::Proposal;
+use serde_json::{Value, json};
+
+use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Reply};
+
+/// The tool's name.
+pub const STATE_TOOL: &str = "update_game_state";
 
 /// Settings of an OpenAI-compatible provider.
 #[derive(Clone)]
@@ -29,6 +48,8 @@ pub struct OpenAiSettings {
     pub api_key: Option<String>,
     /// Whole-request timeout.
     pub timeout: Duration,
+    /// Offer the model the `update_game_state` tool.
+    pub tools: bool,
 }
 
 impl std::fmt::Debug for OpenAiSettings {
@@ -38,6 +59,7 @@ impl std::fmt::Debug for OpenAiSettings {
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("timeout", &self.timeout)
+            .field("tools", &self.tools)
             .finish()
     }
 }
@@ -69,16 +91,67 @@ impl OpenAi {
         })
     }
 
-    async fn stream(
+    /// Asks for the reply: one request, or two when the model only called
+    /// the tool the first time.
+    async fn reply(
         &self,
         prompt: &Prompt,
         sink: &mut dyn ChunkSink,
-    ) -> Result<String, ProviderError> {
-        let body = serde_json::json!({
+    ) -> Result<Reply, ProviderError> {
+        let mut messages: Vec<Value> = prompt
+            .messages
+            .iter()
+            .map(|m| json!({ "role": m.role, "content": m.content }))
+            .collect();
+        let mut index = 0u32;
+        let first = self.stream(&messages, true, sink, &mut index).await?;
+        if first.calls.is_empty() || !first.text.trim().is_empty() {
+            return Ok(Reply {
+                state: proposal(&first.calls),
+                text: first.text,
+            });
+        }
+        // Only the tool was called: answer it and ask for the words.
+        messages.push(json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": first.calls.iter().map(|c| json!({
+                "id": c.id, "type": "function",
+                "function": { "name": c.name, "arguments": c.arguments },
+            })).collect::<Vec<_>>(),
+        }));
+        for call in &first.calls {
+            messages.push(json!({
+                "role": "tool",
+                "tool_call_id": call.id,
+                "content": "{\"status\": \"received; checked and applied with your reply\"}",
+            }));
+        }
+        let second = self.stream(&messages, false, sink, &mut index).await?;
+        let mut calls = first.calls;
+        calls.extend(second.calls);
+        Ok(Reply {
+            state: proposal(&calls),
+            text: second.text,
+        })
+    }
+
+    async fn stream(
+        &self,
+        messages: &[Value],
+        may_call: bool,
+        sink: &mut dyn ChunkSink,
+        index: &mut u32,
+    ) -> Result<Round, ProviderError> {
+        let mut body = json!({
             "model": self.settings.model,
-            "messages": prompt.messages,
+            "messages": messages,
             "stream": true,
         });
+        if self.settings.tools {
+            body["tools"] = json!([state_tool()]);
+            body["tool_choice"] = json!(if may_call { "auto" } else { "none" });
+        }
         let mut request = self.client.post(&self.url).json(&body);
         if let Some(key) = &self.settings.api_key {
             request = request.bearer_auth(key);
@@ -97,8 +170,7 @@ impl OpenAi {
             tracing::warn!(%status, detail, "model provider refused the request");
             return Err(status_error(status, retry_after));
         }
-        let mut reply = String::new();
-        let mut index = 0u32;
+        let mut round = Round::default();
         let mut buffer: Vec<u8> = Vec::new();
         let mut body = response.bytes_stream();
         while let Some(bytes) = body.next().await {
@@ -107,13 +179,18 @@ impl OpenAi {
                 let line: Vec<u8> = buffer.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line);
                 match parse_line(line.trim_end_matches(['\r', '\n']))? {
-                    Event::Text(text) if !text.is_empty() => {
-                        sink.chunk(index, &text);
-                        index += 1;
-                        reply.push_str(&text);
+                    Event::Delta { text, calls } => {
+                        if !text.is_empty() {
+                            sink.chunk(*index, &text);
+                            *index += 1;
+                            round.text.push_str(&text);
+                        }
+                        for fragment in calls {
+                            round.add(fragment);
+                        }
                     }
-                    Event::Done => return Ok(reply),
-                    Event::Text(_) | Event::Nothing => {}
+                    Event::Done => return Ok(round),
+                    Event::Nothing => {}
                 }
             }
         }
@@ -129,17 +206,134 @@ impl ModelProvider for OpenAi {
         "openai"
     }
 
+    fn sees_state(&self) -> bool {
+        self.settings.tools
+    }
+
     fn complete<'a>(
         &'a self,
         prompt: &'a Prompt,
         sink: &'a mut dyn ChunkSink,
-    ) -> BoxFuture<'a, Result<String, ProviderError>> {
-        self.stream(prompt, sink).boxed()
+    ) -> BoxFuture<'a, Result<Reply, ProviderError>> {
+        self.reply(prompt, sink).boxed()
     }
 }
 
+/// The tool offered to the model, in the chat-completions `tools` format.
+fn state_tool() -> Value {
+    json!({
+        "type": "function",
+        "function": {
+            "name": STATE_TOOL,
+            "description": "Change the session's game state (characters, actors, items, \
+                currentEncounter, pluginData) together with your reply. Operations apply in \
+                order, all or none, at dotted paths such as `characters.0.hitPoints` \
+                (numbers index arrays): set (creates missing objects), unset, inc (numbers), \
+                push (appends one element), pull (removes elements equal to the value).",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "operations": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "path": { "type": "string" },
+                                "operation": {
+                                    "type": "string",
+                                    "enum": ["set", "unset", "inc", "push", "pull"]
+                                },
+                                "value": {}
+                            },
+                            "required": ["path", "operation"]
+                        }
+                    }
+                },
+                "required": ["operations"]
+            }
+        }
+    })
+}
+
+/// One tool call, put back together from its fragments.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Call {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// What one streamed response said.
+#[derive(Debug, Default)]
+struct Round {
+    text: String,
+    /// By the call's `index` in the stream.
+    calls: Vec<Call>,
+    indexes: Vec<u64>,
+}
+
+impl Round {
+    fn add(&mut self, fragment: CallFragment) {
+        let at = match self.indexes.iter().position(|i| *i == fragment.index) {
+            Some(at) => at,
+            None => {
+                self.indexes.push(fragment.index);
+                self.calls.push(Call::default());
+                self.calls.len() - 1
+            }
+        };
+        let call = &mut self.calls[at];
+        if let Some(id) = fragment.id {
+            call.id = id;
+        }
+        if let Some(function) = fragment.function {
+            if let Some(name) = function.name {
+                call.name.push_str(&name);
+            }
+            if let Some(arguments) = function.arguments {
+                call.arguments.push_str(&arguments);
+            }
+        }
+    }
+}
+
+/// The state change the tool `calls` ask for, in order; None if there were
+/// none. One unreadable call makes the whole proposal refused: applying
+/// the rest of what the model meant would be a guess.
+fn proposal(calls: &[Call]) -> Option<Proposal> {
+    if calls.is_empty() {
+        return None;
+    }
+    let mut operations = Vec::new();
+    for call in calls {
+        if call.name != STATE_TOOL {
+            let name: String = call.name.chars().take(64).collect();
+            return Some(Proposal::Unreadable(format!(
+                "the model called a tool that was not offered: `{name}`"
+            )));
+        }
+        #[derive(Deserialize)]
+        struct Arguments {
+            operations: Vec<Value>,
+        }
+        match serde_json::from_str::<Arguments>(&call.arguments) {
+            Ok(args) => operations.extend(args.operations),
+            Err(_) => {
+                return Some(Proposal::Unreadable(format!(
+                    "the arguments of the model's {STATE_TOOL} call were not a JSON object \
+                     with an `operations` array"
+                )));
+            }
+        }
+    }
+    Some(Proposal::Operations(operations))
+}
+
 enum Event {
-    Text(String),
+    Delta {
+        text: String,
+        calls: Vec<CallFragment>,
+    },
     Done,
     Nothing,
 }
@@ -160,6 +354,22 @@ struct Choice {
 #[derive(Deserialize, Default)]
 struct Delta {
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<CallFragment>,
+}
+
+#[derive(Deserialize, Debug)]
+struct CallFragment {
+    #[serde(default)]
+    index: u64,
+    id: Option<String>,
+    function: Option<FunctionFragment>,
+}
+
+#[derive(Deserialize, Debug)]
+struct FunctionFragment {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 fn parse_line(line: &str) -> Result<Event, ProviderError> {
@@ -183,13 +393,14 @@ fn parse_line(line: &str) -> Result<Event, ProviderError> {
             retry_after: None,
         });
     }
-    Ok(Event::Text(
-        chunk
-            .choices
-            .into_iter()
-            .filter_map(|c| c.delta.content)
-            .collect(),
-    ))
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    // Only the first choice is the reply (`n` is never asked for).
+    if let Some(choice) = chunk.choices.into_iter().next() {
+        text = choice.delta.content.unwrap_or_default();
+        calls = choice.delta.tool_calls;
+    }
+    Ok(Event::Delta { text, calls })
 }
 
 fn transport_error(err: reqwest::Error) -> ProviderError {
@@ -249,15 +460,68 @@ mod tests {
         assert!(matches!(parse_line(""), Ok(Event::Nothing)));
         assert!(matches!(parse_line("data: [DONE]"), Ok(Event::Done)));
         match parse_line(r#"data: {"choices":[{"delta":{"content":"Hel"}}]}"#) {
-            Ok(Event::Text(t)) => assert_eq!(t, "Hel"),
+            Ok(Event::Delta { text, calls }) => {
+                assert_eq!((text.as_str(), calls.len()), ("Hel", 0))
+            }
             _ => panic!("expected text"),
         }
         match parse_line(r#"data:{"choices":[{"delta":{"role":"assistant"}}]}"#) {
-            Ok(Event::Text(t)) => assert!(t.is_empty()),
+            Ok(Event::Delta { text, .. }) => assert!(text.is_empty()),
             _ => panic!("expected empty text"),
         }
         assert!(parse_line("data: {not json").is_err());
         assert!(parse_line(r#"data: {"error":{"message":"overloaded"}}"#).is_err());
+    }
+
+    fn fragments(lines: &[&str]) -> Round {
+        let mut round = Round::default();
+        for line in lines {
+            if let Ok(Event::Delta { calls, .. }) = parse_line(line) {
+                for fragment in calls {
+                    round.add(fragment);
+                }
+            }
+        }
+        round
+    }
+
+    #[test]
+    fn streamed_tool_calls_are_put_back_together_in_order() {
+        let round = fragments(&[
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"update_game_state","arguments":""}}]}}]}"#,
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"operations\": [{\"path\""}}]}}]}"#,
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_b","function":{"name":"update_game_state","arguments":"{\"operations\":[]}"}}]}}]}"#,
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":": \"items\", \"operation\": \"push\", \"value\": 1}]}"}}]}}]}"#,
+        ]);
+        assert_eq!(round.calls.len(), 2);
+        assert_eq!(round.calls[0].id, "call_a");
+        assert_eq!(
+            proposal(&round.calls),
+            Some(Proposal::Operations(vec![
+                json!({"path": "items", "operation": "push", "value": 1})
+            ]))
+        );
+        assert_eq!(proposal(&[]), None);
+    }
+
+    #[test]
+    fn unreadable_tool_calls_become_a_refused_proposal() {
+        let bad_json = Call {
+            id: "c".into(),
+            name: STATE_TOOL.into(),
+            arguments: "{\"operations\": [".into(),
+        };
+        assert!(
+            matches!(proposal(&[bad_json]), Some(Proposal::Unreadable(why)) if why.contains("not a JSON object"))
+        );
+        let other_tool = Call {
+            id: "c".into(),
+            name: "launch_missiles".into(),
+            arguments: "{}".into(),
+        };
+        assert!(
+            matches!(proposal(&[other_tool]), Some(Proposal::Unreadable(why)) if why.contains("launch_missiles"))
+        );
     }
 
     #[test]

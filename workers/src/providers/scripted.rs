@@ -7,6 +7,20 @@
 //! spreading `QB_SCRIPTED_LATENCY_MS` over the chunks like a real model;
 //! a reply takes that long on average (correcting for the timer's
 //! lateness), so benchmarks with it measure what they say.
+//!
+//! It also changes the game state when told to, so the state written by
+//! turns can be seen working offline: every line of the turn that reads
+//! `/state <operation> <path> [value]` becomes one operation of its reply,
+//! in order (`value` is JSON if it parses as JSON, else the text itself):
+//!
+//! ```text
+//! I drink the potion.
+//! /state inc characters.0.hitPoints 5
+//! /state push items {"name": "empty flask"}
+//! ```
+//!
+//! Nothing is checked here: a line the state refuses (`/state inc items
+//! lots`) is recorded as refused on the turn, as a model's mistake is.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +30,10 @@ use futures::future::BoxFuture;
 
 #[cfg(test)]
 use super::DiscardChunks;
-use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Speaker};
+use questboard_core::state::Proposal;
+use serde_json::{Value, json};
+
+use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Reply, Speaker};
 
 const OPENINGS: [&str; 6] = [
     "The torches gutter as",
@@ -57,7 +74,7 @@ impl Scripted {
     }
 
     /// The reply to `prompt`, without streaming.
-    pub fn reply(prompt: &Prompt) -> String {
+    pub fn reply(prompt: &Prompt) -> Reply {
         let input = prompt
             .messages
             .iter()
@@ -68,12 +85,45 @@ impl Scripted {
         let earlier = prompt.history_len();
         let opening = OPENINGS[fnv(input) as usize % OPENINGS.len()];
         let quoted: String = input.chars().take(200).collect();
-        format!(
+        let operations = state_lines(input);
+        let mut text = format!(
             "{opening} you act: \"{quoted}\". (Game master's reply to exchange {}, \
-             having read {earlier} earlier exchanges.) What do you do next?",
+             having read {earlier} earlier exchanges.)",
             earlier + 1
-        )
+        );
+        if !operations.is_empty() {
+            let n = operations.len();
+            text.push_str(&format!(
+                " The game master changes the game state ({n} operation{}).",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        text.push_str(" What do you do next?");
+        Reply {
+            text,
+            state: (!operations.is_empty()).then_some(Proposal::Operations(operations)),
+        }
     }
+}
+
+/// The operations the `/state` lines of `input` ask for (see the module
+/// documentation), as raw JSON, unchecked.
+pub fn state_lines(input: &str) -> Vec<Value> {
+    input
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("/state "))
+        .map(|rest| {
+            let mut words = rest.trim().splitn(3, char::is_whitespace);
+            let operation = words.next().unwrap_or_default();
+            let path = words.next().unwrap_or_default();
+            let mut op = json!({ "path": path, "operation": operation });
+            if let Some(value) = words.next().map(str::trim).filter(|v| !v.is_empty()) {
+                let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
+                op["value"] = value;
+            }
+            op
+        })
+        .collect()
 }
 
 fn fnv(text: &str) -> u64 {
@@ -91,10 +141,10 @@ impl ModelProvider for Scripted {
         &'a self,
         prompt: &'a Prompt,
         sink: &'a mut dyn ChunkSink,
-    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+    ) -> BoxFuture<'a, Result<Reply, ProviderError>> {
         async move {
             let reply = Self::reply(prompt);
-            let words: Vec<&str> = reply.split_inclusive(' ').collect();
+            let words: Vec<&str> = reply.text.split_inclusive(' ').collect();
             let chunks: Vec<String> = words.chunks(WORDS_PER_CHUNK).map(|c| c.concat()).collect();
             // Each chunk is due at its share of the latency from the start,
             // on absolute deadlines (relative sleeps of a fraction of a
@@ -155,10 +205,37 @@ mod tests {
             .complete(&prompt, &mut sink)
             .await
             .unwrap_or_default();
-        assert!(reply.contains("open the door"));
-        assert!(reply.contains("exchange 3, having read 2 earlier exchanges"));
+        assert!(reply.text.contains("open the door"));
+        assert!(
+            reply
+                .text
+                .contains("exchange 3, having read 2 earlier exchanges")
+        );
         assert!(sink.0.len() > 1);
-        assert_eq!(sink.0.concat(), reply);
+        assert_eq!(sink.0.concat(), reply.text);
         assert_eq!(reply, Scripted::reply(&prompt));
+        assert_eq!(reply.state, None);
+    }
+
+    #[test]
+    fn state_lines_become_operations_in_order() {
+        let input = "I drink the potion.\n\
+                     /state inc characters.0.hitPoints 5\n\
+                     /state push items {\"name\": \"empty flask\"}\n\
+                     /state set currentEncounter.map The Crypt\n\
+                     /state unset pluginData.dice\n\
+                     not /state a command";
+        let prompt = Prompt::for_turn("sys", [], input);
+        let reply = Scripted::reply(&prompt);
+        assert!(reply.text.contains("changes the game state (4 operations)"));
+        assert_eq!(
+            reply.state,
+            Some(Proposal::Operations(vec![
+                json!({"path": "characters.0.hitPoints", "operation": "inc", "value": 5}),
+                json!({"path": "items", "operation": "push", "value": {"name": "empty flask"}}),
+                json!({"path": "currentEncounter.map", "operation": "set", "value": "The Crypt"}),
+                json!({"path": "pluginData.dice", "operation": "unset"}),
+            ]))
+        );
     }
 }

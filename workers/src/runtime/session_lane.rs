@@ -346,7 +346,10 @@ impl Drain {
             // fence nobody else starts this turn, so its attempt is the one
             // read plus one.
             let shared = self.shared.clone();
-            let prompt = turn::prompt(&shared.ctx, &turn, &self.history);
+            let mut prompt = turn::prompt(&shared.ctx, &turn, &self.history);
+            if shared.ctx.provider.sees_state() {
+                prompt = turn::with_state(&shared.ctx, prompt, self.claimed.session_id).await;
+            }
             let gate = turn::Gate::new(shared.ctx.sinks.sink(self.claimed.session_id, turn.id));
             let started = Instant::now();
             let interrupted = async {
@@ -401,7 +404,7 @@ impl Drain {
             } else {
                 self.done_through
             };
-            if let Settle::Completed { output } = &settle {
+            if let Settle::Completed { output, .. } = &settle {
                 self.history.push_back(turns::Exchange {
                     seq: turn.seq,
                     input: turn.input.clone(),
