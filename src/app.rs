@@ -66,6 +66,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
         storage,
         max_body_bytes: config.max_body_bytes,
         state_max_bytes: config.state_max_bytes,
+        recent_states: Arc::default(),
         turns: TurnSettings {
             max_chars: config.max_turn_chars,
             max_attempts: config.job_max_attempts,

@@ -73,6 +73,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Largest a game state may be after an update, in bytes.
     pub state_max_bytes: usize,
+    /// The game states this process wrote last (see `state::recent`).
+    pub recent_states: Arc<questboard_core::state::Recent>,
     /// Limits of submitted turns.
     pub turns: TurnSettings,
 }

@@ -162,6 +162,7 @@ pub async fn apply(
     let operations = state::parse_operations(&input.operations)?;
     let applied = state::update_as_gm(
         &state.pool,
+        &state.recent_states,
         session_id,
         user,
         Update {

@@ -242,6 +242,14 @@ async fn an_update_resent_with_its_id_is_answered_again_and_applied_once() {
         update(&app, "gm-alice", &session, next).await.body["new_version"],
         json!(2)
     );
+    // Reused against the current version (which this process remembers,
+    // so the one-statement path is tried first): still refused.
+    let reused = json!({"id": "gm-client-42", "version": 2,
+        "operations": [{"path": "pluginData.gold", "operation": "inc", "value": 7}]});
+    update(&app, "gm-alice", &session, reused)
+        .await
+        .assert_error(409, "conflict");
+    assert_eq!(state(&app, "bob", &session).await.body["version"], json!(2));
     // Ids are checked.
     for bad in [
         json!(""),
@@ -258,6 +266,26 @@ async fn an_update_resent_with_its_id_is_answered_again_and_applied_once() {
         .await
         .assert_error(422, "VALIDATION_ERROR");
     }
+}
+
+#[tokio::test]
+async fn resends_racing_each_other_get_one_answer_and_apply_once() {
+    // A GM client that resends over several connections at once: every
+    // copy is answered with the one update that applied.
+    let app = TestApp::spawn().await;
+    let session = table(&app).await;
+    let body = json!({"id": "burst-1", "version": 0,
+        "operations": [{"path": "pluginData.gold", "operation": "inc", "value": 5}]});
+    let answers =
+        futures::future::join_all((0..8).map(|_| update(&app, "gm-alice", &session, body.clone())))
+            .await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        assert_eq!(answer.body, answers[0].body);
+    }
+    let now = state(&app, "bob", &session).await;
+    assert_eq!(now.body["version"], json!(1));
+    assert_eq!(now.body["state"]["pluginData"]["gold"], json!(5));
 }
 
 #[tokio::test]

@@ -12,12 +12,13 @@
 
 pub mod ops;
 pub mod proposal;
+pub mod recent;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::events::Event;
@@ -25,6 +26,7 @@ use crate::identity::UserId;
 use crate::sessions::{self, Role, SessionStatus};
 pub use ops::Operation;
 pub use proposal::{Proposal, Refusal, Resolved, StateChange};
+pub use recent::Recent;
 
 /// The most operations one update may carry.
 pub const MAX_OPERATIONS: usize = 500;
@@ -209,11 +211,24 @@ pub async fn read_as_member(pool: &PgPool, session_id: Uuid, user: &UserId) -> R
 /// Applies a game master's update: who may act first (members only, then
 /// owner and `gm`), then a replayed request id (answered as the first time,
 /// nothing applied), then the lifecycle and the version, then the
-/// operations, all or none. The change, its `state.updated` event and the
-/// request id are committed together, in two statements between `BEGIN`
-/// and `COMMIT` (one reads and locks, one writes).
+/// operations, all or none.
+///
+/// Usually one statement: when `recent` remembers the state at the
+/// update's version (this process wrote it last), the operations are
+/// applied to that and the write below checks everything else. Otherwise,
+/// or if that write applies nothing, two statements, no transaction: one
+/// reads what the checks need (role,
+/// lifecycle, state, an earlier use of the request id), then the
+/// operations are applied here, then one statement writes the new state,
+/// its `state.updated` event and the request id together, only if the
+/// state is still at the version read and the caller still may write it.
+/// If something changed in between (another update, a role, the
+/// lifecycle), nothing is written and the update is checked again from the
+/// start, which then refuses it with the precise reason (409 with the
+/// current version for a lost race) or answers a resend that won it.
 pub async fn update_as_gm(
     pool: &PgPool,
+    recent: &Recent,
     session_id: Uuid,
     actor: &UserId,
     update: Update<'_>,
@@ -225,72 +240,50 @@ pub async fn update_as_gm(
         let asked = serde_json::to_vec(&(update.version, &wire)).unwrap_or_default();
         (id, Sha256::digest(asked).to_vec())
     });
-    let mut tx = pool.begin().await?;
-    // The caller's role, the session's lifecycle and the state, locked
-    // (a non-member has no row: 404 as for a session that does not exist).
-    let locked: Option<(Role, SessionStatus, i64, Value)> = sqlx::query_as(
-        "SELECT m.role, s.status, g.version, g.state
-         FROM campaign_session_members m
-         JOIN campaign_sessions s ON s.id = m.session_id
-         JOIN game_states g ON g.session_id = m.session_id
-         WHERE m.session_id = $1 AND m.user_id = $2
-         FOR UPDATE OF g",
-    )
-    .bind(session_id)
-    .bind(actor.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((role, status, version, state)) = locked else {
-        return Err(Error::Session(sessions::Error::NotFound));
+    let change = Change {
+        base_version: update.version,
+        operations: update.operations,
+        wire: &wire,
+        source: Source::Gm,
+        by: actor.as_str(),
+        max_bytes: update.max_bytes,
+        request: request.as_ref().map(|(id, hash)| (*id, hash.as_slice())),
     };
-    if !matches!(role, Role::Owner | Role::Gm) {
-        return Err(Error::NotGameMaster);
-    }
-    if let Some((id, request_hash)) = &request {
-        // Read after the lock: an earlier update with this id committed
-        // while this one waited is seen.
-        let earlier: Option<(Vec<u8>, Uuid, i64)> = sqlx::query_as(
-            "SELECT request_hash, update_id, new_version FROM game_state_requests
-             WHERE session_id = $1 AND request_id = $2",
-        )
-        .bind(session_id)
-        .bind(*id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((hash, update_id, new_version)) = earlier {
-            if &hash != request_hash {
-                return Err(Error::IdReused);
-            }
-            return Ok(Applied {
-                new_version,
-                update_id,
-                event: None,
-            });
+    if let Some(document) = recent.at(session_id, update.version) {
+        // A refusal here (an invalid operation) may not be the caller's
+        // answer: who may act is checked first, by the path that reads.
+        if let Ok(prepared) = prepare((update.version, document), &change, None)
+            && let Some(applied) =
+                written(pool, recent, session_id, actor, &change, prepared).await?
+        {
+            return Ok(applied);
         }
     }
-    if status == SessionStatus::Archived {
-        return Err(Error::Archived);
+    // Each round that writes nothing saw a change that the next one's
+    // checks refuse; a third is only needed under a storm of role changes.
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let current = checked(pool, session_id, actor, &change).await?;
+        let (version, state) = match current {
+            Checked::Replay(applied) => return Ok(applied),
+            Checked::Current(version, state) => (version, state),
+        };
+        let prepared = prepare((version, state), &change, None)?;
+        match written(pool, recent, session_id, actor, &change, prepared).await? {
+            Some(applied) => return Ok(applied),
+            None if rounds >= 3 => {
+                return Err(Error::VersionConflict {
+                    current_version: version,
+                    sent: change.base_version,
+                });
+            }
+            None => {}
+        }
     }
-    let applied = write(
-        &mut tx,
-        session_id,
-        (version, state),
-        &Change {
-            base_version: update.version,
-            operations: update.operations,
-            wire: &wire,
-            source: Source::Gm,
-            by: actor.as_str(),
-            max_bytes: update.max_bytes,
-            request: request.as_ref().map(|(id, hash)| (*id, hash.as_slice())),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(applied)
 }
 
-/// One change to apply to a locked state.
+/// One change to apply to a state.
 struct Change<'a> {
     base_version: i64,
     operations: &'a [Operation],
@@ -302,7 +295,96 @@ struct Change<'a> {
     request: Option<(&'a str, &'a [u8])>,
 }
 
-/// A change checked and applied to a copy of the locked state, ready to write.
+/// Writes `prepared` ([`write`]) and, if it applied, remembers the new
+/// document in `recent`.
+async fn written(
+    pool: &PgPool,
+    recent: &Recent,
+    session_id: Uuid,
+    actor: &UserId,
+    change: &Change<'_>,
+    prepared: Prepared,
+) -> Result<Option<Applied>> {
+    let Some(event) = write(pool, session_id, actor, change, &prepared).await? else {
+        return Ok(None);
+    };
+    let bytes = prepared.document.len();
+    recent.remember(session_id, prepared.new_version, prepared.state, bytes);
+    Ok(Some(Applied {
+        new_version: prepared.new_version,
+        update_id: prepared.update_id,
+        event: Some(event),
+    }))
+}
+
+/// What the checks before an update found.
+enum Checked {
+    /// The request id was used before for this same update: its answer.
+    Replay(Applied),
+    /// The caller may write; the state's version and document.
+    Current(i64, Value),
+}
+
+/// The checks of an update, on one read: membership (404), role (403), an
+/// earlier use of the request id (replay, or 409 if it asked something
+/// else), lifecycle (409 archived). The version is checked by [`prepare`].
+async fn checked(
+    pool: &PgPool,
+    session_id: Uuid,
+    actor: &UserId,
+    change: &Change<'_>,
+) -> Result<Checked> {
+    #[allow(clippy::type_complexity)]
+    let row: Option<(
+        Role,
+        SessionStatus,
+        i64,
+        Value,
+        Option<Vec<u8>>,
+        Option<Uuid>,
+        Option<i64>,
+    )> = sqlx::query_as(
+        "SELECT m.role, s.status, g.version, g.state,
+                    r.request_hash, r.update_id, r.new_version
+             FROM campaign_session_members m
+             JOIN campaign_sessions s ON s.id = m.session_id
+             JOIN game_states g ON g.session_id = m.session_id
+             LEFT JOIN game_state_requests r
+                    ON r.session_id = m.session_id AND r.request_id = $3
+             WHERE m.session_id = $1 AND m.user_id = $2",
+    )
+    .bind(session_id)
+    .bind(actor.as_str())
+    .bind(change.request.map(|(id, _)| id))
+    .fetch_optional(pool)
+    .await?;
+    // A non-member has no row: 404 as for a session that does not exist.
+    let Some((role, status, version, state, earlier_hash, earlier_id, earlier_version)) = row
+    else {
+        return Err(Error::Session(sessions::Error::NotFound));
+    };
+    if !matches!(role, Role::Owner | Role::Gm) {
+        return Err(Error::NotGameMaster);
+    }
+    if let (Some((_, hash)), Some(earlier), Some(update_id), Some(new_version)) =
+        (change.request, earlier_hash, earlier_id, earlier_version)
+    {
+        if earlier != hash {
+            return Err(Error::IdReused);
+        }
+        return Ok(Checked::Replay(Applied {
+            new_version,
+            update_id,
+            event: None,
+        }));
+    }
+    if status == SessionStatus::Archived {
+        return Err(Error::Archived);
+    }
+    Ok(Checked::Current(version, state))
+}
+
+/// A change checked and applied to a copy of the state, ready to write.
 struct Prepared {
     /// The new document, as JSON text.
     document: String,
@@ -312,10 +394,12 @@ struct Prepared {
     new_version: i64,
     /// The `state.updated` event's data.
     data: Value,
+    /// The new document.
+    state: Value,
 }
 
-/// Checks the version, applies the operations to the locked state
-/// `current` (its version and document) and checks the result.
+/// Checks the version, applies the operations to the state `current` (its
+/// version and document) and checks the result.
 fn prepare(
     (current_version, mut state): (i64, Value),
     change: &Change<'_>,
@@ -340,7 +424,7 @@ fn prepare(
         });
     }
     let update_id = Uuid::now_v7();
-    // The row is locked and at `base_version`: this update makes the next.
+    // Made against `base_version`, this update makes the next.
     let new_version = change.base_version + 1;
     let mut data = json!({
         "update_id": update_id,
@@ -358,30 +442,39 @@ fn prepare(
         update_id,
         new_version,
         data,
+        state,
     })
 }
 
-/// Prepares `change` against the locked state `current` and writes it on
-/// `conn` in one statement: the new state, the session's next event seq
-/// (allocated as `events::append` does, under the session row's lock) and
-/// activity time, the `state.updated` event, and the request id.
+/// Writes a prepared game master's update in one statement: the new state
+/// (only if it is still at the version the update was made against, the
+/// caller is still the owner or a `gm` of a session not archived and the
+/// request id, if any, was never used; the
+/// row lock the `UPDATE` takes makes that check and the write one step),
+/// the session's next event seq (allocated as `events::append` does, under
+/// the session row's lock) and activity time, the `state.updated` event,
+/// and the request id. `None`: nothing was written.
 async fn write(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     session_id: Uuid,
-    current: (i64, Value),
+    actor: &UserId,
     change: &Change<'_>,
-) -> Result<Applied> {
-    let current_version = current.0;
-    let Prepared {
-        document,
-        update_id,
-        new_version,
-        data,
-    } = prepare(current, change, None)?;
-    let event = sqlx::query_as::<_, Event>(
+    prepared: &Prepared,
+) -> Result<Option<Event>> {
+    Ok(sqlx::query_as::<_, Event>(
         "WITH g AS (
              UPDATE game_states SET version = $3, state = $2::jsonb, updated_at = now()
              WHERE session_id = $1 AND version = $3 - 1
+               AND EXISTS (
+                   SELECT 1 FROM campaign_session_members m
+                   JOIN campaign_sessions c ON c.id = m.session_id
+                   WHERE m.session_id = $1 AND m.user_id = $8
+                     AND m.role IN ('owner', 'gm') AND c.status <> 'archived'
+               )
+               AND ($5::text IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM game_state_requests q
+                   WHERE q.session_id = $1 AND q.request_id = $5
+               ))
              RETURNING session_id
          ),
          s AS (
@@ -399,23 +492,15 @@ async fn write(
          RETURNING seq, type, session_id, at, data",
     )
     .bind(session_id)
-    .bind(&document)
-    .bind(new_version)
-    .bind(data)
+    .bind(&prepared.document)
+    .bind(prepared.new_version)
+    .bind(&prepared.data)
     .bind(change.request.map(|(id, _)| id))
     .bind(change.request.map(|(_, hash)| hash))
-    .bind(update_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(Error::VersionConflict {
-        current_version,
-        sent: change.base_version,
-    })?;
-    Ok(Applied {
-        new_version,
-        update_id,
-        event: Some(event),
-    })
+    .bind(prepared.update_id)
+    .bind(actor.as_str())
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Deletes up to `limit` client update ids older than `older_than` (with

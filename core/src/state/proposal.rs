@@ -119,6 +119,7 @@ pub fn resolve(
             update_id,
             new_version,
             data,
+            ..
         }) => Resolved {
             change: StateChange {
                 applied: true,
