@@ -32,8 +32,13 @@
 //! event reaches this socket like every other member's, before or after
 //! the reply.
 //!
-//! Close codes: 4003 the member was removed; 4008 the client fell behind
-//! (reconnect with `after_seq`); 4000 no pong within [`PONG_TIMEOUT`].
+//! Close codes: the standard ones where they apply: 1000 echoed to a
+//! client that closes; 1009 a message over [`MAX_CLIENT_MESSAGE`]; 1003 a
+//! binary message (the protocol is JSON text); 1007 a text message that is
+//! not UTF-8; 1002 a protocol error (reserved bits, a bad opcode, a broken
+//! fragment sequence); 1011 events could not be read. Ours: 4003 the
+//! member was removed; 4008 the client fell behind (reconnect with
+//! `after_seq`); 4000 no pong within [`PONG_TIMEOUT`].
 
 use std::time::{Duration, Instant};
 
@@ -159,6 +164,8 @@ struct Socket {
 enum End {
     /// The client left or the connection broke.
     Gone,
+    /// The client sent Close: the answering Close (same code) is queued.
+    ClosedByClient,
     /// Close with this code and reason.
     Close(u16, &'static str, &'static str),
 }
@@ -171,14 +178,22 @@ impl Socket {
             Err(end) => end,
             Ok(()) => self.serve(&mut live).await,
         };
-        if let End::Close(code, reason, label) = end {
-            metrics::counter!(m::WS_CLOSED_TOTAL, "reason" => label).increment(1);
-            // Bounded: a client that stopped reading may never take it.
-            let close = self.socket.send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            })));
-            let _ = tokio::time::timeout(SEND_TIMEOUT, close).await;
+        match end {
+            End::Close(code, reason, label) => {
+                metrics::counter!(m::WS_CLOSED_TOTAL, "reason" => label).increment(1);
+                // Bounded: a client that stopped reading may never take it.
+                let close = self.socket.send(WsMessage::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })));
+                let _ = tokio::time::timeout(SEND_TIMEOUT, close).await;
+            }
+            End::ClosedByClient => {
+                // tungstenite queued the echo when it read the Close;
+                // reading once more sends it (and then reports the end).
+                let _ = tokio::time::timeout(SEND_TIMEOUT, self.socket.recv()).await;
+            }
+            End::Gone => {}
         }
     }
 
@@ -206,7 +221,12 @@ impl Socket {
                     }
                 }
                 incoming = self.socket.recv() => match incoming {
-                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return End::Gone,
+                    None => return End::Gone,
+                    Some(Err(err)) => return read_failed(err),
+                    Some(Ok(WsMessage::Close(_))) => return End::ClosedByClient,
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        return End::Close(1003, "binary messages are not supported: send JSON text", "unsupported_data");
+                    }
                     Some(Ok(WsMessage::Pong(_))) => last_pong = Instant::now(),
                     Some(Ok(WsMessage::Text(text))) => {
                         let reply =
@@ -216,7 +236,7 @@ impl Socket {
                             return end;
                         }
                     }
-                    // Pings are answered by axum; binary frames mean nothing here.
+                    // Pings are answered by axum.
                     Some(Ok(_)) => {}
                 },
                 _ = ping.tick() => {
@@ -409,5 +429,25 @@ async fn answer(
             }
             json!({"type": "reply", "request_id": request_id, "ok": false, "error": err.detail()})
         }
+    }
+}
+
+/// How a socket whose read failed ends: with the standard close code when
+/// the client broke a rule (the connection still works then), silently
+/// when the connection itself broke.
+fn read_failed(err: axum::Error) -> End {
+    use tungstenite::error::{Error as WsError, ProtocolError};
+    match err.into_inner().downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => {
+            End::Close(1009, "message too big: at most 64 KiB", "message_too_big")
+        }
+        Some(WsError::Utf8(_)) => {
+            End::Close(1007, "text message is not valid UTF-8", "invalid_payload")
+        }
+        Some(WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
+        )) => End::Gone,
+        Some(WsError::Protocol(_)) => End::Close(1002, "protocol error", "protocol_error"),
+        _ => End::Gone,
     }
 }

@@ -700,6 +700,12 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends any message, raw frames included (a client breaking the rules).
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures::SinkExt as _;
+        self.stream.send(message).await.expect("send");
+    }
+
     /// Sends a JSON message and waits for the `reply` to `request_id`,
     /// skipping events in between.
     pub async fn request(&mut self, message: Value, wait: Duration) -> Value {

@@ -467,3 +467,66 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
     // It resumes with after_seq like any client.
     assert!(app.ws("alice", &session, Some(0)).await.is_ok());
 }
+
+/// Reads past events until the socket closes; the close code.
+async fn close_code(socket: &mut crate::helpers::WsClient) -> Option<u16> {
+    loop {
+        match socket.next(Duration::from_secs(10)).await {
+            Some(WsItem::Closed(code)) => return code,
+            Some(WsItem::Json(_)) => continue,
+            None => panic!("the socket did not close"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_socket_that_breaks_the_protocol_is_closed_with_the_standard_code() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Rules").await;
+    let open = || async { app.ws("alice", &session, None).await.expect("socket") };
+
+    // Over 64 KiB: 1009 Message Too Big.
+    let mut socket = open().await;
+    socket.send_text("x".repeat(64 * 1024 + 1)).await;
+    assert_eq!(close_code(&mut socket).await, Some(1009));
+    // Binary: 1003 Unsupported Data.
+    let mut socket = open().await;
+    socket.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    assert_eq!(close_code(&mut socket).await, Some(1003));
+    // A text frame that is not UTF-8: 1007 Invalid Payload.
+    let mut socket = open().await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true);
+    socket.send_raw(Message::Frame(frame)).await;
+    assert_eq!(close_code(&mut socket).await, Some(1007));
+    // A reserved bit set (no extension negotiated): 1002 Protocol Error.
+    let mut socket = open().await;
+    let mut frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    socket.send_raw(Message::Frame(frame)).await;
+    assert_eq!(close_code(&mut socket).await, Some(1002));
+    // A client that closes normally gets its Close echoed.
+    let mut socket = open().await;
+    socket
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        })))
+        .await;
+    assert_eq!(close_code(&mut socket).await, Some(1000));
+
+    // Each was counted by reason (the recorder is the test process's, so
+    // other tests may have counted too: only presence is checked).
+    let metrics = app.metrics().await;
+    for reason in [
+        "message_too_big",
+        "unsupported_data",
+        "invalid_payload",
+        "protocol_error",
+    ] {
+        let needle = format!("questboard_ws_closed_by_server_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&needle), "{needle} missing:\n{metrics}");
+    }
+}

@@ -612,7 +612,7 @@ async fn the_socket_reads_and_changes_the_state_with_the_same_rules() {
         .await;
     assert_eq!(still["version"], json!(1));
 
-    // A message over the socket's limit ends the connection.
+    // A message over the socket's limit ends the connection with 1009.
     gm.send_text("x".repeat(70 * 1024)).await;
     let ended = loop {
         match gm.next(WAIT).await {
@@ -621,5 +621,5 @@ async fn the_socket_reads_and_changes_the_state_with_the_same_rules() {
             None => panic!("the oversized message did not end the socket"),
         }
     };
-    assert_ne!(ended, Some(1000), "not a normal close");
+    assert_eq!(ended, Some(1009), "Message Too Big");
 }
