@@ -154,6 +154,14 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
     assert_eq!(operations, expected);
     let schemas = &doc.body["components"]["schemas"];
     assert!(schemas["ErrorBody"].is_object() && schemas["ErrorDetail"].is_object());
+    // What a turn's reply did to the game state is described on turns.
+    assert!(
+        schemas["TurnView"]["properties"]["state_change"].is_object()
+            && schemas["StateChange"]["properties"]["applied"].is_object()
+            && schemas["Refusal"]["properties"]["operation"].is_object(),
+        "{}",
+        schemas
+    );
     // The state update's operations are described, not just "any".
     assert!(
         schemas["StateOperation"]["properties"]["operation"].is_object(),
