@@ -37,9 +37,13 @@ pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
 pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Result<AppState> {
     let auth = Verifier::from_config(config).context("bearer token configuration")?;
     auth.prefetch().await;
-    let pool = db::connect(config.database_url.expose(), config.db_max_connections)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+    let pool = db::connect_waiting(
+        config.database_url.expose(),
+        config.db_max_connections,
+        Duration::from_millis(config.db_acquire_timeout_ms),
+    )
+    .await
+    .context("connecting to Postgres (DATABASE_URL)")?;
     let redis = redis::Client::open(config.redis_url.expose()).context("REDIS_URL")?;
     let wake = Publisher::new(redis.clone());
     let events = EventPublisher::start(redis.clone(), pool.clone());

@@ -12,7 +12,8 @@
 //! sends each affected socket a [`Live::Resync`], and the socket reads
 //! whatever it may have missed from Postgres, so a Redis restart or a
 //! message published before the subscription took effect costs latency,
-//! never an event.
+//! never an event. After a lost connection the resync says so
+//! (`interrupted`), and the socket tells its client (a `resync` notice).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,11 @@ pub enum Live {
     /// A message from the session's channel.
     Message(Arc<Message>),
     /// The channel was (re)subscribed: read what may have been missed.
-    Resync,
+    Resync {
+        /// The connection to Redis was lost and is back: the live feed
+        /// had a gap (not just a first subscription).
+        interrupted: bool,
+    },
 }
 
 enum Command {
@@ -168,6 +173,7 @@ async fn run(
                     }
                 }
                 if subscribed {
+                    let interrupted = connected_before;
                     if connected_before {
                         metrics::counter!(m::REDIS_RECONNECTS_TOTAL).increment(1);
                         tracing::info!(sessions = watched.len(), "bridge reconnected to Redis");
@@ -175,7 +181,7 @@ async fn run(
                     connected_before = true;
                     backoff = Duration::from_millis(100);
                     for session in watched {
-                        inner.send(session, Live::Resync);
+                        inner.send(session, Live::Resync { interrupted });
                     }
                     loop {
                         tokio::select! {
@@ -185,7 +191,7 @@ async fn run(
                                     if sink.subscribe(events::channel(session)).await.is_err() {
                                         break;
                                     }
-                                    inner.send(session, Live::Resync);
+                                    inner.send(session, Live::Resync { interrupted: false });
                                 }
                                 Some(Command::Unsubscribe(session)) => {
                                     if !inner.is_watched(session)

@@ -66,6 +66,12 @@ pub struct Config {
     #[arg(long, env = "QB_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
 
+    /// Longest an API request waits for a Postgres connection, in
+    /// milliseconds; past it (the database is down or saturated) the request
+    /// gets 503 `unavailable` with `Retry-After`.
+    #[arg(long, env = "QB_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub db_acquire_timeout_ms: u64,
+
     /// Redis connection string (pub/sub bridge, readiness).
     #[arg(
         long,

@@ -48,7 +48,19 @@ pub enum Error {
 ///   fills with row versions between vacuums). A worker's batched write
 ///   scanning every session row on each call took a core and a half at 400
 ///   turns/s. Tables with no usable index are still scanned.
+///
+/// A connection is waited for at most 10 s ([`connect_waiting`] to choose).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    connect_waiting(url, max_connections, Duration::from_secs(10)).await
+}
+
+/// [`connect`], waiting at most `acquire_timeout` for a connection (then
+/// [`sqlx::Error::PoolTimedOut`]: see [`is_unavailable`]).
+pub async fn connect_waiting(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, Error> {
     let options: PgConnectOptions = url.parse().map_err(Error::Connect)?;
     let options = options.options([
         ("jit", "off"),
@@ -57,10 +69,31 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout)
         .connect_with(options)
         .await
         .map_err(Error::Connect)
+}
+
+/// Whether `err` says the database cannot be reached or cannot serve now
+/// (so running the request again later may succeed), not that the request
+/// was wrong: no connection within the pool's acquire timeout, a refused
+/// or broken connection, Postgres starting up, shutting down or out of
+/// connection slots.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P01..03: admin or crash
+        // shutdown, cannot connect now; 53300: too many connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    }
 }
 
 /// Creates the database named in `url` if it does not exist yet, so a fresh

@@ -181,6 +181,19 @@ impl Error {
     pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Internal(Box::new(err))
     }
+
+    /// A database failure: 503 `unavailable` when the database cannot be
+    /// reached or cannot serve now ([`questboard_core::db::is_unavailable`];
+    /// the client retries, a turn with the same `Idempotency-Key`), 500
+    /// otherwise.
+    pub fn database(err: sqlx::Error) -> Self {
+        if questboard_core::db::is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable: answering 503");
+            Error::Unavailable("the database is unavailable right now; retry shortly".into())
+        } else {
+            Error::internal(err)
+        }
+    }
 }
 
 impl IntoResponse for Error {
@@ -209,7 +222,7 @@ impl IntoResponse for Error {
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        Error::internal(err)
+        Error::database(err)
     }
 }
 
@@ -221,7 +234,7 @@ impl From<sessions::Error> for Error {
             sessions::Error::Forbidden(why) => Error::Forbidden(why.into()),
             sessions::Error::Conflict(why) => Error::Conflict(why.into()),
             sessions::Error::Invalid(why) => Error::Unprocessable(why),
-            sessions::Error::Database(err) => Error::internal(err),
+            sessions::Error::Database(err) => Error::database(err),
         }
     }
 }
@@ -236,7 +249,7 @@ impl From<invites::Error> for Error {
             },
             invites::Error::Session(err) => err.into(),
             invites::Error::Invalid(why) => Error::Unprocessable(why),
-            invites::Error::Database(err) => Error::internal(err),
+            invites::Error::Database(err) => Error::database(err),
         }
     }
 }
@@ -257,7 +270,8 @@ impl From<jobs::Error> for Error {
     fn from(err: jobs::Error) -> Self {
         match err {
             jobs::Error::Invalid(why) => Error::Unprocessable(why),
-            jobs::Error::Payload(_) | jobs::Error::Database(_) => Error::internal(err),
+            jobs::Error::Database(err) => Error::database(err),
+            jobs::Error::Payload(_) => Error::internal(err),
         }
     }
 }
@@ -269,9 +283,9 @@ impl From<turns::Error> for Error {
             turns::Error::Invalid(why) => Error::Unprocessable(why),
             turns::Error::Unavailable(why) => Error::Unavailable(why.into()),
             turns::Error::KeyReused => Error::Conflict(err.to_string()),
-            turns::Error::Fenced(_) | turns::Error::Job(_) | turns::Error::Database(_) => {
-                Error::internal(err)
-            }
+            turns::Error::Database(err) => Error::database(err),
+            turns::Error::Job(err) => err.into(),
+            turns::Error::Fenced(_) => Error::internal(err),
         }
     }
 }
@@ -298,7 +312,7 @@ impl From<state::Error> for Error {
                 operation: None,
                 message: err.to_string(),
             },
-            state::Error::Database(err) => Error::internal(err),
+            state::Error::Database(err) => Error::database(err),
         }
     }
 }

@@ -212,7 +212,20 @@ impl Socket {
                                 self.send_json(delta).await
                             }
                         },
-                        Ok(Live::Resync) => Box::pin(self.catch_up("resync")).await,
+                        Ok(Live::Resync { interrupted: false }) => Box::pin(self.catch_up("resync")).await,
+                        Ok(Live::Resync { interrupted: true }) => {
+                            // Say so first: the client may show "reconnected";
+                            // what it missed follows, in order.
+                            let notice = serde_json::json!({
+                                "type": "resync",
+                                "reason": "live_feed_interrupted",
+                                "after_seq": self.last,
+                            });
+                            match self.send_json(&notice).await {
+                                Ok(()) => Box::pin(self.catch_up("resync")).await,
+                                Err(end) => Err(end),
+                            }
+                        }
                         Err(RecvError::Lagged(_)) => Err(End::Close(4008, "slow consumer: reconnect with after_seq", "slow_consumer")),
                         Err(RecvError::Closed) => Err(End::Gone),
                     };

@@ -22,6 +22,8 @@ mod invites;
 mod jobs;
 mod kinds;
 mod leases;
+mod outage;
+mod proxy;
 mod prune;
 mod realtime;
 mod reconcile;
