@@ -71,6 +71,11 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
         max_body_bytes: config.max_body_bytes,
         state_max_bytes: config.state_max_bytes,
         recent_states: Arc::default(),
+        http: http::server::Limits {
+            max_connections: config.http_max_connections,
+            header_timeout: Duration::from_millis(config.http_header_timeout_ms),
+            body_timeout: Duration::from_millis(config.http_body_timeout_ms),
+        },
         turns: TurnSettings {
             max_chars: config.max_turn_chars,
             max_attempts: config.job_max_attempts,
@@ -87,12 +92,12 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let intake = state.intake.clone();
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            intake.close();
-        })
-        .await
+    let limits = state.http;
+    http::server::serve(listener, http::router(state), limits, async move {
+        shutdown.await;
+        intake.close();
+    })
+    .await
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -113,6 +113,22 @@ pub struct Config {
     #[arg(long, env = "QB_STORAGE_URL", default_value = "./data/storage")]
     pub storage_url: String,
 
+    /// Most HTTP connections open at once; past it new ones are closed at
+    /// accept.
+    #[arg(long, env = "QB_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+
+    /// Longest wait for a request's head (request line and headers), in
+    /// milliseconds, counted from when the connection is ready for one: a
+    /// slow or silent client, or an idle keep-alive connection, is closed
+    /// after it.
+    #[arg(long, env = "QB_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// Longest wait for a request's whole body, in milliseconds; then 408.
+    #[arg(long, env = "QB_HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_body_timeout_ms: u64,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "QB_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

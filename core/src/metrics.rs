@@ -13,6 +13,8 @@ pub const HTTP_REQUESTS_TOTAL: &str = "questboard_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "questboard_http_request_duration_seconds";
 /// HTTP requests being served right now.
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "questboard_http_requests_in_flight";
+/// Connections closed at accept because `QB_HTTP_MAX_CONNECTIONS` were open.
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "questboard_http_connections_refused_total";
 /// Bearer tokens refused, by `reason`.
 pub const AUTH_FAILURES_TOTAL: &str = "questboard_auth_failures_total";
 /// JWKS fetches, by `outcome` (`ok`, `error`).
@@ -121,6 +123,7 @@ pub const ALL: &[&str] = &[
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_REQUESTS_IN_FLIGHT,
+    HTTP_CONNECTIONS_REFUSED_TOTAL,
     AUTH_FAILURES_TOTAL,
     JWKS_REFRESHES_TOTAL,
     SESSIONS_CREATED_TOTAL,
@@ -188,6 +191,10 @@ pub fn describe() {
     describe_gauge!(
         HTTP_REQUESTS_IN_FLIGHT,
         "HTTP requests being served right now."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed at accept because the connection cap was reached."
     );
     describe_counter!(AUTH_FAILURES_TOTAL, "Bearer tokens refused, by reason.");
     describe_counter!(JWKS_REFRESHES_TOTAL, "JWKS fetches, by outcome.");

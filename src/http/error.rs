@@ -66,6 +66,9 @@ pub enum Error {
         /// Human-readable explanation.
         message: String,
     },
+    /// 408: the body did not arrive within `QB_HTTP_BODY_TIMEOUT_MS`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// 413: the body is larger than `QB_MAX_BODY_BYTES`.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -120,6 +123,7 @@ impl Error {
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) | Error::VersionConflict { .. } => StatusCode::CONFLICT,
             Error::Gone { .. } => StatusCode::GONE,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unprocessable(_) | Error::InvalidUpdate { .. } => {
@@ -143,6 +147,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::Conflict(_) => "conflict",
+            Error::RequestTimeout => "request_timeout",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::Unprocessable(_) => "validation_failed",

@@ -131,8 +131,22 @@ fn json_rejection(rejection: JsonRejection, limit: usize) -> Error {
         }
         JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType,
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge(limit),
+        other if timed_out(&other) => Error::RequestTimeout,
         other => Error::bad_request("bad_body", other.body_text()),
     }
+}
+
+/// Whether reading the body failed because it did not arrive within the
+/// body timeout (`server::Limits::body_timeout`).
+fn timed_out(rejection: &JsonRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = cause {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Path parameters with our error handling: an id that is not a UUID is a 400.

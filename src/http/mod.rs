@@ -35,6 +35,7 @@ pub mod health;
 pub mod invites;
 pub mod jobs;
 pub mod openapi;
+pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod turns;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub state_max_bytes: usize,
     /// The game states this process wrote last (see `state::recent`).
     pub recent_states: Arc<questboard_core::state::Recent>,
+    /// Connection limits and timeouts of the listener.
+    pub http: server::Limits,
     /// Limits of submitted turns.
     pub turns: TurnSettings,
 }
@@ -91,6 +94,7 @@ pub struct TurnSettings {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    let body_timeout = state.http.body_timeout;
     let api = Router::new()
         .merge(sessions::router())
         .merge(invites::router())
@@ -108,9 +112,24 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(record_metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .layer(middleware::from_fn(move |mut req: Request, next: Next| {
             req.extensions_mut().insert(extract::BodyLimit(limit));
-            next.run(req)
+            // A declared length over the limit is refused before any of the
+            // body is read (the client may be sending it slowly, or never).
+            let declared = req
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            async move {
+                if declared.is_some_and(|n| n > limit as u64) {
+                    return Error::PayloadTooLarge(limit).into_response();
+                }
+                next.run(req).await
+            }
         }))
         .with_state(state)
 }

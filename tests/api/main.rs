@@ -13,6 +13,7 @@
 mod admin;
 mod auth;
 mod batches;
+mod connections;
 mod dashboards;
 mod fake_llm;
 mod health;
