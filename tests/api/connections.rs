@@ -34,6 +34,19 @@ async fn connect(app: &TestApp) -> TcpStream {
     TcpStream::connect(app.addr).await.expect("connect")
 }
 
+/// Connects and sends the head of `POST /api/sessions` as alice declaring
+/// `length` bytes of body, and the first bytes of it.
+async fn post_session_head(app: &TestApp, length: usize, body_start: &str) -> TcpStream {
+    let mut stream = connect(app).await;
+    let head = format!(
+        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body_start}",
+        app.token("alice")
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream
+}
+
 #[tokio::test]
 async fn slow_silent_and_idle_clients_are_disconnected_while_others_are_served() {
     let app = TestApp::spawn_with(|c| c.http_header_timeout_ms = 500).await;
@@ -87,13 +100,7 @@ async fn slow_silent_and_idle_clients_are_disconnected_while_others_are_served()
 async fn a_declared_body_over_the_limit_is_413_before_it_is_sent() {
     // Bodies may take 30 s: a 413 that came later would be the timeout.
     let app = TestApp::spawn_with(|c| c.http_body_timeout_ms = 30_000).await;
-    let mut stream = connect(&app).await;
-    let head = format!(
-        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n{{\"na",
-        app.token("alice")
-    );
-    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut stream = post_session_head(&app, 2_000_000, "{\"na").await;
     let mut answer = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
         .await
@@ -107,13 +114,7 @@ async fn a_declared_body_over_the_limit_is_413_before_it_is_sent() {
 #[tokio::test]
 async fn a_body_that_does_not_arrive_in_time_is_408() {
     let app = TestApp::spawn_with(|c| c.http_body_timeout_ms = 500).await;
-    let mut stream = connect(&app).await;
-    let head = format!(
-        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\": ",
-        app.token("alice")
-    );
-    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut stream = post_session_head(&app, 100, "{\"name\": ").await;
     let answer = closed_within(&mut stream, Duration::from_secs(10))
         .await
         .unwrap_or_default();
