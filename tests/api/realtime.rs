@@ -530,3 +530,64 @@ async fn a_socket_that_breaks_the_protocol_is_closed_with_the_standard_code() {
         assert!(metrics.contains(&needle), "{needle} missing:\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_client_reconnecting_every_second_or_two_assembles_the_whole_log() {
+    const TURNS: usize = 40;
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Flaky").await;
+    let worker = app.worker(|c| c.scripted_latency_ms = 40).await;
+    let submit = async {
+        for i in 0..TURNS {
+            let resp = app.submit("alice", &session, &format!("turn {i}")).await;
+            assert_eq!(resp.status, reqwest::StatusCode::ACCEPTED, "{}", resp.text);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let follow = async {
+        let mut log: Vec<Value> = Vec::new();
+        let mut last = 0i64;
+        let mut finished = 0;
+        let mut connections = 0;
+        // Connected for 1, 1.5 or 2 s at a time, resuming after the last
+        // event seen.
+        while finished < TURNS {
+            connections += 1;
+            let stay = Duration::from_millis(1000 + 500 * (connections % 3));
+            let mut socket = app.ws("alice", &session, Some(last)).await.expect("socket");
+            let until = tokio::time::Instant::now() + stay;
+            while finished < TURNS {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match socket.next(left).await {
+                    Some(WsItem::Json(message)) => {
+                        let Some(seq) = message["seq"].as_i64() else {
+                            continue; // a streamed chunk: not in the log
+                        };
+                        assert_eq!(seq, last + 1, "gap or repeat after {last}: {message}");
+                        last = seq;
+                        if matches!(message["type"].as_str(), Some("turn.completed" | "turn.failed")) {
+                            finished += 1;
+                        }
+                        log.push(message);
+                    }
+                    Some(WsItem::Closed(code)) => panic!("closed by the server: {code:?}"),
+                    None => break,
+                }
+            }
+        }
+        (log, connections)
+    };
+    let ((), (log, connections)) = tokio::join!(submit, follow);
+    assert!(connections >= 3, "only {connections} connections");
+    let rest = app.events("alice", &session, 0).await;
+    assert_eq!(log.len(), rest.len());
+    for (socket, stored) in log.iter().zip(&rest) {
+        for field in ["seq", "type", "data"] {
+            assert_eq!(socket[field], stored[field], "{field}: {socket} vs {stored}");
+        }
+    }
+    worker.stop().await;
+}
