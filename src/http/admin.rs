@@ -444,6 +444,7 @@ pub struct StartedJob {
     responses((status = 201, description = "Enqueued", body = StartedJob),
               (status = 200, description = "A job with this unique key exists", body = StartedJob),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "The body is not `application/json`", body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = ["questboard:operator"])))]
 pub async fn start_job(

@@ -34,8 +34,10 @@ pub(super) fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// Only events with a larger `seq` (default 0).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

@@ -113,6 +113,7 @@ pub struct AcceptedView {
     responses(
         (status = 201, body = CreatedInviteView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The session is archived", body = ErrorBody),
         (status = 422, body = ErrorBody)),
@@ -205,6 +206,7 @@ pub async fn revoke_invite(
     responses(
         (status = 200, description = "Joined, or already a member", body = AcceptedView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 404, description = "Unknown token", body = ErrorBody),
         (status = 410, description = "Used up, expired or revoked, or the session was archived", body = ErrorBody),
         (status = 422, body = ErrorBody)),

@@ -46,8 +46,10 @@ pub(super) fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionInput {
-    /// Display name, 1 to 100 characters after trimming.
-    #[schema(example = "The Sunken Keep")]
+    /// Display name: 1 to 100 characters after trimming and NFC
+    /// normalisation, at least one visible character, no control
+    /// characters, no bidirectional overrides or isolates.
+    #[schema(example = "The Sunken Keep", min_length = 1)]
     pub name: String,
 }
 
@@ -123,6 +125,7 @@ impl From<Member> for MemberView {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
@@ -232,6 +235,7 @@ pub async fn get_session(
     responses(
         (status = 200, body = SessionView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The session is archived", body = ErrorBody),
         (status = 422, body = ErrorBody)),
@@ -249,10 +253,15 @@ pub async fn rename_session(
 }
 
 /// Archives a session; owner only. Repeating it is harmless.
+///
+/// Archiving is not deleting: the session stays readable by its members
+/// (`GET` answers 200 with `status: "archived"`) but takes no more turns,
+/// renames, invites or state changes (409). `prune` deletes archived
+/// sessions after `QB_RETENTION_DAYS`.
 #[utoipa::path(delete, path = "/api/sessions/{session_id}", tag = "sessions",
     params(("session_id" = Uuid, Path, description = "Session id")),
     responses(
-        (status = 200, description = "Archived", body = SessionView),
+        (status = 200, description = "Archived (still readable, now read-only)", body = SessionView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]

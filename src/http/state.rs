@@ -131,6 +131,7 @@ fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
     responses(
         (status = 200, description = "Applied (or an earlier update with the same id)", body = StateUpdated),
         (status = 401, body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 403, description = "A member who is not a game master", body = ErrorBody),
         (status = 404, description = "No such session, or not a member", body = ErrorBody),
         (status = 409, description = "`VERSION_CONFLICT` with `current_version`; or the session is archived; or the id was used for another update", body = ErrorBody),

@@ -42,8 +42,9 @@ pub(super) fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TurnInput {
-    /// What the player does or says; 1 to `QB_MAX_TURN_CHARS` characters.
-    #[schema(example = "I light a torch and step into the crypt.")]
+    /// What the player does or says; 1 to `QB_MAX_TURN_CHARS` (default
+    /// 8,000) characters, not blank, no NUL.
+    #[schema(example = "I light a torch and step into the crypt.", min_length = 1)]
     pub text: String,
 }
 
@@ -115,8 +116,10 @@ impl From<Turn> for TurnView {
 #[into_params(parameter_in = Query)]
 pub struct TurnParams {
     /// Only turns with a larger `seq` (default 0: from the start).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -131,7 +134,8 @@ pub struct TurnPage {
 #[utoipa::path(post, path = "/api/sessions/{session_id}/turns", tag = "turns",
     params(
         ("session_id" = Uuid, Path, description = "Session id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key (1 to 255 visible ASCII characters)")),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+         description = "Repeat-safe key: 1 to 255 visible ASCII characters (no spaces). The same key with the same text returns the original turn (`Idempotent-Replayed: true`); with another text, 409")),
     request_body = TurnInput,
     responses(
         (status = 202, description = "Accepted and queued (or the original, replayed)", body = SubmittedTurn),

@@ -154,6 +154,46 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
     assert_eq!(operations, expected);
     let schemas = &doc.body["components"]["schemas"];
     assert!(schemas["ErrorBody"].is_object() && schemas["ErrorDetail"].is_object());
+    // Bounds and rules the server enforces are in the description.
+    let param = |path: &str, method: &str, name: &str| {
+        doc.body["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{method} {path}: no parameter {name}"))
+    };
+    let limit = param("/api/sessions/{session_id}/turns", "get", "limit");
+    assert_eq!(
+        (
+            limit["schema"]["minimum"].as_f64(),
+            limit["schema"]["maximum"].as_f64()
+        ),
+        (Some(1.0), Some(500.0)),
+        "{limit}"
+    );
+    let after = param("/api/sessions/{session_id}/events", "get", "after_seq");
+    assert_eq!(after["schema"]["minimum"].as_f64(), Some(0.0), "{after}");
+    let key = param(
+        "/api/sessions/{session_id}/turns",
+        "post",
+        "Idempotency-Key",
+    );
+    assert_eq!(key["schema"]["maxLength"], 255, "{key}");
+    for (path, method) in [
+        ("/api/sessions/{session_id}", "patch"),
+        ("/api/sessions/{session_id}/invites", "post"),
+        ("/api/invites/accept", "post"),
+        ("/api/sessions/{session_id}/state/updates", "post"),
+    ] {
+        let responses = &doc.body["paths"][path][method]["responses"];
+        assert!(
+            responses["415"].is_object() && responses["413"].is_object(),
+            "{method} {path}: {responses}"
+        );
+    }
+    assert_eq!(
+        schemas["SessionInput"]["properties"]["name"]["minLength"],
+        1
+    );
     // What a turn's reply did to the game state is described on turns.
     assert!(
         schemas["TurnView"]["properties"]["state_change"].is_object()

@@ -568,7 +568,10 @@ async fn a_client_reconnecting_every_second_or_two_assembles_the_whole_log() {
                         };
                         assert_eq!(seq, last + 1, "gap or repeat after {last}: {message}");
                         last = seq;
-                        if matches!(message["type"].as_str(), Some("turn.completed" | "turn.failed")) {
+                        if matches!(
+                            message["type"].as_str(),
+                            Some("turn.completed" | "turn.failed")
+                        ) {
                             finished += 1;
                         }
                         log.push(message);
@@ -586,7 +589,10 @@ async fn a_client_reconnecting_every_second_or_two_assembles_the_whole_log() {
     assert_eq!(log.len(), rest.len());
     for (socket, stored) in log.iter().zip(&rest) {
         for field in ["seq", "type", "data"] {
-            assert_eq!(socket[field], stored[field], "{field}: {socket} vs {stored}");
+            assert_eq!(
+                socket[field], stored[field],
+                "{field}: {socket} vs {stored}"
+            );
         }
     }
     worker.stop().await;
