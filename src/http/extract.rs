@@ -136,6 +136,31 @@ fn json_rejection(rejection: JsonRejection, limit: usize) -> Error {
     }
 }
 
+/// Deserializes an optional whole number given as JSON `82` or `82.0`:
+/// JSON Schema's `integer` (what the OpenAPI description says) admits
+/// both, serde's integers only the first. `82.5` is refused.
+pub fn whole_number<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize as _;
+    use serde::de::Error as _;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
+            .map(|f| f as i64)
+    });
+    let whole = whole.ok_or_else(|| D::Error::custom("expected a whole number"))?;
+    T::try_from(whole)
+        .map(Some)
+        .map_err(|_| D::Error::custom("the number is out of range"))
+}
+
 /// Whether reading the body failed because it did not arrive within the
 /// body timeout (`server::Limits::body_timeout`).
 fn timed_out(rejection: &JsonRejection) -> bool {

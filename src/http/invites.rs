@@ -39,8 +39,12 @@ pub struct InviteInput {
     /// Role granted: `player` (default) or `gm`.
     pub role: Option<Role>,
     /// Lifetime in seconds, 1 to 7,776,000 (90 days); default 604,800 (7 days).
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
+    #[schema(minimum = 1, maximum = 7_776_000)]
     pub ttl_seconds: Option<i64>,
     /// How many users it admits, 1 to 1,000; default 1.
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_uses: Option<i32>,
 }
 

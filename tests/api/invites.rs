@@ -184,6 +184,9 @@ async fn invite_options_are_validated() {
         json!({ "max_uses": 0 }),
         json!({ "max_uses": 1_000_001 }),
         json!({ "max_uses": "many" }),
+        json!({ "max_uses": 2.5 }),
+        json!({ "ttl_seconds": 82.5 }),
+        json!({ "ttl_seconds": 1e300 }),
         json!({ "uses": 0 }),
     ] {
         app.post("alice", &path, body)
@@ -195,6 +198,17 @@ async fn invite_options_are_validated() {
         .await
         .expect("count");
     assert_eq!(count, 0);
+    // Whole numbers written as JSON floats are the integers the
+    // description's `integer` admits.
+    let resp = app
+        .post(
+            "alice",
+            &path,
+            json!({ "ttl_seconds": 82.0, "max_uses": 2.0 }),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text);
+    assert_eq!(resp.body["max_uses"], 2, "{}", resp.text);
 }
 
 #[tokio::test]
