@@ -118,6 +118,33 @@ async fn a_socket_whose_live_feed_broke_is_told_and_gets_what_it_missed() {
         .await;
     let before = seen.last().and_then(|e| e["seq"].as_i64()).expect("seq");
 
+    // Until the bridge has subscribed (through the proxy: the only
+    // subscriber of this channel), the socket is fed by its catch-ups and
+    // there is no live feed to break yet.
+    let client = redis::Client::open(redis_url()).expect("redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let channel = questboard_core::events::channel(session.parse().expect("uuid"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .expect("numsub");
+        if subscribers > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // The feed breaks; an event happens (on the other API) while it is down.
     redis.down();
     rename("During").await;
