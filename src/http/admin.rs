@@ -210,6 +210,7 @@ pub struct JobParams {
     /// Only this session's jobs.
     pub session_id: Option<Uuid>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Where the page starts: the previous page's `next_cursor`.
     pub cursor: Option<String>,

@@ -99,13 +99,30 @@ where
 {
     type Rejection = Error;
 
+    /// Every body questboard takes is a JSON object: an array is refused
+    /// (422) even where serde would read it as a struct's fields in order.
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         let limit = req
             .extensions()
             .get::<BodyLimit>()
             .map(|l| l.0)
             .unwrap_or(0);
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(Error::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection {
+                r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge(limit),
+                r if timed_out(&r) => Error::RequestTimeout,
+                r => Error::bad_request("bad_body", r.body_text()),
+            })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(Error::Unprocessable(
+                "the body must be a JSON object, not an array".into(),
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(json_rejection(rejection, limit)),
         }
@@ -161,9 +178,26 @@ where
         .map_err(|_| D::Error::custom("the number is out of range"))
 }
 
+/// Whether the request says its body is JSON: `application/json`, or a
+/// `+json` type (`application/merge-patch+json`), as axum's `Json` accepts.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+}
+
 /// Whether reading the body failed because it did not arrive within the
 /// body timeout (`server::Limits::body_timeout`).
-fn timed_out(rejection: &JsonRejection) -> bool {
+fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(err) = cause {
         if err.is::<tower_http::timeout::TimeoutError>() {

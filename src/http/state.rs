@@ -66,7 +66,7 @@ pub struct StateUpdateInput {
     /// The version the operations were made against (must be the current one).
     pub version: i64,
     /// 1 to 500 operations, applied in order, all or none.
-    #[schema(value_type = Vec<questboard_core::state::ops::StateOperation>)]
+    #[schema(value_type = Vec<questboard_core::state::ops::StateOperation>, min_items = 1, max_items = 500)]
     pub operations: Vec<Value>,
 }
 
@@ -86,6 +86,7 @@ pub struct StateUpdated {
     responses(
         (status = 200, body = StateView, headers(("ETag" = String, description = "The version, quoted"))),
         (status = 304, description = "Not modified since the ETag sent"),
+        (status = 400, description = "The session id is not a UUID", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "No such session, or not a member", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -130,6 +131,7 @@ fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
     request_body = StateUpdateInput,
     responses(
         (status = 200, description = "Applied (or an earlier update with the same id)", body = StateUpdated),
+        (status = 400, description = "The session id is not a UUID, or the body is not JSON", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 403, description = "A member who is not a game master", body = ErrorBody),

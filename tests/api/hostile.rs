@@ -39,6 +39,23 @@ async fn malformed_and_mistyped_bodies_get_json_errors() {
     send("{\"name\":\"\\ud800\"}", Some("application/json"))
         .await
         .assert_error(400, "malformed_json");
+    // serde would read an array as the struct's fields in order: refused.
+    send(" [\"Keep\"]", Some("application/json"))
+        .await
+        .assert_error(422, "validation_failed");
+    // +json types are JSON too.
+    let resp = send(
+        "{\"name\":\"x\"}",
+        Some("application/merge-patch+json; charset=utf-8"),
+    )
+    .await;
+    assert_eq!(resp.status, 201, "{}", resp.text);
+    let sessions = app.get("alice", "/api/sessions").await;
+    assert_eq!(
+        sessions.body["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "only the object was created"
+    );
 }
 
 #[tokio::test]
