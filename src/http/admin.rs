@@ -213,6 +213,7 @@ pub struct JobParams {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Where the page starts: the previous page's `next_cursor`.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 

@@ -32,11 +32,24 @@ pub(super) fn router() -> Router<AppState> {
         .route("/invites/accept", post(accept_invite))
 }
 
+/// The roles an invite may grant (the description's view of [`Role`]:
+/// `owner` is never granted).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum GrantedRole {
+    /// Plays; reads everything, changes no game state.
+    Player,
+    /// A game master: changes the game state.
+    Gm,
+}
+
 /// Body of `POST /api/sessions/{id}/invites`; every field is optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteInput {
     /// Role granted: `player` (default) or `gm`.
+    #[schema(value_type = Option<GrantedRole>)]
     pub role: Option<Role>,
     /// Lifetime in seconds, 1 to 7,776,000 (90 days); default 604,800 (7 days).
     #[serde(default, deserialize_with = "super::extract::whole_number")]

@@ -128,6 +128,7 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
 }
 

@@ -194,6 +194,11 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         schemas["SessionInput"]["properties"]["name"]["minLength"],
         1
     );
+    // An invite grants `player` or `gm`, never `owner`.
+    assert_eq!(
+        schemas["GrantedRole"]["enum"],
+        serde_json::json!(["player", "gm"])
+    );
     // What a turn's reply did to the game state is described on turns.
     assert!(
         schemas["TurnView"]["properties"]["state_change"].is_object()
