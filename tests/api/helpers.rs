@@ -245,8 +245,12 @@ impl TestApp {
             metrics_addr,
             config,
             db,
+            // Idle connections are dropped well before the server's
+            // keep-alive limit (QB_HTTP_HEADER_TIMEOUT_MS, 10 s), so a
+            // request never races the server closing its connection.
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .expect("client"),
             shutdown: Some(tx),

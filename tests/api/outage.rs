@@ -27,7 +27,7 @@ async fn a_database_outage_answers_503_with_retry_after_and_the_api_recovers() {
     let path = format!("/api/sessions/{session}");
     assert_eq!(api.get("alice", &path).await.status, StatusCode::OK);
 
-    postgres.down();
+    postgres.down().await;
     let requests = [
         (Method::GET, path.clone(), None),
         (
@@ -146,7 +146,7 @@ async fn a_socket_whose_live_feed_broke_is_told_and_gets_what_it_missed() {
     }
 
     // The feed breaks; an event happens (on the other API) while it is down.
-    redis.down();
+    redis.down().await;
     rename("During").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.up().await;

@@ -3,7 +3,8 @@
 //! on undisturbed.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -16,6 +17,17 @@ pub struct Proxy {
     target: String,
     cut: watch::Sender<u64>,
     accepting: Mutex<Option<JoinHandle<()>>>,
+    /// Connections being forwarded now.
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a forwarded connection while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Proxy {
@@ -29,6 +41,7 @@ impl Proxy {
             target,
             cut,
             accepting: Mutex::new(None),
+            open: Arc::new(AtomicUsize::new(0)),
         };
         proxy.serve(listener);
         proxy
@@ -36,10 +49,14 @@ impl Proxy {
 
     fn serve(&self, listener: TcpListener) {
         let (target, cuts) = (self.target.clone(), self.cut.subscribe());
+        let open = self.open.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let (target, mut cuts) = (target.clone(), cuts.clone());
+                open.fetch_add(1, Ordering::SeqCst);
+                let counted = Open(open.clone());
                 tokio::spawn(async move {
+                    let _counted = counted;
                     let Ok(mut server) = TcpStream::connect(&target).await else {
                         return;
                     };
@@ -54,12 +71,18 @@ impl Proxy {
     }
 
     /// An outage: open connections are cut and new ones refused (nothing
-    /// listens on the port).
-    pub fn down(&self) {
+    /// listens on the port). Returns once every connection is closed, so
+    /// nothing more gets through.
+    pub async fn down(&self) {
         if let Some(task) = self.accepting.lock().expect("lock").take() {
             task.abort();
         }
         self.cut.send_modify(|n| *n += 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(std::time::Instant::now() < deadline, "connections not cut");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Serving again, on the same port.
