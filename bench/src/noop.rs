@@ -16,7 +16,7 @@ use serde_json::Value;
 pub const KIND: &str = "bench_noop";
 
 /// A job that does nothing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Noop {
     /// Its number.
     pub n: u64,

@@ -187,9 +187,10 @@ pub async fn create(
     actor: &UserId,
     new: NewInvite,
 ) -> Result<CreatedInvite> {
-    let new = new.validate()?;
+    // Who may act, then what they asked for, then what the session allows.
     let membership =
         sessions::require_owner(pool, session_id, actor, "only the owner can invite").await?;
+    let new = new.validate()?;
     if membership.session.status == SessionStatus::Archived {
         return Err(sessions::Error::Conflict("the session is archived").into());
     }

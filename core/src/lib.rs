@@ -46,5 +46,6 @@ pub mod schedule;
 pub mod sessions;
 pub mod state;
 pub mod storage;
+pub mod text;
 pub mod turns;
 pub mod wakeups;

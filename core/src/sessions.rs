@@ -9,8 +9,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};
@@ -145,50 +143,37 @@ pub struct Member {
     pub joined_at: DateTime<Utc>,
 }
 
-/// A validated session name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no
-/// control characters.
+/// A validated session name: it follows [`crate::text::NAME_PATTERN`] and
+/// has at most [`MAX_NAME_CHARS`] characters as sent; it is stored trimmed
+/// and in Unicode normal form C (so names that look the same are the same).
 #[derive(Debug, Clone)]
 pub struct SessionName(String);
 
 impl SessionName {
-    /// Validates `raw`, trimmed and in Unicode normal form C (so names that
-    /// look the same are the same): at least one visible character, at
-    /// most [`MAX_NAME_CHARS`], no control characters and no bidirectional
-    /// overrides or isolates (which make text display as something else).
+    /// Validates `raw` and returns it trimmed and normalised.
     pub fn parse(raw: &str) -> Result<Self, Error> {
         use unicode_normalization::UnicodeNormalization as _;
-        let name: String = raw.trim().nfc().collect();
-        let name = name.as_str();
-        if name.is_empty() {
-            return Err(Error::Invalid("name must not be empty".into()));
-        }
-        if name
-            .chars()
-            .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
-        {
-            return Err(Error::Invalid(
-                "name must not contain bidirectional overrides or isolates".into(),
-            ));
-        }
-        if name
-            .chars()
-            .all(|c| c.is_whitespace() || crate::identity::is_format(c))
-        {
-            return Err(Error::Invalid(
-                "name must have at least one visible character".into(),
-            ));
-        }
-        if name.chars().count() > MAX_NAME_CHARS {
+        if raw.chars().count() > MAX_NAME_CHARS {
             return Err(Error::Invalid(format!(
                 "name must be at most {MAX_NAME_CHARS} characters"
             )));
         }
-        if name.chars().any(char::is_control) {
-            return Err(Error::Invalid(
-                "name must not contain control characters".into(),
-            ));
+        if !crate::text::is_name(raw) {
+            let reason = if raw.chars().any(char::is_control) {
+                "name must not contain control characters"
+            } else if raw
+                .chars()
+                .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+            {
+                "name must not contain bidirectional overrides or isolates"
+            } else if raw.trim().is_empty() {
+                "name must not be empty"
+            } else {
+                "name must have at least one visible character"
+            };
+            return Err(Error::Invalid(reason.into()));
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(raw.trim().nfc().collect()))
     }
 
     /// The name as text.
@@ -206,25 +191,30 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// Encodes the cursor as URL-safe text.
+    /// What every cursor looks like (and every string like it is one): the
+    /// last session's activity time in microseconds since 1970 (14 hex
+    /// digits) and its id (32 hex digits).
+    pub const PATTERN: &'static str = "^[0-9a-f]{46}$";
+
+    /// Encodes the cursor as text of [`Cursor::PATTERN`].
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!(
-            "{}:{}",
-            self.last_active_at.timestamp_micros(),
-            self.id
-        ))
+        let micros = self
+            .last_active_at
+            .timestamp_micros()
+            .clamp(0, (1 << 56) - 1);
+        format!("{micros:014x}{}", self.id.simple())
     }
 
-    /// Decodes a cursor produced by [`Cursor::encode`].
+    /// Decodes a cursor: any text of [`Cursor::PATTERN`].
     pub fn decode(text: &str) -> Result<Self, Error> {
         let invalid = || Error::Invalid("cursor is not valid".into());
-        let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
-        let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-        let (micros, id) = raw.split_once(':').ok_or_else(invalid)?;
-        let micros: i64 = micros.parse().map_err(|_| invalid())?;
+        if text.len() != 46 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(invalid());
+        }
+        let micros = i64::from_str_radix(&text[..14], 16).map_err(|_| invalid())?;
         Ok(Self {
             last_active_at: DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
-            id: id.parse().map_err(|_| invalid())?,
+            id: Uuid::try_parse(&text[14..]).map_err(|_| invalid())?,
         })
     }
 }
@@ -384,15 +374,18 @@ pub async fn members<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Vec<Member
     .await?)
 }
 
-/// Renames an active session; owner only. Appends `session.updated`.
+/// Renames an active session to `name` (validated as [`SessionName`]);
+/// owner only. Appends `session.updated`. Who may act is checked before the
+/// name, and the name before the session's state.
 pub async fn rename(
     pool: &PgPool,
     id: Uuid,
     actor: &UserId,
-    name: &SessionName,
+    name: &str,
 ) -> Result<(Membership, Event)> {
     let mut tx = pool.begin().await?;
     let current = require_owner(&mut *tx, id, actor, "only the owner can rename a session").await?;
+    let name = SessionName::parse(name)?;
     if current.session.status == SessionStatus::Archived {
         return Err(Error::Conflict("the session is archived"));
     }
@@ -678,7 +671,12 @@ mod tests {
         };
         assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
         assert!(Cursor::decode("not a cursor").is_err());
-        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("12:nope")).is_err());
+        assert!(Cursor::decode(&cursor.encode().to_uppercase()).is_err());
+        assert!(Cursor::decode(&"0".repeat(45)).is_err());
+        // Every text of the pattern is a cursor, as the description says.
+        for text in ["f".repeat(46), "0".repeat(46)] {
+            assert!(Cursor::decode(&text).is_ok(), "{text}");
+        }
     }
 
     #[test]

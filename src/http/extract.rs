@@ -178,6 +178,16 @@ where
         .map_err(|_| D::Error::custom("the number is out of range"))
 }
 
+/// Like [`whole_number`], for a field that must be present and not null.
+pub fn required_whole_number<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error as _;
+    whole_number(deserializer)?.ok_or_else(|| D::Error::custom("expected a whole number"))
+}
+
 /// Whether the request says its body is JSON: `application/json`, or a
 /// `+json` type (`application/merge-patch+json`), as axum's `Json` accepts.
 fn is_json(headers: &axum::http::HeaderMap) -> bool {

@@ -4,7 +4,14 @@
 //! describes shapes only, never data.
 
 use axum::Router;
+use axum::extract::State;
 use axum::routing::get;
+use questboard_core::jobs as job_rows;
+use questboard_core::sessions::{Cursor, MAX_NAME_CHARS};
+use questboard_core::state::ops;
+use questboard_core::text;
+use questboard_workers::jobs::Registry;
+use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -88,6 +95,202 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))
 }
 
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
+    Json(document(&state.registry, state.turns.max_chars))
+}
+
+/// The description as served: the annotations' document plus what only
+/// the running process knows or what attributes cannot hold: the job kinds
+/// of its registry (and each startable kind's payload), the configured
+/// length of a turn, and the patterns shared with the validating code.
+pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let kinds: Vec<&str> = registry.kinds().iter().map(|k| k.spec.kind).collect();
+    let set = |doc: &mut Value, pointer: &str, key: &str, value: Value| {
+        if let Some(Value::Object(target)) = doc.pointer_mut(pointer) {
+            target.insert(key.to_owned(), value);
+        }
+    };
+    let schemas = "/components/schemas";
+    set(
+        &mut doc,
+        &format!("{schemas}/SessionInput/properties/name"),
+        "pattern",
+        json!(*text::NAME_PATTERN),
+    );
+    set(
+        &mut doc,
+        &format!("{schemas}/SessionInput/properties/name"),
+        "maxLength",
+        json!(MAX_NAME_CHARS),
+    );
+    set(
+        &mut doc,
+        &format!("{schemas}/TurnInput/properties/text"),
+        "pattern",
+        json!(*text::TEXT_PATTERN),
+    );
+    set(
+        &mut doc,
+        &format!("{schemas}/TurnInput/properties/text"),
+        "maxLength",
+        json!(max_turn_chars),
+    );
+    set(
+        &mut doc,
+        &format!("{schemas}/StateOperation/properties/path"),
+        "pattern",
+        json!(ops::Path::PATTERN),
+    );
+    // Versions are counted one by one: far below 2^53, the largest whole
+    // number every JSON reader holds exactly.
+    set(
+        &mut doc,
+        &format!("{schemas}/StateUpdateInput/properties/version"),
+        "maximum",
+        json!(9_007_199_254_740_991_i64),
+    );
+    set(
+        &mut doc,
+        &format!("{schemas}/StateOperation/properties"),
+        "value",
+        json!({
+        "description": "The operand, any JSON value; absent for `unset`." }),
+    );
+    // What a game master sends: the same fields, with what each operation
+    // needs of its value.
+    let path = json!({ "type": "string", "pattern": ops::Path::PATTERN,
+        "description": "The dotted path (see docs/architecture.md)." });
+    let shape = |operations: Value, value: Option<Value>| {
+        let mut required = vec!["path", "operation"];
+        if value.is_some() {
+            required.push("value");
+        }
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": required,
+            "properties": {
+                "path": path,
+                "operation": { "type": "string", "enum": operations },
+                "value": value.unwrap_or_else(|| json!({ "description": "Ignored." })),
+            }
+        })
+    };
+    set(
+        &mut doc,
+        schemas,
+        "StateOperationInput",
+        json!({
+            "description": "One operation; refused with `VALIDATION_ERROR` (422) when it does not \
+                apply to the state at that point (a missing parent, a wrong type, an index past the end).",
+            "oneOf": [
+                shape(json!(["set", "push", "pull"]), Some(json!({ "description": "Any JSON value." }))),
+                shape(json!(["inc"]), Some(json!({ "type": "number" }))),
+                shape(json!(["unset"]), None),
+            ]
+        }),
+    );
+    set(
+        &mut doc,
+        &format!("{schemas}/StateUpdateInput/properties/operations"),
+        "items",
+        json!({ "$ref": "#/components/schemas/StateOperationInput" }),
+    );
+    set_parameter(
+        &mut doc,
+        "/api/sessions",
+        "get",
+        "cursor",
+        "pattern",
+        json!(Cursor::PATTERN),
+    );
+    set_parameter(
+        &mut doc,
+        "/api/admin/jobs",
+        "get",
+        "cursor",
+        "pattern",
+        json!(job_rows::JOB_ID_PATTERN),
+    );
+    set_parameter(
+        &mut doc,
+        "/api/admin/jobs",
+        "get",
+        "kind",
+        "enum",
+        json!(kinds),
+    );
+    set_parameter(
+        &mut doc,
+        "/api/admin/jobs",
+        "get",
+        "status",
+        "enum",
+        json!(job_rows::JobStatus::ALL.map(job_rows::JobStatus::as_str)),
+    );
+    for action in ["pause", "resume"] {
+        set_parameter(
+            &mut doc,
+            &format!("/api/admin/queues/{{kind}}/{action}"),
+            "post",
+            "kind",
+            "enum",
+            json!(kinds),
+        );
+    }
+    // What operators may start: one shape per kind, with its payload.
+    let startable: Vec<Value> = registry
+        .kinds()
+        .iter()
+        .filter(|k| k.spec.operator_may_start)
+        .map(|k| {
+            json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["kind"],
+                "properties": {
+                    "kind": { "type": "string", "enum": [k.spec.kind] },
+                    "payload": {
+                        "anyOf": [
+                            serde_json::to_value(k.payload_schema()).unwrap_or_default(),
+                            { "type": "null" }
+                        ],
+                        "description": "The kind's payload; absent or null means `{}`."
+                    },
+                    "run_at": { "type": ["string", "null"], "format": "date-time",
+                        "description": "Not before this time." },
+                    "unique_key": { "type": ["string", "null"], "minLength": 1, "pattern": "^[ -~]+$",
+                        "maxLength": job_rows::MAX_UNIQUE_KEY_BYTES,
+                        "description": "While a job of the kind holds this key, starting it again returns that job." },
+                }
+            })
+        })
+        .collect();
+    set(
+        &mut doc,
+        schemas,
+        "StartJob",
+        json!({ "oneOf": startable,
+        "description": "A job of a kind operators may start, with that kind's payload (default `{}`)." }),
+    );
+    doc
+}
+
+/// Sets `key` of the schema of the parameter `name` of `method path`.
+fn set_parameter(doc: &mut Value, path: &str, method: &str, name: &str, key: &str, value: Value) {
+    let pointer = format!(
+        "/paths/{}/{method}/parameters",
+        path.replace('~', "~0").replace('/', "~1")
+    );
+    let Some(Value::Array(parameters)) = doc.pointer_mut(&pointer) else {
+        return;
+    };
+    for parameter in parameters {
+        if parameter["name"] == name
+            && let Some(Value::Object(schema)) = parameter.get_mut("schema")
+        {
+            schema.insert(key.to_owned(), value.clone());
+        }
+    }
 }

@@ -64,6 +64,8 @@ pub struct StateUpdateInput {
     /// again, it gets the first answer and applies nothing.
     pub id: Option<String>,
     /// The version the operations were made against (must be the current one).
+    #[serde(deserialize_with = "super::extract::required_whole_number")]
+    #[schema(minimum = 0)]
     pub version: i64,
     /// 1 to 500 operations, applied in order, all or none.
     #[schema(value_type = Vec<questboard_core::state::ops::StateOperation>, min_items = 1, max_items = 500)]
@@ -159,10 +161,20 @@ pub async fn apply(
     user: &UserId,
     input: &StateUpdateInput,
 ) -> Result<StateUpdated, Error> {
-    if let Some(id) = &input.id {
-        state::check_request_id(id)?;
+    let parsed = match &input.id {
+        Some(id) => state::check_request_id(id),
+        None => Ok(()),
     }
-    let operations = state::parse_operations(&input.operations)?;
+    .and_then(|()| state::parse_operations(&input.operations));
+    let operations = match parsed {
+        Ok(operations) => operations,
+        Err(err) => {
+            // Who may act comes before what they asked: a player or a
+            // stranger learns nothing from a malformed update.
+            state::require_game_master(&state.pool, session_id, user).await?;
+            return Err(err.into());
+        }
+    };
     let applied = state::update_as_gm(
         &state.pool,
         &state.recent_states,

@@ -45,11 +45,19 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The server's maintenance database, to drop this one.
+    admin: String,
 }
 
 impl TestDb {
     pub async fn create() -> TestDb {
-        let admin: PgConnectOptions = admin_url().parse().expect("admin url");
+        Self::create_on(&admin_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL of a database
+    /// there that the test may create databases from).
+    pub async fn create_on(admin_url: &str) -> TestDb {
+        let admin: PgConnectOptions = admin_url.parse().expect("admin url");
         let mut conn = PgConnection::connect_with(&admin)
             .await
             .expect("connect to Postgres for tests");
@@ -63,7 +71,7 @@ impl TestDb {
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let mut url = url::Url::parse(&admin_url()).expect("admin url");
+        let mut url = url::Url::parse(admin_url).expect("admin url");
         url.set_path(&name);
         let url = url.to_string();
         let pool = questboard_core::db::connect(&url, 5)
@@ -72,13 +80,19 @@ impl TestDb {
         questboard_core::db::migrate(&pool)
             .await
             .expect("migrate test db");
-        TestDb { name, url, pool }
+        TestDb {
+            name,
+            url,
+            pool,
+            admin: admin_url.to_owned(),
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin_url = self.admin.clone();
         // Dropping needs async I/O, which Drop cannot await; a short-lived
         // thread with its own runtime does it.
         let _ = std::thread::spawn(move || {
@@ -89,7 +103,7 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                let Ok(admin) = admin_url().parse::<PgConnectOptions>() else {
+                let Ok(admin) = admin_url.parse::<PgConnectOptions>() else {
                     return;
                 };
                 if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
@@ -206,7 +220,8 @@ impl TestApp {
         .await
     }
 
-    async fn spawn_on(db: std::sync::Arc<TestDb>, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    /// Starts an app on `db` after `adjust` has changed its configuration.
+    pub async fn spawn_on(db: std::sync::Arc<TestDb>, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = Config::from_env().expect("config from env");
         config.database_url = Secret::new(db.url.clone());
         config.redis_url = Secret::new(redis_url());

@@ -204,3 +204,95 @@ async fn error_messages_echo_little_input_and_no_rust_types() {
         }
     }
 }
+
+/// Who may act is checked before what they asked for and before what the
+/// session allows, on every route that changes a session: on an archived
+/// session, with requests that would also be refused for their content, a
+/// player gets 403 for what only the owner or a GM may do, and a stranger
+/// gets 404 for everything.
+#[tokio::test]
+async fn who_may_act_comes_before_what_the_request_or_the_session_allows() {
+    let app = TestApp::spawn().await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let base = format!("/api/sessions/{session}");
+    let (invite_id, _) = app.invite("alice", &session, json!({})).await;
+    let resp = app.delete("alice", &base).await;
+    assert!(resp.status.is_success(), "{}", resp.text);
+
+    let bad_invite = json!({ "role": "owner", "ttl_seconds": 0, "max_uses": 0 });
+    let bad_state = json!({ "version": 0, "operations": [{ "op": "set" }] });
+    let stale_state = json!({ "version": 999, "operations": [
+        { "path": "items", "operation": "push", "value": 1 } ] });
+    let owner_or_gm_only: Vec<(Method, String, Option<serde_json::Value>)> = vec![
+        (Method::PATCH, base.clone(), Some(json!({ "name": "" }))),
+        (
+            Method::PATCH,
+            base.clone(),
+            Some(json!({ "name": "Bob's" })),
+        ),
+        (Method::DELETE, base.clone(), None),
+        (
+            Method::POST,
+            format!("{base}/invites"),
+            Some(bad_invite.clone()),
+        ),
+        (Method::POST, format!("{base}/invites"), Some(json!({}))),
+        (Method::GET, format!("{base}/invites"), None),
+        (Method::DELETE, format!("{base}/invites/{invite_id}"), None),
+        (
+            Method::DELETE,
+            format!("{base}/invites/{}", uuid::Uuid::now_v7()),
+            None,
+        ),
+        (Method::DELETE, format!("{base}/members/alice"), None),
+        (Method::DELETE, format!("{base}/members/nobody"), None),
+        (
+            Method::POST,
+            format!("{base}/state/updates"),
+            Some(bad_state),
+        ),
+        (
+            Method::POST,
+            format!("{base}/state/updates"),
+            Some(stale_state.clone()),
+        ),
+    ];
+    for (method, path, body) in &owner_or_gm_only {
+        let resp = app
+            .call(method.clone(), path, Some("bob"), body.clone())
+            .await;
+        assert_eq!(resp.status, 403, "bob {method} {path}: {}", resp.text);
+        assert_eq!(resp.code(), "forbidden", "bob {method} {path}");
+    }
+    let members_too: Vec<(Method, String, Option<serde_json::Value>)> = vec![
+        (Method::GET, base.clone(), None),
+        (
+            Method::POST,
+            format!("{base}/turns"),
+            Some(json!({ "text": "" })),
+        ),
+        (
+            Method::POST,
+            format!("{base}/turns"),
+            Some(json!({ "text": "hi" })),
+        ),
+        (Method::GET, format!("{base}/turns"), None),
+        (Method::GET, format!("{base}/events"), None),
+        (Method::GET, format!("{base}/state"), None),
+        (Method::DELETE, format!("{base}/members/mallory"), None),
+    ];
+    for (method, path, body) in owner_or_gm_only.iter().chain(&members_too) {
+        let resp = app
+            .call(method.clone(), path, Some("mallory"), body.clone())
+            .await;
+        assert_eq!(resp.status, 404, "mallory {method} {path}: {}", resp.text);
+        assert_eq!(resp.code(), "not_found", "mallory {method} {path}");
+    }
+    // The owner, who may act, is told what the session allows.
+    app.post("alice", &format!("{base}/invites"), json!({}))
+        .await
+        .assert_error(409, "conflict");
+    app.post("alice", &format!("{base}/state/updates"), stale_state)
+        .await
+        .assert_error(409, "conflict");
+}

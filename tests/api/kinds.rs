@@ -20,7 +20,7 @@ pub fn test_registry() -> Registry {
     registry().register::<Sleepy>().register::<Stuck>()
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sleepy {
     pub ms: u64,
@@ -76,7 +76,7 @@ impl Handler for Sleepy {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stuck {}
 
 impl Job for Stuck {

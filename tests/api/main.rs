@@ -28,6 +28,7 @@ mod proxy;
 mod prune;
 mod realtime;
 mod reconcile;
+mod restart;
 mod scheduler;
 mod sessions;
 mod state;

@@ -313,8 +313,12 @@ pub fn new_job_id() -> String {
 /// Whether `id` has the shape of a job id (26 ULID characters), checked
 /// before any lookup.
 pub fn is_job_id(id: &str) -> bool {
+    // Keep in step with JOB_ID_PATTERN.
     id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
+
+/// What [`is_job_id`] accepts, as a regular expression.
+pub const JOB_ID_PATTERN: &str = "^[0-9A-Za-z]{26}$";
 
 /// Longest unique key, in bytes.
 pub const MAX_UNIQUE_KEY_BYTES: usize = 255;

@@ -141,6 +141,18 @@ pub enum Error {
 /// Result alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether `actor` may update the state of `session_id` at all: a member
+/// who is not a game master is [`Error::NotGameMaster`], anyone else not a
+/// member [`sessions::Error::NotFound`]. Used to answer a malformed update
+/// for who sent it before what they sent.
+pub async fn require_game_master(pool: &PgPool, session_id: Uuid, actor: &UserId) -> Result<()> {
+    let membership = sessions::require_member(pool, session_id, actor).await?;
+    if !matches!(membership.role, Role::Owner | Role::Gm) {
+        return Err(Error::NotGameMaster);
+    }
+    Ok(())
+}
+
 /// Validates the operations of an update as sent (before anything is read).
 pub fn parse_operations(raw: &[Value]) -> Result<Vec<Operation>> {
     if raw.is_empty() {

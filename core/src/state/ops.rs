@@ -121,6 +121,11 @@ pub struct Segment {
 pub struct Path(Vec<Segment>);
 
 impl Path {
+    /// The grammar as a regular expression (for the OpenAPI description;
+    /// [`Path::parse`] is the reference and a test holds them together).
+    pub const PATTERN: &'static str =
+        "^(characters|actors|items|currentEncounter|pluginData)(\\.[A-Za-z0-9_-]{1,64}){0,31}$";
+
     /// Parses `text` by the grammar in this module's docs.
     pub fn parse(text: &str) -> Result<Path, String> {
         if text.is_empty() {

@@ -136,9 +136,22 @@ async fn commit(
                 Ok(outcomes) => outcomes,
                 Err(err) => {
                     tracing::warn!(error = %err, turns = news.len(), "a batch of submissions failed");
+                    // sqlx's errors are not Clone: every submitter gets
+                    // the failure's class (unavailable: 503 with
+                    // Retry-After; otherwise its text).
+                    let unavailable =
+                        matches!(&err, Error::Database(db) if crate::db::is_unavailable(db));
                     let reason = err.to_string();
                     news.iter()
-                        .map(|_| Err(Error::Database(sqlx::Error::Protocol(reason.clone()))))
+                        .map(|_| {
+                            Err(if unavailable {
+                                Error::Unavailable(
+                                    "the database is unavailable right now; retry shortly",
+                                )
+                            } else {
+                                Error::Database(sqlx::Error::Protocol(reason.clone()))
+                            })
+                        })
                         .collect::<Vec<Result<Submitted>>>()
                 }
             }

@@ -206,20 +206,22 @@ where
     outcome
 }
 
-/// Checks a turn's text: not blank, at most `max_chars` characters.
+/// Checks a turn's text: it follows [`crate::text::TEXT_PATTERN`] (not
+/// blank, no control characters but tab and line breaks) and has at most
+/// `max_chars` characters.
 pub fn validate_input(text: &str, max_chars: usize) -> Result<()> {
-    if text.trim().is_empty() {
-        return Err(Error::Invalid("text must not be empty".into()));
-    }
     if text.chars().count() > max_chars {
         return Err(Error::Invalid(format!(
             "text must be at most {max_chars} characters"
         )));
     }
-    if text.contains('\0') {
-        return Err(Error::Invalid(
-            "text must not contain NUL characters".into(),
-        ));
+    if !crate::text::is_text(text) {
+        let reason = if text.trim().is_empty() {
+            "text must not be empty"
+        } else {
+            "text must not contain control characters other than tab and line breaks"
+        };
+        return Err(Error::Invalid(reason.into()));
     }
     Ok(())
 }

@@ -132,6 +132,7 @@ pub struct Kind {
     pub spec: JobSpec,
     pub(crate) lane: Lane,
     validate: ValidateFn,
+    payload_schema: fn() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
 }
 
 impl std::fmt::Debug for Kind {
@@ -145,6 +146,12 @@ impl Kind {
     /// stored form with the session it names.
     pub fn validate(&self, payload: Value) -> Result<(Vec<u8>, Option<Uuid>), PayloadError> {
         (self.validate)(payload)
+    }
+
+    /// The JSON Schema of the payload an operator sends (the payload type's
+    /// `utoipa::ToSchema`), for the OpenAPI description.
+    pub fn payload_schema(&self) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        (self.payload_schema)()
     }
 }
 
@@ -195,11 +202,12 @@ impl Registry {
                     reason: "turns are submitted through their session".into(),
                 })
             },
+            payload_schema: || utoipa::openapi::schema::Object::new().into(),
         })
     }
 
     /// Registers plain kind `J` and its handler.
-    pub fn register<J: Handler>(self) -> Self {
+    pub fn register<J: Handler + utoipa::ToSchema>(self) -> Self {
         assert!(
             !J::SPEC.session_serial,
             "{}: only turns are session-serial (the session lane runs turn rows)",
@@ -209,6 +217,7 @@ impl Registry {
             spec: J::SPEC,
             lane: Lane::Plain(run_stored::<J>),
             validate: jobs::validate::<J>,
+            payload_schema: <J as utoipa::PartialSchema>::schema,
         })
     }
 

@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::{Handler, JobContext, JobError, JobRun};
 
 /// What to prune.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     /// Dead invites.
@@ -83,11 +83,12 @@ impl Category {
 
 /// The payload: which categories (default all), and whether to change
 /// anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prune {
     /// Only these categories (empty: all).
     #[serde(default)]
+    #[schema(inline)]
     pub only: Vec<Category>,
     /// Report what would go; change nothing.
     #[serde(default)]

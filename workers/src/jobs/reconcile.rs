@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::{Handler, JobContext, JobError, JobRun};
 
 /// The payload.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reconcile {
     /// Delete orphans past the grace period and write missing manifests.

@@ -644,3 +644,15 @@ proptest! {
         prop_assert_eq!(deep_equal(&a, &b), deep_equal(&b, &a));
     }
 }
+
+proptest! {
+    /// The published pattern of a path accepts exactly what `Path::parse`
+    /// accepts.
+    #[test]
+    fn the_path_pattern_is_the_grammar(
+        text in "(characters|actors|items|currentEncounter|pluginData|stateVersion|x)((\\.|\\.\\.)[A-Za-z0-9_ -]{0,3}){0,3}|[a-z.]{0,8}|items(\\.[0-9]){30,33}|items\\.[a-z]{63,65}"
+    ) {
+        let pattern = regex::Regex::new(Path::PATTERN).unwrap();
+        prop_assert_eq!(pattern.is_match(&text), Path::parse(&text).is_ok(), "{:?}", text);
+    }
+}
