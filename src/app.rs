@@ -80,6 +80,10 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
             max_chars: config.max_turn_chars,
             max_attempts: config.job_max_attempts,
         },
+        media: questboard_core::media::UploadLimits {
+            map_max_bytes: config.media_map_max_bytes,
+            note_max_bytes: config.media_note_max_bytes,
+        },
     })
 }
 

@@ -150,6 +150,14 @@ pub struct Config {
     #[arg(long, env = "QB_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub ws_allowed_origins: Option<Vec<String>>,
 
+    /// Largest uploaded map, in bytes (`image/png` or `image/jpeg`).
+    #[arg(long, env = "QB_MEDIA_MAP_MAX_BYTES", default_value_t = 25_000_000)]
+    pub media_map_max_bytes: u64,
+
+    /// Largest uploaded note, in bytes (`text/markdown` or `application/pdf`).
+    #[arg(long, env = "QB_MEDIA_NOTE_MAX_BYTES", default_value_t = 10_000_000)]
+    pub media_note_max_bytes: u64,
+
     /// Longest turn text accepted, in characters.
     #[arg(long, env = "QB_MAX_TURN_CHARS", default_value_t = 8000)]
     pub max_turn_chars: usize,

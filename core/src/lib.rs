@@ -41,6 +41,7 @@ pub mod identity;
 pub mod invites;
 pub mod jobs;
 pub mod leases;
+pub mod media;
 pub mod metrics;
 pub mod schedule;
 pub mod sessions;

@@ -116,6 +116,13 @@ pub const EVENT_DELIVERY_LAG_SECONDS: &str = "questboard_event_delivery_lag_seco
 pub const WS_CLOSED_TOTAL: &str = "questboard_ws_closed_by_server_total";
 /// Reconnections of the Redis pub/sub bridge.
 pub const REDIS_RECONNECTS_TOTAL: &str = "questboard_redis_reconnects_total";
+/// Storage operations on media, by `operation` (`upload`, `read`) and
+/// `backend` (`local`, `memory`, `s3`, `gcs`).
+pub const STORAGE_OPERATION_SECONDS: &str = "questboard_storage_operation_seconds";
+/// Bytes of media uploaded, by `kind`.
+pub const MEDIA_BYTES_UPLOADED_TOTAL: &str = "questboard_media_bytes_uploaded_total";
+/// Bytes of media served, by `kind`.
+pub const MEDIA_BYTES_SERVED_TOTAL: &str = "questboard_media_bytes_served_total";
 
 /// Every metric name above, for checks that dashboards and alerts use only
 /// names that exist.
@@ -174,6 +181,9 @@ pub const ALL: &[&str] = &[
     EVENT_DELIVERY_LAG_SECONDS,
     WS_CLOSED_TOTAL,
     REDIS_RECONNECTS_TOTAL,
+    STORAGE_OPERATION_SECONDS,
+    MEDIA_BYTES_UPLOADED_TOTAL,
+    MEDIA_BYTES_SERVED_TOTAL,
 ];
 
 /// Registers the help text and unit of every metric with the installed
@@ -363,6 +373,21 @@ pub fn describe() {
     describe_counter!(
         REDIS_RECONNECTS_TOTAL,
         "Reconnections of the Redis pub/sub bridge."
+    );
+    describe_histogram!(
+        STORAGE_OPERATION_SECONDS,
+        Unit::Seconds,
+        "Storage operations on media, by operation and backend."
+    );
+    describe_counter!(
+        MEDIA_BYTES_UPLOADED_TOTAL,
+        Unit::Bytes,
+        "Bytes of media uploaded, by kind."
+    );
+    describe_counter!(
+        MEDIA_BYTES_SERVED_TOTAL,
+        Unit::Bytes,
+        "Bytes of media served, by kind."
     );
     describe_gauge!(
         PROCESS_START_TIME_SECONDS,

@@ -13,7 +13,7 @@
 //!
 //! A session's files live under its recorded `storage_prefix` in one of a
 //! fixed set of [`Area`]s (`logs/`, `data/`, `media/images/`,
-//! `media/audio/`). File names are validated component by component (a
+//! `media/audio/`, `media/maps/`, `media/notes/`). File names are validated component by component (a
 //! conservative character set, no `..`, no absolute paths, no NUL), so no
 //! name a client sends can reach outside its session. A file's content type
 //! must agree with its extension: a `.png` cannot be stored as `text/html`,
@@ -188,6 +188,20 @@ impl Storage {
         }
     }
 
+    /// The backend's kind, for metric labels: `local`, `memory`, `s3` or `gcs`.
+    pub fn backend(&self) -> &'static str {
+        let d = self.description.as_str();
+        if d.starts_with("s3://") {
+            "s3"
+        } else if d.starts_with("gs://") {
+            "gcs"
+        } else if d.starts_with("memory:") {
+            "memory"
+        } else {
+            "local"
+        }
+    }
+
     /// A short description of the backend for logs.
     pub fn describe(&self) -> &str {
         &self.description
@@ -331,11 +345,22 @@ pub enum Area {
     Images,
     /// `media/audio/`: generated audio.
     Audio,
+    /// `media/maps/`: uploaded maps.
+    Maps,
+    /// `media/notes/`: uploaded session notes.
+    Notes,
 }
 
 impl Area {
     /// Every area, in layout order.
-    pub const ALL: [Area; 4] = [Area::Logs, Area::Data, Area::Images, Area::Audio];
+    pub const ALL: [Area; 6] = [
+        Area::Logs,
+        Area::Data,
+        Area::Images,
+        Area::Audio,
+        Area::Maps,
+        Area::Notes,
+    ];
 
     /// The area's directory under the session prefix.
     pub fn dir(self) -> &'static str {
@@ -344,6 +369,8 @@ impl Area {
             Area::Data => "data",
             Area::Images => "media/images",
             Area::Audio => "media/audio",
+            Area::Maps => "media/maps",
+            Area::Notes => "media/notes",
         }
     }
 
@@ -405,18 +432,7 @@ impl SessionFiles {
         content_type: &str,
     ) -> Result<FileInfo> {
         let location = self.location(area, name)?;
-        let expected = content_type_for(name);
-        let given = content_type.split(';').next().unwrap_or_default().trim();
-        if !given.eq_ignore_ascii_case(expected) {
-            return Err(Error::ContentTypeMismatch {
-                given: content_type.to_owned(),
-                expected,
-            });
-        }
-        let mut attributes = Attributes::new();
-        if self.storage.keeps_attributes {
-            attributes.insert(Attribute::ContentType, expected.into());
-        }
+        let (expected, attributes) = self.attributes_for(name, content_type)?;
         let size = bytes.len() as u64;
         let options = PutOptions {
             attributes,
@@ -434,6 +450,57 @@ impl SessionFiles {
             // One round trip fewer than a HEAD; the store's own time may
             // differ by clock skew, which no caller relies on.
             last_modified: Utc::now(),
+        })
+    }
+
+    /// Checks that `content_type` agrees with `name`'s extension; returns
+    /// the type and the attributes to store it with.
+    fn attributes_for(&self, name: &str, content_type: &str) -> Result<(&'static str, Attributes)> {
+        let expected = content_type_for(name);
+        let given = content_type.split(';').next().unwrap_or_default().trim();
+        if !given.eq_ignore_ascii_case(expected) {
+            return Err(Error::ContentTypeMismatch {
+                given: content_type.to_owned(),
+                expected,
+            });
+        }
+        let mut attributes = Attributes::new();
+        if self.storage.keeps_attributes {
+            attributes.insert(Attribute::ContentType, expected.into());
+        }
+        Ok((expected, attributes))
+    }
+
+    /// The key of `name` in `area` (relative to the configured root), as
+    /// [`Storage::read`] and [`Storage::delete_objects`] take it.
+    pub fn key(&self, area: Area, name: &str) -> Result<String> {
+        Ok(self.location(area, name)?.to_string())
+    }
+
+    /// Starts storing `name` in `area` piece by piece: a multipart upload on
+    /// object stores, a staging file on the local filesystem; nothing is
+    /// visible under the name until [`Upload::finish`], and
+    /// [`Upload::abort`] (or dropping it) leaves nothing behind.
+    /// `content_type` must agree with the name's extension.
+    pub async fn begin_upload(&self, area: Area, name: &str, content_type: &str) -> Result<Upload> {
+        let location = self.location(area, name)?;
+        let (_, attributes) = self.attributes_for(name, content_type)?;
+        let options = object_store::PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
+        let upload = self
+            .storage
+            .store
+            .put_multipart_opts(&location, options)
+            .await?;
+        // S3 parts are at least 5 MiB (but the last); one part is sent
+        // while the next fills, so an upload holds at most two in memory.
+        let writer = object_store::WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
+        Ok(Upload {
+            writer: Some(writer),
+            key: location.to_string(),
+            written: 0,
         })
     }
 
@@ -560,6 +627,112 @@ impl SessionFiles {
     }
 }
 
+/// Size of the parts of a streamed upload (S3's smallest but the last).
+pub const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// A file being stored piece by piece ([`SessionFiles::begin_upload`]).
+pub struct Upload {
+    writer: Option<object_store::WriteMultipart>,
+    key: String,
+    written: u64,
+}
+
+impl fmt::Debug for Upload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upload")
+            .field("key", &self.key)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl Upload {
+    /// The key the file gets.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends `bytes`; waits while a part is still being sent, so memory
+    /// stays bounded however fast the body arrives.
+    pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(Error::Config("the upload is finished".into()));
+        };
+        writer.wait_for_capacity(1).await?;
+        self.written += bytes.len() as u64;
+        writer.put(bytes);
+        Ok(())
+    }
+
+    /// Completes the file; returns its size.
+    pub async fn finish(mut self) -> Result<u64> {
+        match self.writer.take() {
+            Some(writer) => {
+                writer.finish().await?;
+                Ok(self.written)
+            }
+            None => Err(Error::Config("the upload is finished".into())),
+        }
+    }
+
+    /// Gives up: nothing is stored.
+    pub async fn abort(mut self) -> Result<()> {
+        match self.writer.take() {
+            Some(writer) => Ok(writer.abort().await?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // A request cut off mid-body drops its upload: abort it in the
+        // background so no parts or staging file are left behind.
+        if let Some(writer) = self.writer.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = writer.abort().await;
+            });
+        }
+    }
+}
+
+/// An object being read ([`Storage::read`]).
+pub struct Reading {
+    /// Its size in bytes (the whole object, not the range).
+    pub size: u64,
+    /// The bytes asked for, as they arrive.
+    pub stream: futures::stream::BoxStream<'static, Result<Bytes>>,
+}
+
+impl fmt::Debug for Reading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reading").field("size", &self.size).finish()
+    }
+}
+
+impl Storage {
+    /// Reads the object `key`, or only `range` of it (a ranged GET on
+    /// object stores: only those bytes are fetched), as a stream.
+    pub async fn read(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Result<Reading> {
+        let location = validated_path(key)?;
+        let options = object_store::GetOptions {
+            range: range.map(object_store::GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = self.store.get_opts(&location, options).await?;
+        let size = result.meta.size;
+        let stream = result.into_stream().map_err(Error::from).boxed();
+        Ok(Reading { size, stream })
+    }
+}
+
 /// Validates a relative, `/`-separated name and turns it into a store path.
 ///
 /// Each component must be 1 to [`MAX_COMPONENT_BYTES`] bytes of ASCII
@@ -615,6 +788,7 @@ pub fn content_type_for(name: &str) -> &'static str {
         "jsonl" | "ndjson" => "application/x-ndjson",
         "txt" | "log" => "text/plain",
         "md" => "text/markdown",
+        "pdf" => "application/pdf",
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
         "webp" => "image/webp",

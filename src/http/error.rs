@@ -75,6 +75,12 @@ pub enum Error {
     /// 415: the body is not JSON.
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
+    /// 415: an upload of a type its kind does not take.
+    #[error("{0}")]
+    MediaTypeRefused(String),
+    /// 416: the range asked for is past the end of an object of this size.
+    #[error("the range is past the end of the {0} bytes")]
+    RangeNotSatisfiable(u64),
     /// 422: well-formed but not acceptable.
     #[error("{0}")]
     Unprocessable(String),
@@ -125,7 +131,10 @@ impl Error {
             Error::Gone { .. } => StatusCode::GONE,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::UnsupportedMediaType | Error::MediaTypeRefused(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Error::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::Unprocessable(_) | Error::InvalidUpdate { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -149,7 +158,8 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::RequestTimeout => "request_timeout",
             Error::PayloadTooLarge(_) => "payload_too_large",
-            Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::UnsupportedMediaType | Error::MediaTypeRefused(_) => "unsupported_media_type",
+            Error::RangeNotSatisfiable(_) => "range_not_satisfiable",
             Error::Unprocessable(_) => "validation_failed",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal_error",

@@ -207,7 +207,7 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
 
 /// Whether reading the body failed because it did not arrive within the
 /// body timeout (`server::Limits::body_timeout`).
-fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(err) = cause {
         if err.is::<tower_http::timeout::TimeoutError>() {

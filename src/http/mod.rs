@@ -34,6 +34,7 @@ pub mod extract;
 pub mod health;
 pub mod invites;
 pub mod jobs;
+pub mod media;
 pub mod openapi;
 pub mod server;
 pub mod sessions;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub http: server::Limits,
     /// Limits of submitted turns.
     pub turns: TurnSettings,
+    /// Limits of uploaded media.
+    pub media: questboard_core::media::UploadLimits,
 }
 
 /// Limits of submitted turns.
@@ -103,7 +106,18 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(admin::router())
         .merge(events::router())
+        .merge(media::router())
         .merge(openapi::router());
+    // Uploads are files with their own limits (checked as they stream),
+    // outside the JSON body limit; bodies must still keep arriving.
+    let uploads = Router::new()
+        .nest("/api", media::upload_router())
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .route_layer(middleware::from_fn(record_metrics))
+        .layer(DefaultBodyLimit::disable())
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ));
     Router::new()
         .nest("/api", api)
         .merge(health::router())
@@ -131,6 +145,7 @@ pub fn router(state: AppState) -> Router {
                 next.run(req).await
             }
         }))
+        .merge(uploads)
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use questboard_core::jobs as job_rows;
+use questboard_core::media::MediaKind;
 use questboard_core::sessions::{Cursor, MAX_NAME_CHARS};
 use questboard_core::state::ops;
 use questboard_core::text;
@@ -17,7 +18,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::extract::Json;
-use super::{admin, error, events, health, invites, jobs, sessions, state, turns};
+use super::{admin, error, events, health, invites, jobs, media, sessions, state, turns};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -56,6 +57,12 @@ use super::{admin, error, events, health, invites, jobs, sessions, state, turns}
         admin::cancel_job,
         admin::get_schedule,
         events::list_events,
+        media::upload_asset,
+        media::upload_version,
+        media::list_media,
+        media::get_media,
+        media::delete_media,
+        media::serve_media,
         health::healthz,
         health::readyz,
     ),
@@ -69,6 +76,7 @@ use super::{admin, error, events, health, invites, jobs, sessions, state, turns}
         (name = "jobs", description = "Durable job status"),
         (name = "admin", description = "Operators' controls of the job platform: queues, jobs, the schedule. Every route needs a token with the `questboard:operator` permission (in `permissions`, or in a space-separated `scope`)"),
         (name = "events", description = "The session event log (the WebSocket `/ws/sessions/{session_id}?after_seq=N` delivers the same events live)"),
+        (name = "media", description = "A session's images, audio, maps and notes: uploaded by game masters, served to members (docs/architecture.md, Media)"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -267,6 +275,49 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
             })
         })
         .collect();
+    // An upload's body is the file: one entry per type its kinds take.
+    let binary = json!({ "schema": { "type": "string", "format": "binary" } });
+    let upload_types: serde_json::Map<String, Value> = [MediaKind::Map, MediaKind::Note]
+        .iter()
+        .flat_map(|k| k.content_types().iter().map(|(ty, _)| (*ty).to_owned()))
+        .map(|ty| (ty, binary.clone()))
+        .collect();
+    for (path, method) in [
+        ("/api/sessions/{session_id}/assets", "post"),
+        ("/api/sessions/{session_id}/assets/{media_id}", "put"),
+    ] {
+        let pointer = format!("/paths/{}/{method}/requestBody", path.replace('/', "~1"));
+        set(
+            &mut doc,
+            &pointer,
+            "content",
+            Value::Object(upload_types.clone()),
+        );
+    }
+    set_parameter(
+        &mut doc,
+        "/api/sessions/{session_id}/assets",
+        "post",
+        "kind",
+        "enum",
+        json!(["map", "note"]),
+    );
+    set_parameter(
+        &mut doc,
+        "/api/sessions/{session_id}/media",
+        "get",
+        "kind",
+        "enum",
+        json!(MediaKind::ALL.map(MediaKind::as_str)),
+    );
+    set_parameter(
+        &mut doc,
+        "/api/media/{session_id}/{kind}/{file}",
+        "get",
+        "kind",
+        "enum",
+        json!(MediaKind::ALL.map(MediaKind::url_segment)),
+    );
     set(
         &mut doc,
         schemas,

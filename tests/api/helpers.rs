@@ -222,6 +222,24 @@ impl TestApp {
 
     /// Starts an app on `db` after `adjust` has changed its configuration.
     pub async fn spawn_on(db: std::sync::Arc<TestDb>, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_full(db, adjust, None).await
+    }
+
+    /// Starts an app whose campaign files go to `storage` (a local
+    /// directory, or an S3-compatible server's bucket).
+    pub async fn spawn_with_storage(
+        storage: questboard_core::storage::Storage,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        let db = std::sync::Arc::new(TestDb::create().await);
+        Self::spawn_full(db, adjust, Some(storage)).await
+    }
+
+    async fn spawn_full(
+        db: std::sync::Arc<TestDb>,
+        adjust: impl FnOnce(&mut Config),
+        storage: Option<questboard_core::storage::Storage>,
+    ) -> TestApp {
         let mut config = Config::from_env().expect("config from env");
         config.database_url = Secret::new(db.url.clone());
         config.redis_url = Secret::new(redis_url());
@@ -238,9 +256,12 @@ impl TestApp {
         let metrics_addr = telemetry::serve_metrics("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("metrics listener");
-        let state = app::api_state_with(&config, crate::kinds::test_registry())
+        let mut state = app::api_state_with(&config, crate::kinds::test_registry())
             .await
             .expect("api state");
+        if let Some(storage) = storage {
+            state.storage = storage;
+        }
         app::spawn_relay(
             &config,
             state.pool.clone(),
@@ -862,4 +883,61 @@ pub async fn wait_log(log: &std::path::Path, needle: &str, wait: Duration) -> St
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A fresh bucket on the S3-compatible test server (`QB_TEST_S3_ENDPOINT`,
+/// started by `scripts/test`), opened as storage under `prefix`; None (said
+/// so on stderr) when no server is configured, which CI never allows.
+pub async fn s3_test_storage(
+    test: &str,
+    prefix: &str,
+) -> Option<questboard_core::storage::Storage> {
+    let Ok(endpoint) = std::env::var("QB_TEST_S3_ENDPOINT") else {
+        eprintln!("SKIPPED {test}: QB_TEST_S3_ENDPOINT is not set");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the S3 test (QB_TEST_S3_ENDPOINT unset)"
+        );
+        return None;
+    };
+    let bucket = format!("qb-{}", uuid::Uuid::new_v4().simple());
+    // object_store cannot create buckets; moto accepts an unsigned PUT.
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(
+        created.status().is_success(),
+        "create bucket: {}",
+        created.status()
+    );
+    let options = [
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_region", "us-east-1"),
+        ("aws_virtual_hosted_style_request", "false"),
+    ];
+    Some(
+        questboard_core::storage::Storage::from_url_with(
+            &format!("s3://{bucket}/{prefix}"),
+            options,
+        )
+        .expect("s3 storage"),
+    )
+}
+
+/// The endpoint and bucket of storage made by [`s3_test_storage`].
+pub fn s3_location(storage: &questboard_core::storage::Storage) -> (String, String) {
+    let endpoint = std::env::var("QB_TEST_S3_ENDPOINT").expect("QB_TEST_S3_ENDPOINT");
+    let bucket = storage
+        .describe()
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .expect("bucket")
+        .to_owned();
+    (endpoint, bucket)
 }

@@ -23,6 +23,7 @@ mod invites;
 mod jobs;
 mod kinds;
 mod leases;
+mod media;
 mod outage;
 mod proxy;
 mod prune;

@@ -190,41 +190,15 @@ async fn local_filesystem_storage_keeps_files_under_its_root() {
 
 #[tokio::test]
 async fn s3_compatible_storage() {
-    let Ok(endpoint) = std::env::var("QB_TEST_S3_ENDPOINT") else {
-        // scripts/test starts an S3-compatible server and sets this; a bare
-        // `cargo test` without one says so instead of passing silently.
-        eprintln!("SKIPPED s3_compatible_storage: QB_TEST_S3_ENDPOINT is not set");
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the S3 test (QB_TEST_S3_ENDPOINT unset)"
-        );
+    let Some(storage) = crate::helpers::s3_test_storage("s3_compatible_storage", "tenant-a").await
+    else {
         return;
     };
-    let bucket = format!("qb-test-{}", uuid::Uuid::new_v4().simple());
-    // Create the bucket (object_store cannot); moto accepts an unsigned PUT.
-    let created = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .await
-        .expect("create bucket");
-    assert!(
-        created.status().is_success(),
-        "create bucket: {}",
-        created.status()
-    );
-    let options = [
-        ("aws_endpoint", endpoint.as_str()),
-        ("aws_allow_http", "true"),
-        ("aws_access_key_id", "test"),
-        ("aws_secret_access_key", "test"),
-        ("aws_region", "us-east-1"),
-        ("aws_virtual_hosted_style_request", "false"),
-    ];
-    let storage = Storage::from_url_with(&format!("s3://{bucket}/tenant-a"), options).expect("s3");
     storage.check().await.expect("s3 reachable");
     exercise(&storage).await;
 
     // The URL's prefix is applied: objects land under tenant-a/sessions/...
+    let (endpoint, bucket) = crate::helpers::s3_location(&storage);
     let listing = reqwest::Client::new()
         .get(format!("{endpoint}/{bucket}?list-type=2"))
         .send()

@@ -9,7 +9,7 @@
 //!    `sessions/<x>/` whose prefix belongs to no session is an **orphan**
 //!    (its session was deleted while storage was down, or an upload never
 //!    got its row); one under a live session but outside the known areas
-//!    (`logs/`, `data/`, `media/images/`, `media/audio/`, the manifest), or
+//!    (`logs/`, `data/`, `media/images/`, `media/audio/`, `media/maps/`, `media/notes/`, the manifest), or
 //!    outside `sessions/`, `reports/` and `_questboard/` altogether, is
 //!    **outside the known areas**.
 //! 2. Every session is read, page by page, and its manifest looked for

@@ -1,0 +1,715 @@
+//! Campaign media: what a session's images, audio, maps and notes are, who
+//! may add, read and remove them, and where their bytes go.
+//!
+//! The bytes live in storage under the session's prefix, at keys questboard
+//! makes (`sessions/<id>/media/maps/<media_id>.png`; a later version gets
+//! `-v<n>` before the extension); a client's file name is kept for display
+//! only and never reaches a key. The metadata (one `campaign_media` row
+//! holding the current version, one `campaign_media_versions` row per
+//! version) lives in Postgres and is written only after the object is
+//! complete, so a row never points at a half-written object. Every change
+//! appends a session event (`media.ready`, `media.deleted`) in the same
+//! transaction.
+//!
+//! Uploads are checked against their kind: maps are `image/png` or
+//! `image/jpeg` up to 25 MB, notes `text/markdown` or `application/pdf` up
+//! to 10 MB (configurable), and the bytes must be what the declared type
+//! says ([`Sniffer`]).
+
+pub mod sniff;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::events::{self, Event};
+use crate::identity::UserId;
+use crate::sessions::{self, Role, SessionStatus};
+use crate::storage::Area;
+
+pub use sniff::Sniffer;
+
+/// What a media item is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum MediaKind {
+    /// A generated image.
+    Image,
+    /// Generated audio (narration).
+    Audio,
+    /// An uploaded map.
+    Map,
+    /// Uploaded session notes.
+    Note,
+}
+
+impl MediaKind {
+    /// Every kind.
+    pub const ALL: [MediaKind; 4] = [
+        MediaKind::Image,
+        MediaKind::Audio,
+        MediaKind::Map,
+        MediaKind::Note,
+    ];
+
+    /// The name clients use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Audio => "audio",
+            MediaKind::Map => "map",
+            MediaKind::Note => "note",
+        }
+    }
+
+    /// Parses a client's name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// Where its objects go.
+    pub fn area(self) -> Area {
+        match self {
+            MediaKind::Image => Area::Images,
+            MediaKind::Audio => Area::Audio,
+            MediaKind::Map => Area::Maps,
+            MediaKind::Note => Area::Notes,
+        }
+    }
+
+    /// The `{type}` segment of its URL (`/api/media/{session}/{type}/{file}`).
+    pub fn url_segment(self) -> &'static str {
+        match self {
+            MediaKind::Image => "images",
+            MediaKind::Audio => "audio",
+            MediaKind::Map => "maps",
+            MediaKind::Note => "notes",
+        }
+    }
+
+    /// The kind a URL segment names.
+    pub fn from_url_segment(segment: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.url_segment() == segment)
+    }
+
+    /// Whether browsers should show it in place (images, audio, maps) or
+    /// download it (notes).
+    pub fn inline(self) -> bool {
+        !matches!(self, MediaKind::Note)
+    }
+
+    /// The content types it may have, with the extension each is stored
+    /// under.
+    pub fn content_types(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            MediaKind::Image => &[
+                ("image/png", "png"),
+                ("image/jpeg", "jpg"),
+                ("image/webp", "webp"),
+            ],
+            MediaKind::Audio => &[
+                ("audio/wav", "wav"),
+                ("audio/mpeg", "mp3"),
+                ("audio/ogg", "ogg"),
+                ("audio/opus", "opus"),
+                ("audio/flac", "flac"),
+            ],
+            MediaKind::Map => &[("image/png", "png"), ("image/jpeg", "jpg")],
+            MediaKind::Note => &[("text/markdown", "md"), ("application/pdf", "pdf")],
+        }
+    }
+
+    /// The extension `content_type` (parameters ignored) is stored under,
+    /// if the kind admits it.
+    pub fn extension_for(self, content_type: &str) -> Option<&'static str> {
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        self.content_types()
+            .iter()
+            .find(|(ty, _)| ty.eq_ignore_ascii_case(essence))
+            .map(|(_, ext)| *ext)
+    }
+}
+
+/// Where a media item came from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum MediaSource {
+    /// Made by a model.
+    Generated,
+    /// Uploaded by a member.
+    Uploaded,
+    /// Moved from an older service.
+    Migrated,
+}
+
+/// Whether its bytes are there.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum MediaStatus {
+    /// Being generated.
+    Pending,
+    /// Stored and servable.
+    Ready,
+    /// Generation failed for good.
+    Failed,
+}
+
+/// A media item's row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Media {
+    /// Its id.
+    pub id: Uuid,
+    /// Its session.
+    pub session_id: Uuid,
+    /// What it is.
+    pub kind: MediaKind,
+    /// Where it came from.
+    pub source: MediaSource,
+    /// Whether its bytes are there.
+    pub status: MediaStatus,
+    /// The current version (1 for a new item).
+    pub version: i32,
+    /// Content type of the current version.
+    pub content_type: Option<String>,
+    /// Size of the current version, in bytes.
+    pub byte_size: Option<i64>,
+    /// SHA-256 of the current version.
+    pub sha256: Option<Vec<u8>>,
+    /// Storage key of the current version.
+    pub storage_key: Option<String>,
+    /// The uploader's file name, for display.
+    pub original_name: Option<String>,
+    /// What a generated item was asked for.
+    pub prompt: Option<String>,
+    /// Who generated it.
+    pub provider: Option<String>,
+    /// Why generation failed.
+    pub failure: Option<String>,
+    /// The job that generates it.
+    pub job_id: Option<String>,
+    /// Who added it.
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Media {
+    /// The file name of its current version in its URL and key
+    /// (`<id>.png`, `<id>-v2.png`), if it has bytes.
+    pub fn file_name(&self) -> Option<String> {
+        let ext = self.kind.extension_for(self.content_type.as_deref()?)?;
+        Some(object_name(self.id, self.version, ext))
+    }
+
+    /// Its URL: `/api/media/{session_id}/{type}/{file}`, if it has bytes.
+    pub fn url(&self) -> Option<String> {
+        Some(format!(
+            "/api/media/{}/{}/{}",
+            self.session_id,
+            self.kind.url_segment(),
+            self.file_name()?
+        ))
+    }
+}
+
+/// The name of a version's object within its area.
+pub fn object_name(id: Uuid, version: i32, ext: &str) -> String {
+    if version <= 1 {
+        format!("{id}.{ext}")
+    } else {
+        format!("{id}-v{version}.{ext}")
+    }
+}
+
+/// The media id and version a URL's file name names, if it is one of ours.
+pub fn parse_file_name(name: &str) -> Option<(Uuid, i32)> {
+    let (stem, _ext) = name.rsplit_once('.')?;
+    match stem.split_once("-v") {
+        Some((id, version)) => Some((
+            Uuid::try_parse(id).ok()?,
+            version.parse().ok().filter(|v| *v >= 2)?,
+        )),
+        None => Some((Uuid::try_parse(stem).ok()?, 1)),
+    }
+}
+
+/// Longest display name kept, in characters.
+pub const MAX_ORIGINAL_NAME_CHARS: usize = 255;
+
+/// The display name of an upload: the last component of what the client
+/// sent (so `../../etc/passwd` is shown as `passwd`), trimmed, at most
+/// [`MAX_ORIGINAL_NAME_CHARS`], with no control or bidirectional
+/// characters.
+pub fn display_name(raw: &str) -> Result<String> {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or_default().trim();
+    if base.is_empty() || base.chars().all(|c| c == '.') {
+        return Err(Error::Invalid("name must name a file".into()));
+    }
+    if base.chars().count() > MAX_ORIGINAL_NAME_CHARS {
+        return Err(Error::Invalid(format!(
+            "name must be at most {MAX_ORIGINAL_NAME_CHARS} characters"
+        )));
+    }
+    if !crate::text::is_name(base) {
+        return Err(Error::Invalid(
+            "name must not contain control characters or bidirectional overrides".into(),
+        ));
+    }
+    Ok(base.to_owned())
+}
+
+/// Size limits of uploads, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// Largest map, in bytes.
+    pub map_max_bytes: u64,
+    /// Largest note, in bytes.
+    pub note_max_bytes: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            map_max_bytes: 25 * 1000 * 1000,
+            note_max_bytes: 10 * 1000 * 1000,
+        }
+    }
+}
+
+impl UploadLimits {
+    /// The limit of an upload of `kind`; None if the kind is not uploaded.
+    pub fn of(&self, kind: MediaKind) -> Option<u64> {
+        match kind {
+            MediaKind::Map => Some(self.map_max_bytes),
+            MediaKind::Note => Some(self.note_max_bytes),
+            MediaKind::Image | MediaKind::Audio => None,
+        }
+    }
+}
+
+/// What can go wrong with media.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Membership, role or session state (not found, forbidden, archived).
+    #[error(transparent)]
+    Session(#[from] sessions::Error),
+    /// No such media item in the session.
+    #[error("no such media")]
+    NotFound,
+    /// The request is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The body is not of a type the kind admits.
+    #[error("{0}")]
+    UnsupportedType(String),
+    /// The bytes are not what the declared type says.
+    #[error("{0}")]
+    Disguised(String),
+    /// The body is over the kind's limit.
+    #[error("the body is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether `role` may upload and replace maps and notes.
+pub fn may_upload(role: Role) -> bool {
+    matches!(role, Role::Owner | Role::Gm)
+}
+
+/// Checks that `user` may upload to the session now: a member (else 404),
+/// owner or game master (else 403), the session active (else 409).
+pub async fn require_uploader(
+    pool: &PgPool,
+    session_id: Uuid,
+    user: &UserId,
+) -> Result<sessions::Membership> {
+    let membership = sessions::require_member(pool, session_id, user).await?;
+    if !may_upload(membership.role) {
+        return Err(
+            sessions::Error::Forbidden("only the owner and game masters can upload").into(),
+        );
+    }
+    if membership.session.status == SessionStatus::Archived {
+        return Err(sessions::Error::Conflict("the session is archived").into());
+    }
+    Ok(membership)
+}
+
+/// A stored object, ready to be recorded as a version.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    /// Its key.
+    pub storage_key: String,
+    /// Its content type.
+    pub content_type: String,
+    /// Its size.
+    pub byte_size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// Records an uploaded item whose object is stored, as version 1, and
+/// appends `media.ready`. Checks the uploader again in the transaction
+/// (their role may have changed while the body arrived).
+pub async fn record_upload(
+    pool: &PgPool,
+    id: Uuid,
+    session_id: Uuid,
+    kind: MediaKind,
+    user: &UserId,
+    original_name: &str,
+    object: &StoredObject,
+) -> Result<(Media, Event)> {
+    let mut tx = pool.begin().await?;
+    lock_uploader(&mut tx, session_id, user).await?;
+    let media = sqlx::query_as::<_, Media>(
+        r#"
+        INSERT INTO campaign_media
+            (id, session_id, kind, source, status, version, content_type, byte_size,
+             sha256, storage_key, original_name, created_by)
+        VALUES ($1, $2, $3, 'uploaded', 'ready', 1, $4, $5, $6, $7, $8, $9)
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .bind(session_id)
+    .bind(kind)
+    .bind(&object.content_type)
+    .bind(object.byte_size as i64)
+    .bind(object.sha256.as_slice())
+    .bind(&object.storage_key)
+    .bind(original_name)
+    .bind(user.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    insert_version(&mut tx, &media, user).await?;
+    let event = ready_event(&mut tx, &media).await?;
+    tx.commit().await?;
+    Ok((media, event))
+}
+
+/// Records a new version of an uploaded item whose object is stored; the
+/// previous version stays until prune removes it. Appends `media.ready`.
+pub async fn record_version(
+    pool: &PgPool,
+    session_id: Uuid,
+    id: Uuid,
+    user: &UserId,
+    original_name: &str,
+    version: i32,
+    object: &StoredObject,
+) -> Result<(Media, Event)> {
+    let mut tx = pool.begin().await?;
+    lock_uploader(&mut tx, session_id, user).await?;
+    let media = sqlx::query_as::<_, Media>(
+        r#"
+        UPDATE campaign_media
+        SET version = $3, content_type = $4, byte_size = $5, sha256 = $6,
+            storage_key = $7, original_name = $8, updated_at = now()
+        WHERE id = $1 AND session_id = $2 AND version = $3 - 1 AND source = 'uploaded'
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .bind(session_id)
+    .bind(version)
+    .bind(&object.content_type)
+    .bind(object.byte_size as i64)
+    .bind(object.sha256.as_slice())
+    .bind(&object.storage_key)
+    .bind(original_name)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(sessions::Error::Conflict(
+        "the asset changed while the new version arrived; upload it again",
+    ))?;
+    sqlx::query(
+        "UPDATE campaign_media_versions SET replaced_at = now()
+         WHERE media_id = $1 AND replaced_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    insert_version(&mut tx, &media, user).await?;
+    let event = ready_event(&mut tx, &media).await?;
+    tx.commit().await?;
+    Ok((media, event))
+}
+
+/// The uploader's membership, the uploaded item a new version would
+/// replace, and that version's number; checks the uploader first.
+pub async fn next_version(
+    pool: &PgPool,
+    session_id: Uuid,
+    id: Uuid,
+    user: &UserId,
+) -> Result<(sessions::Membership, Media, i32)> {
+    let membership = require_uploader(pool, session_id, user).await?;
+    let media = sqlx::query_as::<_, Media>(
+        "SELECT * FROM campaign_media WHERE id = $1 AND session_id = $2",
+    )
+    .bind(id)
+    .bind(session_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::NotFound)?;
+    if media.source != MediaSource::Uploaded {
+        return Err(sessions::Error::Conflict("only uploaded assets get new versions").into());
+    }
+    let version = media.version + 1;
+    Ok((membership, media, version))
+}
+
+async fn lock_uploader(tx: &mut sqlx::PgConnection, session_id: Uuid, user: &UserId) -> Result<()> {
+    let row: Option<(Role, SessionStatus)> = sqlx::query_as(
+        "SELECT m.role, s.status
+         FROM campaign_session_members m JOIN campaign_sessions s ON s.id = m.session_id
+         WHERE m.session_id = $1 AND m.user_id = $2
+         FOR SHARE OF s",
+    )
+    .bind(session_id)
+    .bind(user.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    match row {
+        None => Err(sessions::Error::NotFound.into()),
+        Some((role, _)) if !may_upload(role) => {
+            Err(sessions::Error::Forbidden("only the owner and game masters can upload").into())
+        }
+        Some((_, SessionStatus::Archived)) => {
+            Err(sessions::Error::Conflict("the session is archived").into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+async fn insert_version(tx: &mut sqlx::PgConnection, media: &Media, user: &UserId) -> Result<()> {
+    sqlx::query(
+        r#"
+        INSERT INTO campaign_media_versions
+            (media_id, version, content_type, byte_size, sha256, storage_key, original_name, created_by)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "#,
+    )
+    .bind(media.id)
+    .bind(media.version)
+    .bind(&media.content_type)
+    .bind(media.byte_size)
+    .bind(&media.sha256)
+    .bind(&media.storage_key)
+    .bind(&media.original_name)
+    .bind(user.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn ready_event(tx: &mut sqlx::PgConnection, media: &Media) -> Result<Event> {
+    Ok(events::append(
+        tx,
+        media.session_id,
+        "media.ready",
+        serde_json::json!({
+            "media_id": media.id,
+            "kind": media.kind,
+            "version": media.version,
+            "url": media.url(),
+        }),
+    )
+    .await?)
+}
+
+/// A media item of a session as `user` sees it: [`Error::NotFound`] alike
+/// for a stranger, an unknown id and another session's id.
+pub async fn get_for_member(
+    pool: &PgPool,
+    session_id: Uuid,
+    id: Uuid,
+    user: &UserId,
+) -> Result<Media> {
+    sqlx::query_as::<_, Media>(
+        r#"
+        SELECT c.*
+        FROM campaign_media c
+        JOIN campaign_session_members m ON m.session_id = c.session_id AND m.user_id = $3
+        WHERE c.id = $1 AND c.session_id = $2
+        "#,
+    )
+    .bind(id)
+    .bind(session_id)
+    .bind(user.as_str())
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::NotFound)
+}
+
+/// A page of a session's media, newest first.
+#[derive(Debug)]
+pub struct Page {
+    /// The items.
+    pub items: Vec<Media>,
+    /// The id to pass as `after` for the next page.
+    pub next: Option<Uuid>,
+}
+
+/// A session's media, newest first, for a member.
+pub async fn list_for_member(
+    pool: &PgPool,
+    session_id: Uuid,
+    user: &UserId,
+    kind: Option<MediaKind>,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<Page> {
+    sessions::require_member(pool, session_id, user).await?;
+    let limit = i64::from(limit.clamp(1, 100));
+    let mut items = sqlx::query_as::<_, Media>(
+        r#"
+        SELECT * FROM campaign_media
+        WHERE session_id = $1
+          AND ($2::text IS NULL OR kind = $2)
+          AND ($3::uuid IS NULL OR id < $3)
+        ORDER BY id DESC
+        LIMIT $4
+        "#,
+    )
+    .bind(session_id)
+    .bind(kind.map(MediaKind::as_str))
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let next = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|m| m.id)
+    } else {
+        None
+    };
+    Ok(Page { items, next })
+}
+
+/// Removes a media item (owner, game masters, or whoever added it): its
+/// rows go now, with `media.deleted`; the returned keys (every version's
+/// object) are for the caller to delete from storage (what it fails to
+/// delete, reconcile finds as orphans).
+pub async fn delete(
+    pool: &PgPool,
+    session_id: Uuid,
+    id: Uuid,
+    user: &UserId,
+) -> Result<(Vec<String>, Event)> {
+    let mut tx = pool.begin().await?;
+    let membership = sessions::require_member(&mut *tx, session_id, user).await?;
+    let media = sqlx::query_as::<_, Media>(
+        "SELECT * FROM campaign_media WHERE id = $1 AND session_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(session_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(Error::NotFound)?;
+    if !may_upload(membership.role) && media.created_by != user.as_str() {
+        return Err(sessions::Error::Forbidden(
+            "only the owner, game masters or whoever added it can delete media",
+        )
+        .into());
+    }
+    let mut keys: Vec<String> =
+        sqlx::query_scalar("SELECT storage_key FROM campaign_media_versions WHERE media_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    if let Some(key) = &media.storage_key
+        && !keys.contains(key)
+    {
+        keys.push(key.clone());
+    }
+    sqlx::query("DELETE FROM campaign_media WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let event = events::append(
+        &mut tx,
+        session_id,
+        "media.deleted",
+        serde_json::json!({ "media_id": id, "kind": media.kind, "by": user.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((keys, event))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_and_refuse_strangers() {
+        let id = Uuid::now_v7();
+        assert_eq!(parse_file_name(&object_name(id, 1, "png")), Some((id, 1)));
+        assert_eq!(parse_file_name(&object_name(id, 7, "md")), Some((id, 7)));
+        for bad in [
+            "x.png",
+            "passwd",
+            &format!("{id}-v1.png"),
+            &format!("{id}-v0.png"),
+            &format!("{id}-vx.png"),
+        ] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_names_lose_their_directories_and_refuse_tricks() {
+        assert_eq!(display_name("../../etc/passwd").unwrap(), "passwd");
+        assert_eq!(display_name("C:\\maps\\keep.png").unwrap(), "keep.png");
+        assert_eq!(
+            display_name(" Dungeon level 1.png ").unwrap(),
+            "Dungeon level 1.png"
+        );
+        for bad in [
+            "",
+            "..",
+            "dir/",
+            "a\u{0}b.png",
+            "\u{202e}gnp.exe",
+            &"x".repeat(256),
+        ] {
+            assert!(display_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kinds_admit_their_types() {
+        assert_eq!(MediaKind::Map.extension_for("image/PNG"), Some("png"));
+        assert_eq!(MediaKind::Map.extension_for("image/jpeg; q=1"), Some("jpg"));
+        assert_eq!(MediaKind::Map.extension_for("application/pdf"), None);
+        assert_eq!(
+            MediaKind::Note.extension_for("text/markdown; charset=utf-8"),
+            Some("md")
+        );
+        assert_eq!(MediaKind::Note.extension_for("text/html"), None);
+    }
+}
