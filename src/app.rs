@@ -84,7 +84,27 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
             map_max_bytes: config.media_map_max_bytes,
             note_max_bytes: config.media_note_max_bytes,
         },
+        links: crate::http::MediaLinks {
+            signer: link_signer(config),
+            ttl: Duration::from_secs(config.media_link_ttl_seconds),
+        },
     })
+}
+
+/// The key of signed media links: `QB_MEDIA_SIGNING_KEY`, else derived
+/// from `QB_JWT_SECRET`, else random (said in the log).
+fn link_signer(config: &Config) -> questboard_core::media::LinkSigner {
+    use questboard_core::media::LinkSigner;
+    match (&config.media_signing_key, &config.jwt_secret) {
+        (Some(key), _) => LinkSigner::from_secret(key.expose().as_bytes()),
+        (None, Some(secret)) => LinkSigner::from_secret(secret.expose().as_bytes()),
+        (None, None) => {
+            tracing::warn!(
+                "QB_MEDIA_SIGNING_KEY unset and no QB_JWT_SECRET: signed media links work only on this process"
+            );
+            LinkSigner::random()
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes
@@ -156,6 +176,7 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
         storage,
         wake,
         provider,
+        media: media_provider(config)?,
         sinks: Arc::new(PublishDeltas(events.clone())),
         events,
         system_prompt: config.llm_system_prompt.as_str().into(),
@@ -174,6 +195,34 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
             grace: Duration::from_secs(config.reconcile_grace_hours.saturating_mul(3600)),
             ..reconcile::Settings::default()
         },
+    })
+}
+
+/// The configured media provider.
+fn media_provider(
+    config: &Config,
+) -> anyhow::Result<Arc<dyn questboard_workers::providers::media::MediaProvider>> {
+    use crate::config::MediaProviderKind;
+    use questboard_workers::providers::media::{builtin, openai};
+    Ok(match config.media_provider {
+        MediaProviderKind::Builtin => Arc::new(builtin::Builtin),
+        MediaProviderKind::Openai => Arc::new(
+            openai::OpenAiMedia::new(openai::OpenAiMediaSettings {
+                base_url: config
+                    .media_base_url
+                    .clone()
+                    .unwrap_or_else(|| config.llm_base_url.clone()),
+                image_model: config.media_image_model.clone(),
+                speech_model: config.media_speech_model.clone(),
+                api_key: config
+                    .media_api_key
+                    .as_ref()
+                    .or(config.llm_api_key.as_ref())
+                    .map(|k| k.expose().to_owned()),
+                timeout: Duration::from_millis(config.media_timeout_ms),
+            })
+            .map_err(anyhow::Error::msg)?,
+        ),
     })
 }
 

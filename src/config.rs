@@ -158,6 +158,16 @@ pub struct Config {
     #[arg(long, env = "QB_MEDIA_NOTE_MAX_BYTES", default_value_t = 10_000_000)]
     pub media_note_max_bytes: u64,
 
+    /// Key of signed media links (any length). Unset: derived from
+    /// `QB_JWT_SECRET`; with JWKS and no key, a random one per process (a
+    /// link then works only on the process that made it).
+    #[arg(long, env = "QB_MEDIA_SIGNING_KEY", hide_env_values = true)]
+    pub media_signing_key: Option<Secret>,
+
+    /// How long a signed media link stays valid, in seconds.
+    #[arg(long, env = "QB_MEDIA_LINK_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub media_link_ttl_seconds: u64,
+
     /// Longest turn text accepted, in characters.
     #[arg(long, env = "QB_MAX_TURN_CHARS", default_value_t = 8000)]
     pub max_turn_chars: usize,
@@ -287,6 +297,39 @@ pub struct Config {
         default_value = "You are the game master of a tabletop role-playing campaign. Answer the players' last turn in character, vividly and briefly, and end by inviting their next move."
     )]
     pub llm_system_prompt: String,
+
+    /// Who makes images and narration: `builtin` (offline) or `openai`.
+    #[arg(long, env = "QB_MEDIA_PROVIDER", value_enum, default_value = "builtin")]
+    pub media_provider: MediaProviderKind,
+
+    /// Base URL of the OpenAI-compatible media API (default: `QB_LLM_BASE_URL`).
+    #[arg(long, env = "QB_MEDIA_BASE_URL")]
+    pub media_base_url: Option<String>,
+
+    /// Bearer key of the media API (default: `QB_LLM_API_KEY`).
+    #[arg(long, env = "QB_MEDIA_API_KEY", hide_env_values = true)]
+    pub media_api_key: Option<Secret>,
+
+    /// Image model.
+    #[arg(long, env = "QB_MEDIA_IMAGE_MODEL", default_value = "gpt-image-1")]
+    pub media_image_model: String,
+
+    /// Speech model.
+    #[arg(long, env = "QB_MEDIA_SPEECH_MODEL", default_value = "tts-1")]
+    pub media_speech_model: String,
+
+    /// Longest a media provider call may take, in milliseconds.
+    #[arg(long, env = "QB_MEDIA_TIMEOUT_MS", default_value_t = 120_000)]
+    pub media_timeout_ms: u64,
+}
+
+/// Who makes images and narration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MediaProviderKind {
+    /// Built in, offline, deterministic (a PNG and a WAV from the prompt).
+    Builtin,
+    /// An OpenAI-compatible server's `/images/generations` and `/audio/speech`.
+    Openai,
 }
 
 /// Which model provider plays the game master.

@@ -31,6 +31,9 @@
 //! - [`realtime`]: POST-to-WebSocket latency at half the measured maximum,
 //!   and fan-out to many sockets of one API process with its memory per
 //!   socket.
+//! - [`media`]: uploading a 20 MB map and fetching a 1 MB image through
+//!   one API process, on the local filesystem and on S3 (moto), and the
+//!   API's memory while it receives a 25 MB upload.
 //! - [`processes`]: starting and stopping the processes measured.
 
 use std::collections::HashMap;
@@ -44,6 +47,7 @@ use questboard::config::Config;
 
 pub mod baseline;
 pub mod enqueue;
+pub mod media;
 pub mod noop;
 pub mod pipeline;
 pub mod plain;
@@ -95,8 +99,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Only these groups (comma-separated): `baseline`, `enqueue`,
-    /// `pipeline`, `plain`, `realwork`, `retention`, `realtime`, `state`
-    /// (default: all).
+    /// `pipeline`, `plain`, `realwork`, `retention`, `realtime`, `state`,
+    /// `media` (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Session counts of the end-to-end throughput scenario (comma-separated).
@@ -224,6 +228,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     if args.wants("state") {
         figures.extend(state::run(config, args).await?);
+    }
+    if args.wants("media") {
+        figures.extend(media::run(config, args).await?);
     }
     Ok(figures)
 }

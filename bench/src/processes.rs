@@ -185,11 +185,22 @@ impl Processes {
 
     /// One API process; returns once it answers `/healthz`.
     pub async fn api(scratch: &Scratch, config: &Config) -> anyhow::Result<(Self, SocketAddr)> {
+        Self::api_with(scratch, config, &[]).await
+    }
+
+    /// Like [`Processes::api`], with these environment variables on top
+    /// (another storage, other limits).
+    pub async fn api_with(
+        scratch: &Scratch,
+        config: &Config,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Self, SocketAddr)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut command = Self::base(questboard()?, scratch, config);
+        command.envs(env.iter().copied());
         command
             .arg("serve")
             .env("QB_HTTP_ADDR", addr.to_string())

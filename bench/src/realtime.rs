@@ -339,7 +339,7 @@ async fn latency(
     })
 }
 
-fn resident_kib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn resident_kib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()

@@ -119,6 +119,14 @@ pub const REDIS_RECONNECTS_TOTAL: &str = "questboard_redis_reconnects_total";
 /// Storage operations on media, by `operation` (`upload`, `read`) and
 /// `backend` (`local`, `memory`, `s3`, `gcs`).
 pub const STORAGE_OPERATION_SECONDS: &str = "questboard_storage_operation_seconds";
+/// Media generation jobs finished, by `kind` (`image`, `audio`) and
+/// `outcome` (`ready`, `retried`, `failed`).
+pub const MEDIA_JOBS_TOTAL: &str = "questboard_media_jobs_total";
+/// Media provider call latency, by `kind`, `provider` and `outcome`.
+pub const MEDIA_PROVIDER_SECONDS: &str = "questboard_media_provider_seconds";
+/// Storage operations on media that failed in the backend, by `operation`
+/// and `backend`.
+pub const STORAGE_ERRORS_TOTAL: &str = "questboard_storage_errors_total";
 /// Bytes of media uploaded, by `kind`.
 pub const MEDIA_BYTES_UPLOADED_TOTAL: &str = "questboard_media_bytes_uploaded_total";
 /// Bytes of media served, by `kind`.
@@ -182,6 +190,9 @@ pub const ALL: &[&str] = &[
     WS_CLOSED_TOTAL,
     REDIS_RECONNECTS_TOTAL,
     STORAGE_OPERATION_SECONDS,
+    STORAGE_ERRORS_TOTAL,
+    MEDIA_JOBS_TOTAL,
+    MEDIA_PROVIDER_SECONDS,
     MEDIA_BYTES_UPLOADED_TOTAL,
     MEDIA_BYTES_SERVED_TOTAL,
 ];
@@ -378,6 +389,19 @@ pub fn describe() {
         STORAGE_OPERATION_SECONDS,
         Unit::Seconds,
         "Storage operations on media, by operation and backend."
+    );
+    describe_counter!(
+        STORAGE_ERRORS_TOTAL,
+        "Storage operations on media that failed in the backend, by operation and backend."
+    );
+    describe_counter!(
+        MEDIA_JOBS_TOTAL,
+        "Media generation jobs finished, by kind and outcome."
+    );
+    describe_histogram!(
+        MEDIA_PROVIDER_SECONDS,
+        Unit::Seconds,
+        "Media provider call latency, by kind, provider and outcome."
     );
     describe_counter!(
         MEDIA_BYTES_UPLOADED_TOTAL,

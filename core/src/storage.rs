@@ -92,6 +92,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// Presigns URLs on S3 and GCS (None elsewhere), with the URL's prefix
+    /// to put before keys.
+    signer: Option<(Arc<dyn object_store::signer::Signer>, Option<Path>)>,
     /// Whether the backend keeps object attributes (the local filesystem does not).
     keeps_attributes: bool,
     description: String,
@@ -131,7 +134,8 @@ impl Storage {
             let store = configure(builder, options, AmazonS3Builder::with_config)?
                 .build()
                 .map_err(|e| Error::Config(e.to_string()))?;
-            return Ok(Self::remote(store, prefix, url));
+            let store = Arc::new(store);
+            return Ok(Self::remote(store.clone(), store, prefix, url));
         }
         if let Some(rest) = url.strip_prefix("gs://") {
             let (bucket, prefix) = split_bucket(rest)?;
@@ -139,7 +143,8 @@ impl Storage {
             let store = configure(builder, options, GoogleCloudStorageBuilder::with_config)?
                 .build()
                 .map_err(|e| Error::Config(e.to_string()))?;
-            return Ok(Self::remote(store, prefix, url));
+            let store = Arc::new(store);
+            return Ok(Self::remote(store.clone(), store, prefix, url));
         }
         let dir = match url.strip_prefix("file://") {
             Some(abs) if abs.starts_with('/') => std::path::PathBuf::from(abs),
@@ -162,6 +167,7 @@ impl Storage {
             .with_automatic_cleanup(true);
         Ok(Self {
             store: Arc::new(store),
+            signer: None,
             keeps_attributes: false,
             description: format!("file://{}", dir.display()),
         })
@@ -171,21 +177,62 @@ impl Storage {
     pub fn in_memory() -> Self {
         Self {
             store: Arc::new(InMemory::new()),
+            signer: None,
             keeps_attributes: true,
             description: "memory://".into(),
         }
     }
 
-    fn remote<T: ObjectStore>(store: T, prefix: Option<Path>, url: &str) -> Self {
-        let store: Arc<dyn ObjectStore> = match prefix {
-            Some(prefix) => Arc::new(PrefixStore::new(store, prefix)),
-            None => Arc::new(store),
+    fn remote<T: ObjectStore>(
+        store: Arc<T>,
+        signer: Arc<dyn object_store::signer::Signer>,
+        prefix: Option<Path>,
+        url: &str,
+    ) -> Self {
+        let wrapped: Arc<dyn ObjectStore> = match &prefix {
+            Some(prefix) => Arc::new(PrefixStore::new(store, prefix.clone())),
+            None => store,
         };
         Self {
-            store,
+            store: wrapped,
+            signer: Some((signer, prefix)),
             keeps_attributes: true,
             description: url.to_owned(),
         }
+    }
+
+    /// A URL that reads the object `key` without credentials until `ttl`
+    /// has passed (S3 and GCS presigned URLs); None where the backend
+    /// cannot make one (the local filesystem, memory).
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>> {
+        let Some((signer, prefix)) = &self.signer else {
+            return Ok(None);
+        };
+        let key = validated_path(key)?;
+        let path = match prefix {
+            Some(prefix) => key.parts().fold(prefix.clone(), |p, part| p.join(part)),
+            None => key,
+        };
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, &path, ttl)
+            .await
+            .map_err(Error::from)?;
+        Ok(Some(url.to_string()))
+    }
+
+    /// Counts `result`'s backend failure (not a missing object or a
+    /// refused name) as a storage error of `operation`, and returns it.
+    pub fn counted<T>(&self, operation: &'static str, result: Result<T>) -> Result<T> {
+        if let Err(Error::Backend(_) | Error::Config(_)) = &result {
+            metrics::counter!(crate::metrics::STORAGE_ERRORS_TOTAL,
+                "operation" => operation, "backend" => self.backend())
+            .increment(1);
+        }
+        result
     }
 
     /// The backend's kind, for metric labels: `local`, `memory`, `s3` or `gcs`.
@@ -494,13 +541,21 @@ impl SessionFiles {
             .store
             .put_multipart_opts(&location, options)
             .await?;
-        // S3 parts are at least 5 MiB (but the last); one part is sent
-        // while the next fills, so an upload holds at most two in memory.
-        let writer = object_store::WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
+        // S3 and GCS parts are at least 5 MiB (but the last): one is sent
+        // before the next fills, so an upload holds about one part in
+        // memory. Local files take small parts, one written while the next
+        // fills.
+        let (part, in_flight) = if self.storage.signer.is_some() {
+            (UPLOAD_PART_BYTES, 0)
+        } else {
+            (LOCAL_PART_BYTES, 1)
+        };
+        let writer = object_store::WriteMultipart::new_with_chunk_size(upload, part);
         Ok(Upload {
             writer: Some(writer),
             key: location.to_string(),
             written: 0,
+            in_flight,
         })
     }
 
@@ -627,14 +682,19 @@ impl SessionFiles {
     }
 }
 
-/// Size of the parts of a streamed upload (S3's smallest but the last).
+/// Size of the parts of a streamed upload to S3 or GCS (their smallest
+/// but the last).
 pub const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
+/// Size of the parts of a streamed upload to local files or memory.
+pub const LOCAL_PART_BYTES: usize = 1024 * 1024;
 
 /// A file being stored piece by piece ([`SessionFiles::begin_upload`]).
 pub struct Upload {
     writer: Option<object_store::WriteMultipart>,
     key: String,
     written: u64,
+    /// Parts that may be in flight while the next fills.
+    in_flight: usize,
 }
 
 impl fmt::Debug for Upload {
@@ -657,13 +717,13 @@ impl Upload {
         self.written
     }
 
-    /// Appends `bytes`; waits while a part is still being sent, so memory
+    /// Appends `bytes`; waits while parts are still being sent, so memory
     /// stays bounded however fast the body arrives.
     pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
         let Some(writer) = self.writer.as_mut() else {
             return Err(Error::Config("the upload is finished".into()));
         };
-        writer.wait_for_capacity(1).await?;
+        writer.wait_for_capacity(self.in_flight).await?;
         self.written += bytes.len() as u64;
         writer.put(bytes);
         Ok(())

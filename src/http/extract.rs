@@ -178,6 +178,23 @@ where
         .map_err(|_| D::Error::custom("the number is out of range"))
 }
 
+/// The request's `Idempotency-Key`, if it sent one: 1 to 255 visible ASCII
+/// characters, else 400 `invalid_idempotency_key`.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Error> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| {
+        Error::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be visible ASCII",
+        )
+    })?;
+    questboard_core::turns::validate_idempotency_key(key)
+        .map_err(|e| Error::bad_request("invalid_idempotency_key", e.to_string()))?;
+    Ok(Some(key))
+}
+
 /// Like [`whole_number`], for a field that must be present and not null.
 pub fn required_whole_number<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
 where
@@ -363,5 +380,32 @@ mod tests {
             cut.contains(&format!("`{}...`", "a".repeat(MAX_ECHO_CHARS))),
             "{cut}"
         );
+    }
+}
+
+#[cfg(test)]
+mod whole_number_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    #[derive(Debug, serde::Deserialize)]
+    struct V {
+        #[serde(deserialize_with = "super::required_whole_number")]
+        version: i64,
+    }
+
+    #[test]
+    fn whole_floats_below_2_53_are_whole_numbers() {
+        for (text, want) in [
+            ("{\"version\": 3745233398638750.0}", 3_745_233_398_638_750),
+            ("{\"version\": 82.0}", 82),
+            ("{\"version\": 82}", 82),
+        ] {
+            let direct: V = serde_json::from_str(text).expect(text);
+            assert_eq!(direct.version, want);
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            let via_value: V = serde_json::from_value(value).expect(text);
+            assert_eq!(via_value.version, want);
+        }
+        assert!(serde_json::from_str::<V>("{\"version\": 82.5}").is_err());
     }
 }

@@ -3,12 +3,15 @@
 //!
 //! | route | who |
 //! |---|---|
+//! | `POST /api/sessions/{id}/media` `{type, prompt, size?, voice?}` | members: generate an image or narration (202) |
 //! | `POST /api/sessions/{id}/assets?kind=map\|note&name=` | owner, GMs: the body is the file |
 //! | `PUT /api/sessions/{id}/assets/{media_id}?name=` | owner, GMs: a new version |
 //! | `GET /api/sessions/{id}/media?kind=&cursor=&limit=` | members |
 //! | `GET /api/sessions/{id}/media/{media_id}` | members |
 //! | `DELETE /api/sessions/{id}/media/{media_id}` | owner, GMs, whoever added it |
-//! | `GET /api/media/{session_id}/{type}/{file}` | members: the bytes |
+//! | `GET /api/sessions/{id}/media/{media_id}/url` | members: a short-lived link |
+//! | `GET /api/media/{session_id}/{type}/{file}` | members, or a signed link: the bytes |
+//! | `GET /api/images/{file}` | members: the old frontend's route to images and maps |
 //!
 //! An upload's body is the file itself, its `Content-Type` the declared
 //! type (not `multipart/form-data`: one file per request, streamed to
@@ -42,12 +45,20 @@ use super::extract::{AuthUser, Json, Path, Query};
 /// Routes with a JSON body or none, under `/api`.
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/sessions/{session_id}/media", get(list_media))
+        .route(
+            "/sessions/{session_id}/media",
+            get(list_media).post(generate_media),
+        )
         .route(
             "/sessions/{session_id}/media/{media_id}",
             get(get_media).delete(delete_media),
         )
+        .route(
+            "/sessions/{session_id}/media/{media_id}/url",
+            get(media_link),
+        )
         .route("/media/{session_id}/{kind}/{file}", get(serve_media))
+        .route("/images/{file}", get(serve_legacy_image))
 }
 
 /// Upload routes, under `/api`: their bodies are files with their own
@@ -314,7 +325,10 @@ async fn receive(
     let files = state.storage.session(storage_prefix)?;
     let name = media::object_name(id, version, ext);
     let started = std::time::Instant::now();
-    let mut upload = files.begin_upload(kind.area(), &name, content_type).await?;
+    let mut upload = state.storage.counted(
+        "upload",
+        files.begin_upload(kind.area(), &name, content_type).await,
+    )?;
     let mut hasher = Sha256::new();
     let mut stream = body.into_data_stream();
     let outcome: Result<()> = async {
@@ -325,7 +339,7 @@ async fn receive(
             }
             sniffer.feed(&chunk)?;
             hasher.update(&chunk);
-            upload.write(chunk).await?;
+            state.storage.counted("upload", upload.write(chunk).await)?;
         }
         sniffer.finish()?;
         Ok(())
@@ -336,7 +350,7 @@ async fn receive(
         return Err(err);
     }
     let key = upload.key().to_owned();
-    let byte_size = upload.finish().await?;
+    let byte_size = state.storage.counted("upload", upload.finish().await)?;
     metrics::histogram!(m::STORAGE_OPERATION_SECONDS, "operation" => "upload", "backend" => state.storage.backend())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(m::MEDIA_BYTES_UPLOADED_TOTAL, "kind" => kind.as_str()).increment(byte_size);
@@ -382,6 +396,151 @@ fn created(item: Media) -> Result<Response> {
     let mut response = (StatusCode::CREATED, Json(MediaView::from(item))).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// Body of a generation request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateInput {
+    /// `image` or `audio` (narration).
+    #[serde(rename = "type")]
+    #[schema(rename = "type", value_type = String, pattern = "^(image|audio)$")]
+    pub kind: String,
+    /// What to draw, or the text to speak.
+    #[schema(min_length = 1, max_length = 4000)]
+    pub prompt: String,
+    /// Images: `WIDTHxHEIGHT` (default `1024x1024`).
+    #[schema(pattern = "^[0-9]{2,4}x[0-9]{2,4}$")]
+    pub size: Option<String>,
+    /// Narration: the voice (default `alloy`).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub voice: Option<String>,
+}
+
+/// A generation accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerationAccepted {
+    /// The item, `pending` until its job finishes (`media.ready` or `media.failed`).
+    pub media_id: Uuid,
+    /// The job making it (see `GET /api/jobs/{job_id}`).
+    pub job_id: Option<String>,
+    /// `pending`, `ready` or `failed` (a replayed request gets the item as it is now).
+    pub status: MediaStatus,
+}
+
+/// Asks for a generated image or narration; members. Answered at once
+/// (202): the `media` job makes it, and `media.ready` (or `media.failed`)
+/// tells the session.
+#[utoipa::path(post, path = "/api/sessions/{session_id}/media", tag = "media",
+    params(("session_id" = Uuid, Path, description = "Session id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+         description = "Sent again with the same body, gets the first answer and asks nothing new")),
+    request_body = GenerateInput,
+    responses(
+        (status = 202, description = "Accepted (or replayed: `Idempotent-Replayed: true`)", body = GenerationAccepted),
+        (status = 400, description = "Bad id, JSON or Idempotency-Key", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such session, or not a member", body = ErrorBody),
+        (status = 409, description = "The session is archived, or the key was used for another request", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, description = "Type, prompt, size or voice not acceptable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn generate_media(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    Path(session_id): Path<Uuid>,
+    headers: HeaderMap,
+    Json(input): Json<GenerateInput>,
+) -> Result<Response> {
+    let checked = || -> Result<(MediaKind, Option<&str>, serde_json::Value)> {
+        let key = super::extract::idempotency_key(&headers)?;
+        let kind = match input.kind.as_str() {
+            "image" => MediaKind::Image,
+            "audio" => MediaKind::Audio,
+            _ => return Err(Error::Unprocessable("type must be image or audio".into())),
+        };
+        let mut options = serde_json::Map::new();
+        if let Some(size) = &input.size {
+            let valid = size.split_once('x').is_some_and(|(w, h)| {
+                [w, h]
+                    .iter()
+                    .all(|n| (2..=4).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if !valid {
+                return Err(Error::Unprocessable(
+                    "size must be WIDTHxHEIGHT, e.g. 1024x1024".into(),
+                ));
+            }
+            options.insert("size".into(), size.clone().into());
+        }
+        if let Some(voice) = &input.voice {
+            if voice.is_empty()
+                || voice.len() > 64
+                || !voice
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(Error::Unprocessable(
+                    "voice must be 1 to 64 letters, digits, '_' or '-'".into(),
+                ));
+            }
+            options.insert("voice".into(), voice.clone().into());
+        }
+        Ok((kind, key, serde_json::Value::Object(options)))
+    };
+    let (kind, key, options) = match checked() {
+        Ok(ok) => ok,
+        Err(invalid) => {
+            // A stranger learns nothing, not even about their input.
+            questboard_core::sessions::require_member(&state.pool, session_id, &user).await?;
+            return Err(invalid);
+        }
+    };
+    let mut tx = state.pool.begin().await?;
+    let asked = media::ask_generation(
+        &mut tx,
+        session_id,
+        &user,
+        &media::NewGeneration {
+            kind,
+            prompt: &input.prompt,
+            options,
+            idempotency_key: key,
+        },
+    )
+    .await?;
+    let (item, replayed) = match asked {
+        media::Asked::Earlier(item) => (item, true),
+        media::Asked::New(item) => {
+            let job = questboard_workers::jobs::media::GenerateMedia {
+                media_id: item.id,
+                session_id,
+            };
+            let enqueued =
+                questboard_core::jobs::enqueue(&mut tx, &job, &Default::default()).await?;
+            media::set_job(&mut tx, item.id, &enqueued.id).await?;
+            let mut item = item;
+            item.job_id = Some(enqueued.id);
+            (item, false)
+        }
+    };
+    tx.commit().await?;
+    if !replayed {
+        metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => "media").increment(1);
+        state.wake.announce("media");
+    }
+    let body = GenerationAccepted {
+        media_id: item.id,
+        job_id: item.job_id,
+        status: item.status,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -487,6 +646,63 @@ pub async fn delete_media(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A short-lived link to a media item's bytes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MediaLink {
+    /// The link: a presigned URL of the store (S3, GCS), or questboard's
+    /// own URL with `expires` and `signature` (relative to the API origin).
+    pub url: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A link to a media item's current bytes that needs no bearer token (for
+/// `<img src>` and `<audio src>`), valid for `QB_MEDIA_LINK_TTL_SECONDS`;
+/// members only.
+#[utoipa::path(get, path = "/api/sessions/{session_id}/media/{media_id}/url", tag = "media",
+    params(("session_id" = Uuid, Path, description = "Session id"),
+           ("media_id" = Uuid, Path, description = "The item")),
+    responses((status = 200, body = MediaLink),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such item in the session (or not ready), or not a member", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn media_link(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    Path((session_id, media_id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<MediaLink>> {
+    let item = media::get_for_member(&state.pool, session_id, media_id, &user).await?;
+    let (Some(url), Some(key), MediaStatus::Ready) = (item.url(), &item.storage_key, item.status)
+    else {
+        return Err(Error::NotFound("media"));
+    };
+    let ttl = state.links.ttl;
+    let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+    let link = match state.storage.presigned_get(key, ttl).await? {
+        Some(presigned) => presigned,
+        None => {
+            let expires = expires_at.timestamp();
+            let signature = state.links.signer.sign(&url, expires);
+            format!("{url}?expires={expires}&signature={signature}")
+        }
+    };
+    Ok(Json(MediaLink {
+        url: link,
+        expires_at,
+    }))
+}
+
+/// The query of a signed link.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LinkParams {
+    /// A signed link's expiry (Unix seconds).
+    pub expires: Option<i64>,
+    /// A signed link's signature (64 hex digits).
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    pub signature: Option<String>,
+}
+
 /// The bytes of a media item; members only (404 otherwise, as for a file
 /// that does not exist).
 ///
@@ -499,6 +715,7 @@ pub async fn delete_media(
     params(("session_id" = Uuid, Path, description = "Session id"),
            ("kind" = String, Path, description = "`images`, `audio`, `maps` or `notes`"),
            ("file" = String, Path, description = "`<media_id>.<ext>` (a later version: `<media_id>-v<n>.<ext>`)"),
+           LinkParams,
            ("Range" = Option<String>, Header, description = "One range of bytes, `bytes=a-b`, `bytes=a-` or `bytes=-n`"),
            ("If-None-Match" = Option<String>, Header, description = "An `ETag` seen before")),
     responses(
@@ -506,25 +723,97 @@ pub async fn delete_media(
         (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 304, description = "Not modified"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "A signed link that is expired, tampered with or for another object", body = ErrorBody),
         (status = 404, description = "No such file, or not a member", body = ErrorBody),
         (status = 416, description = "The range is past the end", body = ErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ()))]
 pub async fn serve_media(
-    AuthUser(user): AuthUser,
+    auth: Result<AuthUser>,
     State(state): State<AppState>,
     Path((session_id, segment, file)): Path<(Uuid, String, String)>,
+    Query(link): Query<LinkParams>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let not_found = || Error::NotFound("file");
+    let path = format!("/api/media/{session_id}/{segment}/{file}");
+    // A signed link stands for a member; without one, the bearer token does.
+    // (Half a link is no link: the bearer token must do.)
+    let user = match (&link.expires, &link.signature) {
+        (Some(expires), Some(signature)) => {
+            let now = Utc::now().timestamp();
+            if !state.links.signer.verify(&path, *expires, signature, now) {
+                return Err(Error::Forbidden(
+                    "the link is expired or not valid for this file".into(),
+                ));
+            }
+            None
+        }
+        _ => Some(auth?.0),
+    };
     let kind = MediaKind::from_url_segment(&segment).ok_or_else(not_found)?;
     let (media_id, version) = media::parse_file_name(&file).ok_or_else(not_found)?;
-    let item = media::get_for_member(&state.pool, session_id, media_id, &user)
-        .await
-        .map_err(|_| not_found())?;
-    if item.kind != kind || item.status != MediaStatus::Ready || item.version != version {
+    let item = match &user {
+        Some(user) => media::get_for_member(&state.pool, session_id, media_id, user).await,
+        None => media::get(&state.pool, session_id, media_id).await,
+    }
+    .map_err(|_| not_found())?;
+    if item.kind != kind {
         return Err(not_found());
     }
-    if item.file_name().as_deref() != Some(file.as_str()) {
+    send(&state, &item, version, &file, &headers).await
+}
+
+/// `GET /api/images/{file}`: the route the old frontend fetches images
+/// from. Resolved through the metadata (`<media_id>.<ext>` of an image or a
+/// map), with the same rules: members only (404 otherwise), the same
+/// headers, ranges and 304.
+#[utoipa::path(get, path = "/api/images/{file}", tag = "media",
+    params(("file" = String, Path, description = "`<media_id>.<ext>` of an image or a map"),
+           ("Range" = Option<String>, Header, description = "One range of bytes"),
+           ("If-None-Match" = Option<String>, Header, description = "An `ETag` seen before")),
+    responses(
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such image, or not a member of its session", body = ErrorBody),
+        (status = 416, description = "The range is past the end", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn serve_legacy_image(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let not_found = || Error::NotFound("file");
+    let (media_id, version) = media::parse_file_name(&file).ok_or_else(not_found)?;
+    let item = media::find_for_member(&state.pool, media_id, &user)
+        .await
+        .map_err(|_| not_found())?;
+    if !matches!(item.kind, MediaKind::Image | MediaKind::Map) {
+        return Err(not_found());
+    }
+    send(&state, &item, version, &file, &headers).await
+}
+
+/// Sends version `version` of `item` (whose caller is authorised) as
+/// `file`, honouring `If-None-Match` and `Range`.
+async fn send(
+    state: &AppState,
+    item: &Media,
+    version: i32,
+    file: &str,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let not_found = || Error::NotFound("file");
+    let kind = item.kind;
+    if item.status != MediaStatus::Ready || item.version != version {
+        return Err(not_found());
+    }
+    let Some(name) = item.file_name() else {
+        return Err(not_found());
+    };
+    if name != file {
         return Err(not_found());
     }
     let (Some(key), Some(sha), Some(size), Some(content_type)) = (
@@ -542,7 +831,7 @@ pub async fn serve_media(
     insert(&mut common, header::CACHE_CONTROL, "private, no-cache");
     insert(&mut common, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     insert(&mut common, header::ACCEPT_RANGES, "bytes");
-    if matches_etag(&headers, &etag) {
+    if matches_etag(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -565,8 +854,7 @@ pub async fn serve_media(
     let started = std::time::Instant::now();
     let reading = state
         .storage
-        .read(key, range.clone())
-        .await
+        .counted("read", state.storage.read(key, range.clone()).await)
         .map_err(|err| match err {
             questboard_core::storage::Error::NotFound => not_found(),
             other => Error::from(other),

@@ -83,6 +83,17 @@ pub struct AppState {
     pub turns: TurnSettings,
     /// Limits of uploaded media.
     pub media: questboard_core::media::UploadLimits,
+    /// Signed links to media objects.
+    pub links: MediaLinks,
+}
+
+/// How signed media links are made.
+#[derive(Debug, Clone)]
+pub struct MediaLinks {
+    /// Signs questboard's own links (where storage cannot presign).
+    pub signer: questboard_core::media::LinkSigner,
+    /// How long a link stays valid.
+    pub ttl: std::time::Duration,
 }
 
 /// Limits of submitted turns.

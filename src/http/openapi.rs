@@ -57,12 +57,15 @@ use super::{admin, error, events, health, invites, jobs, media, sessions, state,
         admin::cancel_job,
         admin::get_schedule,
         events::list_events,
+        media::generate_media,
         media::upload_asset,
         media::upload_version,
         media::list_media,
         media::get_media,
         media::delete_media,
+        media::media_link,
         media::serve_media,
+        media::serve_legacy_image,
         health::healthz,
         health::readyz,
     ),
@@ -135,6 +138,12 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
     set(
         &mut doc,
         &format!("{schemas}/TurnInput/properties/text"),
+        "pattern",
+        json!(*text::TEXT_PATTERN),
+    );
+    set(
+        &mut doc,
+        &format!("{schemas}/GenerateInput/properties/prompt"),
         "pattern",
         json!(*text::TEXT_PATTERN),
     );
@@ -275,6 +284,31 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
             })
         })
         .collect();
+    // Served bytes: every type a media item may have.
+    let mut served_types: Vec<&str> = MediaKind::ALL
+        .iter()
+        .flat_map(|k| k.content_types().iter().map(|(ty, _)| *ty))
+        .collect();
+    served_types.sort_unstable();
+    served_types.dedup();
+    let served: serde_json::Map<String, Value> = served_types
+        .into_iter()
+        .map(|ty| {
+            (
+                ty.to_owned(),
+                json!({ "schema": { "type": "string", "format": "binary" } }),
+            )
+        })
+        .collect();
+    for path in [
+        "/api/media/{session_id}/{kind}/{file}",
+        "/api/images/{file}",
+    ] {
+        for status in ["200", "206"] {
+            let pointer = format!("/paths/{}/get/responses/{status}", path.replace('/', "~1"));
+            set(&mut doc, &pointer, "content", Value::Object(served.clone()));
+        }
+    }
     // An upload's body is the file: one entry per type its kinds take.
     let binary = json!({ "schema": { "type": "string", "format": "binary" } });
     let upload_types: serde_json::Map<String, Value> = [MediaKind::Map, MediaKind::Note]

@@ -153,20 +153,7 @@ pub async fn submit_turn(
     Json(input): Json<TurnInput>,
 ) -> Result<Response> {
     let checked = || -> Result<Option<&str>> {
-        let key = match headers.get("idempotency-key") {
-            Some(value) => {
-                let key = value.to_str().map_err(|_| {
-                    Error::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be visible ASCII",
-                    )
-                })?;
-                turns::validate_idempotency_key(key)
-                    .map_err(|e| Error::bad_request("invalid_idempotency_key", e.to_string()))?;
-                Some(key)
-            }
-            None => None,
-        };
+        let key = super::extract::idempotency_key(&headers)?;
         turns::validate_input(&input.text, state.turns.max_chars)?;
         Ok(key)
     };

@@ -24,6 +24,7 @@ mod jobs;
 mod kinds;
 mod leases;
 mod media;
+mod media_generation;
 mod outage;
 mod proxy;
 mod prune;

@@ -459,3 +459,158 @@ async fn uploads_and_serving_on_s3() {
         exercise(storage).await;
     }
 }
+
+/// An app on `storage` with one map uploaded by alice (bob is a player).
+async fn app_with_map(storage: Storage, link_ttl: u64) -> (TestApp, String, String, Vec<u8>) {
+    let app = TestApp::spawn_with_storage(storage, |c| c.media_link_ttl_seconds = link_ttl).await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let map = png(3_000);
+    let resp = upload(
+        &app,
+        "alice",
+        &session,
+        "kind=map&name=keep.png",
+        "image/png",
+        map.clone(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
+    let media_id = resp.body["media_id"].as_str().expect("id").to_owned();
+    (app, session, media_id, map)
+}
+
+#[tokio::test]
+async fn signed_links_work_for_one_object_until_they_expire() {
+    let dir = std::env::temp_dir().join(format!("qb-links-{}", uuid::Uuid::new_v4().simple()));
+    let storage = Storage::from_url(dir.to_str().expect("utf-8 path")).expect("local storage");
+    let (app, session, media_id, map) = app_with_map(storage, 2).await;
+    let link_path = format!("/api/sessions/{session}/media/{media_id}/url");
+    app.get("mallory", &link_path)
+        .await
+        .assert_error(404, "not_found");
+    let link = app.get("bob", &link_path).await;
+    assert_eq!(link.status, StatusCode::OK, "{}", link.text);
+    let url = link.body["url"].as_str().expect("url").to_owned();
+    assert!(
+        url.starts_with(&format!(
+            "/api/media/{session}/maps/{media_id}.png?expires="
+        )),
+        "{url}"
+    );
+    // No token needed: the link stands for a member.
+    let plain = reqwest::Client::new();
+    let get = |url: String| {
+        let (plain, full) = (plain.clone(), app.url(&url));
+        async move { plain.get(full).send().await.expect("get") }
+    };
+    let resp = get(url.clone()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.expect("bytes").to_vec(), map);
+    // Tampered: the signature, the expiry, or another object's path.
+    let (base, query) = url.split_once('?').expect("query");
+    let signature = query.split("signature=").nth(1).expect("signature");
+    let flipped = format!(
+        "{}{}",
+        if signature.starts_with('0') { "1" } else { "0" },
+        &signature[1..]
+    );
+    let expires: i64 = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("expires="))
+        .and_then(|v| v.parse().ok())
+        .expect("expires");
+    for bad in [
+        format!("{base}?expires={expires}&signature={flipped}"),
+        format!("{base}?expires={}&signature={signature}", expires + 3600),
+        format!(
+            "/api/media/{session}/maps/{}.png?{query}",
+            uuid::Uuid::now_v7()
+        ),
+    ] {
+        let resp = into_resp(get(bad.clone()).await).await;
+        resp.assert_error(403, "forbidden");
+    }
+    // Half a link is no link, and without a token that is 401.
+    into_resp(get(format!("{base}?expires={expires}")).await)
+        .await
+        .assert_error(401, "unauthorized");
+    into_resp(get(base.to_owned()).await)
+        .await
+        .assert_error(401, "unauthorized");
+    // Expired.
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    into_resp(get(url).await)
+        .await
+        .assert_error(403, "forbidden");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn signed_links_on_s3_are_presigned_urls_of_the_store() {
+    let Some(storage) = s3_test_storage("signed_links_on_s3", "links").await else {
+        return;
+    };
+    let (app, session, media_id, map) = app_with_map(storage, 60).await;
+    let link = app
+        .get(
+            "bob",
+            &format!("/api/sessions/{session}/media/{media_id}/url"),
+        )
+        .await;
+    assert_eq!(link.status, StatusCode::OK, "{}", link.text);
+    let url = link.body["url"].as_str().expect("url");
+    assert!(
+        url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=60"),
+        "{url}"
+    );
+    assert!(
+        url.contains(&format!(
+            "links/sessions/{session}/media/maps/{media_id}.png"
+        )),
+        "{url}"
+    );
+    let resp = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .expect("presigned get");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.expect("bytes").to_vec(), map);
+}
+
+#[tokio::test]
+async fn the_old_images_route_resolves_through_the_metadata_for_members() {
+    let (app, session, media_id, map) = app_with_map(Storage::in_memory(), 60).await;
+    let old = format!("/api/images/{media_id}.png");
+    let (status, headers, bytes) = fetch(&app, "bob", &old, &[]).await;
+    assert_eq!((status, bytes), (StatusCode::OK, map));
+    assert_eq!(headers["content-type"], "image/png");
+    let (status, _, _) = fetch(&app, "bob", &old, &[("range", "bytes=0-7")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    for (user, path) in [
+        ("mallory", old.clone()),
+        ("bob", format!("/api/images/{}.png", uuid::Uuid::now_v7())),
+        ("bob", format!("/api/images/{media_id}.jpg")),
+        ("bob", "/api/images/..%2F..%2Fetc%2Fpasswd".to_owned()),
+    ] {
+        let (status, _, _) = fetch(&app, user, &path, &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{user} {path}");
+    }
+    // Notes are not images.
+    let resp = upload(
+        &app,
+        "alice",
+        &session,
+        "kind=note&name=n.md",
+        "text/markdown",
+        b"# n".to_vec(),
+    )
+    .await;
+    let note = resp.body["media_id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        fetch(&app, "bob", &format!("/api/images/{note}.md"), &[])
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}

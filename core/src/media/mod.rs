@@ -16,6 +16,7 @@
 //! to 10 MB (configurable), and the bytes must be what the declared type
 //! says ([`Sniffer`]).
 
+pub mod links;
 pub mod sniff;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +29,7 @@ use crate::identity::UserId;
 use crate::sessions::{self, Role, SessionStatus};
 use crate::storage::Area;
 
+pub use links::LinkSigner;
 pub use sniff::Sniffer;
 
 /// What a media item is.
@@ -193,6 +195,8 @@ pub struct Media {
     pub prompt: Option<String>,
     /// Who generated it.
     pub provider: Option<String>,
+    /// What else a generation asked for (`size`, `voice`).
+    pub options: serde_json::Value,
     /// Why generation failed.
     pub failure: Option<String>,
     /// The job that generates it.
@@ -539,6 +543,177 @@ async fn ready_event(tx: &mut sqlx::PgConnection, media: &Media) -> Result<Event
     .await?)
 }
 
+/// Longest prompt of a generation, in characters.
+pub const MAX_PROMPT_CHARS: usize = 4000;
+
+/// A generation asked for by a member.
+#[derive(Debug, Clone)]
+pub struct NewGeneration<'a> {
+    /// `image` or `audio`.
+    pub kind: MediaKind,
+    /// What to draw or say.
+    pub prompt: &'a str,
+    /// `size` or `voice`.
+    pub options: serde_json::Value,
+    /// The client's Idempotency-Key, if it sent one.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// What asking for a generation did.
+#[derive(Debug)]
+pub enum Asked {
+    /// A new pending item: enqueue its job in the same transaction.
+    New(Media),
+    /// The same key asked the same before: that item (and its job).
+    Earlier(Media),
+}
+
+/// Records a pending generated item in `tx` (members may ask; the session
+/// must be active). A repeated Idempotency-Key with the same request gets
+/// the earlier item; with another request, [`sessions::Error::Conflict`].
+pub async fn ask_generation(
+    tx: &mut sqlx::PgConnection,
+    session_id: Uuid,
+    user: &UserId,
+    ask: &NewGeneration<'_>,
+) -> Result<Asked> {
+    let membership = sessions::require_member(&mut *tx, session_id, user).await?;
+    if !matches!(ask.kind, MediaKind::Image | MediaKind::Audio) {
+        return Err(Error::Invalid("type must be image or audio".into()));
+    }
+    if !crate::text::is_text(ask.prompt) || ask.prompt.chars().count() > MAX_PROMPT_CHARS {
+        return Err(Error::Invalid(format!(
+            "prompt must be 1 to {MAX_PROMPT_CHARS} characters, not blank, without control characters"
+        )));
+    }
+    if membership.session.status == SessionStatus::Archived {
+        return Err(sessions::Error::Conflict("the session is archived").into());
+    }
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(
+        serde_json::to_vec(&(ask.kind, ask.prompt, &ask.options)).unwrap_or_default(),
+    )
+    .to_vec();
+    if let Some(key) = ask.idempotency_key {
+        let earlier = sqlx::query_as::<_, Media>(
+            "SELECT * FROM campaign_media
+             WHERE session_id = $1 AND created_by = $2 AND idempotency_key = $3",
+        )
+        .bind(session_id)
+        .bind(user.as_str())
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(earlier) = earlier {
+            let same: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT request_hash FROM campaign_media WHERE id = $1")
+                    .bind(earlier.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if same.as_deref() != Some(hash.as_slice()) {
+                return Err(sessions::Error::Conflict(
+                    "this Idempotency-Key was used for another request",
+                )
+                .into());
+            }
+            return Ok(Asked::Earlier(earlier));
+        }
+    }
+    let media = sqlx::query_as::<_, Media>(
+        r#"
+        INSERT INTO campaign_media
+            (id, session_id, kind, source, status, prompt, options, idempotency_key,
+             request_hash, created_by)
+        VALUES ($1, $2, $3, 'generated', 'pending', $4, $5, $6, $7, $8)
+        RETURNING *
+        "#,
+    )
+    .bind(Uuid::now_v7())
+    .bind(session_id)
+    .bind(ask.kind)
+    .bind(ask.prompt)
+    .bind(&ask.options)
+    .bind(ask.idempotency_key)
+    .bind(hash)
+    .bind(user.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(Asked::New(media))
+}
+
+/// Notes the job that generates `id`.
+pub async fn set_job(tx: &mut sqlx::PgConnection, id: Uuid, job_id: &str) -> Result<()> {
+    sqlx::query("UPDATE campaign_media SET job_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Records the stored object of a pending generated item and appends
+/// `media.ready`; None if the item is gone or no longer pending (a run
+/// that finished first, a deletion).
+pub async fn record_generated(
+    pool: &PgPool,
+    id: Uuid,
+    provider: &str,
+    object: &StoredObject,
+) -> Result<Option<(Media, Event)>> {
+    let mut tx = pool.begin().await?;
+    let media = sqlx::query_as::<_, Media>(
+        r#"
+        UPDATE campaign_media
+        SET status = 'ready', content_type = $2, byte_size = $3, sha256 = $4,
+            storage_key = $5, provider = $6, updated_at = now()
+        WHERE id = $1 AND status = 'pending'
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .bind(&object.content_type)
+    .bind(object.byte_size as i64)
+    .bind(object.sha256.as_slice())
+    .bind(&object.storage_key)
+    .bind(provider)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(media) = media else {
+        return Ok(None);
+    };
+    let user = UserId::parse(&media.created_by).map_err(|e| Error::Invalid(e.to_string()))?;
+    insert_version(&mut tx, &media, &user).await?;
+    let event = ready_event(&mut tx, &media).await?;
+    tx.commit().await?;
+    Ok(Some((media, event)))
+}
+
+/// Marks a pending generated item failed for good, with a reason safe to
+/// show, and appends `media.failed`; None if it was not pending.
+pub async fn record_failure(pool: &PgPool, id: Uuid, reason: &str) -> Result<Option<Event>> {
+    let mut tx = pool.begin().await?;
+    let media = sqlx::query_as::<_, Media>(
+        "UPDATE campaign_media SET status = 'failed', failure = $2, updated_at = now()
+         WHERE id = $1 AND status = 'pending' RETURNING *",
+    )
+    .bind(id)
+    .bind(reason)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(media) = media else {
+        return Ok(None);
+    };
+    let event = events::append(
+        &mut tx,
+        media.session_id,
+        "media.failed",
+        serde_json::json!({ "media_id": media.id, "kind": media.kind, "reason": reason }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(event))
+}
+
 /// A media item of a session as `user` sees it: [`Error::NotFound`] alike
 /// for a stranger, an unknown id and another session's id.
 pub async fn get_for_member(
@@ -561,6 +736,36 @@ pub async fn get_for_member(
     .fetch_optional(pool)
     .await?
     .ok_or(Error::NotFound)
+}
+
+/// A media item by id alone, as `user` sees it (the old `/api/images/`
+/// route names no session): [`Error::NotFound`] alike for a stranger and an
+/// unknown id.
+pub async fn find_for_member(pool: &PgPool, id: Uuid, user: &UserId) -> Result<Media> {
+    sqlx::query_as::<_, Media>(
+        r#"
+        SELECT c.*
+        FROM campaign_media c
+        JOIN campaign_session_members m ON m.session_id = c.session_id AND m.user_id = $2
+        WHERE c.id = $1
+        "#,
+    )
+    .bind(id)
+    .bind(user.as_str())
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::NotFound)
+}
+
+/// A media item of a session, for a caller already authorised (a signed
+/// link): [`Error::NotFound`] for an unknown id or another session's.
+pub async fn get(pool: &PgPool, session_id: Uuid, id: Uuid) -> Result<Media> {
+    sqlx::query_as::<_, Media>("SELECT * FROM campaign_media WHERE id = $1 AND session_id = $2")
+        .bind(id)
+        .bind(session_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(Error::NotFound)
 }
 
 /// A page of a session's media, newest first.

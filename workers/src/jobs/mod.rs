@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::providers::{ChunkSink, ModelProvider};
 
+pub mod media;
 pub mod prune;
 pub mod reconcile;
 pub mod turn;
@@ -44,6 +45,7 @@ pub fn registry() -> Registry {
         .turns()
         .register::<prune::Prune>()
         .register::<reconcile::Reconcile>()
+        .register::<media::GenerateMedia>()
 }
 
 /// Why a run did not succeed, and what the runtime should do about it.
@@ -293,6 +295,8 @@ pub struct JobContext {
     pub wake: wakeups::Publisher,
     /// The game master.
     pub provider: Arc<dyn ModelProvider>,
+    /// Who makes images and narration.
+    pub media: Arc<dyn crate::providers::media::MediaProvider>,
     /// Where streamed chunks go.
     pub sinks: Arc<dyn SinkFactory>,
     /// The system prompt for turns.

@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use questboard_core::state::Proposal;
 
+pub mod media;
 pub mod openai;
 pub mod scripted;
 

@@ -403,7 +403,7 @@ fn parse_line(line: &str) -> Result<Event, ProviderError> {
     Ok(Event::Delta { text, calls })
 }
 
-fn transport_error(err: reqwest::Error) -> ProviderError {
+pub(crate) fn transport_error(err: reqwest::Error) -> ProviderError {
     let reason = if err.is_timeout() {
         "the model provider timed out"
     } else if err.is_connect() {
@@ -418,7 +418,7 @@ fn transport_error(err: reqwest::Error) -> ProviderError {
     }
 }
 
-fn status_error(status: StatusCode, retry_after: Option<Duration>) -> ProviderError {
+pub(crate) fn status_error(status: StatusCode, retry_after: Option<Duration>) -> ProviderError {
     if status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
@@ -439,7 +439,7 @@ fn status_error(status: StatusCode, retry_after: Option<Duration>) -> ProviderEr
 
 /// `Retry-After` in seconds (the HTTP-date form is rare for model APIs and
 /// is treated as absent).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let secs: f64 = headers
         .get(RETRY_AFTER)?
         .to_str()

@@ -1,0 +1,111 @@
+//! Short-lived links to one media object, for what cannot send a bearer
+//! token (`<img src>`, `<audio src>`). On S3 and GCS the link is the
+//! store's own presigned URL ([`crate::storage::Storage::presigned_get`]);
+//! elsewhere it is questboard's URL of the object with `expires` (Unix
+//! seconds) and `signature`, an HMAC-SHA256 over the path and the expiry:
+//! valid for that one object, only until it expires, and any change to the
+//! path, the expiry or the signature makes it worthless.
+
+use hmac::Mac as _;
+use sha2::{Digest as _, Sha256};
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// Signs and checks links with one key. Every API process of a deployment
+/// must hold the same key for a link made by one to work on another.
+#[derive(Clone)]
+pub struct LinkSigner {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for LinkSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkSigner(..)")
+    }
+}
+
+impl LinkSigner {
+    /// A signer whose key is derived from `secret` (with a label, so the
+    /// same secret used elsewhere, such as for JWTs, yields another key).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"questboard media links v1\0");
+        hasher.update(secret);
+        Self {
+            key: hasher.finalize().into(),
+        }
+    }
+
+    /// A signer with a random key (links work only on this process).
+    pub fn random() -> Self {
+        Self {
+            key: rand::random(),
+        }
+    }
+
+    fn mac(&self, path: &str, expires: i64) -> HmacSha256 {
+        // A key of any length is accepted by HMAC.
+        let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(b"GET\n");
+        mac.update(path.as_bytes());
+        mac.update(b"\n");
+        mac.update(expires.to_string().as_bytes());
+        mac
+    }
+
+    /// The signature of a link to `path` valid until `expires`, hex.
+    pub fn sign(&self, path: &str, expires: i64) -> String {
+        self.mac(path, expires)
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `signature` signs `path` until `expires`, and `expires` is
+    /// not past at `now` (compared in constant time).
+    pub fn verify(&self, path: &str, expires: i64, signature: &str, now: i64) -> bool {
+        if expires < now || signature.len() != 64 {
+            return false;
+        }
+        let Some(bytes) = (0..32)
+            .map(|i| u8::from_str_radix(signature.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        self.mac(path, expires).verify_slice(&bytes).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_link_is_for_one_path_until_it_expires() {
+        let signer = LinkSigner::from_secret(b"secret");
+        let path = "/api/media/s/maps/a.png";
+        let sig = signer.sign(path, 1_000);
+        assert!(signer.verify(path, 1_000, &sig, 999));
+        assert!(signer.verify(path, 1_000, &sig, 1_000));
+        assert!(!signer.verify(path, 1_000, &sig, 1_001), "expired");
+        assert!(
+            !signer.verify("/api/media/s/maps/b.png", 1_000, &sig, 0),
+            "another object"
+        );
+        assert!(!signer.verify(path, 2_000, &sig, 0), "a longer expiry");
+        let mut tampered = sig.clone();
+        tampered.replace_range(0..1, if &sig[0..1] == "0" { "1" } else { "0" });
+        assert!(!signer.verify(path, 1_000, &tampered, 0));
+        assert!(!signer.verify(path, 1_000, "zz", 0));
+        assert!(
+            !LinkSigner::from_secret(b"other").verify(path, 1_000, &sig, 0),
+            "another key"
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! Generated images and narration end to end: a member asks, the `media`
+//! job makes the bytes (the built-in provider, or a local fake of an
+//! OpenAI-compatible server speaking `/images/generations` and
+//! `/audio/speech`), checks them, stores them, and `media.ready` reaches the
+//! session's sockets; the bytes are then fetched. A 429 is retried after
+//! `Retry-After`; a reply that is not an image fails the item with
+//! `media.failed`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode as AxumStatus;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use questboard_workers::providers::media::builtin;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, WsItem};
+
+/// An app whose API and workers share a local storage directory (an
+/// in-memory store would be one per process-part).
+async fn app_on_disk() -> (TestApp, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("qb-gen-{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.to_string_lossy().into_owned();
+    (
+        TestApp::spawn_with(move |c| c.storage_url = path).await,
+        dir,
+    )
+}
+
+async fn ask(
+    app: &TestApp,
+    user: &str,
+    session: &str,
+    body: Value,
+    key: Option<&str>,
+) -> crate::helpers::Resp {
+    let mut req = app
+        .client
+        .post(app.url(&format!("/api/sessions/{session}/media")))
+        .bearer_auth(app.token(user))
+        .json(&body);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    crate::helpers::into_resp(req.send().await.expect("ask")).await
+}
+
+async fn bytes_of(app: &TestApp, user: &str, url: &str) -> (StatusCode, String, Vec<u8>) {
+    let resp = app
+        .client
+        .get(app.url(url))
+        .bearer_auth(app.token(user))
+        .send()
+        .await
+        .expect("get");
+    let status = resp.status();
+    let ty = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, ty, resp.bytes().await.expect("bytes").to_vec())
+}
+
+/// Waits on the socket for the `media.ready` or `media.failed` of `media_id`.
+async fn outcome(ws: &mut crate::helpers::WsClient, media_id: &str, wait: Duration) -> Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ws.next(left).await {
+            Some(WsItem::Json(event))
+                if matches!(event["type"].as_str(), Some("media.ready" | "media.failed"))
+                    && event["data"]["media_id"] == media_id =>
+            {
+                return event;
+            }
+            Some(WsItem::Json(_)) => {}
+            other => panic!("socket ended early: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_builtin_provider_makes_a_png_and_a_wav_that_members_fetch() {
+    let (app, dir) = app_on_disk().await;
+    let _worker = app.worker(|_| {}).await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let mut ws = app.ws("bob", &session, Some(0)).await.expect("socket");
+
+    let prompt = "the drowned chapel at low tide";
+    let resp = ask(
+        &app,
+        "bob",
+        &session,
+        json!({"type": "image", "prompt": prompt, "size": "64x48"}),
+        Some("img-1"),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text);
+    assert_eq!(resp.body["status"], "pending");
+    let media_id = resp.body["media_id"].as_str().expect("id").to_owned();
+    assert!(resp.body["job_id"].is_string());
+    // The same key and body: the same item, nothing new.
+    let again = ask(
+        &app,
+        "bob",
+        &session,
+        json!({"type": "image", "prompt": prompt, "size": "64x48"}),
+        Some("img-1"),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["media_id"], media_id.as_str());
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    // The same key, another body: refused.
+    ask(
+        &app,
+        "bob",
+        &session,
+        json!({"type": "image", "prompt": "other"}),
+        Some("img-1"),
+    )
+    .await
+    .assert_error(409, "conflict");
+
+    let ready = outcome(&mut ws, &media_id, Duration::from_secs(30)).await;
+    assert_eq!(ready["type"], "media.ready", "{ready}");
+    assert_eq!(ready["data"]["kind"], "image");
+    let url = ready["data"]["url"].as_str().expect("url").to_owned();
+    assert_eq!(url, format!("/api/media/{session}/images/{media_id}.png"));
+    let (status, ty, bytes) = bytes_of(&app, "alice", &url).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::OK, "image/png"));
+    assert_eq!(bytes, builtin::picture(prompt, 64, 48).expect("picture"));
+    let item = app
+        .get(
+            "alice",
+            &format!("/api/sessions/{session}/media/{media_id}"),
+        )
+        .await;
+    assert_eq!(item.body["source"], "generated");
+    assert_eq!(item.body["status"], "ready");
+
+    let resp = ask(
+        &app,
+        "alice",
+        &session,
+        json!({"type": "audio", "prompt": "Welcome back, heroes.", "voice": "nova"}),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text);
+    let audio_id = resp.body["media_id"].as_str().expect("id").to_owned();
+    let ready = outcome(&mut ws, &audio_id, Duration::from_secs(30)).await;
+    assert_eq!(ready["type"], "media.ready", "{ready}");
+    let (status, ty, bytes) =
+        bytes_of(&app, "bob", ready["data"]["url"].as_str().expect("url")).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::OK, "audio/wav"));
+    assert_eq!(bytes, builtin::tones("nova\0Welcome back, heroes."));
+
+    // Refused: a stranger (404, whatever they send), bad type, blank prompt, bad size.
+    ask(
+        &app,
+        "mallory",
+        &session,
+        json!({"type": "image", "prompt": "x"}),
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
+    ask(
+        &app,
+        "mallory",
+        &session,
+        json!({"type": "video", "prompt": ""}),
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
+    for bad in [
+        json!({"type": "video", "prompt": "x"}),
+        json!({"type": "image", "prompt": "  \n "}),
+        json!({"type": "image", "prompt": "x", "size": "huge"}),
+        json!({"type": "audio", "prompt": "x", "voice": "../../etc"}),
+    ] {
+        ask(&app, "bob", &session, bad.clone(), None)
+            .await
+            .assert_error(422, "validation_failed");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A fake OpenAI-compatible media server: what it answers, and what it got.
+#[derive(Clone, Default)]
+struct FakeMedia {
+    requests: Arc<Mutex<Vec<(String, Value, Instant)>>>,
+}
+
+async fn images(State(fake): State<FakeMedia>, axum::Json(body): axum::Json<Value>) -> Response {
+    let n = {
+        let mut seen = fake.requests.lock().expect("lock");
+        seen.push(("images".into(), body.clone(), Instant::now()));
+        seen.iter()
+            .filter(|(p, b, _)| p == "images" && b["prompt"] == body["prompt"])
+            .count()
+    };
+    let prompt = body["prompt"].as_str().unwrap_or_default();
+    if prompt.contains("busy") && n == 1 {
+        return (
+            AxumStatus::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            "slow down",
+        )
+            .into_response();
+    }
+    let bytes = if prompt.contains("broken") {
+        b"<html>not an image</html>".to_vec()
+    } else {
+        builtin::picture(prompt, 32, 32).expect("picture")
+    };
+    axum::Json(json!({
+        "created": 1,
+        "data": [{ "b64_json": base64::engine::general_purpose::STANDARD.encode(bytes) }]
+    }))
+    .into_response()
+}
+
+async fn speech(State(fake): State<FakeMedia>, axum::Json(body): axum::Json<Value>) -> Response {
+    fake.requests
+        .lock()
+        .expect("lock")
+        .push(("speech".into(), body.clone(), Instant::now()));
+    (
+        [("content-type", "audio/wav")],
+        builtin::tones(body["input"].as_str().unwrap_or_default()),
+    )
+        .into_response()
+}
+
+#[tokio::test]
+async fn an_openai_compatible_server_is_asked_retried_and_checked() {
+    let fake = FakeMedia::default();
+    let router = Router::new()
+        .route("/v1/images/generations", post(images))
+        .route("/v1/audio/speech", post(speech))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let (app, dir) = app_on_disk().await;
+    let _worker = app
+        .worker(|c| {
+            c.media_provider = questboard::config::MediaProviderKind::Openai;
+            c.media_base_url = Some(base.clone());
+            c.media_api_key = Some(questboard::config::Secret::new("sk-test"));
+            c.media_image_model = "gpt-image-1".into();
+        })
+        .await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let mut ws = app.ws("alice", &session, Some(0)).await.expect("socket");
+
+    // 429 with Retry-After: 1, then the image.
+    let resp = ask(
+        &app,
+        "bob",
+        &session,
+        json!({"type": "image", "prompt": "a busy market", "size": "512x512"}),
+        None,
+    )
+    .await;
+    let busy = resp.body["media_id"].as_str().expect("id").to_owned();
+    let ready = outcome(&mut ws, &busy, Duration::from_secs(30)).await;
+    assert_eq!(ready["type"], "media.ready", "{ready}");
+    let (_, ty, bytes) = bytes_of(&app, "bob", ready["data"]["url"].as_str().expect("url")).await;
+    assert_eq!(ty, "image/png");
+    assert_eq!(
+        bytes,
+        builtin::picture("a busy market", 32, 32).expect("picture")
+    );
+    {
+        let seen = fake.requests.lock().expect("lock");
+        let asked: Vec<&(String, Value, Instant)> =
+            seen.iter().filter(|(p, _, _)| p == "images").collect();
+        assert_eq!(asked.len(), 2, "one 429, one success");
+        assert_eq!(
+            asked[0].1,
+            json!({"model": "gpt-image-1", "prompt": "a busy market", "size": "512x512", "n": 1, "response_format": "b64_json"})
+        );
+        assert!(
+            asked[1].2 - asked[0].2 >= Duration::from_secs(1),
+            "Retry-After honoured"
+        );
+    }
+
+    // Narration: the body is the audio.
+    let resp = ask(
+        &app,
+        "bob",
+        &session,
+        json!({"type": "audio", "prompt": "Roll for initiative.", "voice": "onyx"}),
+        None,
+    )
+    .await;
+    let audio = resp.body["media_id"].as_str().expect("id").to_owned();
+    let ready = outcome(&mut ws, &audio, Duration::from_secs(30)).await;
+    assert_eq!(ready["type"], "media.ready", "{ready}");
+    let (_, ty, bytes) = bytes_of(&app, "bob", ready["data"]["url"].as_str().expect("url")).await;
+    assert_eq!(
+        (ty.as_str(), bytes),
+        ("audio/wav", builtin::tones("Roll for initiative."))
+    );
+    let speech_body = fake
+        .requests
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(p, _, _)| p == "speech")
+        .map(|(_, b, _)| b.clone())
+        .expect("speech asked");
+    assert_eq!(speech_body["input"], "Roll for initiative.");
+    assert_eq!(speech_body["voice"], "onyx");
+
+    // A reply that is not an image: failed, said on the socket, nothing stored.
+    let resp = ask(
+        &app,
+        "bob",
+        &session,
+        json!({"type": "image", "prompt": "a broken mirror"}),
+        None,
+    )
+    .await;
+    let broken = resp.body["media_id"].as_str().expect("id").to_owned();
+    let failed = outcome(&mut ws, &broken, Duration::from_secs(30)).await;
+    assert_eq!(failed["type"], "media.failed", "{failed}");
+    assert_eq!(
+        failed["data"]["reason"],
+        "the provider's reply is not a valid image"
+    );
+    let item = app
+        .get("bob", &format!("/api/sessions/{session}/media/{broken}"))
+        .await;
+    assert_eq!(item.body["status"], "failed");
+    assert!(item.body["url"].is_null());
+    // The job settles just after the event: failed for good, not retried.
+    let job_id = resp.body["job_id"].as_str().expect("job").to_owned();
+    let job = app
+        .wait_job(&job_id, "the media job to fail", |j| {
+            j["status"] != "running" && j["status"] != "queued"
+        })
+        .await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(
+        job["attempts"], 1,
+        "a reply that is not an image is not retried: {job}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

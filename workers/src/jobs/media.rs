@@ -1,0 +1,200 @@
+//! The `media` job: generates one pending image or narration of a session
+//! with the configured [`MediaProvider`](crate::providers::media::MediaProvider),
+//! checks that the bytes are what they claim, stores them under the
+//! session's prefix and records them (`media.ready`). A retryable provider
+//! failure (429, 5xx, a timeout) runs again after the kind's backoff or
+//! the provider's `Retry-After`; on the last attempt, or on a fatal failure
+//! (a refused request, a reply that is not the type it claims), the item is
+//! marked `failed`
+//! with a reason safe to show (`media.failed`). A run that finds the item
+//! gone or no longer pending does nothing.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use questboard_core::jobs::{Backoff, Job, JobSpec};
+use questboard_core::media::{self, MediaKind, MediaStatus, Sniffer, StoredObject};
+use questboard_core::metrics as m;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+use super::{Handler, JobContext, JobError, JobRun};
+use crate::providers::ProviderError;
+use crate::providers::media::{ImageAsk, SpeechAsk};
+
+/// The payload: which item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateMedia {
+    /// The pending item.
+    pub media_id: Uuid,
+    /// Its session.
+    pub session_id: Uuid,
+}
+
+impl Job for GenerateMedia {
+    const SPEC: JobSpec = JobSpec {
+        kind: "media",
+        queue: "questboard.media",
+        max_attempts: 5,
+        backoff: Backoff::exponential(Duration::from_secs(2)),
+        timeout: Duration::from_secs(300),
+        concurrency: 4,
+        ..JobSpec::DEFAULTS
+    };
+
+    fn session(&self) -> Option<Uuid> {
+        Some(self.session_id)
+    }
+}
+
+impl Handler for GenerateMedia {
+    async fn run(self, ctx: &JobContext, run: &JobRun) -> Result<Value, JobError> {
+        let item = match media::get(&ctx.pool, self.session_id, self.media_id).await {
+            Ok(item) => item,
+            Err(media::Error::NotFound) => return Ok(json!({ "skipped": "the item was deleted" })),
+            Err(err) => return Err(JobError::retryable(err)),
+        };
+        if item.status != MediaStatus::Pending {
+            return Ok(
+                json!({ "skipped": format!("the item is already {:?}", item.status).to_lowercase() }),
+            );
+        }
+        let kind = item.kind;
+        let prompt = item.prompt.clone().unwrap_or_default();
+        let option = |name: &str, default: &'static str| {
+            item.options[name]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let started = Instant::now();
+        let generated = match kind {
+            MediaKind::Image => {
+                let size = option("size", "1024x1024");
+                ctx.media
+                    .image(ImageAsk {
+                        prompt: &prompt,
+                        size: &size,
+                    })
+                    .await
+            }
+            MediaKind::Audio => {
+                let voice = option("voice", "alloy");
+                ctx.media
+                    .speech(SpeechAsk {
+                        text: &prompt,
+                        voice: &voice,
+                    })
+                    .await
+            }
+            MediaKind::Map | MediaKind::Note => Err(ProviderError::Fatal {
+                reason: "maps and notes are uploaded, not generated".into(),
+            }),
+        };
+        let outcome = match &generated {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        metrics::histogram!(m::MEDIA_PROVIDER_SECONDS, "kind" => kind.as_str(),
+            "provider" => ctx.media.name(), "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+        // The bytes must be what they claim, of a type the kind keeps.
+        let checked = generated.and_then(|g| {
+            let ext = kind.extension_for(&g.content_type);
+            let sniffed = Sniffer::new(&g.content_type)
+                .map(|mut s| s.feed(&g.bytes).and_then(|()| s.finish()));
+            match (ext, sniffed) {
+                (Some(ext), Some(Ok(()))) => Ok((g, ext)),
+                // A provider that answers with something else is broken,
+                // not busy: asking again would cost as much for the same.
+                _ => Err(ProviderError::Fatal {
+                    reason: format!("the provider's reply is not a valid {}", kind.as_str()),
+                }),
+            }
+        });
+        let (generated, ext) = match checked {
+            Ok(ok) => ok,
+            Err(err) => return Err(self.failed(ctx, run, kind, err).await),
+        };
+        run.checkpoint()?;
+        let prefix = questboard_core::sessions::storage_prefix_for(self.session_id);
+        let files = ctx.storage.session(&prefix).map_err(JobError::fatal)?;
+        let name = media::object_name(item.id, 1, ext);
+        let size = generated.bytes.len() as u64;
+        let sha256: [u8; 32] = Sha256::digest(&generated.bytes).into();
+        let stored = Instant::now();
+        let put = files
+            .put(
+                kind.area(),
+                &name,
+                Bytes::from(generated.bytes),
+                &generated.content_type,
+            )
+            .await;
+        ctx.storage
+            .counted("upload", put)
+            .map_err(JobError::retryable)?;
+        metrics::histogram!(m::STORAGE_OPERATION_SECONDS, "operation" => "upload", "backend" => ctx.storage.backend())
+            .record(stored.elapsed().as_secs_f64());
+        let object = StoredObject {
+            storage_key: files.key(kind.area(), &name).map_err(JobError::fatal)?,
+            content_type: generated.content_type,
+            byte_size: size,
+            sha256,
+        };
+        run.checkpoint()?;
+        match media::record_generated(&ctx.pool, item.id, ctx.media.name(), &object).await {
+            Ok(Some((_, event))) => {
+                ctx.events.events([event]);
+                metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "ready").increment(1);
+            }
+            Ok(None) => {}
+            Err(err) => return Err(JobError::retryable(err)),
+        }
+        Ok(json!({
+            "media_id": item.id,
+            "kind": kind,
+            "content_type": object.content_type,
+            "byte_size": size,
+            "storage_key": object.storage_key,
+        }))
+    }
+}
+
+impl GenerateMedia {
+    /// What a failed attempt becomes: another run while attempts remain
+    /// and the failure may pass; otherwise the item is marked failed.
+    async fn failed(
+        &self,
+        ctx: &JobContext,
+        run: &JobRun,
+        kind: MediaKind,
+        err: ProviderError,
+    ) -> JobError {
+        let last = run.attempt() >= run.max_attempts();
+        match err {
+            ProviderError::Retryable {
+                reason,
+                retry_after,
+            } if !last => {
+                metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "retried").increment(1);
+                JobError::Retryable {
+                    reason,
+                    retry_after,
+                }
+            }
+            ProviderError::Retryable { reason, .. } | ProviderError::Fatal { reason } => {
+                metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "failed").increment(1);
+                match media::record_failure(&ctx.pool, self.media_id, &reason).await {
+                    Ok(Some(event)) => ctx.events.events([event]),
+                    Ok(None) => {}
+                    Err(e) => return JobError::retryable(e),
+                }
+                JobError::Fatal { reason }
+            }
+        }
+    }
+}
