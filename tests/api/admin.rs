@@ -200,6 +200,15 @@ async fn operators_see_queues_jobs_and_the_schedule_and_steer_them() {
             json!({ "kind": "prune", "payload": { "dry_run": "yes" } }),
             "validation_failed",
         ),
+        // serde would read a struct from an array; a payload is an object.
+        (
+            json!({ "kind": "prune", "payload": [] }),
+            "validation_failed",
+        ),
+        (
+            json!({ "kind": "reconcile", "payload": [true] }),
+            "validation_failed",
+        ),
     ] {
         app.op(Method::POST, "/api/admin/jobs", Some(body))
             .await

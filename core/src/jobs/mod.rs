@@ -209,6 +209,14 @@ pub fn decode<J: Job>(stored: &[u8]) -> Result<J, PayloadError> {
 /// Checks an untrusted JSON payload (an operator's) against kind `J` and
 /// returns it in stored form, with the session it names.
 pub fn validate<J: Job>(payload: Value) -> Result<(Vec<u8>, Option<Uuid>), PayloadError> {
+    // serde reads a struct from an array too (its fields in order): a
+    // payload is an object, as the description says.
+    if !payload.is_object() {
+        return Err(PayloadError::Shape {
+            kind: J::SPEC.kind,
+            reason: "the payload must be a JSON object".into(),
+        });
+    }
     let job: J = serde_json::from_value(payload).map_err(|e| PayloadError::Shape {
         kind: J::SPEC.kind,
         reason: e.to_string(),
