@@ -202,7 +202,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         } => {
             let payload = json!({ "dry_run": dry_run, "only": only });
             let job: prune::Prune = serde_json::from_value(payload).context(
-                "--only takes invites, jobs, events, leases, state_requests, idle_sessions, archived_sessions",
+                "--only takes invites, jobs, events, leases, state_requests, media_versions, idle_sessions, archived_sessions",
             )?;
             let report = start_and_wait(&pool, &registry, &wake, &job, no_wait).await?;
             if let Some(report) = report {

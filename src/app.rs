@@ -52,7 +52,12 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
     let schedule = Arc::new(schedule(config, &registry)?);
+    let openapi = axum::body::Bytes::from(
+        serde_json::to_vec(&http::openapi::document(&registry, config.max_turn_chars))
+            .context("serialising the OpenAPI description")?,
+    );
     Ok(AppState {
+        openapi,
         pool,
         redis,
         intake,
@@ -189,6 +194,7 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
             events: day(config.event_retention_days),
             session_idle: day(config.session_idle_days),
             archived_sessions: day(config.retention_days),
+            media_versions: day(config.media_version_retention_days),
             ..prune::Retention::default()
         },
         reconcile: reconcile::Settings {

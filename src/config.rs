@@ -224,6 +224,10 @@ pub struct Config {
     #[arg(long, env = "QB_INVITE_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub invite_retention_days: u32,
 
+    /// Days a media version is kept after a newer one replaced it (`prune`).
+    #[arg(long, env = "QB_MEDIA_VERSION_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub media_version_retention_days: u32,
+
     /// Hours an orphaned object must be old before `reconcile --repair` deletes it.
     #[arg(long, env = "QB_RECONCILE_GRACE_HOURS", default_value_t = 24)]
     pub reconcile_grace_hours: u64,

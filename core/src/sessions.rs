@@ -158,20 +158,8 @@ impl SessionName {
                 "name must be at most {MAX_NAME_CHARS} characters"
             )));
         }
-        if !crate::text::is_name(raw) {
-            let reason = if raw.chars().any(char::is_control) {
-                "name must not contain control characters"
-            } else if raw
-                .chars()
-                .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
-            {
-                "name must not contain bidirectional overrides or isolates"
-            } else if raw.trim().is_empty() {
-                "name must not be empty"
-            } else {
-                "name must have at least one visible character"
-            };
-            return Err(Error::Invalid(reason.into()));
+        if let Some(reason) = crate::text::name_refusal(raw) {
+            return Err(Error::Invalid(format!("name {reason}")));
         }
         Ok(Self(raw.trim().nfc().collect()))
     }

@@ -29,6 +29,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -224,15 +225,17 @@ impl Storage {
         Ok(Some(url.to_string()))
     }
 
-    /// Counts `result`'s backend failure (not a missing object or a
-    /// refused name) as a storage error of `operation`, and returns it.
-    pub fn counted<T>(&self, operation: &'static str, result: Result<T>) -> Result<T> {
-        if let Err(Error::Backend(_) | Error::Config(_)) = &result {
-            metrics::counter!(crate::metrics::STORAGE_ERRORS_TOTAL,
-                "operation" => operation, "backend" => self.backend())
-            .increment(1);
-        }
-        result
+    /// Records how long `operation` took since `started` and counts its
+    /// backend failure (not a missing object or a refused name) as a
+    /// storage error; returns `result`. Every operation on object bytes
+    /// goes through here, so the storage dashboard sees them all.
+    fn observed<T>(
+        &self,
+        operation: &'static str,
+        started: Instant,
+        result: Result<T>,
+    ) -> Result<T> {
+        observe(self.backend(), operation, started, result)
     }
 
     /// The backend's kind, for metric labels: `local`, `memory`, `s3` or `gcs`.
@@ -286,6 +289,12 @@ impl Storage {
     /// batches as the backend allows (S3: 1,000 per request). Returns how
     /// many were deleted.
     pub async fn delete_objects(&self, keys: Vec<String>) -> Result<u64> {
+        let started = Instant::now();
+        let result = self.delete_stream(keys).await;
+        self.observed("delete", started, result)
+    }
+
+    async fn delete_stream(&self, keys: Vec<String>) -> Result<u64> {
         let count = keys.len() as u64;
         let locations = futures::stream::iter(keys.into_iter().map(|k| Ok(Path::from(k)))).boxed();
         let mut deleted = self.store.delete_stream(locations);
@@ -314,6 +323,18 @@ impl Storage {
             .put_opts(&location, bytes.into(), options)
             .await?;
         Ok(location.to_string())
+    }
+
+    /// Whether the object `key` exists (one HEAD).
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let location = validated_path(key)?;
+        let started = Instant::now();
+        let found = match self.store.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::Backend(e)),
+        };
+        self.observed("head", started, found)
     }
 
     /// Reads an object by key (reports, mostly).
@@ -485,10 +506,14 @@ impl SessionFiles {
             attributes,
             ..PutOptions::default()
         };
-        self.storage
+        let started = Instant::now();
+        let put = self
+            .storage
             .store
             .put_opts(&location, bytes.into(), options)
-            .await?;
+            .await
+            .map_err(Error::from);
+        self.storage.observed("put", started, put)?;
         Ok(FileInfo {
             area,
             name: name.to_owned(),
@@ -536,11 +561,14 @@ impl SessionFiles {
             attributes,
             ..Default::default()
         };
-        let upload = self
+        let started = Instant::now();
+        let begun = self
             .storage
             .store
             .put_multipart_opts(&location, options)
-            .await?;
+            .await
+            .map_err(Error::from);
+        let upload = self.storage.observed("upload_begin", started, begun)?;
         // S3 and GCS parts are at least 5 MiB (but the last): one is sent
         // before the next fills, so an upload holds about one part in
         // memory. Local files take small parts, one written while the next
@@ -556,6 +584,8 @@ impl SessionFiles {
             key: location.to_string(),
             written: 0,
             in_flight,
+            backend: self.storage.backend(),
+            started,
         })
     }
 
@@ -695,6 +725,9 @@ pub struct Upload {
     written: u64,
     /// Parts that may be in flight while the next fills.
     in_flight: usize,
+    /// For the metrics: which backend, and since when.
+    backend: &'static str,
+    started: Instant,
 }
 
 impl fmt::Debug for Upload {
@@ -723,7 +756,11 @@ impl Upload {
         let Some(writer) = self.writer.as_mut() else {
             return Err(Error::Config("the upload is finished".into()));
         };
-        writer.wait_for_capacity(self.in_flight).await?;
+        let waited = writer
+            .wait_for_capacity(self.in_flight)
+            .await
+            .map_err(Error::from);
+        count_error(self.backend, "upload", waited)?;
         self.written += bytes.len() as u64;
         writer.put(bytes);
         Ok(())
@@ -733,7 +770,9 @@ impl Upload {
     pub async fn finish(mut self) -> Result<u64> {
         match self.writer.take() {
             Some(writer) => {
-                writer.finish().await?;
+                let finished = writer.finish().await.map_err(Error::from);
+                // The whole upload's time, from its start.
+                observe(self.backend, "upload", self.started, finished)?;
                 Ok(self.written)
             }
             None => Err(Error::Config("the upload is finished".into())),
@@ -786,11 +825,40 @@ impl Storage {
             range: range.map(object_store::GetRange::Bounded),
             ..Default::default()
         };
-        let result = self.store.get_opts(&location, options).await?;
+        let started = Instant::now();
+        let opened = self
+            .store
+            .get_opts(&location, options)
+            .await
+            .map_err(Error::from);
+        // Time to the first byte: the body streams at the reader's pace.
+        let result = self.observed("read", started, opened)?;
         let size = result.meta.size;
         let stream = result.into_stream().map_err(Error::from).boxed();
         Ok(Reading { size, stream })
     }
+}
+
+fn observe<T>(
+    backend: &'static str,
+    operation: &'static str,
+    started: Instant,
+    result: Result<T>,
+) -> Result<T> {
+    metrics::histogram!(crate::metrics::STORAGE_OPERATION_SECONDS,
+        "operation" => operation, "backend" => backend)
+    .record(started.elapsed().as_secs_f64());
+    count_error(backend, operation, result)
+}
+
+/// Counts `result`'s backend failure as a storage error of `operation`.
+fn count_error<T>(backend: &'static str, operation: &'static str, result: Result<T>) -> Result<T> {
+    if let Err(Error::Backend(_) | Error::Config(_)) = &result {
+        metrics::counter!(crate::metrics::STORAGE_ERRORS_TOTAL,
+            "operation" => operation, "backend" => backend)
+        .increment(1);
+    }
+    result
 }
 
 /// Validates a relative, `/`-separated name and turns it into a store path.

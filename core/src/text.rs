@@ -53,6 +53,30 @@ pub fn is_name(name: &str) -> bool {
     NAME.is_match(name)
 }
 
+/// Whether `c` is a bidirectional embedding, override or isolate (U+202A
+/// to U+202E, U+2066 to U+2069), which make text display other than it
+/// reads.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Why `name` does not follow [`NAME_PATTERN`], in words that complete
+/// "name ..."; None if it does.
+pub fn name_refusal(name: &str) -> Option<&'static str> {
+    if is_name(name) {
+        return None;
+    }
+    Some(if name.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if name.chars().any(is_bidi_control) {
+        "must not contain bidirectional overrides or isolates"
+    } else if name.trim().is_empty() {
+        "must not be empty"
+    } else {
+        "must have at least one visible character"
+    })
+}
+
 /// Whether `text` follows [`TEXT_PATTERN`].
 pub fn is_text(text: &str) -> bool {
     TEXT.is_match(text)
@@ -112,7 +136,7 @@ mod tests {
         /// The name rule in words, against the expression.
         #[test]
         fn the_name_pattern_is_the_rule(name in "\\PC{0,12}|[\\x00-\\x{3000}]{0,6}") {
-            let forbidden = |c: char| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+            let forbidden = |c: char| c.is_control() || is_bidi_control(c);
             let visible = |c: char| !c.is_whitespace() && !crate::identity::is_format(c) && !forbidden(c);
             let rule = !name.chars().any(forbidden) && name.chars().any(visible);
             prop_assert_eq!(is_name(&name), rule, "{:?}", name);

@@ -324,11 +324,7 @@ async fn receive(
         .unwrap_or_default();
     let files = state.storage.session(storage_prefix)?;
     let name = media::object_name(id, version, ext);
-    let started = std::time::Instant::now();
-    let mut upload = state.storage.counted(
-        "upload",
-        files.begin_upload(kind.area(), &name, content_type).await,
-    )?;
+    let mut upload = files.begin_upload(kind.area(), &name, content_type).await?;
     let mut hasher = Sha256::new();
     let mut stream = body.into_data_stream();
     let outcome: Result<()> = async {
@@ -339,7 +335,7 @@ async fn receive(
             }
             sniffer.feed(&chunk)?;
             hasher.update(&chunk);
-            state.storage.counted("upload", upload.write(chunk).await)?;
+            upload.write(chunk).await?;
         }
         sniffer.finish()?;
         Ok(())
@@ -350,9 +346,7 @@ async fn receive(
         return Err(err);
     }
     let key = upload.key().to_owned();
-    let byte_size = state.storage.counted("upload", upload.finish().await)?;
-    metrics::histogram!(m::STORAGE_OPERATION_SECONDS, "operation" => "upload", "backend" => state.storage.backend())
-        .record(started.elapsed().as_secs_f64());
+    let byte_size = upload.finish().await?;
     metrics::counter!(m::MEDIA_BYTES_UPLOADED_TOTAL, "kind" => kind.as_str()).increment(byte_size);
     Ok(StoredObject {
         storage_key: key,
@@ -511,6 +505,7 @@ pub async fn generate_media(
         },
     )
     .await?;
+    let mut requested = None;
     let (item, replayed) = match asked {
         media::Asked::Earlier(item) => (item, true),
         media::Asked::New(item) => {
@@ -523,10 +518,14 @@ pub async fn generate_media(
             media::set_job(&mut tx, item.id, &enqueued.id).await?;
             let mut item = item;
             item.job_id = Some(enqueued.id);
+            requested = Some(media::requested_event(&mut tx, &item).await?);
             (item, false)
         }
     };
     tx.commit().await?;
+    if let Some(event) = requested {
+        state.events.events([event]);
+    }
     if !replayed {
         metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => "media").increment(1);
         state.wake.announce("media");
@@ -618,7 +617,13 @@ pub async fn get_media(
     State(state): State<AppState>,
     Path((session_id, media_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<MediaView>> {
-    let item = media::get_for_member(&state.pool, session_id, media_id, &user).await?;
+    let item = media::find(
+        &state.pool,
+        media_id,
+        Some(session_id),
+        media::Viewer::Member(&user),
+    )
+    .await?;
     Ok(Json(item.into()))
 }
 
@@ -671,7 +676,13 @@ pub async fn media_link(
     State(state): State<AppState>,
     Path((session_id, media_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<MediaLink>> {
-    let item = media::get_for_member(&state.pool, session_id, media_id, &user).await?;
+    let item = media::find(
+        &state.pool,
+        media_id,
+        Some(session_id),
+        media::Viewer::Member(&user),
+    )
+    .await?;
     let (Some(url), Some(key), MediaStatus::Ready) = (item.url(), &item.storage_key, item.status)
     else {
         return Err(Error::NotFound("media"));
@@ -753,8 +764,24 @@ pub async fn serve_media(
     let kind = MediaKind::from_url_segment(&segment).ok_or_else(not_found)?;
     let (media_id, version) = media::parse_file_name(&file).ok_or_else(not_found)?;
     let item = match &user {
-        Some(user) => media::get_for_member(&state.pool, session_id, media_id, user).await,
-        None => media::get(&state.pool, session_id, media_id).await,
+        Some(user) => {
+            media::find(
+                &state.pool,
+                media_id,
+                Some(session_id),
+                media::Viewer::Member(user),
+            )
+            .await
+        }
+        None => {
+            media::find(
+                &state.pool,
+                media_id,
+                Some(session_id),
+                media::Viewer::Authorised,
+            )
+            .await
+        }
     }
     .map_err(|_| not_found())?;
     if item.kind != kind {
@@ -787,7 +814,7 @@ pub async fn serve_legacy_image(
 ) -> Result<Response> {
     let not_found = || Error::NotFound("file");
     let (media_id, version) = media::parse_file_name(&file).ok_or_else(not_found)?;
-    let item = media::find_for_member(&state.pool, media_id, &user)
+    let item = media::find(&state.pool, media_id, None, media::Viewer::Member(&user))
         .await
         .map_err(|_| not_found())?;
     if !matches!(item.kind, MediaKind::Image | MediaKind::Map) {
@@ -851,16 +878,14 @@ async fn send(
             }
         },
     };
-    let started = std::time::Instant::now();
     let reading = state
         .storage
-        .counted("read", state.storage.read(key, range.clone()).await)
+        .read(key, range.clone())
+        .await
         .map_err(|err| match err {
             questboard_core::storage::Error::NotFound => not_found(),
             other => Error::from(other),
         })?;
-    metrics::histogram!(m::STORAGE_OPERATION_SECONDS, "operation" => "read", "backend" => state.storage.backend())
-        .record(started.elapsed().as_secs_f64());
     let disposition = format!(
         "{}; filename=\"{}\"",
         if kind.inline() {

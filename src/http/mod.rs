@@ -85,6 +85,9 @@ pub struct AppState {
     pub media: questboard_core::media::UploadLimits,
     /// Signed links to media objects.
     pub links: MediaLinks,
+    /// The OpenAPI description as served, built once at start
+    /// ([`openapi::document`]).
+    pub openapi: axum::body::Bytes,
 }
 
 /// How signed media links are made.

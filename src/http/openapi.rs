@@ -17,7 +17,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::AppState;
-use super::extract::Json;
 use super::{admin, error, events, health, invites, jobs, media, sessions, state, turns};
 
 /// The API description.
@@ -106,8 +105,11 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))
 }
 
-async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
-    Json(document(&state.registry, state.turns.max_chars))
+async fn openapi_json(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        state.openapi,
+    )
 }
 
 /// The description as served: the annotations' document plus what only

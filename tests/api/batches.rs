@@ -217,6 +217,7 @@ async fn a_batch_of_steps_applies_the_live_ones_and_nothing_of_a_fenced_out_one(
             Settle::Completed {
                 output: output.to_owned(),
                 state: None,
+                images: Vec::new(),
             },
         )),
         ..Step::new(b, &lb)
@@ -287,6 +288,7 @@ async fn a_release_racing_a_submission_keeps_the_session_in_line() {
                 Settle::Completed {
                     output: "answer".to_owned(),
                     state: None,
+                    images: Vec::new(),
                 },
             )),
             release: Some(Release {

@@ -17,7 +17,7 @@ const MAP_LIMIT: u64 = 200_000;
 const NOTE_LIMIT: u64 = 50_000;
 
 /// A real (tiny) PNG, padded with an ancillary chunk to `len` bytes.
-fn png(len: usize) -> Vec<u8> {
+pub(crate) fn png(len: usize) -> Vec<u8> {
     let mut bytes =
         b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89".to_vec();
     bytes.resize(len.max(bytes.len()), b'x');

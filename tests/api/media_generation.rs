@@ -201,6 +201,139 @@ async fn the_builtin_provider_makes_a_png_and_a_wav_that_members_fetch() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn a_game_masters_reply_shows_the_images_it_asks_for() {
+    let (app, dir) = app_on_disk().await;
+    let _worker = app.worker(|_| {}).await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let mut ws = app.ws("alice", &session, Some(0)).await.expect("socket");
+    let prompt = "a flooded crypt lit by one lantern";
+    let text = format!(
+        "I light the lantern.\n/image {prompt}\n/state push items {{\"name\": \"lantern\"}}\n\
+         /image  \n/image the same crypt from above"
+    );
+    let resp = app.submit("bob", &session, &text).await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text);
+    let turn_id = resp.body["turn_id"].as_str().expect("turn id").to_owned();
+    let seen = ws
+        .collect_until(Duration::from_secs(30), |events| {
+            events.iter().filter(|e| e["type"] == "media.ready").count() == 2
+        })
+        .await;
+    let of = |kind: &str| -> Vec<&Value> { seen.iter().filter(|e| e["type"] == kind).collect() };
+    let completed = of("turn.completed");
+    assert_eq!(completed.len(), 1);
+    assert!(
+        completed[0]["data"]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("shows you 2 images")),
+        "{}",
+        completed[0]
+    );
+    let requested = of("media.requested");
+    assert_eq!(requested.len(), 2, "the blank /image line asks for nothing");
+    assert_eq!(requested[0]["data"]["prompt"], prompt);
+    assert_eq!(requested[1]["data"]["prompt"], "the same crypt from above");
+    for event in &requested {
+        assert_eq!(event["data"]["turn_id"], turn_id.as_str());
+        assert_eq!(event["data"]["kind"], "image");
+        assert_eq!(event["data"]["by"], "bob");
+        // Recorded with the reply: right after it, in the same commit.
+        assert!(event["seq"].as_i64() > completed[0]["seq"].as_i64());
+    }
+    // The state change of the same reply applied too.
+    let state = app
+        .get("bob", &format!("/api/sessions/{session}/state"))
+        .await;
+    assert_eq!(state.body["state"]["items"], json!([{"name": "lantern"}]));
+
+    let first = requested[0]["data"]["media_id"].as_str().expect("id");
+    let ready = of("media.ready")
+        .into_iter()
+        .find(|e| e["data"]["media_id"] == first)
+        .expect("ready");
+    assert_eq!(ready["data"]["turn_id"], turn_id.as_str());
+    let (status, ty, bytes) =
+        bytes_of(&app, "bob", ready["data"]["url"].as_str().expect("url")).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::OK, "image/png"));
+    assert_eq!(bytes, builtin::picture(prompt, 512, 512).expect("picture"));
+    let list = app
+        .get("bob", &format!("/api/sessions/{session}/media?kind=image"))
+        .await;
+    let items = list.body["media"].as_array().expect("media");
+    assert_eq!(items.len(), 2, "{}", list.text);
+    assert!(
+        items.iter().all(|i| i["source"] == "generated"
+            && i["status"] == "ready"
+            && i["created_by"] == "bob")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_openai_game_master_shows_an_image_through_its_tool() {
+    use crate::fake_llm::{FakeLlm, Reply};
+    let fake = FakeLlm::start(|_, _| {
+        Reply::Deltas(vec![
+            json!({"role": "assistant", "content": "The gate creaks open. "}),
+            json!({"tool_calls": [{"index": 0, "id": "call_i", "type": "function",
+                   "function": {"name": "show_image", "arguments": "{\"prompt\": \"a rusted"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": " gate at dusk\"}"}}]}),
+        ])
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("qb-gen-{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.to_string_lossy().into_owned();
+    let base = fake.base_url.clone();
+    let configure = move |c: &mut questboard::config::Config| {
+        c.storage_url = path.clone();
+        c.llm_provider = questboard::config::LlmProvider::Openai;
+        c.llm_base_url = base.clone();
+        c.llm_model = "gm-test".into();
+    };
+    let app = TestApp::spawn_with(configure.clone()).await;
+    let _worker = app.worker(configure).await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let mut ws = app.ws("bob", &session, Some(0)).await.expect("socket");
+    app.submit("bob", &session, "I push the gate").await;
+    let seen = ws
+        .collect_until(Duration::from_secs(30), |events| {
+            events.iter().any(|e| e["type"] == "media.ready")
+        })
+        .await;
+    let completed = seen
+        .iter()
+        .find(|e| e["type"] == "turn.completed")
+        .expect("completed");
+    assert_eq!(completed["data"]["output"], "The gate creaks open. ");
+    let requested = seen
+        .iter()
+        .find(|e| e["type"] == "media.requested")
+        .expect("requested");
+    assert_eq!(requested["data"]["prompt"], "a rusted gate at dusk");
+    let ready = seen
+        .iter()
+        .find(|e| e["type"] == "media.ready")
+        .expect("ready");
+    let (status, _, bytes) =
+        bytes_of(&app, "bob", ready["data"]["url"].as_str().expect("url")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        bytes,
+        builtin::picture("a rusted gate at dusk", 512, 512).expect("picture")
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1, "text and a call: one request");
+    let tools: Vec<&str> = requests[0].body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert_eq!(tools, ["update_game_state", "show_image"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A fake OpenAI-compatible media server: what it answers, and what it got.
 #[derive(Clone, Default)]
 struct FakeMedia {

@@ -1,8 +1,9 @@
 //! Retention end to end: a fixture with rows of every category, old and
 //! new; a dry run changes nothing and says what would go; a real run
 //! removes exactly the old ones (a deleted session with everything it
-//! owns, its objects in storage too); clients resuming from pruned events
-//! are told to reset.
+//! owns, its objects and media in storage too; media versions replaced
+//! long ago, objects and rows); clients resuming from pruned events are
+//! told to reset.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -102,6 +103,7 @@ async fn census(pool: &PgPool) -> Vec<i64> {
         "apalis.jobs",
         "leases",
         "game_state_requests",
+        "campaign_media_versions",
     ] {
         counts.push(
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
@@ -160,6 +162,66 @@ async fn prune_removes_exactly_what_is_past_retention() {
             .expect("put");
     }
     assert_eq!(count_objects(&dir, &doomed_prefix), 2, "manifest and log");
+    // Media: a map of the live session in three versions (the first
+    // replaced 40 days ago, the second a day ago), and a map of the doomed
+    // session.
+    let send = |method: reqwest::Method, path: String| {
+        let app = &app;
+        async move {
+            let resp = app
+                .client
+                .request(method, app.url(&path))
+                .bearer_auth(app.token("alice"))
+                .header("content-type", "image/png")
+                .body(crate::media::png(500))
+                .send()
+                .await
+                .expect("upload");
+            let status = resp.status();
+            let body: Value = resp.json().await.expect("json");
+            assert!(status.is_success(), "{status} {body}");
+            body
+        }
+    };
+    let map = send(
+        reqwest::Method::POST,
+        format!("/api/sessions/{live}/assets?kind=map&name=keep.png"),
+    )
+    .await;
+    let map_id = map["media_id"].as_str().expect("id").to_owned();
+    for _ in 0..2 {
+        send(
+            reqwest::Method::PUT,
+            format!("/api/sessions/{live}/assets/{map_id}"),
+        )
+        .await;
+    }
+    send(
+        reqwest::Method::POST,
+        format!("/api/sessions/{doomed}/assets?kind=map&name=doomed.png"),
+    )
+    .await;
+    exec(&pool, &format!("UPDATE campaign_media_versions SET replaced_at = now() - interval '40 days' WHERE media_id = '{map_id}' AND version = 1")).await;
+    exec(&pool, &format!("UPDATE campaign_media_versions SET replaced_at = now() - interval '1 day' WHERE media_id = '{map_id}' AND version = 2")).await;
+    let map_objects = |dir: &std::path::Path| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.join(format!("sessions/{live}/media/maps")))
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        map_objects(&dir),
+        [
+            format!("{map_id}-v2.png"),
+            format!("{map_id}-v3.png"),
+            format!("{map_id}.png")
+        ]
+    );
     for session in [&doomed, &kept] {
         app.delete("alice", &format!("/api/sessions/{session}"))
             .await;
@@ -228,6 +290,8 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(dry["events"], 2, "{dry:#}");
     assert_eq!(dry["leases"], 2, "{dry:#}");
     assert_eq!(dry["state_requests"], 1, "{dry:#}");
+    assert_eq!(dry["media_versions"], 1, "{dry:#}");
+    assert_eq!(dry["media_bytes"], 500, "{dry:#}");
     assert_eq!(dry["sessions_archived"], 1, "{dry:#}");
     assert_eq!(dry["sessions_deleted"], 1, "{dry:#}");
     // (The dry run's own job row is the one difference.)
@@ -242,10 +306,12 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(report["invites"], 3, "{report:#}");
     assert_eq!(report["leases"], 2, "{report:#}");
     assert_eq!(report["state_requests"], 1, "{report:#}");
+    assert_eq!(report["media_versions"], 1, "{report:#}");
     assert_eq!(report["sessions_archived"], 1, "{report:#}");
     assert_eq!(report["sessions_deleted"], 1, "{report:#}");
     assert_eq!(report["turns_deleted"], 2, "{report:#}");
-    assert_eq!(report["objects_deleted"], 2, "{report:#}");
+    // The doomed session's manifest, log and map, and the old version.
+    assert_eq!(report["objects_deleted"], 4, "{report:#}");
     prune.stop().await;
 
     let invites = ids(&pool, "SELECT id::text FROM campaign_session_invites").await;
@@ -262,6 +328,28 @@ async fn prune_removes_exactly_what_is_past_retention() {
     for stays in [&done_new, &failed_new, &waiting_old] {
         assert!(jobs.contains(stays.as_str()), "job {stays} should stay");
     }
+    assert_eq!(
+        map_objects(&dir),
+        [format!("{map_id}-v2.png"), format!("{map_id}-v3.png")],
+        "the version replaced 40 days ago is gone, the later ones stay"
+    );
+    let versions = ids(
+        &pool,
+        &format!("SELECT version::text FROM campaign_media_versions WHERE media_id = '{map_id}'"),
+    )
+    .await;
+    assert_eq!(versions, ["2", "3"].into_iter().map(String::from).collect());
+    let current = app
+        .get("alice", &format!("/api/sessions/{live}/media/{map_id}"))
+        .await;
+    assert_eq!(current.body["version"], 3, "{}", current.text);
+    let doomed_media: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM campaign_media WHERE session_id = $1::uuid")
+            .bind(&doomed)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(doomed_media, 0, "the deleted session's media rows are gone");
     let requests = ids(&pool, "SELECT request_id FROM game_state_requests").await;
     assert_eq!(requests, ["new".to_owned()].into_iter().collect());
     let leases = ids(&pool, "SELECT key FROM leases WHERE scope = 'test'").await;

@@ -2,7 +2,9 @@
 //! (moto), run by the real `questboard work` binary: planted orphans,
 //! missing manifests and stray objects are reported; `repair` deletes
 //! orphans past the grace period and writes missing manifests, and never
-//! touches anything else.
+//! touches anything else. Media rows are checked against their objects
+//! both ways (untracked objects deleted past the grace period, missing
+//! objects reported), and a generation whose job vanished is failed.
 
 use std::time::Duration;
 
@@ -199,6 +201,58 @@ async fn exercise(backend: Backend) {
         backend.put(key, b"stray").await;
     }
     backend.put("reports/earlier.json", b"{}").await;
+    // Media: one version stored and recorded, one recorded whose object is
+    // gone, a generation whose job vanished (`scene.png` above is an
+    // object no version records).
+    let whole_id: Uuid = whole
+        .strip_prefix("sessions/")
+        .and_then(|id| id.parse().ok())
+        .expect("session id");
+    let kept_key = format!("{whole}/media/maps/{}.png", Uuid::now_v7());
+    let lost_key = format!("{whole}/media/maps/{}.png", Uuid::now_v7());
+    backend.put(&kept_key, b"map").await;
+    for key in [&kept_key, &lost_key] {
+        sqlx::query(
+            "WITH m AS (
+                 INSERT INTO campaign_media (id, session_id, kind, source, status, content_type,
+                     byte_size, sha256, storage_key, created_by)
+                 VALUES ($1, $2, 'map', 'uploaded', 'ready', 'image/png', 3, $3, $4, 'alice')
+                 RETURNING id)
+             INSERT INTO campaign_media_versions (media_id, version, content_type, byte_size,
+                 sha256, storage_key, created_by)
+             SELECT id, 1, 'image/png', 3, $3, $4, 'alice' FROM m",
+        )
+        .bind(Uuid::now_v7())
+        .bind(whole_id)
+        .bind(vec![7u8; 32])
+        .bind(key)
+        .execute(&db.pool)
+        .await
+        .expect("media row");
+    }
+    let stalled = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO campaign_media (id, session_id, kind, source, status, prompt, job_id,
+             created_by, updated_at)
+         VALUES ($1, $2, 'image', 'generated', 'pending', 'a lost picture', 'no-such-job',
+             'alice', now() - interval '1 hour')",
+    )
+    .bind(stalled)
+    .bind(whole_id)
+    .execute(&db.pool)
+    .await
+    .expect("stalled row");
+    let untracked = format!("{whole}/media/images/scene.png");
+    let status_of = |id: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM campaign_media WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("status")
+        }
+    };
 
     // Report only: nothing changes.
     let report = reconcile(&db, &backend, false, 0).await;
@@ -217,7 +271,24 @@ async fn exercise(backend: Backend) {
     expected_strays.sort();
     assert_eq!(keys(&report["outside_areas"]), expected_strays);
     assert_eq!(report["sessions_scanned"], 2);
-    for key in orphans.iter().chain(&strays) {
+    assert_eq!(report["media_versions_scanned"], 2, "{report:#}");
+    assert_eq!(
+        keys(&report["untracked_media"]),
+        std::slice::from_ref(&untracked)
+    );
+    assert_eq!(
+        keys(&report["missing_media"]),
+        std::slice::from_ref(&lost_key)
+    );
+    assert_eq!(report["missing_media"]["current"], 1);
+    assert_eq!(report["stalled_generations"]["count"], 1);
+    assert_eq!(
+        report["stalled_generations"]["media_ids"][0],
+        stalled.to_string()
+    );
+    assert_eq!(report["stalled_generations"]["failed"], 0);
+    assert_eq!(status_of(stalled).await, "pending");
+    for key in orphans.iter().chain(&strays).chain([&untracked, &kept_key]) {
         assert!(
             backend.exists(key).await,
             "{key} was touched by a report-only run"
@@ -236,7 +307,20 @@ async fn exercise(backend: Backend) {
     assert_eq!(report["orphans"]["deleted"], 0);
     assert_eq!(report["missing_prefixes"]["manifests_written"], 1);
     assert!(backend.exists(&format!("{bare}/session.json")).await);
-    for key in &orphans {
+    assert_eq!(report["untracked_media"]["within_grace"], 1);
+    assert_eq!(report["stalled_generations"]["failed"], 1, "{report:#}");
+    assert_eq!(status_of(stalled).await, "failed");
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM session_events WHERE session_id = $1 AND type = 'media.failed'
+           AND data->>'media_id' = $2",
+    )
+    .bind(whole_id)
+    .bind(stalled.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .expect("events");
+    assert_eq!(failed, 1, "members hear that it failed");
+    for key in orphans.iter().chain([&untracked]) {
         assert!(
             backend.exists(key).await,
             "{key} deleted within the grace period"
@@ -246,13 +330,20 @@ async fn exercise(backend: Backend) {
     // Repair past the grace period: orphans go; strays and live files stay.
     let report = reconcile(&db, &backend, true, 0).await;
     assert_eq!(report["orphans"]["deleted"], 3, "{report:#}");
+    assert_eq!(report["untracked_media"]["deleted"], 1);
     assert_eq!(report["missing_prefixes"]["count"], 0);
-    for key in &orphans {
+    assert_eq!(report["stalled_generations"]["count"], 0);
+    assert_eq!(
+        report["missing_media"]["count"], 1,
+        "missing bytes are only reported"
+    );
+    for key in orphans.iter().chain([&untracked]) {
         assert!(!backend.exists(key).await, "{key} survived the repair");
     }
     for key in strays.iter().chain([
         &format!("{whole}/logs/transcript.json"),
         &format!("{whole}/session.json"),
+        &kept_key,
     ]) {
         assert!(backend.exists(key).await, "{key} must never be deleted");
     }

@@ -16,16 +16,27 @@
 //! before answering: a session's next step (and its events) can only come
 //! after.
 //!
-//! A step whose reply changes the game state is the exception: it locks
-//! the session's state row, so it runs alone in its own transaction
-//! ([`turns::advance_with_state`]), next to the batch. Turns without a
-//! state change never wait for it.
+//! A step whose reply changes the game state or asks for images is the
+//! exception: it runs alone in its own transaction
+//! ([`turns::advance_alone`]), next to the batch. A state change locks the
+//! session's state row; each image becomes, in the same transaction as the
+//! reply, a pending media item (`media.requested`) and the `media` job
+//! that generates it, so a recorded reply never loses its images and a
+//! reply recorded twice (it cannot be) would not ask twice. Turns without
+//! either never wait for it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use questboard_core::events::EventPublisher;
+use questboard_core::jobs::{self, Job as _};
+use questboard_core::media;
+use questboard_core::wakeups;
+use uuid::Uuid;
+
+use crate::jobs::media::GenerateMedia;
+use crate::providers::MAX_IMAGES_PER_REPLY;
 use questboard_core::metrics as m;
 use questboard_core::turns::{self, Step, StepOutcome};
 use sqlx::PgPool;
@@ -73,9 +84,14 @@ pub struct Committer {
 impl Committer {
     /// Starts the batching task (inside a Tokio runtime). It stops when the
     /// last clone is dropped.
-    pub fn start(pool: PgPool, events: EventPublisher, settings: CommitSettings) -> Self {
+    pub fn start(
+        pool: PgPool,
+        events: EventPublisher,
+        wake: wakeups::Publisher,
+        settings: CommitSettings,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, events, settings, rx));
+        tokio::spawn(run(pool, events, wake, settings, rx));
         Self { tx }
     }
 
@@ -96,6 +112,7 @@ impl Committer {
 async fn run(
     pool: PgPool,
     events: EventPublisher,
+    wake: wakeups::Publisher,
     settings: CommitSettings,
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
@@ -123,9 +140,9 @@ async fn run(
             .into_iter()
             .partition(|r| sessions.insert(r.step.session_id));
         held_back = later;
-        let (pool, events) = (pool.clone(), events.clone());
+        let (pool, events, wake) = (pool.clone(), events.clone(), wake.clone());
         tokio::spawn(async move {
-            apply(&pool, &events, batch, settings.state_max_bytes).await;
+            apply(&pool, &events, &wake, batch, settings.state_max_bytes).await;
             drop(permit);
         });
     }
@@ -134,20 +151,31 @@ async fn run(
 async fn apply(
     pool: &PgPool,
     events: &EventPublisher,
+    wake: &wakeups::Publisher,
     batch: Vec<Request>,
     state_max_bytes: usize,
 ) {
-    let (with_state, batch): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| {
+    let (alone, batch): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| {
         r.step
             .settle
             .as_ref()
-            .is_some_and(|(_, _, settle)| settle.proposal().is_some())
+            .is_some_and(|(_, _, settle)| settle.runs_alone())
     });
-    let alone = with_state.into_iter().map(|request| async move {
-        let applied =
-            turns::retrying(|| turns::advance_with_state(pool, &request.step, state_max_bytes))
-                .await;
-        answer(events, applied.map(|o| vec![o]), vec![request.reply], 1);
+    let alone = alone.into_iter().map(|request| async move {
+        let applied = turns::retrying(|| advance_alone(pool, &request.step, state_max_bytes)).await;
+        if let Ok((_, images)) = &applied
+            && *images > 0
+        {
+            metrics::counter!(m::JOBS_ENQUEUED_TOTAL, "kind" => GenerateMedia::SPEC.kind)
+                .increment(*images as u64);
+            wake.announce(GenerateMedia::SPEC.kind);
+        }
+        answer(
+            events,
+            applied.map(|(o, _)| vec![o]),
+            vec![request.reply],
+            1,
+        );
     });
     let batched = async {
         if !batch.is_empty() {
@@ -155,6 +183,56 @@ async fn apply(
         }
     };
     futures::future::join(futures::future::join_all(alone), batched).await;
+}
+
+/// Applies a step that runs alone, with the images its reply asks for, in
+/// one transaction; returns its outcome (with every event it appended) and
+/// how many images were asked for.
+async fn advance_alone(
+    pool: &PgPool,
+    step: &Step,
+    state_max_bytes: usize,
+) -> turns::Result<(StepOutcome, usize)> {
+    let mut tx = pool.begin().await?;
+    let mut outcome = turns::advance_alone(&mut tx, step, state_max_bytes).await?;
+    let mut asked = 0;
+    if outcome.settled
+        && let Some((turn_id, _, settle)) = &step.settle
+    {
+        let wanted = settle.images();
+        if wanted.len() > MAX_IMAGES_PER_REPLY {
+            tracing::info!(turn_id = %turn_id, asked = wanted.len(), kept = MAX_IMAGES_PER_REPLY,
+                "the reply asked for more images than a reply may; the rest are dropped");
+        }
+        for prompt in wanted.iter().take(MAX_IMAGES_PER_REPLY) {
+            let Some(prompt) = media::turn_prompt(prompt) else {
+                tracing::info!(turn_id = %turn_id, "an image prompt of the reply was empty; dropped");
+                continue;
+            };
+            let job = GenerateMedia {
+                media_id: Uuid::now_v7(),
+                session_id: step.session_id,
+            };
+            let enqueued = jobs::enqueue(&mut tx, &job, &jobs::Options::default()).await?;
+            let (_, event) = media::ask_for_turn(
+                &mut tx,
+                job.media_id,
+                step.session_id,
+                *turn_id,
+                &prompt,
+                &enqueued.id,
+            )
+            .await
+            .map_err(|e| match e {
+                media::Error::Database(e) => turns::Error::Database(e),
+                other => turns::Error::Invalid(other.to_string()),
+            })?;
+            outcome.events.push(event);
+            asked += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok((outcome, asked))
 }
 
 async fn apply_batch(pool: &PgPool, events: &EventPublisher, batch: Vec<Request>) {

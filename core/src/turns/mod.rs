@@ -30,7 +30,7 @@ pub mod submit;
 pub use intake::Intake;
 pub use queue::{Backlog, Claimed, Exchange, Pending, claim, postpone};
 pub use steps::{
-    Release, Settle, Step, StepOutcome, advance, advance_with_state, complete, fail, hand_back,
+    Release, Settle, Step, StepOutcome, advance, advance_alone, complete, fail, hand_back,
     retry_later, start,
 };
 pub use submit::{submit, submit_many};

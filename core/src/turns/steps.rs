@@ -37,8 +37,11 @@ pub enum Settle {
         /// The game master's reply.
         output: String,
         /// The game-state change it asks for, if any (applied or refused
-        /// when the reply is recorded, see [`advance_with_state`]).
+        /// when the reply is recorded, see [`advance_alone`]).
         state: Option<Proposal>,
+        /// Prompts of the images it asks to show (generated after the
+        /// reply is recorded; see `workers::committer`).
+        images: Vec<String>,
     },
     /// Failed for good; the session goes on with its next turn.
     Failed {
@@ -85,6 +88,21 @@ impl Settle {
             Settle::Completed { state, .. } => state.as_ref(),
             _ => None,
         }
+    }
+
+    /// The images a completed reply asks for.
+    pub fn images(&self) -> &[String] {
+        match self {
+            Settle::Completed { images, .. } => images,
+            _ => &[],
+        }
+    }
+
+    /// Whether the step recording this must run alone, in its own
+    /// transaction ([`advance_alone`]): its reply changes the game state
+    /// or asks for images.
+    pub fn runs_alone(&self) -> bool {
+        self.proposal().is_some() || !self.images().is_empty()
     }
 }
 
@@ -385,13 +403,14 @@ pub async fn advance(pool: &PgPool, steps: &[Step]) -> Result<Vec<StepOutcome>> 
     if steps.is_empty() {
         return Ok(Vec::new());
     }
-    if steps.iter().any(|s| {
-        s.settle
-            .as_ref()
-            .is_some_and(|(_, _, s)| s.proposal().is_some())
-    }) {
+    if steps
+        .iter()
+        .any(|s| s.settle.as_ref().is_some_and(|(_, _, s)| s.runs_alone()))
+    {
         return Err(Error::Invalid(
-            "a step whose reply changes the game state goes through advance_with_state".into(),
+            "a step whose reply changes the game state or asks for images goes through \
+             advance_alone"
+                .into(),
         ));
     }
     run_advance(pool, &ADVANCE_SQL, steps, None).await
@@ -404,35 +423,40 @@ struct StateInputs {
     event: Option<serde_json::Value>,
 }
 
-/// Applies one step whose reply changes the game state: in one
-/// transaction, locks the session's state, resolves the proposal against
-/// it ([`proposal::resolve`]: applied, or refused with why) and applies the
+/// Applies one step that [runs alone](Settle::runs_alone) in `tx`, the
+/// caller's transaction (the caller adds what else the reply asks for,
+/// such as its images, and commits). If the reply changes the game state,
+/// locks the session's state, resolves the proposal against it
+/// ([`proposal::resolve`]: applied, or refused with why) and applies the
 /// step with the change (see [`ADVANCE_SQL`]). The state is written only
 /// if the reply is: a run that lost its lease, or a turn already finished
-/// by an earlier run, writes neither. Run again on a transient error.
-pub async fn advance_with_state(
-    pool: &PgPool,
+/// by an earlier run, writes neither. Run the whole transaction again on a
+/// transient error.
+pub async fn advance_alone(
+    tx: &mut sqlx::PgConnection,
     step: &Step,
     state_max_bytes: usize,
 ) -> Result<StepOutcome> {
     let Some((turn_id, _, settle)) = &step.settle else {
-        return Err(Error::Invalid("a state change needs a settled turn".into()));
-    };
-    let Some(proposed) = settle.proposal() else {
         return Err(Error::Invalid(
-            "the step's reply asks for no state change".into(),
+            "a step run alone needs a settled turn".into(),
         ));
     };
-    let mut tx = pool.begin().await?;
-    // The lock a game master's update takes: their updates and this one
-    // apply one after the other, each against the other's result.
-    let current: Option<(i64, serde_json::Value)> =
-        sqlx::query_as("SELECT version, state FROM game_states WHERE session_id = $1 FOR UPDATE")
+    let resolved = match settle.proposal() {
+        None => None,
+        Some(proposed) => {
+            // The lock a game master's update takes: their updates and this
+            // one apply one after the other, each against the other's result.
+            let current: Option<(i64, serde_json::Value)> = sqlx::query_as(
+                "SELECT version, state FROM game_states WHERE session_id = $1 FOR UPDATE",
+            )
             .bind(step.session_id)
             .fetch_optional(&mut *tx)
             .await?;
-    let resolved =
-        current.and_then(|current| proposal::resolve(proposed, current, *turn_id, state_max_bytes));
+            current
+                .and_then(|current| proposal::resolve(proposed, current, *turn_id, state_max_bytes))
+        }
+    };
     let inputs = match resolved {
         Some(Resolved { change, write }) => {
             let (document, event) = write.map_or((None, None), |(d, e)| (Some(d), Some(e)));
@@ -457,7 +481,6 @@ pub async fn advance_with_state(
         Some(inputs),
     )
     .await?;
-    tx.commit().await?;
     Ok(outcomes.pop().unwrap_or_default())
 }
 
@@ -627,6 +650,7 @@ pub async fn complete(
         Settle::Completed {
             output: output.to_owned(),
             state: None,
+            images: Vec::new(),
         },
     )
     .await?;

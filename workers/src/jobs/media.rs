@@ -52,7 +52,13 @@ impl Job for GenerateMedia {
 
 impl Handler for GenerateMedia {
     async fn run(self, ctx: &JobContext, run: &JobRun) -> Result<Value, JobError> {
-        let item = match media::get(&ctx.pool, self.session_id, self.media_id).await {
+        let found = media::find(
+            &ctx.pool,
+            self.media_id,
+            Some(self.session_id),
+            media::Viewer::Authorised,
+        );
+        let item = match found.await {
             Ok(item) => item,
             Err(media::Error::NotFound) => return Ok(json!({ "skipped": "the item was deleted" })),
             Err(err) => return Err(JobError::retryable(err)),
@@ -120,25 +126,26 @@ impl Handler for GenerateMedia {
             Err(err) => return Err(self.failed(ctx, run, kind, err).await),
         };
         run.checkpoint()?;
-        let prefix = questboard_core::sessions::storage_prefix_for(self.session_id);
+        let prefix = questboard_core::sessions::prefixes_of(&ctx.pool, &[self.session_id])
+            .await
+            .map_err(JobError::retryable)?
+            .into_iter()
+            .next()
+            .map(|(_, prefix)| prefix)
+            .ok_or_else(|| JobError::fatal("the session was deleted"))?;
         let files = ctx.storage.session(&prefix).map_err(JobError::fatal)?;
         let name = media::object_name(item.id, 1, ext);
         let size = generated.bytes.len() as u64;
         let sha256: [u8; 32] = Sha256::digest(&generated.bytes).into();
-        let stored = Instant::now();
-        let put = files
+        files
             .put(
                 kind.area(),
                 &name,
                 Bytes::from(generated.bytes),
                 &generated.content_type,
             )
-            .await;
-        ctx.storage
-            .counted("upload", put)
+            .await
             .map_err(JobError::retryable)?;
-        metrics::histogram!(m::STORAGE_OPERATION_SECONDS, "operation" => "upload", "backend" => ctx.storage.backend())
-            .record(stored.elapsed().as_secs_f64());
         let object = StoredObject {
             storage_key: files.key(kind.area(), &name).map_err(JobError::fatal)?,
             content_type: generated.content_type,

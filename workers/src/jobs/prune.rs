@@ -11,6 +11,10 @@
 //! - `leases`: lease rows expired for more than `leases`;
 //! - `state_requests`: client ids of game-state updates (which make resends
 //!   idempotent) older than `state_requests`;
+//! - `media_versions`: versions of media replaced by a newer one more than
+//!   `media_versions` ago (`QB_MEDIA_VERSION_RETENTION_DAYS`): their objects
+//!   first, then their rows (the current version always stays; media of
+//!   deleted sessions go with the session, below);
 //! - `idle_sessions`: active sessions without activity for `session_idle`
 //!   (`QB_SESSION_IDLE_DAYS`) are archived (`session.archived`, reason `idle`);
 //! - `archived_sessions`: sessions archived more than `archived_sessions`
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use questboard_core::jobs::{self, Backoff, Job, JobSpec};
-use questboard_core::{events, invites, leases, sessions, turns};
+use questboard_core::{events, invites, leases, media, sessions, turns};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -50,6 +54,8 @@ pub enum Category {
     Leases,
     /// Old client ids of game-state updates.
     StateRequests,
+    /// Versions of media replaced long ago.
+    MediaVersions,
     /// Archive sessions idle too long.
     IdleSessions,
     /// Delete sessions archived too long, with everything they own.
@@ -58,10 +64,11 @@ pub enum Category {
 
 impl Category {
     /// Every category, in the order a full run goes through them.
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 8] = [
         Category::Invites,
         Category::Leases,
         Category::StateRequests,
+        Category::MediaVersions,
         Category::Jobs,
         Category::Events,
         Category::IdleSessions,
@@ -75,6 +82,7 @@ impl Category {
             Category::Events => "events",
             Category::Leases => "leases",
             Category::StateRequests => "state_requests",
+            Category::MediaVersions => "media_versions",
             Category::IdleSessions => "idle_sessions",
             Category::ArchivedSessions => "archived_sessions",
         }
@@ -123,6 +131,8 @@ pub struct Retention {
     pub leases: Duration,
     /// Client ids of game-state updates.
     pub state_requests: Duration,
+    /// Media versions, after a newer one replaced them.
+    pub media_versions: Duration,
     /// Idle time before a session is archived.
     pub session_idle: Duration,
     /// Time archived before a session is deleted.
@@ -144,6 +154,7 @@ impl Default for Retention {
             events: 30 * DAY,
             leases: DAY,
             state_requests: 7 * DAY,
+            media_versions: 30 * DAY,
             session_idle: 90 * DAY,
             archived_sessions: 365 * DAY,
             batch: 1000,
@@ -160,6 +171,8 @@ struct Report {
     events: u64,
     leases: u64,
     state_requests: u64,
+    media_versions: u64,
+    media_bytes: u64,
     sessions_archived: u64,
     sessions_deleted: u64,
     turns_deleted: u64,
@@ -174,6 +187,7 @@ impl Report {
             + self.events
             + self.leases
             + self.state_requests
+            + self.media_versions
             + self.sessions_archived
             + self.sessions_deleted) as i64
     }
@@ -269,6 +283,46 @@ impl Pruner<'_> {
             self.step(Category::StateRequests).await?;
             // A dry run counts everything in one statement.
             if self.dry_run || (n as i64) < self.retention.batch {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Old media versions: a page at a time, objects deleted before rows
+    /// (a failure leaves rows to be pruned again, never rows without
+    /// their objects gone).
+    async fn media_versions(&mut self) -> Result<(), JobError> {
+        let before = ago(self.retention.media_versions);
+        let mut after = None;
+        loop {
+            let page = media::replaced_before(&self.ctx.pool, before, after, self.retention.batch)
+                .await
+                .map_err(db)?;
+            let Some((at, last)) = page.last() else {
+                return self.step(Category::MediaVersions).await;
+            };
+            after = Some((*at, last.media_id, last.version));
+            let full = page.len() as i64 >= self.retention.batch;
+            let versions: Vec<media::OldVersion> = page.into_iter().map(|(_, v)| v).collect();
+            let bytes: u64 = versions.iter().map(|v| v.byte_size.max(0) as u64).sum();
+            if self.dry_run {
+                self.report.media_versions += versions.len() as u64;
+                self.report.media_bytes += bytes;
+            } else {
+                let keys = versions.iter().map(|v| v.storage_key.clone()).collect();
+                self.report.objects_deleted += self
+                    .ctx
+                    .storage
+                    .delete_objects(keys)
+                    .await
+                    .map_err(|e| JobError::retryable(format!("storage: {e}")))?;
+                self.report.media_versions += media::forget_versions(&self.ctx.pool, &versions)
+                    .await
+                    .map_err(db)?;
+                self.report.media_bytes += bytes;
+            }
+            self.step(Category::MediaVersions).await?;
+            if !full {
                 return Ok(());
             }
         }
@@ -471,6 +525,7 @@ impl Handler for Prune {
                 Category::Invites => pruner.invites().await?,
                 Category::Leases => pruner.leases().await?,
                 Category::StateRequests => pruner.state_requests().await?,
+                Category::MediaVersions => pruner.media_versions().await?,
                 Category::Jobs => pruner.jobs().await?,
                 Category::Events => pruner.events().await?,
                 Category::IdleSessions => pruner.idle_sessions().await?,
@@ -487,6 +542,8 @@ impl Handler for Prune {
             "events": report.events,
             "leases": report.leases,
             "state_requests": report.state_requests,
+            "media_versions": report.media_versions,
+            "media_bytes": report.media_bytes,
             "sessions_archived": report.sessions_archived,
             "sessions_deleted": report.sessions_deleted,
             "turns_deleted": report.turns_deleted,

@@ -12,12 +12,24 @@
 //!    (`logs/`, `data/`, `media/images/`, `media/audio/`, `media/maps/`, `media/notes/`, the manifest), or
 //!    outside `sessions/`, `reports/` and `_questboard/` altogether, is
 //!    **outside the known areas**.
+//!    An object in a live session's media areas that no media version
+//!    records (looked up per chunk too) is **untracked media** (a
+//!    generation or upload stored its bytes and died before its row).
 //! 2. Every session is read, page by page, and its manifest looked for
 //!    (16 at a time): a session without one has a **missing prefix**.
+//! 3. Every media version is read, page by page, and its object looked
+//!    for (16 at a time): a version whose object is gone is **missing
+//!    media** (`current` counts those that are what members are served).
+//! 4. Generated items still pending whose job finished or is gone without
+//!    recording them ([`media::stalled`]) are **stalled generations**.
 //!
-//! `repair` deletes orphans older than the grace period (24 h by default,
-//! so an upload in flight is never deleted) and writes missing manifests;
-//! it never touches objects outside the known areas (an operator decides).
+//! `repair` deletes orphans and untracked media older than the grace
+//! period (24 h by default, so an upload in flight is never deleted),
+//! writes missing manifests and marks stalled generations failed
+//! (`media.failed`, so clients stop waiting); it never touches objects
+//! outside the known areas (an operator decides), and missing media is
+//! only reported (the bytes are gone: an operator restores them from a
+//! backup or deletes the item).
 //! The report (counts and the first 100 keys of each category) is the
 //! job's result and is stored under `reports/reconcile/`.
 
@@ -28,8 +40,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt as _, TryStreamExt as _};
 use questboard_core::jobs::{Backoff, Job, JobSpec};
-use questboard_core::sessions;
 use questboard_core::storage::{Area, MANIFEST, ObjectInfo, REPORTS};
+use questboard_core::{media, sessions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -108,6 +120,14 @@ struct Findings {
     outside_areas: Category,
     missing_prefixes: Category,
     manifests_written: u64,
+    untracked_media: Category,
+    untracked_deleted: u64,
+    untracked_in_grace: u64,
+    media_versions: u64,
+    missing_media: Category,
+    missing_current: u64,
+    stalled: Category,
+    stalled_failed: u64,
 }
 
 /// Whether `rest` (a key below a session prefix) is in a known area.
@@ -182,6 +202,7 @@ impl Reconciler<'_> {
             .map(|(_, prefix)| prefix)
             .collect();
         let mut doomed = Vec::new();
+        let mut media_objects = Vec::new();
         for object in &chunk {
             match split_session_key(&object.key) {
                 Some((prefix, rest)) if known.contains(prefix) => {
@@ -189,6 +210,8 @@ impl Reconciler<'_> {
                         self.found
                             .outside_areas
                             .add(&object.key, object.size, sample);
+                    } else if rest.starts_with("media/") {
+                        media_objects.push(object);
                     }
                 }
                 Some(_) => {
@@ -207,6 +230,36 @@ impl Reconciler<'_> {
                             .add(&object.key, object.size, sample);
                     }
                 }
+            }
+        }
+        if !media_objects.is_empty() {
+            let keys: Vec<String> = media_objects.iter().map(|o| o.key.clone()).collect();
+            let tracked: HashSet<String> = media::known_keys(&self.ctx.pool, &keys)
+                .await
+                .map_err(|e| JobError::retryable(format!("database: {e}")))?
+                .into_iter()
+                .collect();
+            let mut untracked = Vec::new();
+            for object in media_objects
+                .into_iter()
+                .filter(|o| !tracked.contains(&o.key))
+            {
+                self.found
+                    .untracked_media
+                    .add(&object.key, object.size, sample);
+                if object.last_modified >= self.cutoff {
+                    self.found.untracked_in_grace += 1;
+                } else if self.repair {
+                    untracked.push(object.key.clone());
+                }
+            }
+            if !untracked.is_empty() {
+                self.found.untracked_deleted += self
+                    .ctx
+                    .storage
+                    .delete_objects(untracked)
+                    .await
+                    .map_err(|e| JobError::retryable(format!("deleting untracked media: {e}")))?;
             }
         }
         if !doomed.is_empty() {
@@ -278,6 +331,74 @@ impl Reconciler<'_> {
     }
 }
 
+impl Reconciler<'_> {
+    async fn media(&mut self) -> Result<(), JobError> {
+        let mut after = String::new();
+        loop {
+            let page = media::page_keys(&self.ctx.pool, &after, CHUNK as i64)
+                .await
+                .map_err(|e| JobError::retryable(format!("database: {e}")))?;
+            let Some(last) = page.last().map(|(key, _)| key.clone()) else {
+                break;
+            };
+            self.found.media_versions += page.len() as u64;
+            let storage = self.ctx.storage.clone();
+            let probes = page.clone().into_iter().map(move |(key, current)| {
+                let storage = storage.clone();
+                async move {
+                    let there = storage
+                        .exists(&key)
+                        .await
+                        .map_err(|e| JobError::retryable(format!("storage: {e}")))?;
+                    Ok::<_, JobError>((!there).then_some((key, current)))
+                }
+            });
+            let missing: Vec<Option<(String, bool)>> = futures::stream::iter(probes)
+                .buffer_unordered(PROBES)
+                .try_collect()
+                .await?;
+            for (key, current) in missing.into_iter().flatten() {
+                self.found.missing_media.add(&key, 0, self.settings.sample);
+                self.found.missing_current += u64::from(current);
+            }
+            self.run.checkpoint()?;
+            self.run
+                .progress(
+                    (self.found.objects + self.found.sessions + self.found.media_versions) as i64,
+                    None,
+                    "checking media objects",
+                )
+                .await?;
+            if page.len() < CHUNK {
+                break;
+            }
+            after = last;
+        }
+        // Stalled generations: few, read at once (up to 10,000 a run).
+        let stalled = media::stalled(&self.ctx.pool, 10_000)
+            .await
+            .map_err(|e| JobError::retryable(format!("database: {e}")))?;
+        for item in stalled {
+            self.found
+                .stalled
+                .add(&item.id.to_string(), 0, self.settings.sample);
+            if self.repair {
+                let reason = "generation stopped: its job ended without recording it";
+                match media::record_failure(&self.ctx.pool, item.id, reason).await {
+                    Ok(Some(event)) => {
+                        self.ctx.events.events([event]);
+                        self.found.stalled_failed += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(JobError::retryable(format!("database: {e}"))),
+                }
+            }
+        }
+        self.run.checkpoint()?;
+        Ok(())
+    }
+}
+
 /// The manifest of a session: what makes its prefix exist.
 pub fn manifest(id: Uuid, created_at: DateTime<Utc>) -> Value {
     json!({ "session_id": id, "created_at": created_at, "layout": 1 })
@@ -300,6 +421,7 @@ impl Handler for Reconcile {
         };
         reconciler.objects().await?;
         reconciler.sessions().await?;
+        reconciler.media().await?;
         let f = reconciler.found;
         let at = Utc::now();
         let key_name = format!(
@@ -331,6 +453,24 @@ impl Handler for Reconcile {
                 "bytes": f.outside_areas.bytes,
                 "keys": f.outside_areas.keys,
             },
+            "media_versions_scanned": f.media_versions,
+            "untracked_media": {
+                "count": f.untracked_media.count,
+                "bytes": f.untracked_media.bytes,
+                "deleted": f.untracked_deleted,
+                "within_grace": f.untracked_in_grace,
+                "keys": f.untracked_media.keys,
+            },
+            "missing_media": {
+                "count": f.missing_media.count,
+                "current": f.missing_current,
+                "keys": f.missing_media.keys,
+            },
+            "stalled_generations": {
+                "count": f.stalled.count,
+                "failed": f.stalled_failed,
+                "media_ids": f.stalled.keys,
+            },
             "seconds": started.elapsed().as_secs_f64(),
         });
         let stored = ctx
@@ -346,6 +486,9 @@ impl Handler for Reconcile {
             orphans = f.orphans.count,
             missing = f.missing_prefixes.count,
             outside = f.outside_areas.count,
+            untracked_media = f.untracked_media.count,
+            missing_media = f.missing_media.count,
+            stalled = f.stalled.count,
             "reconcile finished"
         );
         Ok(report)

@@ -171,6 +171,7 @@ pub async fn run(
             return Settle::Completed {
                 output: reply.text,
                 state: reply.state,
+                images: reply.images,
             };
         }
         Err(err) => err,

@@ -167,7 +167,14 @@ pub struct Reply {
     pub text: String,
     /// The game-state change it asks for with it, if any.
     pub state: Option<Proposal>,
+    /// Prompts of the images it asks to show with it (each becomes a
+    /// generated image of the session, `media.requested` then
+    /// `media.ready`), at most [`MAX_IMAGES_PER_REPLY`] kept.
+    pub images: Vec<String>,
 }
+
+/// Most images one reply may ask for; more are dropped (and logged).
+pub const MAX_IMAGES_PER_REPLY: usize = 4;
 
 impl Reply {
     /// A reply that changes nothing.
@@ -175,6 +182,7 @@ impl Reply {
         Self {
             text: text.into(),
             state: None,
+            images: Vec::new(),
         }
     }
 }

@@ -18,8 +18,11 @@
 //! message and a `tool` result, and asked once more, with `tool_choice:
 //! "none"`, for the narration. The operations become the reply's
 //! [`Proposal`]; arguments that are not the JSON asked for, or a call to a
-//! tool that was not offered, become a proposal refused with why. Servers
-//! that reject `tools` can be told not to get them (`QB_LLM_TOOLS=false`).
+//! tool that was not offered, become a proposal refused with why. A second
+//! tool, `show_image` with a `prompt`, asks for an image to show with the
+//! reply ([`Reply::images`]; calls without a usable prompt are dropped).
+//! Servers that reject `tools` can be told not to get them
+//! (`QB_LLM_TOOLS=false`).
 
 use std::time::Duration;
 
@@ -34,8 +37,11 @@ use serde_json::{Value, json};
 
 use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Reply};
 
-/// The tool's name.
+/// The state tool's name.
 pub const STATE_TOOL: &str = "update_game_state";
+
+/// The image tool's name.
+pub const IMAGE_TOOL: &str = "show_image";
 
 /// Settings of an OpenAI-compatible provider.
 #[derive(Clone)]
@@ -108,6 +114,7 @@ impl OpenAi {
         if first.calls.is_empty() || !first.text.trim().is_empty() {
             return Ok(Reply {
                 state: proposal(&first.calls),
+                images: images(&first.calls),
                 text: first.text,
             });
         }
@@ -132,6 +139,7 @@ impl OpenAi {
         calls.extend(second.calls);
         Ok(Reply {
             state: proposal(&calls),
+            images: images(&calls),
             text: second.text,
         })
     }
@@ -149,7 +157,7 @@ impl OpenAi {
             "stream": true,
         });
         if self.settings.tools {
-            body["tools"] = json!([state_tool()]);
+            body["tools"] = json!([state_tool(), image_tool()]);
             body["tool_choice"] = json!(if may_call { "auto" } else { "none" });
         }
         let mut request = self.client.post(&self.url).json(&body);
@@ -255,6 +263,44 @@ fn state_tool() -> Value {
     })
 }
 
+/// The image tool offered to the model.
+fn image_tool() -> Value {
+    json!({
+        "type": "function",
+        "function": {
+            "name": IMAGE_TOOL,
+            "description": "Show the players an image of the scene with your reply: describe \
+                it in `prompt` (what is seen, the mood, the light). Use it sparingly, for \
+                moments worth a picture.",
+            "parameters": {
+                "type": "object",
+                "properties": { "prompt": { "type": "string" } },
+                "required": ["prompt"]
+            }
+        }
+    })
+}
+
+/// The prompts of the `show_image` calls among `calls`, in order; calls
+/// whose arguments are not `{"prompt": "..."}` are dropped.
+fn images(calls: &[Call]) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Arguments {
+        prompt: String,
+    }
+    calls
+        .iter()
+        .filter(|c| c.name == IMAGE_TOOL)
+        .filter_map(|c| match serde_json::from_str::<Arguments>(&c.arguments) {
+            Ok(args) if !args.prompt.trim().is_empty() => Some(args.prompt.trim().to_owned()),
+            _ => {
+                tracing::info!("the model's {IMAGE_TOOL} call had no usable prompt; dropped");
+                None
+            }
+        })
+        .collect()
+}
+
 /// One tool call, put back together from its fragments.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Call {
@@ -301,6 +347,7 @@ impl Round {
 /// none. One unreadable call makes the whole proposal refused: applying
 /// the rest of what the model meant would be a guess.
 fn proposal(calls: &[Call]) -> Option<Proposal> {
+    let calls: Vec<&Call> = calls.iter().filter(|c| c.name != IMAGE_TOOL).collect();
     if calls.is_empty() {
         return None;
     }
@@ -522,6 +569,28 @@ mod tests {
         assert!(
             matches!(proposal(&[other_tool]), Some(Proposal::Unreadable(why)) if why.contains("launch_missiles"))
         );
+    }
+
+    #[test]
+    fn image_calls_become_prompts_and_no_state_change() {
+        let call = |name: &str, arguments: &str| Call {
+            id: "c".into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        };
+        let calls = [
+            call(IMAGE_TOOL, r#"{"prompt": " a misty harbour "}"#),
+            call(IMAGE_TOOL, r#"{"prompt": ""}"#),
+            call(IMAGE_TOOL, "not json"),
+            call(IMAGE_TOOL, r#"{"prompt": "the dragon's eye"}"#),
+        ];
+        assert_eq!(images(&calls), ["a misty harbour", "the dragon's eye"]);
+        assert_eq!(proposal(&calls), None, "images change no state");
+        let mixed = [
+            call(IMAGE_TOOL, r#"{"prompt": "x"}"#),
+            call(STATE_TOOL, r#"{"operations": []}"#),
+        ];
+        assert_eq!(proposal(&mixed), Some(Proposal::Operations(vec![])));
     }
 
     #[test]

@@ -75,6 +75,7 @@ impl SessionLane {
             committer: Committer::start(
                 self.ctx.pool.clone(),
                 self.ctx.events.clone(),
+                self.ctx.wake.clone(),
                 self.settings.commit,
             ),
             renewals: Renewals::sessions(self.ctx.pool.clone(), self.settings.lease_ttl),
