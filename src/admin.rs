@@ -8,7 +8,13 @@
 //! - `admin prune [--dry-run] [--only invites,jobs,...]` and `admin
 //!   reconcile [--repair] [--output FILE]` enqueue the job, show a progress
 //!   bar until a worker has run it, print its report and exit non-zero if
-//!   it failed (`--no-wait` prints the job id and returns).
+//!   it failed (`--no-wait` prints the job id and returns);
+//! - `admin migrate-assets run --source URL (--mapping FILE.csv |
+//!   --session-column COL) [--dry-run] [--keep-source] ...`, `admin
+//!   migrate-assets rollback --run ID`, `resume --run ID`, `show --run ID`:
+//!   asset migrations (see `docs/runbooks/asset-migration.md`); `run` and
+//!   `rollback` show a progress bar until done and exit non-zero unless the
+//!   run completed (or was rolled back).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -52,6 +58,9 @@ pub enum AdminCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Asset migrations out of the old campaign service's database.
+    #[command(name = "migrate-assets", subcommand)]
+    MigrateAssets(MigrateCommand),
     /// Reconcile metadata with storage now: enqueue a `reconcile` job and
     /// wait for a worker to run it.
     Reconcile {
@@ -65,6 +74,85 @@ pub enum AdminCommand {
         #[arg(long)]
         no_wait: bool,
     },
+}
+
+/// `admin migrate-assets ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum MigrateCommand {
+    /// Start a run and wait for a worker to finish it.
+    Run(Box<MigrateArgs>),
+    /// Put back into the source everything a run moved, byte for byte.
+    Rollback {
+        /// The run.
+        #[arg(long)]
+        run: uuid::Uuid,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Enqueue a still-running run's job again (after it failed for good,
+    /// say while the source was down); it resumes where it was.
+    Resume {
+        /// The run.
+        #[arg(long)]
+        run: uuid::Uuid,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A run: status, checkpoint, counts, report.
+    Show {
+        /// The run.
+        #[arg(long)]
+        run: uuid::Uuid,
+    },
+}
+
+/// `admin migrate-assets run ...`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The old service's database (postgres://...).
+    #[arg(long, env = "QB_MIGRATION_SOURCE_URL", hide_env_values = true)]
+    source: String,
+    /// CSV file of `campaign_id,session_id` lines.
+    #[arg(long, conflicts_with = "session_column")]
+    mapping: Option<PathBuf>,
+    /// A column of the source rows holding their session's id (instead of
+    /// a mapping file).
+    #[arg(long)]
+    session_column: Option<String>,
+    /// The maps table (`""`: none).
+    #[arg(long, default_value = "campaign_maps")]
+    maps_table: String,
+    /// The notes table (`""`: none).
+    #[arg(long, default_value = "campaign_notes")]
+    notes_table: String,
+    /// JSON file of the tables and their columns, overriding
+    /// `--maps-table`/`--notes-table`: `[{"table", "kind": "map"|"note",
+    /// "id", "campaign", "name", "content_type", "data"}]`.
+    #[arg(long)]
+    tables: Option<PathBuf>,
+    /// Check everything, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Leave the blobs in the source rows (only write the references).
+    #[arg(long)]
+    keep_source: bool,
+    /// Abort when more than this percentage of the assets so far failed.
+    #[arg(long, default_value_t = 1.0)]
+    max_failure_percent: f64,
+    /// Assets to see before the threshold can abort the run.
+    #[arg(long, default_value_t = 100)]
+    min_sample: u64,
+    /// Source rows read per page.
+    #[arg(long, default_value_t = 100)]
+    batch: i64,
+    /// Also write the report to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Print the run and job ids and return without waiting.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 /// `admin jobs ...`.
@@ -210,6 +298,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCommand::MigrateAssets(command) => migrate(&pool, &registry, &wake, command).await,
         AdminCommand::Reconcile {
             repair,
             output,
@@ -384,6 +473,176 @@ fn refuse_turns(registry: &Registry, record: &JobRecord) -> anyhow::Result<()> {
         bail!("turn jobs follow their session's order; they are not retried or cancelled by hand");
     }
     Ok(())
+}
+
+async fn migrate(
+    pool: &PgPool,
+    registry: &Registry,
+    wake: &Publisher,
+    command: MigrateCommand,
+) -> anyhow::Result<()> {
+    use questboard_core::asset_migration as am;
+    use questboard_core::jobs::Job as _;
+    use questboard_workers::jobs::asset_migration::MigrateAssets;
+    let (run_id, rollback, no_wait, output) = match command {
+        MigrateCommand::Show { run } => {
+            let record = am::get_run(pool, run).await?;
+            let counts = am::counts(pool, run).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "run_id": record.id,
+                    "status": record.status,
+                    "dry_run": record.dry_run,
+                    "options": record.options,
+                    "checkpoint": record.checkpoint,
+                    "total": record.total,
+                    "counts": counts,
+                    "job_id": record.job_id,
+                    "created_by": record.created_by,
+                    "created_at": record.created_at,
+                    "finished_at": record.finished_at,
+                    "report_key": record.report_key,
+                }))?
+            );
+            return Ok(());
+        }
+        MigrateCommand::Run(args) => {
+            let args = *args;
+            let mapping = match &args.mapping {
+                Some(path) => am::parse_mapping(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                )?,
+                None => Vec::new(),
+            };
+            let tables = match &args.tables {
+                Some(path) => serde_json::from_str(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                )
+                .with_context(|| format!("{}: not a JSON array of tables", path.display()))?,
+                None => [
+                    (&args.maps_table, questboard_core::media::MediaKind::Map),
+                    (&args.notes_table, questboard_core::media::MediaKind::Note),
+                ]
+                .into_iter()
+                .filter(|(t, _)| !t.is_empty())
+                .map(|(t, kind)| am::SourceTable::named(t, kind))
+                .collect(),
+            };
+            let options = am::Options {
+                tables,
+                session_column: args.session_column.clone(),
+                keep_source: args.keep_source,
+                max_failure_percent: args.max_failure_percent,
+                min_sample: args.min_sample,
+                batch: args.batch,
+            };
+            let mut tx = pool.begin().await?;
+            let record = am::create_run(
+                &mut tx,
+                &args.source,
+                &options,
+                args.dry_run,
+                &mapping,
+                &operator(),
+            )
+            .await?;
+            let job = MigrateAssets {
+                run_id: record.id,
+                rollback: false,
+            };
+            let enqueued = jobs::enqueue(&mut tx, &job, &run_options(&job)).await?;
+            am::set_job(&mut tx, record.id, &enqueued.id).await?;
+            tx.commit().await?;
+            eprintln!(
+                "asset migration run {} ({} campaigns mapped{})",
+                record.id,
+                mapping.len(),
+                if args.dry_run { ", dry run" } else { "" }
+            );
+            (record.id, false, args.no_wait, args.output)
+        }
+        MigrateCommand::Rollback { run, no_wait } => {
+            let mut tx = pool.begin().await?;
+            am::begin_rollback(&mut tx, run).await?;
+            let job = MigrateAssets {
+                run_id: run,
+                rollback: true,
+            };
+            let enqueued = jobs::enqueue(&mut tx, &job, &run_options(&job)).await?;
+            am::set_job(&mut tx, run, &enqueued.id).await?;
+            tx.commit().await?;
+            (run, true, no_wait, None)
+        }
+        MigrateCommand::Resume { run, no_wait } => {
+            let record = am::get_run(pool, run).await?;
+            if !matches!(record.status.as_str(), "running" | "rolling_back") {
+                bail!(
+                    "run {run} is {}; only an unfinished run resumes",
+                    record.status
+                );
+            }
+            let rollback = record.status == "rolling_back";
+            let mut tx = pool.begin().await?;
+            let job = MigrateAssets {
+                run_id: run,
+                rollback,
+            };
+            let enqueued = jobs::enqueue(&mut tx, &job, &run_options(&job)).await?;
+            am::set_job(&mut tx, run, &enqueued.id).await?;
+            tx.commit().await?;
+            (run, rollback, no_wait, None)
+        }
+    };
+    wake.announce(MigrateAssets::SPEC.kind);
+    let record = am::get_run(pool, run_id).await?;
+    let job_id = record.job_id.unwrap_or_default();
+    if no_wait {
+        println!("{run_id} {job_id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return Ok(());
+    }
+    eprintln!("asset_migration job {job_id}");
+    let job = wait(pool, registry, &job_id).await?;
+    let report = match job.client_status() {
+        JobStatus::Succeeded => job.result.unwrap_or_default(),
+        status => bail!(
+            "asset_migration job {job_id} {}: {}",
+            status.as_str(),
+            job.last_error.unwrap_or_default()
+        ),
+    };
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = output {
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    println!("{text}");
+    let expected = if rollback { "rolled_back" } else { "completed" };
+    match report["outcome"].as_str() {
+        Some(outcome) if outcome == expected => Ok(()),
+        other => bail!(
+            "run {run_id} ended {}: {}",
+            other.unwrap_or("without an outcome"),
+            report["aborted"]["reason"]
+                .as_str()
+                .unwrap_or("see the report")
+        ),
+    }
+}
+
+/// One job at a time per run and direction: while a run's job is queued
+/// or running (or its worker died and it waits to be rescued), asking
+/// again returns that job.
+fn run_options(job: &questboard_workers::jobs::asset_migration::MigrateAssets) -> jobs::Options {
+    let direction = if job.rollback { "rollback" } else { "run" };
+    jobs::Options {
+        unique_key: Some(format!("{direction}:{}", job.run_id)),
+        metadata: vec![("enqueued_by".into(), operator())],
+        ..jobs::Options::default()
+    }
 }
 
 /// Enqueues `job`, then (unless `no_wait`) shows its progress until it

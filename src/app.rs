@@ -182,6 +182,10 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
         wake,
         provider,
         media: media_provider(config)?,
+        media_limits: questboard_core::media::UploadLimits {
+            map_max_bytes: config.media_map_max_bytes,
+            note_max_bytes: config.media_note_max_bytes,
+        },
         sinks: Arc::new(PublishDeltas(events.clone())),
         events,
         system_prompt: config.llm_system_prompt.as_str().into(),

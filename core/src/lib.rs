@@ -33,8 +33,14 @@
 //!   operations on it (`game_states`, `game_state_requests`).
 //! - [`storage`]: the one abstraction over `object_store` for campaign files,
 //!   with a per-session prefix and validated paths.
+//! - [`media`]: campaign media (generated, uploaded, migrated) and who may
+//!   see them (`campaign_media`, `campaign_media_versions`).
+//! - [`asset_migration`]: moving maps and notes out of the old campaign
+//!   service's database into storage, resumably and reversibly
+//!   (`asset_migration_runs`, `asset_migration_items`).
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
 
+pub mod asset_migration;
 pub mod db;
 pub mod events;
 pub mod identity;

@@ -131,6 +131,14 @@ pub const STORAGE_ERRORS_TOTAL: &str = "questboard_storage_errors_total";
 pub const MEDIA_BYTES_UPLOADED_TOTAL: &str = "questboard_media_bytes_uploaded_total";
 /// Bytes of media served, by `kind`.
 pub const MEDIA_BYTES_SERVED_TOTAL: &str = "questboard_media_bytes_served_total";
+/// Assets an asset migration handled, by `kind` (map, note) and `outcome`
+/// (migrated, failed, validated, rolled_back).
+pub const MIGRATION_ASSETS_TOTAL: &str = "questboard_migration_assets_total";
+/// Bytes an asset migration moved to storage, by `kind`.
+pub const MIGRATION_BYTES_TOTAL: &str = "questboard_migration_bytes_total";
+/// Asset migration runs that ended, by `outcome` (completed, aborted,
+/// failed, rolled_back).
+pub const MIGRATION_RUNS_TOTAL: &str = "questboard_migration_runs_total";
 
 /// Every metric name above, for checks that dashboards and alerts use only
 /// names that exist.
@@ -195,6 +203,9 @@ pub const ALL: &[&str] = &[
     MEDIA_PROVIDER_SECONDS,
     MEDIA_BYTES_UPLOADED_TOTAL,
     MEDIA_BYTES_SERVED_TOTAL,
+    MIGRATION_ASSETS_TOTAL,
+    MIGRATION_BYTES_TOTAL,
+    MIGRATION_RUNS_TOTAL,
 ];
 
 /// Registers the help text and unit of every metric with the installed
@@ -412,6 +423,19 @@ pub fn describe() {
         MEDIA_BYTES_SERVED_TOTAL,
         Unit::Bytes,
         "Bytes of media served, by kind."
+    );
+    describe_counter!(
+        MIGRATION_ASSETS_TOTAL,
+        "Assets an asset migration handled, by kind and outcome."
+    );
+    describe_counter!(
+        MIGRATION_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes an asset migration moved to storage, by kind."
+    );
+    describe_counter!(
+        MIGRATION_RUNS_TOTAL,
+        "Asset migration runs that ended, by outcome."
     );
     describe_gauge!(
         PROCESS_START_TIME_SECONDS,

@@ -11,6 +11,7 @@
 )]
 
 mod admin;
+mod asset_migration;
 mod auth;
 mod batches;
 mod connections;

@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::providers::{ChunkSink, ModelProvider};
 
+pub mod asset_migration;
 pub mod media;
 pub mod prune;
 pub mod reconcile;
@@ -46,6 +47,7 @@ pub fn registry() -> Registry {
         .register::<prune::Prune>()
         .register::<reconcile::Reconcile>()
         .register::<media::GenerateMedia>()
+        .register::<asset_migration::MigrateAssets>()
 }
 
 /// Why a run did not succeed, and what the runtime should do about it.
@@ -297,6 +299,8 @@ pub struct JobContext {
     pub provider: Arc<dyn ModelProvider>,
     /// Who makes images and narration.
     pub media: Arc<dyn crate::providers::media::MediaProvider>,
+    /// Size limits of maps and notes (uploads and migrated assets alike).
+    pub media_limits: questboard_core::media::UploadLimits,
     /// Where streamed chunks go.
     pub sinks: Arc<dyn SinkFactory>,
     /// The system prompt for turns.
