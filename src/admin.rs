@@ -483,7 +483,7 @@ async fn migrate(
 ) -> anyhow::Result<()> {
     use questboard_core::asset_migration as am;
     use questboard_core::jobs::Job as _;
-    use questboard_workers::jobs::asset_migration::MigrateAssets;
+    use questboard_workers::jobs::asset_migration::{self, MigrateAssets};
     let (run_id, rollback, no_wait, output) = match command {
         MigrateCommand::Show { run } => {
             let record = am::get_run(pool, run).await?;
@@ -539,9 +539,8 @@ async fn migrate(
                 min_sample: args.min_sample,
                 batch: args.batch,
             };
-            let mut tx = pool.begin().await?;
-            let record = am::create_run(
-                &mut tx,
+            let started = asset_migration::start(
+                pool,
                 &args.source,
                 &options,
                 args.dry_run,
@@ -549,13 +548,7 @@ async fn migrate(
                 &operator(),
             )
             .await?;
-            let job = MigrateAssets {
-                run_id: record.id,
-                rollback: false,
-            };
-            let enqueued = jobs::enqueue(&mut tx, &job, &run_options(&job)).await?;
-            am::set_job(&mut tx, record.id, &enqueued.id).await?;
-            tx.commit().await?;
+            let record = started.run;
             eprintln!(
                 "asset migration run {} ({} campaigns mapped{})",
                 record.id,
@@ -565,35 +558,12 @@ async fn migrate(
             (record.id, false, args.no_wait, args.output)
         }
         MigrateCommand::Rollback { run, no_wait } => {
-            let mut tx = pool.begin().await?;
-            am::begin_rollback(&mut tx, run).await?;
-            let job = MigrateAssets {
-                run_id: run,
-                rollback: true,
-            };
-            let enqueued = jobs::enqueue(&mut tx, &job, &run_options(&job)).await?;
-            am::set_job(&mut tx, run, &enqueued.id).await?;
-            tx.commit().await?;
+            asset_migration::start_rollback(pool, run, &operator()).await?;
             (run, true, no_wait, None)
         }
         MigrateCommand::Resume { run, no_wait } => {
-            let record = am::get_run(pool, run).await?;
-            if !matches!(record.status.as_str(), "running" | "rolling_back") {
-                bail!(
-                    "run {run} is {}; only an unfinished run resumes",
-                    record.status
-                );
-            }
-            let rollback = record.status == "rolling_back";
-            let mut tx = pool.begin().await?;
-            let job = MigrateAssets {
-                run_id: run,
-                rollback,
-            };
-            let enqueued = jobs::enqueue(&mut tx, &job, &run_options(&job)).await?;
-            am::set_job(&mut tx, run, &enqueued.id).await?;
-            tx.commit().await?;
-            (run, rollback, no_wait, None)
+            let started = asset_migration::resume(pool, run, &operator()).await?;
+            (run, started.run.status == "rolling_back", no_wait, None)
         }
     };
     wake.announce(MigrateAssets::SPEC.kind);
@@ -630,18 +600,6 @@ async fn migrate(
                 .as_str()
                 .unwrap_or("see the report")
         ),
-    }
-}
-
-/// One job at a time per run and direction: while a run's job is queued
-/// or running (or its worker died and it waits to be rescued), asking
-/// again returns that job.
-fn run_options(job: &questboard_workers::jobs::asset_migration::MigrateAssets) -> jobs::Options {
-    let direction = if job.rollback { "rollback" } else { "run" };
-    jobs::Options {
-        unique_key: Some(format!("{direction}:{}", job.run_id)),
-        metadata: vec![("enqueued_by".into(), operator())],
-        ..jobs::Options::default()
     }
 }
 

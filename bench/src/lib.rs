@@ -34,6 +34,9 @@
 //! - [`media`]: uploading a 20 MB map and fetching a 1 MB image through
 //!   one API process, on the local filesystem and on S3 (moto), and the
 //!   API's memory while it receives a 25 MB upload.
+//! - [`migration`]: an asset migration out of a source database into
+//!   storage (MB/s of 1 MB maps, assets/s of small notes), on the local
+//!   filesystem and on S3 (moto).
 //! - [`processes`]: starting and stopping the processes measured.
 
 use std::collections::HashMap;
@@ -48,6 +51,7 @@ use questboard::config::Config;
 pub mod baseline;
 pub mod enqueue;
 pub mod media;
+pub mod migration;
 pub mod noop;
 pub mod pipeline;
 pub mod plain;
@@ -100,7 +104,7 @@ pub struct BenchArgs {
     pub batch: usize,
     /// Only these groups (comma-separated): `baseline`, `enqueue`,
     /// `pipeline`, `plain`, `realwork`, `retention`, `realtime`, `state`,
-    /// `media` (default: all).
+    /// `media`, `migration` (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Session counts of the end-to-end throughput scenario (comma-separated).
@@ -231,6 +235,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     if args.wants("media") {
         figures.extend(media::run(config, args).await?);
+    }
+    if args.wants("migration") {
+        figures.extend(migration::run(config, args).await?);
     }
     Ok(figures)
 }

@@ -34,35 +34,8 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     } else {
         (20_000_000, 25_000_000, 500)
     };
-    let mut backends: Vec<(String, Vec<(String, String)>)> = Vec::new();
     let dir = std::env::temp_dir().join(format!("qb-bench-media-{}", std::process::id()));
-    backends.push((
-        "local filesystem".into(),
-        vec![("QB_STORAGE_URL".into(), dir.to_string_lossy().into_owned())],
-    ));
-    if let Ok(endpoint) = std::env::var("QB_TEST_S3_ENDPOINT") {
-        let bucket = format!("qb-bench-{}", std::process::id());
-        reqwest::Client::new()
-            .put(format!("{endpoint}/{bucket}"))
-            .send()
-            .await
-            .context("creating the bench bucket")?
-            .error_for_status()?;
-        backends.push((
-            "S3 (moto)".into(),
-            vec![
-                ("QB_STORAGE_URL".into(), format!("s3://{bucket}/bench")),
-                ("AWS_ENDPOINT".into(), endpoint),
-                ("AWS_ALLOW_HTTP".into(), "true".into()),
-                ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-                ("AWS_REGION".into(), "us-east-1".into()),
-                ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST".into(), "false".into()),
-            ],
-        ));
-    } else {
-        eprintln!("media: QB_TEST_S3_ENDPOINT unset, S3 not measured");
-    }
+    let backends = backends("media", &dir).await?;
     let upload_body = bytes::Bytes::from(png(upload_bytes));
     let big_body = bytes::Bytes::from(png(big_bytes));
     let image = bytes::Bytes::from(png(1_000_000));
@@ -172,4 +145,42 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     let _ = std::fs::remove_dir_all(dir);
     Ok(figures)
+}
+
+/// The storages measured: a local directory `dir`, and S3 when
+/// `QB_TEST_S3_ENDPOINT` names a server (a fresh bucket), each as the
+/// environment of a questboard process.
+pub async fn backends(
+    group: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<(String, Vec<(String, String)>)>> {
+    let mut backends: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    backends.push((
+        "local filesystem".into(),
+        vec![("QB_STORAGE_URL".into(), dir.to_string_lossy().into_owned())],
+    ));
+    if let Ok(endpoint) = std::env::var("QB_TEST_S3_ENDPOINT") {
+        let bucket = format!("qb-bench-{group}-{}", std::process::id());
+        reqwest::Client::new()
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+            .context("creating the bench bucket")?
+            .error_for_status()?;
+        backends.push((
+            "S3 (moto)".into(),
+            vec![
+                ("QB_STORAGE_URL".into(), format!("s3://{bucket}/bench")),
+                ("AWS_ENDPOINT".into(), endpoint),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+                ("AWS_REGION".into(), "us-east-1".into()),
+                ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST".into(), "false".into()),
+            ],
+        ));
+    } else {
+        eprintln!("{group}: QB_TEST_S3_ENDPOINT unset, S3 not measured");
+    }
+    Ok(backends)
 }

@@ -224,6 +224,26 @@ impl Processes {
         Ok((processes, addr))
     }
 
+    /// One `questboard work` process serving only `kinds`, with these
+    /// environment variables on top (another storage, other limits).
+    pub fn worker_with(
+        scratch: &Scratch,
+        config: &Config,
+        kinds: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut command = Self::base(questboard()?, scratch, config);
+        command.envs(env.iter().copied());
+        command
+            .arg("work")
+            .env("QB_WORKER_KINDS", kinds)
+            .env("QB_WORKER_POLL_MS", "50")
+            .env("QB_DB_MAX_CONNECTIONS", "8");
+        Ok(Self {
+            children: vec![command.spawn().context("starting questboard work")?],
+        })
+    }
+
     /// Their pids.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()

@@ -43,6 +43,12 @@ pub enum Error {
     /// No such run.
     #[error("no such migration run")]
     NotFound,
+    /// The run is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    /// Enqueueing its job failed.
+    #[error(transparent)]
+    Job(#[from] crate::jobs::Error),
     /// Our database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -55,27 +61,33 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One source table and its columns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceTable {
     /// The table (`name` or `schema.name`).
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}(\\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")]
     pub table: String,
     /// What its rows become: `map` or `note`.
     pub kind: MediaKind,
     /// The primary key column (integer, text or uuid).
     #[serde(default = "default_id")]
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
     pub id: String,
     /// The column naming the campaign.
     #[serde(default = "default_campaign")]
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
     pub campaign: String,
     /// The file name column.
     #[serde(default = "default_name")]
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
     pub name: String,
     /// The declared content type column.
     #[serde(default = "default_content_type")]
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
     pub content_type: String,
     /// The bytes column.
     #[serde(default = "default_data")]
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
     pub data: String,
 }
 
@@ -276,6 +288,23 @@ pub fn parse_mapping(text: &str) -> Result<Vec<(String, Uuid)>> {
     Ok(mapping)
 }
 
+/// Most campaigns one run's mapping holds.
+pub const MAX_MAPPING: usize = 1_000_000;
+
+/// `url` with its password, if any, replaced by `***` (for showing).
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// A run's row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Run {
@@ -329,6 +358,27 @@ pub async fn create_run(
     created_by: &str,
 ) -> Result<Run> {
     options.validate()?;
+    if !(source_url.starts_with("postgres://") || source_url.starts_with("postgresql://"))
+        || source_url.len() > 2000
+        || source_url.chars().any(char::is_control)
+    {
+        return Err(Error::Invalid(
+            "the source is a postgres:// or postgresql:// URL".into(),
+        ));
+    }
+    if let Some((campaign, _)) = mapping
+        .iter()
+        .find(|(c, _)| c.is_empty() || c.len() > 200 || c.chars().any(char::is_control))
+    {
+        return Err(Error::Invalid(format!(
+            "campaign id {campaign:?}: 1 to 200 characters, no control characters"
+        )));
+    }
+    if mapping.len() > MAX_MAPPING {
+        return Err(Error::Invalid(format!(
+            "a mapping has at most {MAX_MAPPING} campaigns"
+        )));
+    }
     if mapping.is_empty() && options.session_column.is_none() {
         return Err(Error::Invalid(
             "a run needs a campaign -> session mapping or a session column".into(),
@@ -389,7 +439,7 @@ pub async fn begin_rollback(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<Run
             .await?
             .ok_or(Error::NotFound)?;
     if run.dry_run {
-        return Err(Error::Invalid(
+        return Err(Error::Conflict(
             "a dry run changed nothing to roll back".into(),
         ));
     }
@@ -397,7 +447,7 @@ pub async fn begin_rollback(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<Run
         run.status.as_str(),
         "completed" | "aborted" | "failed" | "rolling_back"
     ) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Conflict(format!(
             "run {id} is {}; only an ended run can be rolled back",
             run.status
         )));
@@ -1146,6 +1196,16 @@ mod tests {
                 .contains("line 1")
         );
         assert!(parse_mapping("1").is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/old"),
+            "postgres://app:***@db:5432/old"
+        );
+        assert_eq!(redacted("postgres://db/old"), "postgres://db/old");
+        assert_eq!(redacted("postgres://app@db/old"), "postgres://app@db/old");
     }
 
     #[test]

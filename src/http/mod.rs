@@ -35,6 +35,7 @@ pub mod health;
 pub mod invites;
 pub mod jobs;
 pub mod media;
+pub mod migrations;
 pub mod openapi;
 pub mod server;
 pub mod sessions;
@@ -119,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .merge(state::router())
         .merge(jobs::router())
         .merge(admin::router())
+        .merge(migrations::router())
         .merge(events::router())
         .merge(media::router())
         .merge(openapi::router());

@@ -17,7 +17,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::AppState;
-use super::{admin, error, events, health, invites, jobs, media, sessions, state, turns};
+use super::{
+    admin, error, events, health, invites, jobs, media, migrations, sessions, state, turns,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -55,6 +57,9 @@ use super::{admin, error, events, health, invites, jobs, media, sessions, state,
         admin::retry_job,
         admin::cancel_job,
         admin::get_schedule,
+        migrations::start_migration,
+        migrations::get_migration,
+        migrations::roll_back_migration,
         events::list_events,
         media::generate_media,
         media::upload_asset,

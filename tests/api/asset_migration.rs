@@ -587,3 +587,125 @@ async fn asset_migration_on_s3() {
     };
     exercise(place).await;
 }
+
+#[tokio::test]
+async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
+    use reqwest::Method;
+    let dir = std::env::temp_dir().join(format!("qb-migrate-api-{}", Uuid::new_v4()));
+    let path = dir.to_string_lossy().into_owned();
+    let configure = move |c: &mut questboard::config::Config| c.storage_url = path.clone();
+    let app = TestApp::spawn_with(configure.clone()).await;
+    let _worker = app.jobs_worker(configure).await;
+    let session = app.session_with("alice", &["bob"]).await;
+    let source = build_source(20, 0, &[], &[]).await;
+    let mapping: Vec<Value> = (1..=5)
+        .map(|c| serde_json::json!({ "campaign_id": c.to_string(), "session_id": session }))
+        .collect();
+    let body = serde_json::json!({
+        "source_url": source.db.url,
+        "mapping": mapping,
+        "tables": [{ "table": "campaign_maps", "kind": "map" }],
+    });
+
+    // Operators only; bad requests are refused before anything is recorded.
+    let player = app
+        .post("bob", "/api/admin/migrations/assets", body.clone())
+        .await;
+    assert_eq!(player.status, 403, "{}", player.text);
+    for (bad, why) in [
+        (
+            serde_json::json!({ "source_url": "mysql://x", "mapping": mapping }),
+            "postgres",
+        ),
+        (
+            serde_json::json!({ "source_url": source.db.url, "mapping": mapping,
+                                "tables": [{ "table": "maps; drop table x", "kind": "map" }] }),
+            "plain SQL name",
+        ),
+        (
+            serde_json::json!({ "source_url": source.db.url, "mapping": mapping,
+                                "tables": [{ "table": "maps", "kind": "image" }] }),
+            "only maps and notes",
+        ),
+        (
+            serde_json::json!({ "source_url": source.db.url }),
+            "mapping",
+        ),
+        (
+            serde_json::json!({ "source_url": source.db.url, "mapping": [mapping[0], mapping[0]] }),
+            "twice",
+        ),
+    ] {
+        let resp = app
+            .op(Method::POST, "/api/admin/migrations/assets", Some(bad))
+            .await;
+        assert_eq!(resp.status, 422, "{}", resp.text);
+        assert!(resp.text.contains(why), "{} should say {why}", resp.text);
+    }
+    assert_eq!(
+        count(&app.db.pool, "SELECT count(*) FROM asset_migration_runs").await,
+        0
+    );
+
+    let started = app
+        .op(Method::POST, "/api/admin/migrations/assets", Some(body))
+        .await;
+    assert_eq!(started.status, 202, "{}", started.text);
+    let run_id = started.body["run_id"].as_str().expect("run id").to_owned();
+    assert!(started.body["job_id"].is_string());
+    let path = format!("/api/admin/migrations/assets/{run_id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let resp = app.op(Method::GET, &path, None).await;
+        assert_eq!(resp.status, 200, "{}", resp.text);
+        if resp.body["status"] == "completed" {
+            break resp.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end: {}",
+            resp.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["counts"]["migrated"], 20, "{done:#}");
+    assert_eq!(done["report"]["outcome"], "completed");
+    assert!(!done["source"].as_str().unwrap_or_default().is_empty());
+    let listed = app
+        .get("bob", &format!("/api/sessions/{session}/media?kind=map"))
+        .await;
+    assert_eq!(listed.body["media"].as_array().map(Vec::len), Some(20));
+
+    let rollback = format!("/api/admin/migrations/assets/{run_id}/rollback");
+    let resp = app.op(Method::POST, &rollback, None).await;
+    assert_eq!(resp.status, 202, "{}", resp.text);
+    assert_eq!(resp.body["status"], "rolling_back");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = app.op(Method::GET, &path, None).await;
+        if resp.body["status"] == "rolled_back" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollback did not end: {}",
+            resp.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = source_rows(&source.db.pool).await;
+    for (key, original) in &source.originals {
+        assert_eq!(rows[key].0.as_ref(), Some(original), "{key:?}");
+    }
+    let again = app.op(Method::POST, &rollback, None).await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    let unknown = app
+        .op(
+            Method::GET,
+            &format!("/api/admin/migrations/assets/{}", Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status, 404);
+    let _ = std::fs::remove_dir_all(dir);
+}

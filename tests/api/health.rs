@@ -154,6 +154,9 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "POST /api/admin/jobs/{job_id}/retry",
         "POST /api/admin/jobs/{job_id}/cancel",
         "GET /api/admin/schedule",
+        "POST /api/admin/migrations/assets",
+        "GET /api/admin/migrations/assets/{run_id}",
+        "POST /api/admin/migrations/assets/{run_id}/rollback",
         "GET /healthz",
         "GET /readyz",
     ]

@@ -60,6 +60,89 @@ impl Job for MigrateAssets {
     };
 }
 
+/// A started run or rollback: the run and the job that does it.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The run.
+    pub run: Run,
+    /// Its job (an earlier one still queued or running, when asked again).
+    pub job_id: String,
+}
+
+/// One job at a time per run and direction: while a run's job is queued
+/// or running (or its worker died and it waits to be rescued), asking
+/// again returns that job.
+fn options_for(job: &MigrateAssets, by: &str) -> questboard_core::jobs::Options {
+    let direction = if job.rollback { "rollback" } else { "run" };
+    questboard_core::jobs::Options {
+        unique_key: Some(format!("{direction}:{}", job.run_id)),
+        metadata: vec![("enqueued_by".into(), by.to_owned())],
+        ..questboard_core::jobs::Options::default()
+    }
+}
+
+async fn enqueue_for(
+    tx: &mut sqlx::PgConnection,
+    run: Run,
+    rollback: bool,
+    by: &str,
+) -> am::Result<Started> {
+    let job = MigrateAssets {
+        run_id: run.id,
+        rollback,
+    };
+    let enqueued = questboard_core::jobs::enqueue(&mut *tx, &job, &options_for(&job, by)).await?;
+    am::set_job(&mut *tx, run.id, &enqueued.id).await?;
+    Ok(Started {
+        run,
+        job_id: enqueued.id,
+    })
+}
+
+/// Records a run (checked: options, source URL, mapping) and enqueues its
+/// job in one transaction. Announce the kind after.
+pub async fn start(
+    pool: &sqlx::PgPool,
+    source_url: &str,
+    options: &am::Options,
+    dry_run: bool,
+    mapping: &[(String, Uuid)],
+    by: &str,
+) -> am::Result<Started> {
+    let mut tx = pool.begin().await?;
+    let run = am::create_run(&mut tx, source_url, options, dry_run, mapping, by).await?;
+    let started = enqueue_for(&mut tx, run, false, by).await?;
+    tx.commit().await?;
+    Ok(started)
+}
+
+/// Marks an ended run as being rolled back and enqueues the rollback.
+pub async fn start_rollback(pool: &sqlx::PgPool, run_id: Uuid, by: &str) -> am::Result<Started> {
+    let mut tx = pool.begin().await?;
+    let run = am::begin_rollback(&mut tx, run_id).await?;
+    let started = enqueue_for(&mut tx, run, true, by).await?;
+    tx.commit().await?;
+    Ok(started)
+}
+
+/// Enqueues an unfinished run's (or rollback's) job again: after it
+/// failed for good, it resumes where it was; while it is still queued or
+/// running, that job is returned.
+pub async fn resume(pool: &sqlx::PgPool, run_id: Uuid, by: &str) -> am::Result<Started> {
+    let run = am::get_run(pool, run_id).await?;
+    if !matches!(run.status.as_str(), "running" | "rolling_back") {
+        return Err(am::Error::Conflict(format!(
+            "run {run_id} is {}; only an unfinished run resumes",
+            run.status
+        )));
+    }
+    let rollback = run.status == "rolling_back";
+    let mut tx = pool.begin().await?;
+    let started = enqueue_for(&mut tx, run, rollback, by).await?;
+    tx.commit().await?;
+    Ok(started)
+}
+
 /// Failures listed in a report (the count is always whole).
 const REPORTED_FAILURES: i64 = 10_000;
 

@@ -1,0 +1,257 @@
+//! `/api/admin/migrations/assets`: asset migration runs for operators, as
+//! `questboard admin migrate-assets` starts them from the command line
+//! (`docs/runbooks/asset-migration.md`). Operators only (401 without a
+//! valid token, 403 without `questboard:operator`).
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /api/admin/migrations/assets` | records a run and enqueues its job: 202 `{run_id, job_id, status}` |
+//! | `GET /api/admin/migrations/assets/{run_id}` | the run: status, options, checkpoint, counts, report (the source URL without its password) |
+//! | `POST /api/admin/migrations/assets/{run_id}/rollback` | puts back what an ended run moved: 202; 409 for a run that is running, a dry run, or one rolled back |
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use questboard_core::asset_migration::{self as am, SourceTable};
+use questboard_core::jobs::Job as _;
+use questboard_workers::jobs::asset_migration::{self, MigrateAssets};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{Error, ErrorBody, Result};
+use super::extract::{Json, Operator, Path};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/migrations/assets", post(start_migration))
+        .route("/admin/migrations/assets/{run_id}", get(get_migration))
+        .route(
+            "/admin/migrations/assets/{run_id}/rollback",
+            post(roll_back_migration),
+        )
+}
+
+impl From<am::Error> for Error {
+    fn from(err: am::Error) -> Self {
+        match err {
+            am::Error::Invalid(why) => Error::Unprocessable(why),
+            am::Error::NotFound => Error::NotFound("migration run"),
+            am::Error::Conflict(why) => Error::Conflict(why),
+            am::Error::Job(err) => err.into(),
+            am::Error::Database(err) => Error::database(err),
+            am::Error::Source(_) => Error::internal(err),
+        }
+    }
+}
+
+/// One line of a campaign -> session mapping.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSession {
+    /// The old service's campaign id.
+    #[schema(min_length = 1, max_length = 200)]
+    pub campaign_id: String,
+    /// The questboard session its assets go to.
+    pub session_id: Uuid,
+}
+
+/// A run to start.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartMigration {
+    /// The old service's database: `postgres://` or `postgresql://`.
+    #[schema(pattern = "^postgres(ql)?://", max_length = 2000)]
+    pub source_url: String,
+    /// Campaign -> session (or give `session_column`).
+    #[serde(default)]
+    pub mapping: Vec<CampaignSession>,
+    /// A column of the source rows holding their session's id.
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+    pub session_column: Option<String>,
+    /// The tables (default `campaign_maps` as maps, `campaign_notes` as
+    /// notes, with columns `id`, `campaign_id`, `name`, `content_type`,
+    /// `data`).
+    pub tables: Option<Vec<SourceTable>>,
+    /// Check everything, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Leave the blobs in the source rows.
+    #[serde(default)]
+    pub keep_source: bool,
+    /// Abort when more than this percentage of the assets so far failed (1).
+    #[schema(minimum = 0, maximum = 100)]
+    pub max_failure_percent: Option<f64>,
+    /// Assets to see before the threshold can abort the run (100).
+    #[schema(minimum = 0)]
+    pub min_sample: Option<u64>,
+    /// Source rows read per page (100).
+    #[schema(minimum = 1, maximum = 10000)]
+    pub batch: Option<i64>,
+}
+
+/// A run started (or its rollback).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationStarted {
+    /// The run.
+    pub run_id: Uuid,
+    /// Its job (`GET /api/admin/jobs/{job_id}` for progress).
+    pub job_id: String,
+    /// `running` or `rolling_back`.
+    pub status: String,
+}
+
+/// A run as operators see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationView {
+    /// The run.
+    pub run_id: Uuid,
+    /// `running`, `completed`, `aborted`, `failed`, `rolling_back`, `rolled_back`.
+    pub status: String,
+    /// The source, its password replaced by `***`.
+    pub source: String,
+    /// Validate only.
+    pub dry_run: bool,
+    /// Tables, limits, threshold.
+    #[schema(value_type = Object)]
+    pub options: Value,
+    /// Per table, the last source id of a finished page.
+    #[schema(value_type = Object)]
+    pub checkpoint: Value,
+    /// Assets found to do when it started.
+    pub total: Option<i64>,
+    /// Counts by outcome so far.
+    #[schema(value_type = Object)]
+    pub counts: Value,
+    /// The report, once it ended.
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<Value>,
+    /// Its latest job.
+    pub job_id: Option<String>,
+    /// Who started it.
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+fn started(
+    state: &AppState,
+    started: asset_migration::Started,
+) -> (StatusCode, Json<MigrationStarted>) {
+    state.wake.announce(MigrateAssets::SPEC.kind);
+    (
+        StatusCode::ACCEPTED,
+        Json(MigrationStarted {
+            run_id: started.run.id,
+            job_id: started.job_id,
+            status: started.run.status,
+        }),
+    )
+}
+
+/// Starts an asset migration run; operators only.
+#[utoipa::path(post, path = "/api/admin/migrations/assets", tag = "admin",
+    request_body = StartMigration,
+    responses((status = 202, body = MigrationStarted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "Bad options, source URL or mapping", body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn start_migration(
+    Operator(operator): Operator,
+    State(state): State<AppState>,
+    Json(input): Json<StartMigration>,
+) -> Result<(StatusCode, Json<MigrationStarted>)> {
+    let defaults = am::Options::default();
+    let options = am::Options {
+        tables: input.tables.unwrap_or(defaults.tables),
+        session_column: input.session_column,
+        keep_source: input.keep_source,
+        max_failure_percent: input
+            .max_failure_percent
+            .unwrap_or(defaults.max_failure_percent),
+        min_sample: input.min_sample.unwrap_or(defaults.min_sample),
+        batch: input.batch.unwrap_or(defaults.batch),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut mapping = Vec::with_capacity(input.mapping.len());
+    for line in input.mapping {
+        if !seen.insert(line.campaign_id.clone()) {
+            return Err(Error::Unprocessable(format!(
+                "campaign {:?} is mapped twice",
+                line.campaign_id
+            )));
+        }
+        mapping.push((line.campaign_id, line.session_id));
+    }
+    let by = format!("api:{}", operator.as_str());
+    let run = asset_migration::start(
+        &state.pool,
+        &input.source_url,
+        &options,
+        input.dry_run,
+        &mapping,
+        &by,
+    )
+    .await?;
+    tracing::info!(run_id = %run.run.id, by, dry_run = input.dry_run, "asset migration started");
+    Ok(started(&state, run))
+}
+
+/// An asset migration run; operators only.
+#[utoipa::path(get, path = "/api/admin/migrations/assets/{run_id}", tag = "admin",
+    params(("run_id" = Uuid, Path, description = "The run")),
+    responses((status = 200, body = MigrationView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn get_migration(
+    Operator(_operator): Operator,
+    State(state): State<AppState>,
+    Path(run_id): Path<Uuid>,
+) -> Result<Json<MigrationView>> {
+    let run = am::get_run(&state.pool, run_id).await?;
+    let counts = am::counts(&state.pool, run_id).await?;
+    Ok(Json(MigrationView {
+        run_id: run.id,
+        status: run.status,
+        source: am::redacted(&run.source_url),
+        dry_run: run.dry_run,
+        options: serde_json::to_value(&run.options).unwrap_or_default(),
+        checkpoint: run.checkpoint,
+        total: run.total,
+        counts: serde_json::to_value(&counts).unwrap_or_default(),
+        report: run.report,
+        job_id: run.job_id,
+        created_by: run.created_by,
+        created_at: run.created_at,
+        finished_at: run.finished_at,
+    }))
+}
+
+/// Rolls back an ended run: every blob it cleared back into its source
+/// row, byte for byte, its objects and media rows deleted; operators only.
+#[utoipa::path(post, path = "/api/admin/migrations/assets/{run_id}/rollback", tag = "admin",
+    params(("run_id" = Uuid, Path, description = "The run")),
+    responses((status = 202, body = MigrationStarted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Still running, a dry run, or rolled back already", body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn roll_back_migration(
+    Operator(operator): Operator,
+    State(state): State<AppState>,
+    Path(run_id): Path<Uuid>,
+) -> Result<(StatusCode, Json<MigrationStarted>)> {
+    let by = format!("api:{}", operator.as_str());
+    let run = asset_migration::start_rollback(&state.pool, run_id, &by).await?;
+    tracing::info!(%run_id, by, "asset migration rollback started");
+    Ok(started(&state, run))
+}
