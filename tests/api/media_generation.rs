@@ -4,7 +4,9 @@
 //! `/audio/speech`), checks them, stores them, and `media.ready` reaches the
 //! session's sockets; the bytes are then fetched. A 429 is retried after
 //! `Retry-After`; a reply that is not an image fails the item with
-//! `media.failed`.
+//! `media.failed`. A game master's reply asks for images (`/image` lines,
+//! the `show_image` tool). On the local filesystem, and on S3 (moto) with a
+//! `questboard work` process.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -502,4 +504,62 @@ async fn an_openai_compatible_server_is_asked_retried_and_checked() {
         "a reply that is not an image is not retried: {job}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_generated_image_is_stored_on_s3_and_served_from_there() {
+    let Some(storage) = crate::helpers::s3_test_storage("generation_on_s3", "tenant").await else {
+        return;
+    };
+    let (endpoint, bucket) = crate::helpers::s3_location(&storage);
+    let app = TestApp::spawn_with_storage(storage.clone(), |_| {}).await;
+    // The worker is a `questboard work` process on the same bucket.
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_questboard"))
+        .arg("work")
+        .env("DATABASE_URL", &app.db.url)
+        .env("REDIS_URL", crate::helpers::redis_url())
+        .env("QB_METRICS_ADDR", "127.0.0.1:0")
+        .env("QB_WORKER_KINDS", "media")
+        .env("QB_WORKER_POLL_MS", "50")
+        .env("QB_STORAGE_URL", format!("s3://{bucket}/tenant"))
+        .env("AWS_ENDPOINT", &endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("questboard work");
+    let session = app.session_with("alice", &["bob"]).await;
+    let mut ws = app.ws("bob", &session, Some(0)).await.expect("socket");
+    let prompt = "a lighthouse in a storm";
+    let resp = ask(
+        &app,
+        "bob",
+        &session,
+        json!({"type": "image", "prompt": prompt, "size": "96x64"}),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text);
+    let media_id = resp.body["media_id"].as_str().expect("id").to_owned();
+    let ready = outcome(&mut ws, &media_id, Duration::from_secs(30)).await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(ready["type"], "media.ready", "{ready}");
+    let url = ready["data"]["url"].as_str().expect("url");
+    let (status, ty, bytes) = bytes_of(&app, "alice", url).await;
+    assert_eq!((status, ty.as_str()), (StatusCode::OK, "image/png"));
+    let expected = builtin::picture(prompt, 96, 64).expect("picture");
+    assert_eq!(bytes, expected);
+    // The object is in the bucket, under the session's prefix.
+    let key = format!("sessions/{session}/media/images/{media_id}.png");
+    assert_eq!(
+        storage.get_object(&key).await.expect("object").as_ref(),
+        expected.as_slice()
+    );
+    let (status, _, _) = bytes_of(&app, "mallory", url).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
