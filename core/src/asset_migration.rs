@@ -702,6 +702,19 @@ pub async fn set_status(pool: &PgPool, run: Uuid, item: &Item, status: &str) -> 
     Ok(())
 }
 
+/// The items of `run` stored and verified whose source row may not point
+/// at them yet (a worker died between the two writes).
+pub async fn stored(pool: &PgPool, run: Uuid) -> Result<Vec<Item>> {
+    Ok(sqlx::query_as::<_, Item>(
+        "SELECT source_table, source_id, status, media_id, session_id, storage_key, byte_size,
+                sha256, reason
+         FROM asset_migration_items WHERE run_id = $1 AND status = 'stored'",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Up to `limit` items of `run` a rollback must put back (`stored` or
 /// `migrated`), in key order after `after`.
 pub async fn to_roll_back(

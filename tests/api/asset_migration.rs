@@ -676,6 +676,52 @@ async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
         .await;
     assert_eq!(listed.body["media"].as_array().map(Vec::len), Some(20));
 
+    // A worker that died between pointing a source row at its copy and
+    // marking the item migrated: a rerun finishes the item, stores nothing
+    // again.
+    let run_uuid: Uuid = run_id.parse().expect("uuid");
+    sqlx::query(
+        "UPDATE asset_migration_items SET status = 'stored' WHERE run_id = $1 AND source_id = '3'",
+    )
+    .bind(run_uuid)
+    .execute(&app.db.pool)
+    .await
+    .expect("stored");
+    sqlx::query("UPDATE asset_migration_runs SET status = 'running' WHERE id = $1")
+        .bind(run_uuid)
+        .execute(&app.db.pool)
+        .await
+        .expect("running");
+    {
+        let mut conn = app.db.pool.acquire().await.expect("conn");
+        let job = questboard_workers::jobs::asset_migration::MigrateAssets {
+            run_id: run_uuid,
+            rollback: false,
+        };
+        questboard_core::jobs::enqueue(&mut conn, &job, &Default::default())
+            .await
+            .expect("enqueue");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rerun = loop {
+        let resp = app.op(Method::GET, &path, None).await;
+        if resp.body["status"] == "completed" {
+            break resp.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rerun did not end: {}",
+            resp.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rerun["counts"]["migrated"], 20, "{rerun:#}");
+    assert_eq!(rerun["counts"]["stored"], 0, "{rerun:#}");
+    assert_eq!(
+        count(&app.db.pool, "SELECT count(*) FROM campaign_media").await,
+        20
+    );
+
     let rollback = format!("/api/admin/migrations/assets/{run_id}/rollback");
     let resp = app.op(Method::POST, &rollback, None).await;
     assert_eq!(resp.status, 202, "{}", resp.text);

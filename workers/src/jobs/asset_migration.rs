@@ -247,6 +247,21 @@ impl<'a> Migrator<'a> {
 
     /// Goes through every table; returns why the run aborted, if it did.
     async fn migrate(&mut self) -> Result<Option<String>, JobError> {
+        // Items stored by an earlier attempt whose source row may already
+        // point at them (it then left the pages): finish them first.
+        let stored = am::stored(&self.ctx.pool, self.record.id)
+            .await
+            .map_err(db)?;
+        for item in stored {
+            let table = self
+                .tables
+                .iter()
+                .find(|t| t.spec().table == item.source_table)
+                .cloned();
+            if let Some(table) = table {
+                self.point_source(&table, &item).await?;
+            }
+        }
         for index in 0..self.tables.len() {
             let table = self.tables[index].clone();
             let name = table.spec().table.clone();
@@ -464,7 +479,9 @@ impl<'a> Migrator<'a> {
             session_id: Some(target.id),
             ..item
         };
-        self.point_source(table, &stored).await
+        self.point_source(table, &stored).await?;
+        self.seen += 1;
+        Ok(())
     }
 
     /// Points the source row of a stored item at it, clears its blob
@@ -495,7 +512,6 @@ impl<'a> Migrator<'a> {
             .increment(1);
         metrics::counter!(m::MIGRATION_BYTES_TOTAL, "kind" => kind.as_str())
             .increment(item.byte_size.unwrap_or(0).max(0) as u64);
-        self.seen += 1;
         Ok(())
     }
 
