@@ -484,7 +484,7 @@ async fn migrate(
     use questboard_core::asset_migration as am;
     use questboard_core::jobs::Job as _;
     use questboard_workers::jobs::asset_migration::{self, MigrateAssets};
-    let (run_id, rollback, no_wait, output) = match command {
+    let (run_id, job_id, rollback, no_wait, output) = match command {
         MigrateCommand::Show { run } => {
             let record = am::get_run(pool, run).await?;
             let counts = am::counts(pool, run).await?;
@@ -555,20 +555,19 @@ async fn migrate(
                 mapping.len(),
                 if args.dry_run { ", dry run" } else { "" }
             );
-            (record.id, false, args.no_wait, args.output)
+            (record.id, started.job_id, false, args.no_wait, args.output)
         }
         MigrateCommand::Rollback { run, no_wait } => {
-            asset_migration::start_rollback(pool, run, &operator()).await?;
-            (run, true, no_wait, None)
+            let started = asset_migration::start_rollback(pool, run, &operator()).await?;
+            (run, started.job_id, true, no_wait, None)
         }
         MigrateCommand::Resume { run, no_wait } => {
             let started = asset_migration::resume(pool, run, &operator()).await?;
-            (run, started.run.status == "rolling_back", no_wait, None)
+            let rollback = started.run.status == "rolling_back";
+            (run, started.job_id, rollback, no_wait, None)
         }
     };
     wake.announce(MigrateAssets::SPEC.kind);
-    let record = am::get_run(pool, run_id).await?;
-    let job_id = record.job_id.unwrap_or_default();
     if no_wait {
         println!("{run_id} {job_id}");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -85,10 +85,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
             max_chars: config.max_turn_chars,
             max_attempts: config.job_max_attempts,
         },
-        media: questboard_core::media::UploadLimits {
-            map_max_bytes: config.media_map_max_bytes,
-            note_max_bytes: config.media_note_max_bytes,
-        },
+        media: upload_limits(config),
         links: crate::http::MediaLinks {
             signer: link_signer(config),
             ttl: Duration::from_secs(config.media_link_ttl_seconds),
@@ -182,10 +179,7 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
         wake,
         provider,
         media: media_provider(config)?,
-        media_limits: questboard_core::media::UploadLimits {
-            map_max_bytes: config.media_map_max_bytes,
-            note_max_bytes: config.media_note_max_bytes,
-        },
+        media_limits: upload_limits(config),
         sinks: Arc::new(PublishDeltas(events.clone())),
         events,
         system_prompt: config.llm_system_prompt.as_str().into(),
@@ -206,6 +200,15 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
             ..reconcile::Settings::default()
         },
     })
+}
+
+/// The size limits of maps and notes (`QB_MEDIA_MAP_MAX_BYTES`,
+/// `QB_MEDIA_NOTE_MAX_BYTES`), for uploads and migrated assets alike.
+fn upload_limits(config: &Config) -> questboard_core::media::UploadLimits {
+    questboard_core::media::UploadLimits {
+        map_max_bytes: config.media_map_max_bytes,
+        note_max_bytes: config.media_note_max_bytes,
+    }
 }
 
 /// The configured media provider.

@@ -537,9 +537,7 @@ pub async fn items(
     ids: &[String],
 ) -> Result<HashMap<String, Item>> {
     let rows = sqlx::query_as::<_, Item>(
-        "SELECT source_table, source_id, status, media_id, session_id, storage_key, byte_size,
-                sha256, reason
-         FROM asset_migration_items WHERE run_id = $1 AND source_table = $2 AND source_id = ANY($3)",
+        "SELECT * FROM asset_migration_items WHERE run_id = $1 AND source_table = $2 AND source_id = ANY($3)",
     )
     .bind(run)
     .bind(table)
@@ -594,8 +592,7 @@ pub async fn claim(
          VALUES ($1, $2, $3, 'pending', $4, $5, $6)
          ON CONFLICT (run_id, source_table, source_id)
          DO UPDATE SET at = now()
-         RETURNING source_table, source_id, status, media_id, session_id, storage_key, byte_size,
-                   sha256, reason",
+         RETURNING *",
     )
     .bind(run)
     .bind(table)
@@ -706,9 +703,7 @@ pub async fn set_status(pool: &PgPool, run: Uuid, item: &Item, status: &str) -> 
 /// at them yet (a worker died between the two writes).
 pub async fn stored(pool: &PgPool, run: Uuid) -> Result<Vec<Item>> {
     Ok(sqlx::query_as::<_, Item>(
-        "SELECT source_table, source_id, status, media_id, session_id, storage_key, byte_size,
-                sha256, reason
-         FROM asset_migration_items WHERE run_id = $1 AND status = 'stored'",
+        "SELECT * FROM asset_migration_items WHERE run_id = $1 AND status = 'stored'",
     )
     .bind(run)
     .fetch_all(pool)
@@ -724,9 +719,7 @@ pub async fn to_roll_back(
     limit: i64,
 ) -> Result<Vec<Item>> {
     Ok(sqlx::query_as::<_, Item>(
-        "SELECT source_table, source_id, status, media_id, session_id, storage_key, byte_size,
-                sha256, reason
-         FROM asset_migration_items
+        "SELECT * FROM asset_migration_items
          WHERE run_id = $1 AND status IN ('stored', 'migrated', 'pending')
            AND (source_table, source_id) > ($2, $3)
          ORDER BY source_table, source_id LIMIT $4",
@@ -879,6 +872,9 @@ pub struct Table {
     data: String,
     /// The id column's type, for casting a text id back.
     id_type: &'static str,
+    /// The condition of a row still to migrate (with the reference
+    /// columns, which a dry run may not find: then every row with bytes).
+    pending: String,
 }
 
 impl Table {
@@ -987,6 +983,12 @@ impl Source {
             .await
             .map_err(Error::Source)?;
         }
+        let data = quoted(&spec.data)?;
+        let pending = if dry_run && type_of("storage_asset_id").is_none() {
+            format!("t.{data} IS NOT NULL")
+        } else {
+            format!("t.{data} IS NOT NULL AND t.storage_asset_id IS NULL")
+        };
         Ok(Table {
             spec: spec.clone(),
             table,
@@ -994,39 +996,15 @@ impl Source {
             owner: quoted(owner_column)?,
             name: quoted(&spec.name)?,
             content_type: quoted(&spec.content_type)?,
-            data: quoted(&spec.data)?,
+            data,
             id_type,
+            pending,
         })
-    }
-
-    /// Whether the reference columns are there (before a dry run, they may
-    /// not be).
-    async fn has_references(&self, table: &Table) -> Result<bool> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM pg_attribute
-             WHERE attrelid = to_regclass($1) AND attname = 'storage_asset_id' AND NOT attisdropped",
-        )
-        .bind(&table.table)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(Error::Source)?;
-        Ok(found.is_some())
-    }
-
-    fn pending_filter(&self, table: &Table, references: bool) -> String {
-        if references {
-            format!(
-                "t.{} IS NOT NULL AND t.storage_asset_id IS NULL",
-                table.data
-            )
-        } else {
-            format!("t.{} IS NOT NULL", table.data)
-        }
     }
 
     /// How many assets of `table` are not migrated yet.
     pub async fn count_pending(&self, table: &Table) -> Result<i64> {
-        let filter = self.pending_filter(table, self.has_references(table).await?);
+        let filter = &table.pending;
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {} AS t WHERE {filter}",
             table.table
@@ -1044,7 +1022,7 @@ impl Source {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<SourceAsset>> {
-        let filter = self.pending_filter(table, self.has_references(table).await?);
+        let filter = &table.pending;
         // Qualified: a bare `ORDER BY id` would sort by the text alias.
         let sql = format!(
             "SELECT t.{id}::text AS id, t.{owner}::text AS owner, t.{name}::text AS name,

@@ -8,7 +8,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use questboard_core::{invites, jobs, sessions, state, storage, turns};
+use questboard_core::{asset_migration, invites, jobs, sessions, state, storage, turns};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -277,6 +277,19 @@ impl From<storage::Error> for Error {
             }
             storage::Error::NotFound => Error::NotFound("file"),
             storage::Error::Config(_) | storage::Error::Backend(_) => Error::internal(err),
+        }
+    }
+}
+
+impl From<asset_migration::Error> for Error {
+    fn from(err: asset_migration::Error) -> Self {
+        match err {
+            asset_migration::Error::Invalid(why) => Error::Unprocessable(why),
+            asset_migration::Error::NotFound => Error::NotFound("migration run"),
+            asset_migration::Error::Conflict(why) => Error::Conflict(why),
+            asset_migration::Error::Job(err) => err.into(),
+            asset_migration::Error::Database(err) => Error::database(err),
+            asset_migration::Error::Source(_) => Error::internal(err),
         }
     }
 }

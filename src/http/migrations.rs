@@ -36,19 +36,6 @@ pub(super) fn router() -> Router<AppState> {
         )
 }
 
-impl From<am::Error> for Error {
-    fn from(err: am::Error) -> Self {
-        match err {
-            am::Error::Invalid(why) => Error::Unprocessable(why),
-            am::Error::NotFound => Error::NotFound("migration run"),
-            am::Error::Conflict(why) => Error::Conflict(why),
-            am::Error::Job(err) => err.into(),
-            am::Error::Database(err) => Error::database(err),
-            am::Error::Source(_) => Error::internal(err),
-        }
-    }
-}
-
 /// One line of a campaign -> session mapping.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -31,16 +31,15 @@ use std::time::Instant;
 
 use questboard_core::events::EventPublisher;
 use questboard_core::jobs::{self, Job as _};
-use questboard_core::media;
-use questboard_core::wakeups;
+use questboard_core::metrics as m;
+use questboard_core::turns::{self, Step, StepOutcome};
+use questboard_core::{media, wakeups};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::jobs::media::GenerateMedia;
 use crate::providers::MAX_IMAGES_PER_REPLY;
-use questboard_core::metrics as m;
-use questboard_core::turns::{self, Step, StepOutcome};
-use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// How the committer batches.
 #[derive(Debug, Clone, Copy)]
@@ -155,12 +154,8 @@ async fn apply(
     batch: Vec<Request>,
     state_max_bytes: usize,
 ) {
-    let (alone, batch): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| {
-        r.step
-            .settle
-            .as_ref()
-            .is_some_and(|(_, _, settle)| settle.runs_alone())
-    });
+    let (alone, batch): (Vec<Request>, Vec<Request>) =
+        batch.into_iter().partition(|r| r.step.runs_alone());
     let alone = alone.into_iter().map(|request| async move {
         let applied = turns::retrying(|| advance_alone(pool, &request.step, state_max_bytes)).await;
         if let Ok((_, images)) = &applied

@@ -134,6 +134,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// Whether it settles a turn whose step [runs alone](Settle::runs_alone).
+    pub fn runs_alone(&self) -> bool {
+        self.settle.as_ref().is_some_and(|(_, _, s)| s.runs_alone())
+    }
+
     /// An empty step under `lease` on session `session_id`.
     pub fn new(session_id: Uuid, lease: &Lease) -> Self {
         Self {
@@ -403,10 +408,7 @@ pub async fn advance(pool: &PgPool, steps: &[Step]) -> Result<Vec<StepOutcome>> 
     if steps.is_empty() {
         return Ok(Vec::new());
     }
-    if steps
-        .iter()
-        .any(|s| s.settle.as_ref().is_some_and(|(_, _, s)| s.runs_alone()))
-    {
+    if steps.iter().any(Step::runs_alone) {
         return Err(Error::Invalid(
             "a step whose reply changes the game state or asks for images goes through \
              advance_alone"
