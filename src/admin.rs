@@ -14,7 +14,10 @@
 //!   migrate-assets rollback --run ID`, `resume --run ID`, `show --run ID`:
 //!   asset migrations (see `docs/runbooks/asset-migration.md`); `run` and
 //!   `rollback` show a progress bar until done and exit non-zero unless the
-//!   run completed (or was rolled back).
+//!   run completed (or was rolled back);
+//! - `admin import-legacy run --source URL --mapping FILE [--dry-run]
+//!   [--strict]`, `rollback --run ID [--force]`, `show --run ID`: legacy layout
+//!   imports ([`legacy`]; `docs/runbooks/legacy-import.md`).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -30,6 +33,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::config::Config;
+
+pub mod legacy;
 
 /// The operators' commands.
 #[derive(Debug, clap::Subcommand)]
@@ -61,6 +66,9 @@ pub enum AdminCommand {
     /// Asset migrations out of the old campaign service's database.
     #[command(name = "migrate-assets", subcommand)]
     MigrateAssets(MigrateCommand),
+    /// Campaigns from the old app's folder layout, imported as sessions.
+    #[command(name = "import-legacy", subcommand)]
+    ImportLegacy(legacy::ImportCommand),
     /// Reconcile metadata with storage now: enqueue a `reconcile` job and
     /// wait for a worker to run it.
     Reconcile {
@@ -299,6 +307,9 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::MigrateAssets(command) => migrate(&pool, &registry, &wake, command).await,
+        AdminCommand::ImportLegacy(command) => {
+            legacy::run(config, &pool, &registry, &wake, command).await
+        }
         AdminCommand::Reconcile {
             repair,
             output,

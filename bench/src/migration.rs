@@ -6,12 +6,18 @@
 //! (the handler's time, without the job's wait in line): MB/s over the
 //! maps, assets/s over the notes. On the local filesystem and, when an
 //! S3-compatible server is given (`QB_TEST_S3_ENDPOINT`), on S3.
+//!
+//! The legacy layout import likewise: a tree on the local disk in the old
+//! app's layout (folders of images of 1 MB and small logs and JSON files)
+//! imported by a `questboard work` process serving only `legacy_import`;
+//! MB/s and files/s from the run's report.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use questboard_core::asset_migration::{Options, SourceTable};
 use questboard_core::identity::UserId;
+use questboard_core::legacy_import::{self, Mapping, Owners};
 use questboard_core::media::MediaKind;
 use questboard_core::sessions::{self, SessionName};
 
@@ -35,6 +41,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     let backends = super::media::backends("migration", &dir).await?;
     let mut figures = Vec::new();
     for (name, env) in &backends {
+        figures.extend(legacy(config, args, name, env).await?);
         let mut rate = Figure::new(
             format!("asset migration of {maps} maps of 1 MB, {name}"),
             "MB/s",
@@ -143,4 +150,100 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     let _ = std::fs::remove_dir_all(dir);
     Ok(figures)
+}
+
+/// The legacy layout import on one backend.
+async fn legacy(
+    config: &Config,
+    args: &BenchArgs,
+    name: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<Vec<Figure>> {
+    let (folders, images, small) = if args.quick {
+        (2, 2, 10)
+    } else {
+        (10, 10, 100)
+    };
+    let tree = std::env::temp_dir().join(format!("qb-bench-legacy-{}", std::process::id()));
+    let mut mapping = Mapping::new();
+    for folder in 0..folders {
+        let dir = tree.join(format!("campaigns/prod/campaign_{folder} - Bench {folder}"));
+        std::fs::create_dir_all(dir.join("art"))?;
+        for i in 0..images {
+            std::fs::write(dir.join(format!("art/scene {i}.png")), png(1_000_000, i))?;
+        }
+        for i in 0..small {
+            let (file, text) = if i % 2 == 0 {
+                (
+                    format!("history {i}.txt"),
+                    format!("Turn {i}: the party rests.\n"),
+                )
+            } else {
+                (format!("state {i}.json"), format!("{{\"turn\": {i}}}"))
+            };
+            std::fs::write(dir.join(file), text)?;
+        }
+        mapping.insert(
+            format!("prod/campaign_{folder} - Bench {folder}"),
+            Owners {
+                owner: "bench".into(),
+                members: Vec::new(),
+                gms: Vec::new(),
+                skip: false,
+            },
+        );
+    }
+    let source = format!("file://{}", tree.display());
+    let mut bytes_rate = Figure::new(
+        format!(
+            "legacy import of {folders} folders ({} images of 1 MB, {} small files), {name}",
+            folders * images,
+            folders * small
+        ),
+        "MB/s",
+    );
+    let mut file_rate = Figure::new("  ... the same", "files/s");
+    for _ in 0..runs(args) {
+        Scratch::scoped(config, async |scratch| {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let worker = Processes::worker_with(scratch, config, "legacy_import", &env)?;
+            let started = questboard_workers::jobs::legacy_import::start(
+                &scratch.pool,
+                &source,
+                &mapping,
+                legacy_import::Options::default(),
+                false,
+                "bench",
+            )
+            .await?;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let report = loop {
+                let run = legacy_import::get_run(&scratch.pool, started.run.id).await?;
+                if run.status != "running" {
+                    break run.report.context("no report")?;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the run did not end");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            anyhow::ensure!(report["outcome"] == "completed", "run: {report}");
+            let files = report["files"].as_f64().unwrap_or(0.0);
+            anyhow::ensure!(
+                files as usize == folders * (images + small),
+                "run: {report}"
+            );
+            let seconds = report["seconds"].as_f64().unwrap_or(f64::NAN);
+            let bytes = report["bytes"].as_f64().unwrap_or(0.0);
+            bytes_rate.values.push(bytes / 1e6 / seconds);
+            file_rate.values.push(files / seconds);
+            worker.stop();
+            Ok(())
+        })
+        .await?;
+    }
+    let _ = std::fs::remove_dir_all(tree);
+    for figure in [&bytes_rate, &file_rate] {
+        figure.print();
+    }
+    Ok(vec![bytes_rate, file_rate])
 }

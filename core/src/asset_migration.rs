@@ -633,39 +633,26 @@ pub async fn record_stored(
     object: &Verified<'_>,
 ) -> Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        r#"
-        WITH owner AS (SELECT owner_user_id FROM campaign_sessions WHERE id = $2),
-        m AS (
-            INSERT INTO campaign_media
-                (id, session_id, kind, source, status, version, content_type, byte_size, sha256,
-                 storage_key, original_name, options, created_by)
-            SELECT $1, $2, $3, 'migrated', 'ready', 1, $4, $5, $6, $7, $8,
-                   jsonb_build_object('migration_run', $9::uuid, 'source_table', $10::text,
-                                      'source_id', $11::text),
-                   owner.owner_user_id
-            FROM owner
-            ON CONFLICT (id) DO NOTHING
-            RETURNING id, created_by
-        )
-        INSERT INTO campaign_media_versions
-            (media_id, version, content_type, byte_size, sha256, storage_key, original_name, created_by)
-        SELECT m.id, 1, $4, $5, $6, $7, $8, m.created_by FROM m
-        "#,
+    media::record_migrated(
+        &mut tx,
+        item.media_id,
+        object.session_id,
+        object.kind,
+        &media::StoredObject {
+            storage_key: object.storage_key.to_owned(),
+            content_type: object.content_type.to_owned(),
+            byte_size: object.byte_size,
+            sha256: object.sha256,
+        },
+        object.original_name,
+        &json!({ "migration_run": run, "source_table": item.source_table,
+                 "source_id": item.source_id }),
     )
-    .bind(item.media_id)
-    .bind(object.session_id)
-    .bind(object.kind)
-    .bind(object.content_type)
-    .bind(object.byte_size as i64)
-    .bind(object.sha256.as_slice())
-    .bind(object.storage_key)
-    .bind(object.original_name)
-    .bind(run)
-    .bind(&item.source_table)
-    .bind(&item.source_id)
-    .execute(&mut *tx)
-    .await?;
+    .await
+    .map_err(|e| match e {
+        media::Error::Database(e) => Error::Database(e),
+        other => Error::Invalid(other.to_string()),
+    })?;
     sqlx::query(
         "UPDATE asset_migration_items
          SET status = 'stored', storage_key = $4, byte_size = $5, sha256 = $6, reason = NULL, at = now()

@@ -38,6 +38,10 @@
 //! - [`asset_migration`]: moving maps and notes out of the old campaign
 //!   service's database into storage, resumably and reversibly
 //!   (`asset_migration_runs`, `asset_migration_items`).
+//! - [`legacy_import`]: campaigns from the old app's folder layout made
+//!   sessions, their files copied by documented rules, what cannot be
+//!   decided reported (`legacy_import_runs`, `legacy_campaigns`,
+//!   `legacy_files`, `legacy_import_problems`).
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
 
 pub mod asset_migration;
@@ -47,6 +51,7 @@ pub mod identity;
 pub mod invites;
 pub mod jobs;
 pub mod leases;
+pub mod legacy_import;
 pub mod media;
 pub mod metrics;
 pub mod schedule;

@@ -139,6 +139,20 @@ pub const MIGRATION_BYTES_TOTAL: &str = "questboard_migration_bytes_total";
 /// Asset migration runs that ended, by `outcome` (completed, aborted,
 /// failed, rolled_back).
 pub const MIGRATION_RUNS_TOTAL: &str = "questboard_migration_runs_total";
+/// Files a legacy layout import handled, by `area` (logs, data, images,
+/// audio) and `outcome` (copied, validated, unreadable, oversized,
+/// collision).
+pub const LEGACY_IMPORT_FILES_TOTAL: &str = "questboard_legacy_import_files_total";
+/// Bytes a legacy layout import copied to storage, by `area`.
+pub const LEGACY_IMPORT_BYTES_TOTAL: &str = "questboard_legacy_import_bytes_total";
+/// Legacy folders an import looked at, by `outcome` (imported, validated,
+/// already_imported, unowned, duplicate, skipped, not_campaign).
+pub const LEGACY_IMPORT_FOLDERS_TOTAL: &str = "questboard_legacy_import_folders_total";
+/// Legacy import runs that ended, by `outcome` (completed, failed).
+pub const LEGACY_IMPORT_RUNS_TOTAL: &str = "questboard_legacy_import_runs_total";
+/// Requests to the legacy path shim (`/api/legacy/...`), by `env` (of an
+/// imported folder; `unknown` otherwise) and `outcome` (served, not_found).
+pub const LEGACY_SHIM_REQUESTS_TOTAL: &str = "questboard_legacy_shim_requests_total";
 
 /// Every metric name above, for checks that dashboards and alerts use only
 /// names that exist.
@@ -206,6 +220,11 @@ pub const ALL: &[&str] = &[
     MIGRATION_ASSETS_TOTAL,
     MIGRATION_BYTES_TOTAL,
     MIGRATION_RUNS_TOTAL,
+    LEGACY_IMPORT_FILES_TOTAL,
+    LEGACY_IMPORT_BYTES_TOTAL,
+    LEGACY_IMPORT_FOLDERS_TOTAL,
+    LEGACY_IMPORT_RUNS_TOTAL,
+    LEGACY_SHIM_REQUESTS_TOTAL,
 ];
 
 /// Registers the help text and unit of every metric with the installed
@@ -436,6 +455,27 @@ pub fn describe() {
     describe_counter!(
         MIGRATION_RUNS_TOTAL,
         "Asset migration runs that ended, by outcome."
+    );
+    describe_counter!(
+        LEGACY_IMPORT_FILES_TOTAL,
+        "Files a legacy layout import handled, by area and outcome."
+    );
+    describe_counter!(
+        LEGACY_IMPORT_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes a legacy layout import copied to storage, by area."
+    );
+    describe_counter!(
+        LEGACY_IMPORT_FOLDERS_TOTAL,
+        "Legacy folders an import looked at, by outcome."
+    );
+    describe_counter!(
+        LEGACY_IMPORT_RUNS_TOTAL,
+        "Legacy import runs that ended, by outcome."
+    );
+    describe_counter!(
+        LEGACY_SHIM_REQUESTS_TOTAL,
+        "Requests to the legacy path shim, by env and outcome."
     );
     describe_gauge!(
         PROCESS_START_TIME_SECONDS,

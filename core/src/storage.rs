@@ -126,6 +126,25 @@ impl Storage {
         K: AsRef<str>,
         V: Into<String>,
     {
+        Self::open(url, options, true)
+    }
+
+    /// Opens a tree questboard reads but did not make (the legacy layout):
+    /// like [`Storage::from_url`], except that a local directory must
+    /// exist already (it is never created).
+    pub fn existing(url: &str) -> Result<Self> {
+        Self::open(url, std::iter::empty::<(&str, &str)>(), false)
+    }
+
+    fn open<K, V>(
+        url: &str,
+        options: impl IntoIterator<Item = (K, V)>,
+        create: bool,
+    ) -> Result<Self>
+    where
+        K: AsRef<str>,
+        V: Into<String>,
+    {
         if url == "memory://" || url == "memory:" {
             return Ok(Self::in_memory());
         }
@@ -161,8 +180,15 @@ impl Storage {
             }
             None => std::path::PathBuf::from(url),
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+        if create {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+        } else if !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
         let store = LocalFileSystem::new_with_prefix(&dir)
             .map_err(|e| Error::Config(e.to_string()))?
             .with_automatic_cleanup(true);
@@ -341,6 +367,17 @@ impl Storage {
     pub async fn get_object(&self, key: &str) -> Result<Bytes> {
         let location = validated_path(key)?;
         Ok(self.store.get(&location).await?.bytes().await?)
+    }
+
+    /// Reads an object by a key a listing of this store returned, as it
+    /// is: unlike every other read, the key is not held to questboard's
+    /// name rules, since a tree questboard did not write (the legacy
+    /// layout) has spaces, quotes and accents in its names.
+    pub async fn read_listed(&self, key: &str) -> Result<Bytes> {
+        let location = Path::parse(key).map_err(|e| Error::InvalidName(e.to_string()))?;
+        let started = Instant::now();
+        let result = async { Ok(self.store.get(&location).await?.bytes().await?) }.await;
+        self.observed("read", started, result)
     }
 
     /// Checks the backend answers (used by readiness checks and startup).
@@ -859,6 +896,14 @@ fn count_error<T>(backend: &'static str, operation: &'static str, result: Result
         .increment(1);
     }
     result
+}
+
+/// A listed key as its owner named it: object stores percent-encode a few
+/// characters (`%`, `#`, `?`, `*`, ...) in keys; this undoes that.
+pub fn decoded_key(key: &str) -> String {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Validates a relative, `/`-separated name and turns it into a store path.

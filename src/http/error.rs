@@ -8,7 +8,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use questboard_core::{asset_migration, invites, jobs, sessions, state, storage, turns};
+use questboard_core::{
+    asset_migration, invites, jobs, legacy_import, sessions, state, storage, turns,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -290,6 +292,17 @@ impl From<asset_migration::Error> for Error {
             asset_migration::Error::Job(err) => err.into(),
             asset_migration::Error::Database(err) => Error::database(err),
             asset_migration::Error::Source(_) => Error::internal(err),
+        }
+    }
+}
+
+impl From<legacy_import::Error> for Error {
+    fn from(err: legacy_import::Error) -> Self {
+        match err {
+            legacy_import::Error::Invalid(why) => Error::Unprocessable(why),
+            legacy_import::Error::NotFound => Error::NotFound("import run"),
+            legacy_import::Error::Job(err) => err.into(),
+            legacy_import::Error::Database(err) => Error::database(err),
         }
     }
 }

@@ -825,7 +825,7 @@ pub async fn serve_legacy_image(
 
 /// Sends version `version` of `item` (whose caller is authorised) as
 /// `file`, honouring `If-None-Match` and `Range`.
-async fn send(
+pub(super) async fn send(
     state: &AppState,
     item: &Media,
     version: i32,
@@ -833,7 +833,6 @@ async fn send(
     headers: &HeaderMap,
 ) -> Result<Response> {
     let not_found = || Error::NotFound("file");
-    let kind = item.kind;
     if item.status != MediaStatus::Ready || item.version != version {
         return Err(not_found());
     }
@@ -851,7 +850,50 @@ async fn send(
     ) else {
         return Err(not_found());
     };
-    let size = size as u64;
+    let object = Object {
+        key,
+        sha256: sha,
+        size: size as u64,
+        content_type,
+        inline: item.kind.inline(),
+        file_name: file,
+        kind: Some(item.kind),
+    };
+    send_object(state, &object, headers).await
+}
+
+/// A stored object to send to a client allowed to read it.
+pub(super) struct Object<'a> {
+    /// Its key.
+    pub key: &'a str,
+    /// Its SHA-256 (the `ETag`).
+    pub sha256: &'a [u8],
+    /// Its size.
+    pub size: u64,
+    /// Its content type.
+    pub content_type: &'a str,
+    /// Shown in place (else downloaded).
+    pub inline: bool,
+    /// The file name in `Content-Disposition` (a safe name).
+    pub file_name: &'a str,
+    /// The media kind, for the bytes-served count (None: not media).
+    pub kind: Option<MediaKind>,
+}
+
+/// Sends `object`, honouring `If-None-Match` and `Range`.
+pub(super) async fn send_object(
+    state: &AppState,
+    object: &Object<'_>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let not_found = || Error::NotFound("file");
+    let (key, sha, size, content_type, file) = (
+        object.key,
+        object.sha256,
+        object.size,
+        object.content_type,
+        object.file_name,
+    );
     let etag = format!("\"{}\"", hex(sha));
     let mut common = HeaderMap::new();
     insert(&mut common, header::ETAG, &etag);
@@ -888,7 +930,7 @@ async fn send(
         })?;
     let disposition = format!(
         "{}; filename=\"{}\"",
-        if kind.inline() {
+        if object.inline {
             "inline"
         } else {
             "attachment"
@@ -909,7 +951,9 @@ async fn send(
         None => (StatusCode::OK, reading.size),
     };
     insert(&mut common, header::CONTENT_LENGTH, &length.to_string());
-    metrics::counter!(m::MEDIA_BYTES_SERVED_TOTAL, "kind" => kind.as_str()).increment(length);
+    if let Some(kind) = object.kind {
+        metrics::counter!(m::MEDIA_BYTES_SERVED_TOTAL, "kind" => kind.as_str()).increment(length);
+    }
     let body = Body::from_stream(reading.stream);
     Ok((status, common, body).into_response())
 }

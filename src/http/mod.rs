@@ -9,6 +9,8 @@
 //! | the game state | [`state`] |
 //! | job status | [`jobs`] |
 //! | operators' controls of the job platform | [`admin`] |
+//! | asset migrations | [`migrations`] |
+//! | the old folder layout: imports and the old links' shim | [`legacy`] |
 //! | the session event log | [`events`] |
 //! | live session WebSockets | [`ws`] |
 //! | liveness and readiness | [`health`] |
@@ -34,6 +36,7 @@ pub mod extract;
 pub mod health;
 pub mod invites;
 pub mod jobs;
+pub mod legacy;
 pub mod media;
 pub mod migrations;
 pub mod openapi;
@@ -121,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(admin::router())
         .merge(migrations::router())
+        .merge(legacy::router())
         .merge(events::router())
         .merge(media::router())
         .merge(openapi::router());

@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::{
-    admin, error, events, health, invites, jobs, media, migrations, sessions, state, turns,
+    admin, error, events, health, invites, jobs, legacy, media, migrations, sessions, state, turns,
 };
 
 /// The API description.
@@ -60,6 +60,8 @@ use super::{
         migrations::start_migration,
         migrations::get_migration,
         migrations::roll_back_migration,
+        legacy::start_import,
+        legacy::get_import,
         events::list_events,
         media::generate_media,
         media::upload_asset,
@@ -70,6 +72,7 @@ use super::{
         media::media_link,
         media::serve_media,
         media::serve_legacy_image,
+        legacy::serve_legacy_path,
         health::healthz,
         health::readyz,
     ),

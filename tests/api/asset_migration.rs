@@ -27,13 +27,13 @@ use crate::media::png;
 const MAP_LIMIT: usize = 20_000;
 
 /// Where the objects live, as processes are told.
-struct Place {
-    storage: Storage,
-    env: Vec<(String, String)>,
+pub(crate) struct Place {
+    pub(crate) storage: Storage,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Place {
-    fn local(dir: &std::path::Path) -> Self {
+    pub(crate) fn local(dir: &std::path::Path) -> Self {
         let url = format!("file://{}", dir.display());
         Self {
             storage: Storage::from_url(&url).expect("storage"),
@@ -41,8 +41,8 @@ impl Place {
         }
     }
 
-    async fn s3() -> Option<Self> {
-        let storage = s3_test_storage("asset_migration_on_s3", "tenant").await?;
+    pub(crate) async fn s3(test: &str) -> Option<Self> {
+        let storage = s3_test_storage(test, "tenant").await?;
         let (endpoint, bucket) = s3_location(&storage);
         let mut env = vec![("QB_STORAGE_URL".to_owned(), format!("s3://{bucket}/tenant"))];
         for (k, v) in [
@@ -73,13 +73,15 @@ impl Place {
     }
 }
 
-fn command(db: &TestDb, place: &Place, args: &[&str]) -> Command {
+/// A `questboard` process against `db` and `place`, whose workers run
+/// `kinds`.
+pub(crate) fn questboard(db: &TestDb, place: &Place, kinds: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_questboard"));
     cmd.args(args)
         .env("DATABASE_URL", &db.url)
         .env("REDIS_URL", redis_url())
         .env("QB_METRICS_ADDR", "127.0.0.1:0")
-        .env("QB_WORKER_KINDS", "asset_migration")
+        .env("QB_WORKER_KINDS", kinds)
         .env("QB_WORKER_POLL_MS", "50")
         .env("QB_LEASE_TTL_MS", "1500")
         .env("QB_MEDIA_MAP_MAX_BYTES", MAP_LIMIT.to_string())
@@ -88,6 +90,10 @@ fn command(db: &TestDb, place: &Place, args: &[&str]) -> Command {
         cmd.env(k, v);
     }
     cmd
+}
+
+fn command(db: &TestDb, place: &Place, args: &[&str]) -> Command {
+    questboard(db, place, "asset_migration", args)
 }
 
 fn worker(db: &TestDb, place: &Place) -> Child {
@@ -256,14 +262,14 @@ async fn source_rows(pool: &PgPool) -> BTreeMap<(String, i64), (Option<Vec<u8>>,
     rows
 }
 
-async fn count(pool: &PgPool, sql: &str) -> i64 {
+pub(crate) async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-fn report_of(stdout: &str) -> Value {
+pub(crate) fn report_of(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("report {e}: {stdout}"))
 }
 
@@ -582,7 +588,7 @@ async fn asset_migration_on_the_local_filesystem() {
 
 #[tokio::test]
 async fn asset_migration_on_s3() {
-    let Some(place) = Place::s3().await else {
+    let Some(place) = Place::s3("asset_migration_on_s3").await else {
         return;
     };
     exercise(place).await;

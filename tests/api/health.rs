@@ -145,6 +145,7 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "GET /api/media/{session_id}/{kind}/{file}",
         "GET /api/sessions/{session_id}/media/{media_id}/url",
         "GET /api/images/{file}",
+        "GET /api/legacy/{env}/{folder}/{path}",
         "GET /api/admin/queues",
         "POST /api/admin/queues/{kind}/pause",
         "POST /api/admin/queues/{kind}/resume",
@@ -157,6 +158,8 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "POST /api/admin/migrations/assets",
         "GET /api/admin/migrations/assets/{run_id}",
         "POST /api/admin/migrations/assets/{run_id}/rollback",
+        "POST /api/admin/imports/legacy",
+        "GET /api/admin/imports/legacy/{run_id}",
         "GET /healthz",
         "GET /readyz",
     ]

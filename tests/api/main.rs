@@ -24,6 +24,7 @@ mod invites;
 mod jobs;
 mod kinds;
 mod leases;
+mod legacy_import;
 mod media;
 mod media_generation;
 mod outage;

@@ -414,6 +414,50 @@ pub async fn record_upload(
     Ok((media, event))
 }
 
+/// Records an item moved from an older service (an asset migration, the
+/// legacy layout import) whose object is stored and verified, as version
+/// 1, created by the session's owner, in the caller's transaction. A
+/// second call with the same id changes nothing (a repeated run).
+pub async fn record_migrated(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    session_id: Uuid,
+    kind: MediaKind,
+    object: &StoredObject,
+    original_name: Option<&str>,
+    options: &serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        r#"
+        WITH owner AS (SELECT owner_user_id FROM campaign_sessions WHERE id = $2),
+        m AS (
+            INSERT INTO campaign_media
+                (id, session_id, kind, source, status, version, content_type, byte_size, sha256,
+                 storage_key, original_name, options, created_by)
+            SELECT $1, $2, $3, 'migrated', 'ready', 1, $4, $5, $6, $7, $8, $9, owner.owner_user_id
+            FROM owner
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id, created_by
+        )
+        INSERT INTO campaign_media_versions
+            (media_id, version, content_type, byte_size, sha256, storage_key, original_name, created_by)
+        SELECT m.id, 1, $4, $5, $6, $7, $8, m.created_by FROM m
+        "#,
+    )
+    .bind(id)
+    .bind(session_id)
+    .bind(kind)
+    .bind(&object.content_type)
+    .bind(object.byte_size as i64)
+    .bind(object.sha256.as_slice())
+    .bind(&object.storage_key)
+    .bind(original_name)
+    .bind(options)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Records a new version of an uploaded item whose object is stored; the
 /// previous version stays until prune removes it. Appends `media.ready`.
 pub async fn record_version(

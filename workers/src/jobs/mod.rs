@@ -34,6 +34,7 @@ use uuid::Uuid;
 use crate::providers::{ChunkSink, ModelProvider};
 
 pub mod asset_migration;
+pub mod legacy_import;
 pub mod media;
 pub mod prune;
 pub mod reconcile;
@@ -48,6 +49,7 @@ pub fn registry() -> Registry {
         .register::<reconcile::Reconcile>()
         .register::<media::GenerateMedia>()
         .register::<asset_migration::MigrateAssets>()
+        .register::<legacy_import::ImportLegacy>()
 }
 
 /// Why a run did not succeed, and what the runtime should do about it.
