@@ -58,6 +58,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
     );
     Ok(AppState {
         openapi,
+        asset_sources: Default::default(),
         pool,
         redis,
         intake,

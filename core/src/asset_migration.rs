@@ -826,6 +826,60 @@ pub async fn targets(pool: &PgPool, run: &Run, keys: &[String]) -> Result<HashMa
         .collect())
 }
 
+/// The media item an old asset became, if it reached storage (its object
+/// verified, its media row written) in a run not rolled back since.
+pub async fn moved(pool: &PgPool, table: &str, id: &str) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT media_id FROM asset_migration_items
+         WHERE source_table = $1 AND source_id = $2 AND status IN ('stored', 'migrated')
+         ORDER BY at DESC LIMIT 1",
+    )
+    .bind(table)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The newest run that reads `table` (its source, mapping and columns say
+/// where the assets not moved are).
+pub async fn latest_run_for(pool: &PgPool, table: &str) -> Result<Option<Run>> {
+    Ok(sqlx::query_as::<_, Run>(
+        "SELECT * FROM asset_migration_runs
+         WHERE options -> 'tables' @> jsonb_build_array(jsonb_build_object('table', $1::text))
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(table)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Connections to source databases, opened on first use and kept (the
+/// API serves assets not moved yet from there).
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    open: std::sync::Arc<tokio::sync::Mutex<HashMap<String, Source>>>,
+}
+
+impl Sources {
+    /// The source at `url`, connected once.
+    pub async fn get(&self, url: &str) -> Result<Source> {
+        let mut open = self.open.lock().await;
+        if let Some(source) = open.get(url) {
+            return Ok(source.clone());
+        }
+        // Lazily: an unreachable source fails the requests that need it
+        // (each within the acquire timeout), not this lock's other users.
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy(url)
+            .map_err(Error::Source)?;
+        let source = Source { pool };
+        open.insert(url.to_owned(), source.clone());
+        Ok(source)
+    }
+}
+
 /// One asset of the source, without its bytes.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SourceAsset {
@@ -870,16 +924,23 @@ impl Table {
         &self.spec
     }
 
-    /// `template` with `{table}`, `{id}`, `{id_type}` and `{data}` filled
-    /// in with the checked, quoted names.
+    /// `template` with `{table}`, `{id}`, `{id_type}`, `{data}`, `{owner}`,
+    /// `{name}` and `{ct}` filled in with the checked, quoted names.
     fn sql(&self, template: &str) -> String {
         template
             .replace("{table}", &self.table)
             .replace("{id_type}", self.id_type)
             .replace("{id}", &self.id)
             .replace("{data}", &self.data)
+            .replace("{owner}", &self.owner)
+            .replace("{name}", &self.name)
+            .replace("{ct}", &self.content_type)
     }
 }
+
+/// The columns of a [`SourceAsset`], from a source table aliased `t`.
+const ASSET_COLUMNS: &str = "t.{id}::text AS id, t.{owner}::text AS owner, t.{name}::text AS name,
+     t.{ct}::text AS content_type, coalesce(octet_length(t.{data}), 0)::bigint AS size";
 
 impl Source {
     /// Connects to the source database (two connections).
@@ -1011,24 +1072,38 @@ impl Source {
     ) -> Result<Vec<SourceAsset>> {
         let filter = &table.pending;
         // Qualified: a bare `ORDER BY id` would sort by the text alias.
-        let sql = format!(
-            "SELECT t.{id}::text AS id, t.{owner}::text AS owner, t.{name}::text AS name,
-                    t.{ct}::text AS content_type, octet_length(t.{data})::bigint AS size
-             FROM {table} AS t
-             WHERE {filter} AND ($1::text IS NULL OR t.{id} > $1::text::{id_type})
-             ORDER BY t.{id} LIMIT $2",
-            id = table.id,
-            owner = table.owner,
-            name = table.name,
-            ct = table.content_type,
-            data = table.data,
-            table = table.table,
-            id_type = table.id_type,
-        );
+        let sql = table.sql(&format!(
+            "SELECT {ASSET_COLUMNS} FROM {{table}} AS t
+             WHERE {filter} AND ($1::text IS NULL OR t.{{id}} > $1::text::{{id_type}})
+             ORDER BY t.{{id}} LIMIT $2"
+        ));
         sqlx::query_as::<_, SourceAsset>(sqlx::AssertSqlSafe(sql))
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
+            .await
+            .map_err(Error::Source)
+    }
+
+    /// Asset `id` of `table`, without its bytes (None: no such row, or an
+    /// id that cannot be one of the table's).
+    pub async fn asset(&self, table: &Table, id: &str) -> Result<Option<SourceAsset>> {
+        let fits = match table.id_type {
+            "bigint" => id.parse::<i64>().is_ok(),
+            "integer" => id.parse::<i32>().is_ok(),
+            "smallint" => id.parse::<i16>().is_ok(),
+            "uuid" => Uuid::try_parse(id).is_ok(),
+            _ => !id.contains('\0'),
+        };
+        if !fits {
+            return Ok(None);
+        }
+        let sql = table.sql(&format!(
+            "SELECT {ASSET_COLUMNS} FROM {{table}} AS t WHERE t.{{id}} = $1::text::{{id_type}}"
+        ));
+        sqlx::query_as::<_, SourceAsset>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
             .await
             .map_err(Error::Source)
     }

@@ -71,6 +71,9 @@ pub const MAX_MAPPING: usize = 100_000;
 pub const MAX_MEMBERS: usize = 100;
 /// The default largest file a run copies (the largest upload, a map).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 25 * 1000 * 1000;
+/// The largest `max_file_bytes` a run may ask for (a file is held in
+/// memory while it is checked and copied).
+pub const MAX_FILE_BYTES_CEILING: u64 = 1 << 30;
 /// Where campaigns live below the tree's root.
 pub const CAMPAIGNS: &str = "campaigns";
 
@@ -538,8 +541,10 @@ pub async fn create_run(
 ) -> Result<Run> {
     check_source(source_url)?;
     validate_mapping(mapping)?;
-    if options.max_file_bytes == 0 {
-        return Err(Error::Invalid("max_file_bytes must be at least 1".into()));
+    if !(1..=MAX_FILE_BYTES_CEILING).contains(&options.max_file_bytes) {
+        return Err(Error::Invalid(format!(
+            "max_file_bytes must be between 1 and {MAX_FILE_BYTES_CEILING}"
+        )));
     }
     Ok(sqlx::query_as::<_, Run>(
         "INSERT INTO legacy_import_runs (id, source_url, mapping, options, dry_run, created_by)
@@ -1064,6 +1069,14 @@ pub async fn resolve(
     path: &str,
     user: &UserId,
 ) -> Result<(bool, Option<LegacyFile>)> {
+    // No imported folder or file has a control character in its name
+    // (and Postgres text holds no NUL).
+    if [env, folder, path]
+        .iter()
+        .any(|p| p.chars().any(char::is_control))
+    {
+        return Ok((false, None));
+    }
     let Some((session,)): Option<(Uuid,)> =
         sqlx::query_as("SELECT session_id FROM legacy_campaigns WHERE env = $1 AND folder = $2")
             .bind(env)

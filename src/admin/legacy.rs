@@ -55,7 +55,7 @@ pub struct ImportArgs {
     /// Read and check everything, change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Largest file copied; larger ones are reported.
+    /// Largest file copied (at most 1 GiB); larger ones are reported.
     #[arg(long, default_value_t = li::DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,
     /// Exit with status 2 when the run reports any problem.

@@ -127,7 +127,7 @@ pub struct StartImport {
     #[serde(default)]
     pub dry_run: bool,
     /// Largest file copied (25,000,000); larger ones are reported.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1073741824)]
     pub max_file_bytes: Option<u64>,
 }
 

@@ -8,14 +8,17 @@
 //! | `POST /api/admin/migrations/assets` | records a run and enqueues its job: 202 `{run_id, job_id, status}` |
 //! | `GET /api/admin/migrations/assets/{run_id}` | the run: status, options, checkpoint, counts, report (the source URL without its password) |
 //! | `POST /api/admin/migrations/assets/{run_id}/rollback` | puts back what an ended run moved: 202; 409 for a run that is running, a dry run, or one rolled back |
+//! | `GET /api/assets/{table}/{asset_id}` | an old asset by its table and id, from wherever it is now: storage once moved, the source row before (and after a rollback); members of its session only |
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use questboard_core::asset_migration::{self as am, SourceTable};
 use questboard_core::jobs::Job as _;
+use questboard_core::media;
 use questboard_workers::jobs::asset_migration::{self, MigrateAssets};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,10 +27,11 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{Error, ErrorBody, Result};
-use super::extract::{Json, Operator, Path};
+use super::extract::{AuthUser, Json, Operator, Path};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
+        .route("/assets/{table}/{asset_id}", get(serve_old_asset))
         .route("/admin/migrations/assets", post(start_migration))
         .route("/admin/migrations/assets/{run_id}", get(get_migration))
         .route(
@@ -241,4 +245,145 @@ pub async fn roll_back_migration(
     let run = asset_migration::start_rollback(&state.pool, run_id, &by).await?;
     tracing::info!(%run_id, by, "asset migration rollback started");
     Ok(started(&state, run))
+}
+
+/// An asset of the old campaign service, by its source table and id (a map
+/// `campaign_maps/123`), from wherever it is now: once a migration run has
+/// stored and verified it, its media item (served as `/api/media` serves
+/// it); before that, or after a rollback, the source row's bytes, read
+/// from the newest run's source database. Members of the asset's session
+/// only (404 otherwise, as for an asset that does not exist); bytes that
+/// are not a type the kind admits, or not what their type says, are never
+/// served.
+#[utoipa::path(get, path = "/api/assets/{table}/{asset_id}", tag = "media",
+    params(("table" = String, Path, description = "The source table (`campaign_maps`, `campaign_notes`, or a run's own)"),
+           ("asset_id" = String, Path, description = "The asset's id in that table"),
+           ("Range" = Option<String>, Header, description = "One range of bytes (migrated assets)"),
+           ("If-None-Match" = Option<String>, Header, description = "An `ETag` seen before (migrated assets)")),
+    responses(
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such asset, or not a member of its session", body = ErrorBody),
+        (status = 416, description = "The range is past the end", body = ErrorBody),
+        (status = 503, description = "The source database cannot be reached", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn serve_old_asset(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+    Path((table, asset_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let not_found = || Error::NotFound("asset");
+    let unavailable = |err: am::Error| match err {
+        am::Error::Source(_) => {
+            tracing::warn!(error = %err, "an asset migration's source cannot be read");
+            Error::Unavailable("the old service's database cannot be reached; retry shortly".into())
+        }
+        other => other.into(),
+    };
+    if am::quoted(&table).is_err()
+        || asset_id.is_empty()
+        || asset_id.len() > 200
+        || asset_id.chars().any(char::is_control)
+    {
+        return Err(not_found());
+    }
+    if let Some(media_id) = am::moved(&state.pool, &table, &asset_id).await? {
+        let item = media::find(&state.pool, media_id, None, media::Viewer::Member(&user))
+            .await
+            .map_err(|_| not_found())?;
+        let name = item.file_name().ok_or_else(not_found)?;
+        return super::media::send(&state, &item, item.version, &name, &headers).await;
+    }
+    let run = am::latest_run_for(&state.pool, &table)
+        .await?
+        .ok_or_else(not_found)?;
+    let spec = run
+        .options
+        .tables
+        .iter()
+        .find(|t| t.table == table)
+        .cloned()
+        .ok_or_else(not_found)?;
+    let source = state
+        .asset_sources
+        .get(&run.source_url)
+        .await
+        .map_err(unavailable)?;
+    let source_table = source
+        .table(&spec, run.options.session_column.as_deref(), true)
+        .await
+        .map_err(|err| match err {
+            // The table is gone from the source: so is the asset.
+            am::Error::Invalid(_) => not_found(),
+            other => unavailable(other),
+        })?;
+    let asset = source
+        .asset(&source_table, &asset_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?;
+    let owner = asset.owner.clone().ok_or_else(not_found)?;
+    let target = am::targets(&state.pool, &run, std::slice::from_ref(&owner))
+        .await?
+        .remove(&owner)
+        .ok_or_else(not_found)?;
+    match questboard_core::sessions::require_member(&state.pool, target.id, &user).await {
+        Ok(_) => {}
+        Err(questboard_core::sessions::Error::Database(err)) => return Err(Error::database(err)),
+        Err(_) => return Err(not_found()),
+    }
+    let kind = spec.kind;
+    let content_type = asset.content_type.as_deref().unwrap_or_default();
+    let ext = kind.extension_for(content_type).ok_or_else(not_found)?;
+    let limit = state.media.of(kind).unwrap_or(0);
+    if asset.size <= 0 || asset.size as u64 > limit {
+        return Err(not_found());
+    }
+    let bytes = source
+        .blob(&source_table, &asset_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?;
+    if am::sniff(content_type, &bytes).is_err() {
+        return Err(not_found());
+    }
+    let canonical = kind
+        .content_types()
+        .iter()
+        .find(|(_, e)| *e == ext)
+        .map_or("application/octet-stream", |(t, _)| t);
+    let stem: String = asset_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let disposition = format!(
+        "{}; filename=\"{stem}.{ext}\"",
+        if kind.inline() {
+            "inline"
+        } else {
+            "attachment"
+        }
+    );
+    let mut response = bytes.into_response();
+    let out = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, canonical.to_owned()),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        (header::CACHE_CONTROL, "private, no-cache".to_owned()),
+        (header::CONTENT_DISPOSITION, disposition),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(name, value);
+        }
+    }
+    Ok(response)
 }

@@ -92,6 +92,9 @@ pub struct AppState {
     /// The OpenAPI description as served, built once at start
     /// ([`openapi::document`]).
     pub openapi: axum::body::Bytes,
+    /// Connections to asset migrations' source databases, for assets not
+    /// moved yet ([`migrations::serve_old_asset`]).
+    pub asset_sources: questboard_core::asset_migration::Sources,
 }
 
 /// How signed media links are made.

@@ -60,6 +60,7 @@ use super::{
         migrations::start_migration,
         migrations::get_migration,
         migrations::roll_back_migration,
+        migrations::serve_old_asset,
         legacy::start_import,
         legacy::get_import,
         events::list_events,

@@ -273,6 +273,27 @@ pub(crate) fn report_of(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("report {e}: {stdout}"))
 }
 
+/// `GET /api/assets/{table}/{id}` as `user`: status, `ETag` (storage sets
+/// one, the source does not), bytes.
+async fn old_asset(
+    app: &TestApp,
+    user: Option<&str>,
+    path: &str,
+) -> (u16, Option<String>, Vec<u8>) {
+    let mut req = app.client.get(app.url(&format!("/api/assets/{path}")));
+    if let Some(user) = user {
+        req = req.bearer_auth(app.token(user));
+    }
+    let resp = req.send().await.expect("get");
+    let status = resp.status().as_u16();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, etag, resp.bytes().await.expect("bytes").to_vec())
+}
+
 async fn exercise(place: Place) {
     // Questboard: five sessions owned by alice, bob a member of the first.
     let app = TestApp::spawn_with_storage(place.storage.clone(), |c| {
@@ -652,6 +673,42 @@ async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
         count(&app.db.pool, "SELECT count(*) FROM asset_migration_runs").await,
         0
     );
+    let original = |id: i64| source.originals[&("campaign_maps".to_owned(), id)].clone();
+    // No run names the table yet: the API does not know where it is.
+    assert_eq!(old_asset(&app, Some("bob"), "campaign_maps/4").await.0, 404);
+
+    // A dry run tells the API where the old assets are; they are served
+    // from the source rows, to members of their session only.
+    let mut dry = body.clone();
+    dry["dry_run"] = serde_json::json!(true);
+    let started = app
+        .op(Method::POST, "/api/admin/migrations/assets", Some(dry))
+        .await;
+    assert_eq!(started.status, 202, "{}", started.text);
+    let dry_path = format!(
+        "/api/admin/migrations/assets/{}",
+        started.body["run_id"].as_str().expect("run id")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.op(Method::GET, &dry_path, None).await.body["status"] != "completed" {
+        assert!(Instant::now() < deadline, "the dry run did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, etag, bytes) = old_asset(&app, Some("bob"), "campaign_maps/4").await;
+    assert_eq!((status, etag), (200, None));
+    assert_eq!(bytes, original(4));
+    for (user, path, want) in [
+        (Some("mallory"), "campaign_maps/4", 404),
+        (None, "campaign_maps/4", 401),
+        (Some("bob"), "campaign_maps/999", 404),
+        (Some("bob"), "campaign_maps/four", 404),
+        (Some("bob"), "campaign_maps/1%3B%20drop", 404),
+        (Some("bob"), "campaign_notes/4", 404),
+        (Some("bob"), "pg_user/1", 404),
+        (Some("bob"), "campaign%20maps/1", 404),
+    ] {
+        assert_eq!(old_asset(&app, user, path).await.0, want, "{user:?} {path}");
+    }
 
     let started = app
         .op(Method::POST, "/api/admin/migrations/assets", Some(body))
@@ -681,6 +738,23 @@ async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
         .get("bob", &format!("/api/sessions/{session}/media?kind=map"))
         .await;
     assert_eq!(listed.body["media"].as_array().map(Vec::len), Some(20));
+    // Moved: the source row is empty now, the same bytes come from storage.
+    let (status, etag, bytes) = old_asset(&app, Some("bob"), "campaign_maps/4").await;
+    assert_eq!(status, 200);
+    assert!(etag.is_some(), "served from storage");
+    assert_eq!(bytes, original(4));
+    assert_eq!(
+        old_asset(&app, Some("mallory"), "campaign_maps/4").await.0,
+        404
+    );
+    assert_eq!(
+        count(
+            &source.db.pool,
+            "SELECT count(*) FROM campaign_maps WHERE data IS NOT NULL"
+        )
+        .await,
+        0
+    );
 
     // A worker that died between pointing a source row at its copy and
     // marking the item migrated: a rerun finishes the item, stores nothing
@@ -749,6 +823,16 @@ async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
     for (key, original) in &source.originals {
         assert_eq!(rows[key].0.as_ref(), Some(original), "{key:?}");
     }
+    // Rolled back: from the source again; bytes that are not what their
+    // type says are not served.
+    let (status, etag, bytes) = old_asset(&app, Some("bob"), "campaign_maps/4").await;
+    assert_eq!((status, etag), (200, None));
+    assert_eq!(bytes, original(4));
+    sqlx::query("UPDATE campaign_maps SET data = 'GIF89a, not a png' WHERE id = 5")
+        .execute(&source.db.pool)
+        .await
+        .expect("corrupt");
+    assert_eq!(old_asset(&app, Some("bob"), "campaign_maps/5").await.0, 404);
     let again = app.op(Method::POST, &rollback, None).await;
     assert_eq!(again.status, 409, "{}", again.text);
     let unknown = app

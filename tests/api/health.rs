@@ -146,6 +146,7 @@ async fn the_openapi_description_covers_every_route_and_the_error_schema() {
         "GET /api/sessions/{session_id}/media/{media_id}/url",
         "GET /api/images/{file}",
         "GET /api/legacy/{env}/{folder}/{path}",
+        "GET /api/assets/{table}/{asset_id}",
         "GET /api/admin/queues",
         "POST /api/admin/queues/{kind}/pause",
         "POST /api/admin/queues/{kind}/resume",

@@ -460,6 +460,9 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
         ("dave", format!("{mine}/history.txt")),
         ("alice", format!("{mine}/broken.png")),
         ("alice", format!("{mine}/Day 1.txt")),
+        // A NUL is in no name (and no Postgres text): counted as unknown.
+        ("alice", format!("{mine}\0/history.txt")),
+        ("alice", format!("{mine}/history.txt\0")),
         ("alice", format!("{prod}/campaign_4 - Nobody's/history.txt")),
         (
             "alice",
