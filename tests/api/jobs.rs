@@ -87,9 +87,12 @@ async fn a_worker_killed_mid_job_is_taken_over_and_the_result_recorded_once() {
             status(j) == "running" && j["attempts"] == 2
         })
         .await;
+    // Not a speed check: a bound far below the job's 60 s and the default
+    // 30 s TTL (so it was the 1.5 s lease that lapsed), loose enough for a
+    // loaded machine.
     let took = killed.elapsed();
     assert!(
-        took < Duration::from_millis(1500 + 250 + 2000),
+        took < Duration::from_secs(20),
         "taken over after {took:?} (TTL 1.5 s + poll)"
     );
     assert_ne!(taken["lease_holder"].as_str(), Some(holder.as_str()));
@@ -150,13 +153,12 @@ async fn a_short_job_of_a_killed_worker_completes_elsewhere_with_one_result() {
 async fn a_run_past_its_kinds_timeout_is_stopped_and_retried() {
     let app = TestApp::spawn().await;
     let worker = app.jobs_worker(|_| {}).await;
-    let started = Instant::now();
     let id = app.start_job("stuck", json!({})).await;
     let done = app
         .wait_job(&id, "the retry to succeed", |j| status(j) == "succeeded")
         .await;
-    // The first run hangs for 30 s; the 500 ms timeout cut it short.
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // The first run hangs for 30 s; the 500 ms timeout cut it short (an
+    // error, a second attempt).
     assert_eq!(done["attempts"], 2);
     assert_eq!(done["result"]["attempt"], 2);
     assert_eq!(done["errors"][0]["error"], "timed out after 0.5 s");
