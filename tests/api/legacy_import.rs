@@ -946,6 +946,17 @@ async fn an_interrupted_folder_is_finished_with_the_keys_chosen_before() {
     .expect("images")
     .count();
     assert_eq!(images, 1, "a second object was stored");
+    // The stopped run never wrote the session's manifest; the resumed one did.
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(
+            root.join("questboard")
+                .join(&campaign.storage_prefix)
+                .join(questboard_core::storage::MANIFEST),
+        )
+        .expect("manifest"),
+    )
+    .expect("manifest json");
+    assert_eq!(manifest["legacy_path"], format!("old/{folder}"));
     let resp = app
         .get(
             "alice",

@@ -389,7 +389,12 @@ impl Importer<'_> {
             None
         } else {
             match existing {
-                Some(campaign) => Some(campaign),
+                // Begun by a run that stopped: its manifest may never have
+                // been written (writing it again is harmless).
+                Some(campaign) => {
+                    self.write_manifest(&campaign).await?;
+                    Some(campaign)
+                }
                 None => {
                     match li::begin_campaign(&self.ctx.pool, self.record.id, new)
                         .await
