@@ -853,22 +853,47 @@ pub async fn latest_run_for(pool: &PgPool, table: &str) -> Result<Option<Run>> {
     .await?)
 }
 
-/// Connections to source databases, opened on first use and kept (the
-/// API serves assets not moved yet from there).
+/// Connections to source databases, opened on first use and kept, and
+/// the tables read through them, checked once (the API serves assets not
+/// moved yet from there).
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    open: std::sync::Arc<tokio::sync::Mutex<HashMap<String, Source>>>,
+    open: std::sync::Arc<std::sync::Mutex<HashMap<String, Source>>>,
+    tables: std::sync::Arc<std::sync::Mutex<HashMap<String, Table>>>,
 }
 
 impl Sources {
-    /// The source at `url`, connected once.
-    pub async fn get(&self, url: &str) -> Result<Source> {
-        let mut open = self.open.lock().await;
+    /// The source at `url` and its table `spec` (columns checked, id type
+    /// learnt on first use; nothing added to it).
+    pub async fn table(
+        &self,
+        url: &str,
+        spec: &SourceTable,
+        session_column: Option<&str>,
+    ) -> Result<(Source, Table)> {
+        let source = self.source(url)?;
+        let key = serde_json::to_string(&(url, spec, session_column))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let known = lock(&self.tables).get(&key).cloned();
+        let table = match known {
+            Some(table) => table,
+            None => {
+                let table = source.table(spec, session_column, true).await?;
+                lock(&self.tables).insert(key, table.clone());
+                table
+            }
+        };
+        Ok((source, table))
+    }
+
+    /// The source at `url`, its pool made once. Lazily connected: an
+    /// unreachable source fails the requests that need it (each within the
+    /// acquire timeout), nobody else.
+    fn source(&self, url: &str) -> Result<Source> {
+        let mut open = lock(&self.open);
         if let Some(source) = open.get(url) {
             return Ok(source.clone());
         }
-        // Lazily: an unreachable source fails the requests that need it
-        // (each within the acquire timeout), not this lock's other users.
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(std::time::Duration::from_secs(5))
@@ -878,6 +903,13 @@ impl Sources {
         open.insert(url.to_owned(), source.clone());
         Ok(source)
     }
+}
+
+/// A cache's map; a panic elsewhere while it was held leaves it usable.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One asset of the source, without its bytes.

@@ -1069,14 +1069,6 @@ pub async fn resolve(
     path: &str,
     user: &UserId,
 ) -> Result<(bool, Option<LegacyFile>)> {
-    // No imported folder or file has a control character in its name
-    // (and Postgres text holds no NUL).
-    if [env, folder, path]
-        .iter()
-        .any(|p| p.chars().any(char::is_control))
-    {
-        return Ok((false, None));
-    }
     let Some((session,)): Option<(Uuid,)> =
         sqlx::query_as("SELECT session_id FROM legacy_campaigns WHERE env = $1 AND folder = $2")
             .bind(env)

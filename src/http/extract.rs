@@ -235,7 +235,9 @@ pub(super) fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Path parameters with our error handling: an id that is not a UUID is a 400.
+/// Path parameters with our error handling: an id that is not a UUID is a
+/// 400; a parameter with a control character (`%00`, ...) names nothing
+/// there is, a 404 (and never reaches Postgres, whose text holds no NUL).
 #[derive(Debug)]
 pub struct Path<T>(pub T);
 
@@ -248,7 +250,15 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Ok(axum::extract::Path(value)) => {
+                let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+                    .await
+                    .map_err(|_| Error::bad_request("invalid_path", "the path is not UTF-8"))?;
+                if raw.iter().any(|(_, v)| v.chars().any(char::is_control)) {
+                    return Err(Error::NotFound("resource"));
+                }
+                Ok(Path(value))
+            }
             Err(PathRejection::FailedToDeserializePathParams(err)) => Err(Error::bad_request(
                 "invalid_path",
                 describe(&err.body_text()),

@@ -316,12 +316,7 @@ async fn receive(
     if declared_length.is_some_and(|n| n > limit) {
         return Err(Error::PayloadTooLarge(limit as usize));
     }
-    let content_type = kind
-        .content_types()
-        .iter()
-        .find(|(_, e)| *e == ext)
-        .map(|(ty, _)| *ty)
-        .unwrap_or_default();
+    let content_type = kind.content_type_of(ext).unwrap_or_default();
     let files = state.storage.session(storage_prefix)?;
     let name = media::object_name(id, version, ext);
     let mut upload = files.begin_upload(kind.area(), &name, content_type).await?;
@@ -895,10 +890,8 @@ pub(super) async fn send_object(
         object.file_name,
     );
     let etag = format!("\"{}\"", hex(sha));
-    let mut common = HeaderMap::new();
+    let mut common = private_headers();
     insert(&mut common, header::ETAG, &etag);
-    insert(&mut common, header::CACHE_CONTROL, "private, no-cache");
-    insert(&mut common, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     insert(&mut common, header::ACCEPT_RANGES, "bytes");
     if matches_etag(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
@@ -928,17 +921,7 @@ pub(super) async fn send_object(
             questboard_core::storage::Error::NotFound => not_found(),
             other => Error::from(other),
         })?;
-    let disposition = format!(
-        "{}; filename=\"{}\"",
-        if object.inline {
-            "inline"
-        } else {
-            "attachment"
-        },
-        file
-    );
-    insert(&mut common, header::CONTENT_TYPE, content_type);
-    insert(&mut common, header::CONTENT_DISPOSITION, &disposition);
+    describe_body(&mut common, content_type, object.inline, file);
     let (status, length) = match &range {
         Some(r) => {
             insert(
@@ -956,6 +939,40 @@ pub(super) async fn send_object(
     }
     let body = Body::from_stream(reading.stream);
     Ok((status, common, body).into_response())
+}
+
+/// Sends `bytes` read from elsewhere than storage (whose caller is
+/// authorised and has checked them) with the headers of a stored object,
+/// without `ETag` or ranges.
+pub(super) fn send_bytes(
+    content_type: &str,
+    inline: bool,
+    file_name: &str,
+    bytes: Vec<u8>,
+) -> Response {
+    let mut headers = private_headers();
+    describe_body(&mut headers, content_type, inline, file_name);
+    (headers, bytes).into_response()
+}
+
+/// What every served file carries: not cached without asking, never
+/// sniffed.
+fn private_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    insert(&mut headers, header::CACHE_CONTROL, "private, no-cache");
+    insert(&mut headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    headers
+}
+
+/// Its type, and whether it is shown in place or downloaded, as `file`.
+fn describe_body(headers: &mut HeaderMap, content_type: &str, inline: bool, file: &str) {
+    let how = if inline { "inline" } else { "attachment" };
+    insert(headers, header::CONTENT_TYPE, content_type);
+    insert(
+        headers,
+        header::CONTENT_DISPOSITION,
+        &format!("{how}; filename=\"{file}\""),
+    );
 }
 
 fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {

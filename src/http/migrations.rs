@@ -12,8 +12,8 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use questboard_core::asset_migration::{self as am, SourceTable};
@@ -283,11 +283,7 @@ pub async fn serve_old_asset(
         }
         other => other.into(),
     };
-    if am::quoted(&table).is_err()
-        || asset_id.is_empty()
-        || asset_id.len() > 200
-        || asset_id.chars().any(char::is_control)
-    {
+    if am::quoted(&table).is_err() || asset_id.is_empty() || asset_id.len() > 200 {
         return Err(not_found());
     }
     if let Some(media_id) = am::moved(&state.pool, &table, &asset_id).await? {
@@ -305,15 +301,10 @@ pub async fn serve_old_asset(
         .tables
         .iter()
         .find(|t| t.table == table)
-        .cloned()
         .ok_or_else(not_found)?;
-    let source = state
+    let (source, source_table) = state
         .asset_sources
-        .get(&run.source_url)
-        .await
-        .map_err(unavailable)?;
-    let source_table = source
-        .table(&spec, run.options.session_column.as_deref(), true)
+        .table(&run.source_url, spec, run.options.session_column.as_deref())
         .await
         .map_err(|err| match err {
             // The table is gone from the source: so is the asset.
@@ -330,31 +321,29 @@ pub async fn serve_old_asset(
         .await?
         .remove(&owner)
         .ok_or_else(not_found)?;
-    match questboard_core::sessions::require_member(&state.pool, target.id, &user).await {
-        Ok(_) => {}
-        Err(questboard_core::sessions::Error::Database(err)) => return Err(Error::database(err)),
-        Err(_) => return Err(not_found()),
-    }
+    // A stranger learns no more than of an asset that does not exist.
+    questboard_core::sessions::require_member(&state.pool, target.id, &user)
+        .await
+        .map_err(|err| match err {
+            questboard_core::sessions::Error::Database(err) => Error::database(err),
+            _ => not_found(),
+        })?;
+    // What the migration would refuse is not served either.
     let kind = spec.kind;
-    let content_type = asset.content_type.as_deref().unwrap_or_default();
-    let ext = kind.extension_for(content_type).ok_or_else(not_found)?;
-    let limit = state.media.of(kind).unwrap_or(0);
-    if asset.size <= 0 || asset.size as u64 > limit {
-        return Err(not_found());
-    }
+    let ext = am::check(
+        kind,
+        asset.content_type.as_deref(),
+        asset.size,
+        &state.media,
+    )
+    .map_err(|_| not_found())?;
     let bytes = source
         .blob(&source_table, &asset_id)
         .await
         .map_err(unavailable)?
         .ok_or_else(not_found)?;
-    if am::sniff(content_type, &bytes).is_err() {
-        return Err(not_found());
-    }
-    let canonical = kind
-        .content_types()
-        .iter()
-        .find(|(_, e)| *e == ext)
-        .map_or("application/octet-stream", |(t, _)| t);
+    am::sniff(asset.content_type.as_deref().unwrap_or_default(), &bytes)
+        .map_err(|_| not_found())?;
     let stem: String = asset_id
         .chars()
         .map(|c| {
@@ -365,25 +354,11 @@ pub async fn serve_old_asset(
             }
         })
         .collect();
-    let disposition = format!(
-        "{}; filename=\"{stem}.{ext}\"",
-        if kind.inline() {
-            "inline"
-        } else {
-            "attachment"
-        }
-    );
-    let mut response = bytes.into_response();
-    let out = response.headers_mut();
-    for (name, value) in [
-        (header::CONTENT_TYPE, canonical.to_owned()),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-        (header::CACHE_CONTROL, "private, no-cache".to_owned()),
-        (header::CONTENT_DISPOSITION, disposition),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            out.insert(name, value);
-        }
-    }
-    Ok(response)
+    Ok(super::media::send_bytes(
+        kind.content_type_of(ext)
+            .unwrap_or("application/octet-stream"),
+        kind.inline(),
+        &format!("{stem}.{ext}"),
+        bytes,
+    ))
 }

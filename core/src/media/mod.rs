@@ -126,6 +126,15 @@ impl MediaKind {
         }
     }
 
+    /// The content type its objects of extension `ext` are stored and
+    /// served as.
+    pub fn content_type_of(self, ext: &str) -> Option<&'static str> {
+        self.content_types()
+            .iter()
+            .find(|(_, e)| *e == ext)
+            .map(|(ty, _)| *ty)
+    }
+
     /// The extension `content_type` (parameters ignored) is stored under,
     /// if the kind admits it.
     pub fn extension_for(self, content_type: &str) -> Option<&'static str> {
