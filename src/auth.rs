@@ -38,6 +38,10 @@ pub const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
 pub const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
+/// Longest bearer token accepted, in bytes (header or `access_token`
+/// parameter): real tokens are well under 2 KiB, and a longer one is
+/// refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
 /// The permission that makes a caller an operator.
@@ -88,6 +92,9 @@ pub struct Caller {
     pub user: UserId,
     /// Whether they may use the operators' routes.
     pub operator: bool,
+    /// When the token expires (`exp`, seconds since the Unix epoch): a
+    /// WebSocket opened with it is closed then (plus [`LEEWAY_SECS`]).
+    pub expires_at: u64,
 }
 
 /// Why a bearer token was refused. The message is safe to show a client.
@@ -103,6 +110,9 @@ pub enum AuthError {
     /// The header is not `Bearer <token>` or the token is not a JWT.
     #[error("malformed bearer token")]
     Malformed,
+    /// The token is longer than [`MAX_TOKEN_BYTES`].
+    #[error("bearer token too long (at most 8 KiB)")]
+    TooLong,
     /// The token has expired.
     #[error("token has expired")]
     Expired,
@@ -124,6 +134,7 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::Ambiguous => "ambiguous",
             AuthError::Malformed => "malformed",
+            AuthError::TooLong => "too_long",
             AuthError::Expired => "expired",
             AuthError::Invalid => "invalid",
             AuthError::UnknownKey => "unknown_key",
@@ -212,14 +223,13 @@ impl Verifier {
 
     /// Verifies `token` and returns the caller.
     pub async fn verify_caller(&self, token: &str) -> Result<Caller, AuthError> {
-        let result = match self {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLong);
+        }
+        match self {
             Verifier::Shared { key, validation } => decode(token, key, validation),
             Verifier::Jwks(jwks) => jwks.verify(token).await,
-        };
-        if let Err(err) = &result {
-            metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => err.reason()).increment(1);
         }
-        result
     }
 
     /// Fetches signing keys ahead of the first request (JWKS mode only).
@@ -231,6 +241,14 @@ impl Verifier {
             tracing::warn!(error = %err, "could not fetch JWKS at startup; will retry on demand");
         }
     }
+}
+
+/// Counts a refused caller. The HTTP edge calls it for every 401 it
+/// answers (a missing token included; a token that was not needed, such as
+/// beside a valid signed link, is not counted), the socket for a refused
+/// re-authentication.
+pub fn count_refusal(err: AuthError) {
+    metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => err.reason()).increment(1);
 }
 
 fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
@@ -276,6 +294,7 @@ fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Cal
     Ok(Caller {
         user: UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)?,
         operator: data.claims.is_operator(),
+        expires_at: data.claims.exp,
     })
 }
 

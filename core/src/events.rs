@@ -68,10 +68,31 @@ pub struct Delta {
     pub session_id: Uuid,
     /// The turn being answered.
     pub turn_id: Uuid,
+    /// The attempt this chunk belongs to, from 1: a retried turn streams
+    /// its reply again from index 0 under the next attempt, and a client
+    /// joining chunks drops what it had of an earlier attempt.
+    pub attempt: i32,
+    /// The seq of this attempt's `turn.started` event. A socket delivers a
+    /// chunk only after every event up to this one (so a client never sees
+    /// a reply ahead of the events before it, such as its own removal).
+    pub started_seq: i64,
     /// Chunk number within this attempt, from 0.
     pub index: u32,
     /// The text.
     pub text: String,
+}
+
+impl Event {
+    /// Whether this event ends `user`'s access to the session's live feed:
+    /// their removal, their leaving, or the session's archiving (which ends
+    /// everyone's). A socket closes (4003) once it has delivered it.
+    pub fn ends_access_of(&self, user: &str) -> bool {
+        match self.kind.as_str() {
+            "member.removed" | "member.left" => self.data["user_id"].as_str() == Some(user),
+            "session.archived" => true,
+            _ => false,
+        }
+    }
 }
 
 /// What travels on a session channel.

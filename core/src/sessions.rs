@@ -281,9 +281,26 @@ pub async fn require_member<'e>(
     id: Uuid,
     user: &UserId,
 ) -> Result<Membership> {
-    sqlx::query_as::<_, Membership>(
+    Ok(require_member_at_seq(db, id, user).await?.0)
+}
+
+/// Like [`require_member`], with the seq of the session's newest event
+/// read in the same snapshot: whatever ends the membership later has a
+/// higher seq (what a socket resuming past the log's end starts from).
+pub async fn require_member_at_seq<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    user: &UserId,
+) -> Result<(Membership, i64)> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        membership: Membership,
+        last_seq: i64,
+    }
+    let row = sqlx::query_as::<_, Row>(
         r#"
-        SELECT s.*, m.role
+        SELECT s.*, m.role, s.next_event_seq - 1 AS last_seq
         FROM campaign_session_members m
         JOIN campaign_sessions s ON s.id = m.session_id
         WHERE m.session_id = $1 AND m.user_id = $2
@@ -293,7 +310,8 @@ pub async fn require_member<'e>(
     .bind(user.as_str())
     .fetch_optional(db)
     .await?
-    .ok_or(Error::NotFound)
+    .ok_or(Error::NotFound)?;
+    Ok((row.membership, row.last_seq))
 }
 
 /// Like [`require_member`], but also requires the owner role.

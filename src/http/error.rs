@@ -218,6 +218,9 @@ impl IntoResponse for Error {
         if let Error::Internal(cause) = &self {
             tracing::error!(error = %cause, source = ?cause.source(), "request failed");
         }
+        if let Error::Unauthorized(reason) = &self {
+            crate::auth::count_refusal(*reason);
+        }
         let status = self.status();
         let body = ErrorBody {
             error: self.detail(),
@@ -277,7 +280,7 @@ impl From<storage::Error> for Error {
             storage::Error::InvalidName(_) | storage::Error::ContentTypeMismatch { .. } => {
                 Error::Unprocessable(err.to_string())
             }
-            storage::Error::NotFound => Error::NotFound("file"),
+            storage::Error::NotFound | storage::Error::Link(_) => Error::NotFound("file"),
             storage::Error::Config(_) | storage::Error::Backend(_) => Error::internal(err),
         }
     }

@@ -122,6 +122,11 @@ where
                 "the body must be a JSON object, not an array".into(),
             ));
         }
+        if let Some(key) = duplicate_key(&bytes) {
+            return Err(Error::Unprocessable(describe(&format!(
+                "duplicate key {key:?}: each key may appear once in an object"
+            ))));
+        }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(json_rejection(rejection, limit)),
@@ -133,6 +138,78 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
+}
+
+/// The first key that appears twice in one object of the JSON text
+/// `bytes`, at any depth. serde would silently keep the last of the two
+/// in a free-form value (and refuse them only for a struct's fields), so
+/// the same body could mean different things to different readers: REST
+/// bodies and socket messages are refused when this finds one. Text that
+/// is not JSON gives None (its parser reports that).
+pub fn duplicate_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
+    use std::collections::HashSet;
+
+    struct Unique;
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Unique, A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(de::Error::custom(DuplicateKey(key.into_owned())));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+    }
+    /// Marks the custom error as ours, with the key.
+    struct DuplicateKey(String);
+    impl std::fmt::Display for DuplicateKey {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "\u{0}duplicate\u{0}{}", self.0)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let err = (&mut deserializer).deserialize_any(Unique).err()?;
+    // serde_json appends " at line L column C" to a custom message.
+    let text = err.to_string();
+    let rest = text.strip_prefix("\u{0}duplicate\u{0}")?;
+    let key = rest.rsplit_once(" at line ").map_or(rest, |(key, _)| key);
+    Some(key.to_owned())
 }
 
 /// The configured body limit, put in request extensions by the router so

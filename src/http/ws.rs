@@ -10,7 +10,29 @@
 //! sends every stored event with `seq > after_seq` in order, then live
 //! events, with no gap and no duplicate: an event whose seq is not the next
 //! one is preceded by the missing ones read from Postgres, and seqs already
-//! sent are skipped. `turn.delta` chunks pass through as they come.
+//! sent are skipped. An `after_seq` past the session's newest event is read
+//! as the newest: a client cannot skip events it has not seen.
+//!
+//! `turn.delta` chunks carry their attempt and the seq of that attempt's
+//! `turn.started` (`started_seq`); a chunk is sent only after every event up
+//! to `started_seq` (read from Postgres first when the live feed has not
+//! brought them), so a chunk never overtakes the events before it.
+//!
+//! **Access ends with membership.** A socket closes with 4003 once it has
+//! sent the event that ends its user's access: `member.removed` or
+//! `member.left` naming them, or `session.archived` (a socket opened on an
+//! archived session replays what its client missed, then closes the same
+//! way). Since chunks wait for the events before them and `after_seq`
+//! cannot skip ahead, a removed member receives nothing of a turn
+//! submitted after the removal, whichever API process made it.
+//!
+//! **Tokens expire on open sockets too.** The socket closes with 4001 when
+//! its token expires (plus the verifier's leeway), unless the client sent
+//! a fresh token for the same user before then: `{"type": "auth",
+//! "request_id", "token"}`, answered with `{"type": "reply", "ok": true,
+//! "expires_at"}` (the new expiry, seconds since the epoch), or an error
+//! reply (`unauthorized`, or `forbidden` for another user's token) that
+//! leaves the old expiry in force.
 //!
 //! Events older than the retention period are pruned: a client resuming
 //! from a seq that was pruned first gets `{"type": "reset", "session_id",
@@ -25,8 +47,10 @@
 //! `{"type": "reply", "request_id", "ok": true, ...}` (the state view, or
 //! `new_version` and `update_id`) or `{"type": "reply", "request_id", "ok":
 //! false, "error": {"code", "message", ...}}` with the codes of REST. A
-//! message that is not JSON, has no string or number `request_id` of at
-//! most 128 characters, or an unknown `type` gets an error reply with code
+//! message that is not JSON, has a key twice in one object (as REST
+//! refuses), has no `request_id` that is a string of at most 128
+//! characters or an integer of magnitude at most 2^53 - 1 (echoed exactly
+//! as sent), or has an unknown `type` gets an error reply with code
 //! `bad_message` (and `request_id` null when it had none). Messages are
 //! limited to [`MAX_CLIENT_MESSAGE`] bytes. The update's `state.updated`
 //! event reaches this socket like every other member's, before or after
@@ -36,9 +60,11 @@
 //! client that closes; 1009 a message over [`MAX_CLIENT_MESSAGE`]; 1003 a
 //! binary message (the protocol is JSON text); 1007 a text message that is
 //! not UTF-8; 1002 a protocol error (reserved bits, a bad opcode, a broken
-//! fragment sequence); 1011 events could not be read. Ours: 4003 the
-//! member was removed; 4008 the client fell behind (reconnect with
-//! `after_seq`); 4000 no pong within [`PONG_TIMEOUT`].
+//! fragment sequence); 1011 events could not be read. Ours: 4001 the token
+//! expired (reconnect with a fresh one); 4003 the user is no longer a
+//! member, or the session is archived (do not reconnect; the reason says
+//! which); 4008 the client fell behind (reconnect with `after_seq`); 4000
+//! no pong within [`PONG_TIMEOUT`].
 
 use std::time::{Duration, Instant};
 
@@ -104,7 +130,8 @@ async fn ws_session(
         Err(AuthError::Missing) => params.access_token.clone().ok_or(AuthError::Missing)?,
         Err(err) => return Err(err.into()),
     };
-    let user = state.auth.verify(&token).await?;
+    let caller = state.auth.verify_caller(&token).await?;
+    let user = caller.user;
     if let (Some(allowed), Some(origin)) = (&state.ws_allowed_origins, headers.get(header::ORIGIN))
     {
         let origin = origin.to_str().unwrap_or_default();
@@ -114,7 +141,8 @@ async fn ws_session(
             ));
         }
     }
-    sessions::require_member(&state.pool, session_id, &user).await?;
+    let (membership, last_seq) =
+        sessions::require_member_at_seq(&state.pool, session_id, &user).await?;
     let after = params.after_seq.unwrap_or(0);
     if after < 0 {
         return Err(Error::bad_request(
@@ -143,7 +171,12 @@ async fn ws_session(
                 socket,
                 session_id,
                 user,
-                last: after,
+                // A client may not resume past the log's end as the
+                // membership check saw it: what it asked to skip would
+                // include whatever ends its access from now on.
+                last: after.min(last_seq),
+                archived: membership.session.status == sessions::SessionStatus::Archived,
+                expires: expiry(caller.expires_at),
             }
             .run()
             .await;
@@ -158,7 +191,31 @@ struct Socket {
     user: UserId,
     /// The last seq sent.
     last: i64,
+    /// The session was archived when the socket opened: it replays what
+    /// the client missed, then closes (4003).
+    archived: bool,
+    /// When the token the socket was opened (or last re-authenticated)
+    /// with expires, plus the leeway: the socket closes then (4001).
+    expires: tokio::time::Instant,
 }
+
+/// When a token expiring at `exp` (seconds since the epoch) stops being
+/// good for a socket: then plus [`crate::auth::LEEWAY_SECS`].
+fn expiry(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // The verifier refuses a token once `now > exp + leeway` in whole
+    // seconds: the socket ends at that same second.
+    let left =
+        Duration::from_secs(exp.saturating_add(crate::auth::LEEWAY_SECS + 1)).saturating_sub(now);
+    tokio::time::Instant::now() + left
+}
+
+/// The close of a socket whose user lost access to the session.
+const REMOVED: End = End::Close(4003, "no longer a member of this session", "removed");
+/// The close of a socket on an archived session.
+const ARCHIVED: End = End::Close(4003, "the session is archived", "archived");
 
 /// Why a socket loop ended.
 enum End {
@@ -176,6 +233,7 @@ impl Socket {
         let mut live = self.state.bridge.subscribe(self.session_id);
         let end = match Box::pin(self.catch_up("resume")).await {
             Err(end) => end,
+            Ok(()) if self.archived => ARCHIVED,
             Ok(()) => self.serve(&mut live).await,
         };
         match end {
@@ -207,10 +265,7 @@ impl Socket {
                     let result = match received {
                         Ok(Live::Message(message)) => match message.as_ref() {
                             Message::Event(event) => self.deliver(event).await,
-                            Message::Delta(delta) => {
-                                metrics::counter!(m::DELTAS_DELIVERED_TOTAL).increment(1);
-                                self.send_json(delta).await
-                            }
+                            Message::Delta(delta) => self.deliver_delta(delta).await,
                         },
                         Ok(Live::Resync { interrupted: false }) => Box::pin(self.catch_up("resync")).await,
                         Ok(Live::Resync { interrupted: true }) => {
@@ -242,9 +297,7 @@ impl Socket {
                     }
                     Some(Ok(WsMessage::Pong(_))) => last_pong = Instant::now(),
                     Some(Ok(WsMessage::Text(text))) => {
-                        let reply =
-                            Box::pin(answer(&self.state, self.session_id, &self.user, text.as_str()))
-                                .await;
+                        let reply = Box::pin(self.answer(text.as_str())).await;
                         if let Err(end) = self.send_json(&reply).await {
                             return end;
                         }
@@ -252,6 +305,9 @@ impl Socket {
                     // Pings are answered by axum.
                     Some(Ok(_)) => {}
                 },
+                () = tokio::time::sleep_until(self.expires) => {
+                    return End::Close(4001, "token expired: reconnect with a fresh token", "token_expired");
+                }
                 _ = ping.tick() => {
                     if last_pong.elapsed() > PONG_TIMEOUT {
                         return End::Close(4000, "ping timeout", "ping_timeout");
@@ -294,11 +350,7 @@ impl Socket {
                         End::Close(1011, "temporarily unable to read events", "error")
                     })?;
             let Some((horizon, page)) = page else {
-                return Err(End::Close(
-                    4003,
-                    "no longer a member of this session",
-                    "removed",
-                ));
+                return Err(REMOVED);
             };
             if horizon.must_reset(self.last) {
                 self.reset(horizon).await?;
@@ -344,20 +396,34 @@ impl Socket {
         self.send_event(event).await
     }
 
+    /// Delivers a streamed chunk, but only after every event up to its
+    /// attempt's `turn.started` (read from Postgres if the live feed has
+    /// not brought them yet): a chunk never overtakes the events before it,
+    /// such as this user's removal, which closes the socket instead.
+    async fn deliver_delta(&mut self, delta: &events::Delta) -> Result<(), End> {
+        if delta.started_seq > self.last {
+            Box::pin(self.catch_up("delta")).await?;
+            if delta.started_seq > self.last {
+                // Not in the log: not a chunk of this session's turns.
+                return Ok(());
+            }
+        }
+        metrics::counter!(m::DELTAS_DELIVERED_TOTAL).increment(1);
+        self.send_json(delta).await
+    }
+
     async fn send_event(&mut self, event: &Event) -> Result<(), End> {
         if event.seq != self.last + 1 {
             return Ok(());
         }
         self.send_json(event).await?;
         self.last = event.seq;
-        let removed = matches!(event.kind.as_str(), "member.removed" | "member.left")
-            && event.data["user_id"].as_str() == Some(self.user.as_str());
-        if removed {
-            return Err(End::Close(
-                4003,
-                "no longer a member of this session",
-                "removed",
-            ));
+        if event.ends_access_of(self.user.as_str()) {
+            return Err(if event.kind == "session.archived" {
+                ARCHIVED
+            } else {
+                REMOVED
+            });
         }
         Ok(())
     }
@@ -378,70 +444,116 @@ impl Socket {
     }
 }
 
-/// The reply to a client's message (see the module docs).
-async fn answer(
-    state: &AppState,
-    session_id: Uuid,
-    user: &UserId,
-    text: &str,
-) -> serde_json::Value {
-    use serde_json::{Value, json};
-    let bad = |request_id: &Value, message: &str| {
-        json!({"type": "reply", "request_id": request_id, "ok": false,
-               "error": {"code": "bad_message", "message": message}})
-    };
-    let Ok(message) = serde_json::from_str::<Value>(text) else {
-        return bad(&Value::Null, "messages are JSON objects");
-    };
-    let request_id = match message.get("request_id") {
-        Some(Value::String(s)) if s.chars().count() <= 128 => Value::String(s.clone()),
-        Some(Value::Number(n)) => Value::Number(n.clone()),
-        _ => {
+/// Largest integer a `request_id` may be: the largest a JavaScript number
+/// holds exactly (2^53 - 1), so the id a browser sent is the id it gets back.
+pub const MAX_REQUEST_ID: i64 = (1 << 53) - 1;
+
+impl Socket {
+    /// The reply to a client's message (see the module docs).
+    async fn answer(&mut self, text: &str) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let bad = |request_id: &Value, message: &str| {
+            json!({"type": "reply", "request_id": request_id, "ok": false,
+                   "error": {"code": "bad_message", "message": message}})
+        };
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return bad(&Value::Null, "messages are JSON objects");
+        };
+        let request_id = match message.get("request_id") {
+            Some(Value::String(s)) if s.chars().count() <= 128 => Value::String(s.clone()),
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n.abs() <= MAX_REQUEST_ID) => {
+                Value::Number(n.clone())
+            }
+            _ => {
+                return bad(
+                    &Value::Null,
+                    "a message needs a `request_id`: a string of at most 128 characters, or an integer of magnitude at most 2^53 - 1",
+                );
+            }
+        };
+        if let Some(key) = super::extract::duplicate_key(text.as_bytes()) {
             return bad(
-                &Value::Null,
-                "a message needs a `request_id` (a string of at most 128 characters, or a number)",
+                &request_id,
+                &super::extract::describe(&format!(
+                    "duplicate key {key:?}: each key may appear once in an object"
+                )),
             );
         }
-    };
-    let kind = message
-        .get("type")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let result = match kind.as_deref() {
-        Some("state.get") => questboard_core::state::read_as_member(&state.pool, session_id, user)
-            .await
-            .map_err(Error::from)
-            .and_then(|snapshot| {
-                serde_json::to_value(super::state::StateView::from(snapshot))
-                    .map_err(Error::internal)
-            }),
-        Some("state.update") => {
-            match serde_json::from_value::<super::state::StateUpdateInput>(message) {
-                Ok(input) => super::state::apply(state, session_id, user, &input)
+        let kind = message
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let (state, session_id, user) = (&self.state, self.session_id, &self.user);
+        let result = match kind.as_deref() {
+            Some("state.get") => {
+                questboard_core::state::read_as_member(&state.pool, session_id, user)
                     .await
-                    .and_then(|done| serde_json::to_value(done).map_err(Error::internal)),
-                Err(err) => Err(Error::Unprocessable(format!(
-                    "a state.update needs `version` (integer) and `operations` (array), and may have `id` (string): {}",
-                    super::extract::describe(&err.to_string())
-                ))),
+                    .map_err(Error::from)
+                    .and_then(|snapshot| {
+                        serde_json::to_value(super::state::StateView::from(snapshot))
+                            .map_err(Error::internal)
+                    })
+            }
+            Some("state.update") => {
+                match serde_json::from_value::<super::state::StateUpdateInput>(message) {
+                    Ok(input) => super::state::apply(state, session_id, user, &input)
+                        .await
+                        .and_then(|done| serde_json::to_value(done).map_err(Error::internal)),
+                    Err(err) => Err(Error::Unprocessable(format!(
+                        "a state.update needs `version` (integer) and `operations` (array), and may have `id` (string): {}",
+                        super::extract::describe(&err.to_string())
+                    ))),
+                }
+            }
+            Some("auth") => self.reauthenticate(message.get("token")).await,
+            _ => {
+                return bad(
+                    &request_id,
+                    "unknown `type`: use state.get, state.update or auth",
+                );
+            }
+        };
+        match result {
+            Ok(Value::Object(mut fields)) => {
+                fields.insert("type".into(), json!("reply"));
+                fields.insert("request_id".into(), request_id);
+                fields.insert("ok".into(), json!(true));
+                Value::Object(fields)
+            }
+            Ok(_) => bad(&request_id, "unexpected reply"),
+            Err(err) => {
+                if let Error::Internal(cause) = &err {
+                    tracing::error!(error = %cause, "a socket message failed");
+                }
+                json!({"type": "reply", "request_id": request_id, "ok": false, "error": err.detail()})
             }
         }
-        _ => return bad(&request_id, "unknown `type`: use state.get or state.update"),
-    };
-    match result {
-        Ok(Value::Object(mut fields)) => {
-            fields.insert("type".into(), json!("reply"));
-            fields.insert("request_id".into(), request_id);
-            fields.insert("ok".into(), json!(true));
-            Value::Object(fields)
-        }
-        Ok(_) => bad(&request_id, "unexpected reply"),
-        Err(err) => {
-            if let Error::Internal(cause) = &err {
-                tracing::error!(error = %cause, "a socket message failed");
+    }
+
+    /// `{"type": "auth", "token"}`: a fresh token for the same user moves
+    /// the socket's expiry to that token's. Anything else leaves the socket
+    /// as it was (it still closes when the old token expires).
+    async fn reauthenticate(
+        &mut self,
+        token: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let token = token.and_then(serde_json::Value::as_str).ok_or_else(|| {
+            Error::Unprocessable("an auth message needs `token` (a string)".into())
+        })?;
+        let caller = match self.state.auth.verify_caller(token).await {
+            Ok(caller) => caller,
+            Err(err) => {
+                crate::auth::count_refusal(err);
+                return Err(err.into());
             }
-            json!({"type": "reply", "request_id": request_id, "ok": false, "error": err.detail()})
+        };
+        if caller.user != self.user {
+            return Err(Error::Forbidden(
+                "the token is for another user: open a new socket".into(),
+            ));
         }
+        self.expires = expiry(caller.expires_at);
+        Ok(serde_json::json!({ "expires_at": caller.expires_at }))
     }
 }
 

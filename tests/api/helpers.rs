@@ -368,12 +368,12 @@ impl TestApp {
 
     /// A valid token for `user`.
     pub fn token(&self, user: &str) -> String {
-        auth::mint(
-            &self.config,
-            &UserId::parse(user).expect("user id"),
-            Duration::from_secs(600),
-        )
-        .expect("mint")
+        self.token_for(user, Duration::from_secs(600))
+    }
+
+    /// A token for `user` that expires after `ttl`.
+    pub fn token_for(&self, user: &str, ttl: Duration) -> String {
+        auth::mint(&self.config, &UserId::parse(user).expect("user id"), ttl).expect("mint")
     }
 
     /// Sends a request as `user` (None: no Authorization header).
@@ -817,6 +817,17 @@ impl TestApp {
         session: &str,
         after_seq: Option<i64>,
     ) -> Result<WsClient, u16> {
+        self.ws_with_token(&self.token(user), session, after_seq)
+            .await
+    }
+
+    /// Opens `/ws/sessions/{session}` with `token`; `Err(status)` if refused.
+    pub async fn ws_with_token(
+        &self,
+        token: &str,
+        session: &str,
+        after_seq: Option<i64>,
+    ) -> Result<WsClient, u16> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
         let query = after_seq
             .map(|s| format!("?after_seq={s}"))
@@ -826,9 +837,7 @@ impl TestApp {
             .expect("request");
         request.headers_mut().insert(
             "authorization",
-            format!("Bearer {}", self.token(user))
-                .parse()
-                .expect("header"),
+            format!("Bearer {token}").parse().expect("header"),
         );
         self.ws_request(request).await
     }

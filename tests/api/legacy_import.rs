@@ -966,3 +966,130 @@ async fn an_interrupted_folder_is_finished_with_the_keys_chosen_before() {
     assert_eq!(resp.status, StatusCode::OK);
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// A legacy folder holding links planted to reach outside the tree (a
+/// file linked to the system's password file, a directory linked to the
+/// system's configuration, a link out of the campaigns root): nothing is
+/// read through them, each is reported as skipped with why, the shim
+/// serves none of it, and the folder's real files are imported as usual.
+#[tokio::test]
+async fn links_in_a_legacy_tree_are_reported_never_followed() {
+    use reqwest::Method;
+    let root = std::env::temp_dir().join(format!("qb-legacy-links-{}", Uuid::new_v4()));
+    let storage = root.join("questboard").to_string_lossy().into_owned();
+    let configure = move |c: &mut questboard::config::Config| c.storage_url = storage.clone();
+    let app = TestApp::spawn_with(configure.clone()).await;
+    let tree = Tree::Local(root.join("old-app"));
+    let folder = "campaigns/links/campaign_1 - Trap";
+    tree.put(&format!("{folder}/history.txt"), b"real\n").await;
+    let Tree::Local(base) = &tree else {
+        unreachable!()
+    };
+    // Outside the tree: a secret file and a directory of them.
+    let outside = root.join("outside");
+    std::fs::create_dir_all(outside.join("etc")).expect("dir");
+    std::fs::write(outside.join("passwd"), "root:x:0:0\n").expect("write");
+    std::fs::write(outside.join("etc/shadow"), "root:secret\n").expect("write");
+    let campaign = base.join(folder);
+    std::os::unix::fs::symlink(outside.join("passwd"), campaign.join("passwd.txt")).expect("link");
+    std::os::unix::fs::symlink(outside.join("etc"), campaign.join("etcdir")).expect("link");
+    // A whole env folder that is a link out of the tree.
+    std::os::unix::fs::symlink(outside.join("etc"), base.join("campaigns/elsewhere"))
+        .expect("link");
+    // And the system's own, as the probe found them.
+    std::os::unix::fs::symlink("/etc/passwd", campaign.join("system-passwd.txt")).expect("link");
+
+    let resp = app
+        .op(
+            Method::POST,
+            "/api/admin/imports/legacy",
+            Some(json!({
+                "source_url": tree.url(),
+                "mapping": { "links/campaign_1 - Trap": { "owner": "alice" } },
+            })),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text);
+    let job_id = resp.body["job_id"].as_str().expect("job id").to_owned();
+    let _worker = app.jobs_worker(configure).await;
+    let job = app
+        .wait_job(&job_id, "the import", |j| j["status"] == "succeeded")
+        .await;
+    let report = &job["result"];
+    assert_eq!(report["outcome"], "completed", "{job:#}");
+    let skipped = paths(report, "skipped");
+    assert_eq!(
+        skipped,
+        set(&[
+            "elsewhere".into(),
+            "links/campaign_1 - Trap/etcdir".into(),
+            "links/campaign_1 - Trap/passwd.txt".into(),
+            "links/campaign_1 - Trap/system-passwd.txt".into(),
+        ]),
+        "{report:#}"
+    );
+    for problem in report["problems"]["skipped"].as_array().expect("skipped") {
+        assert!(
+            problem["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("symbolic link")),
+            "{problem}"
+        );
+    }
+    // Only the real file was copied.
+    let files: Vec<(String,)> = sqlx::query_as("SELECT legacy_path FROM legacy_files ORDER BY 1")
+        .fetch_all(&app.db.pool)
+        .await
+        .expect("files");
+    assert_eq!(files, [("history.txt".to_owned(),)]);
+    let stored = walk(&root.join("questboard"));
+    assert!(
+        stored
+            .iter()
+            .all(|p| !p.contains("shadow") && !p.contains("passwd")),
+        "{stored:#?}"
+    );
+    // The shim serves the real file and nothing through the links.
+    let ok = app
+        .get(
+            "alice",
+            &url_path("/api/legacy/links/campaign_1 - Trap/history.txt"),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    for path in ["etcdir/shadow", "passwd.txt", "system-passwd.txt"] {
+        let resp = app
+            .get(
+                "alice",
+                &url_path(&format!("/api/legacy/links/campaign_1 - Trap/{path}")),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::NOT_FOUND, "{path}: {}", resp.text);
+        assert!(!resp.text.contains("secret") && !resp.text.contains("root:"));
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Every file below `dir`, as paths relative to it (links not followed).
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
+            let kind = entry.file_type().expect("type");
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(
+                    entry
+                        .path()
+                        .strip_prefix(dir)
+                        .expect("below")
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}

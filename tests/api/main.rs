@@ -35,6 +35,7 @@ mod reconcile;
 mod restart;
 mod scheduler;
 mod sessions;
+mod socket_access;
 mod state;
 mod storage;
 mod turn_state;

@@ -438,7 +438,7 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
         for index in 0..1000u32 {
             let delta = serde_json::json!({
                 "type": "turn.delta", "session_id": session_id, "turn_id": session_id,
-                "index": batch * 1000 + index, "text": chunk,
+                "attempt": 1, "started_seq": 0, "index": batch * 1000 + index, "text": chunk,
             });
             pipe.cmd("PUBLISH")
                 .arg(questboard_core::events::channel(session_id))

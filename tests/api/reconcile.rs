@@ -380,3 +380,78 @@ async fn reconcile_on_s3() {
     assert!(created.status().is_success());
     exercise(Backend::S3 { endpoint, bucket }).await;
 }
+
+/// Links planted in a local storage root (a file linked out, a directory
+/// linked out, a whole ghost session prefix linked out) are reported and
+/// never followed: a repair past the grace period deletes nothing they
+/// point at, and reads through them find nothing.
+#[tokio::test]
+async fn reconcile_never_follows_links_on_a_local_root() {
+    let root = std::env::temp_dir().join(format!("qb-reconcile-links-{}", Uuid::new_v4()));
+    let dir = root.join("storage");
+    let outside = root.join("outside");
+    std::fs::create_dir_all(outside.join("data")).expect("dir");
+    std::fs::write(outside.join("secret.txt"), "secret").expect("write");
+    std::fs::write(outside.join("data/x.json"), "{}").expect("write");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let backend = Backend::Local(dir.clone());
+    let db = TestDb::create().await;
+    let storage = backend.storage();
+    let s = sessions::create(
+        &db.pool,
+        &UserId::parse("alice").expect("user"),
+        &SessionName::parse("Keep").expect("name"),
+    )
+    .await
+    .expect("session");
+    let prefix = s.session.storage_prefix.clone();
+    storage
+        .session(&prefix)
+        .expect("files")
+        .put_manifest(&manifest(s.session.id, s.session.created_at))
+        .await
+        .expect("manifest");
+    backend
+        .put(&format!("{prefix}/logs/real.json"), b"[]")
+        .await;
+    std::fs::create_dir_all(dir.join(&prefix).join("media/images")).expect("dir");
+    std::os::unix::fs::symlink(
+        outside.join("secret.txt"),
+        dir.join(&prefix).join("media/images/evil.png"),
+    )
+    .expect("link");
+    std::os::unix::fs::symlink(&outside, dir.join(&prefix).join("data")).expect("link");
+    let ghost = format!("sessions/{}", Uuid::now_v7());
+    std::os::unix::fs::symlink(&outside, dir.join(&ghost)).expect("link");
+
+    let report = reconcile(&db, &backend, true, 0).await;
+    assert_eq!(report["symbolic_links"]["count"], 3, "{report:#}");
+    let mut links: Vec<String> = report["symbolic_links"]["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k.as_str().expect("key").to_owned())
+        .collect();
+    links.sort();
+    let mut expected = vec![
+        format!("{prefix}/media/images/evil.png"),
+        format!("{prefix}/data"),
+        ghost.clone(),
+    ];
+    expected.sort();
+    assert_eq!(links, expected);
+    assert_eq!(report["orphans"]["count"], 0, "{report:#}");
+    assert_eq!(report["untracked_media"]["count"], 0, "{report:#}");
+    // Nothing outside was touched, and nothing reads through the links.
+    assert!(outside.join("secret.txt").exists());
+    assert!(outside.join("data/x.json").exists());
+    for key in [
+        format!("{prefix}/media/images/evil.png"),
+        format!("{prefix}/data/x.json"),
+        format!("{ghost}/data/x.json"),
+    ] {
+        assert!(!backend.exists(&key).await, "{key} was read through a link");
+    }
+    assert!(backend.exists(&format!("{prefix}/logs/real.json")).await);
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -162,6 +162,8 @@ pub struct StepOutcome {
     /// The attempt number of the started turn (None: not started, it was
     /// already finished).
     pub attempt: Option<i32>,
+    /// The seq of the started turn's `turn.started` event.
+    pub started_seq: Option<i64>,
     /// When a settled retry will run.
     pub retry_at: Option<DateTime<Utc>>,
     /// The release removed the session from the runnable index (idle).
@@ -590,6 +592,11 @@ where
         .map(|step| {
             let mut outcome = outcomes.remove(&step.session_id).unwrap_or_default();
             outcome.events.sort_by_key(|e| e.seq);
+            outcome.started_seq = outcome
+                .events
+                .iter()
+                .find(|e| e.kind == "turn.started")
+                .map(|e| e.seq);
             outcome
         })
         .collect())

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::TryStreamExt as _;
+use futures::StreamExt as _;
 use questboard_core::jobs::{Backoff, Job, JobSpec};
 use questboard_core::legacy_import::{self as li, Mapping, Placement, Problem, Run};
 use questboard_core::media;
@@ -122,16 +122,29 @@ struct Listed {
 struct Tree {
     folders: BTreeMap<(String, String), BTreeMap<String, Listed>>,
     stray: BTreeSet<String>,
+    /// Symbolic links met (never followed), below `campaigns/`.
+    links: BTreeSet<String>,
 }
 
 async fn scan(source: &Storage) -> Result<Tree, JobError> {
     let mut tree = Tree::default();
     let mut listing = source.list_objects(li::CAMPAIGNS);
-    while let Some(object) = listing
-        .try_next()
-        .await
-        .map_err(|e| JobError::retryable(format!("listing the legacy tree: {e}")))?
-    {
+    loop {
+        let object = match listing.next().await {
+            None => break,
+            Some(Ok(object)) => object,
+            Some(Err(storage::Error::Link(key))) => {
+                let shown = storage::decoded_key(&key);
+                let below = shown
+                    .strip_prefix(&format!("{}/", li::CAMPAIGNS))
+                    .unwrap_or(&shown);
+                tree.links.insert(below.to_owned());
+                continue;
+            }
+            Some(Err(e)) => {
+                return Err(JobError::retryable(format!("listing the legacy tree: {e}")));
+            }
+        };
         let shown = storage::decoded_key(&object.key);
         let parts: Vec<&str> = shown.splitn(4, '/').collect();
         match parts.as_slice() {
@@ -185,7 +198,7 @@ impl Handler for ImportLegacy {
             Err(err) => return fail(format!("the legacy tree cannot be opened: {err}")).await,
         };
         let tree = scan(&source).await?;
-        if tree.folders.is_empty() && tree.stray.is_empty() {
+        if tree.folders.is_empty() && tree.stray.is_empty() && tree.links.is_empty() {
             return fail(format!(
                 "{} holds nothing under {}/",
                 record.source_url,
@@ -239,6 +252,14 @@ impl Importer<'_> {
     }
 
     async fn import(&mut self, tree: Tree) -> Result<(), JobError> {
+        for link in &tree.links {
+            self.problem(
+                Problem::Skipped,
+                link,
+                json!({ "reason": "a symbolic link: links are never followed" }),
+            )
+            .await?;
+        }
         for stray in &tree.stray {
             self.problem(
                 Problem::NotCampaign,

@@ -265,14 +265,22 @@ impl SinkFactory for PublishDeltas {
             publisher: EventPublisher,
             session_id: Uuid,
             turn_id: Uuid,
+            attempt: i32,
+            started_seq: i64,
         }
         impl ChunkSink for Publish {
+            fn attempt_started(&mut self, attempt: i32, seq: i64) {
+                self.attempt = attempt;
+                self.started_seq = seq;
+            }
             fn chunk(&mut self, index: u32, text: &str) {
                 metrics::counter!(m::TURN_CHUNKS_TOTAL).increment(1);
                 self.publisher.delta(Delta {
                     kind: "turn.delta".into(),
                     session_id: self.session_id,
                     turn_id: self.turn_id,
+                    attempt: self.attempt,
+                    started_seq: self.started_seq,
                     index,
                     text: text.to_owned(),
                 });
@@ -282,6 +290,8 @@ impl SinkFactory for PublishDeltas {
             publisher: self.0.clone(),
             session_id,
             turn_id,
+            attempt: 0,
+            started_seq: 0,
         })
     }
 }

@@ -23,6 +23,9 @@
 //! 4. Generated items still pending whose job finished or is gone without
 //!    recording them ([`media::stalled`]) are **stalled generations**.
 //!
+//! On a local root, the listing never follows a **symbolic link**: each
+//! one met is reported (`symbolic_links`) and left alone, by repair too.
+//!
 //! `repair` deletes orphans and untracked media older than the grace
 //! period (24 h by default, so an upload in flight is never deleted),
 //! writes missing manifests and marks stalled generations failed
@@ -40,7 +43,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt as _, TryStreamExt as _};
 use questboard_core::jobs::{Backoff, Job, JobSpec};
-use questboard_core::storage::{Area, MANIFEST, ObjectInfo, REPORTS};
+use questboard_core::storage::{self, Area, MANIFEST, ObjectInfo, REPORTS};
 use questboard_core::{media, sessions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -118,6 +121,7 @@ struct Findings {
     orphans_deleted: u64,
     orphans_in_grace: u64,
     outside_areas: Category,
+    links: Category,
     missing_prefixes: Category,
     manifests_written: u64,
     untracked_media: Category,
@@ -161,10 +165,13 @@ impl Reconciler<'_> {
         let mut listing = self.ctx.storage.list_objects("");
         let mut chunk: Vec<ObjectInfo> = Vec::with_capacity(CHUNK);
         loop {
-            let next = listing
-                .try_next()
-                .await
-                .map_err(|e| JobError::retryable(format!("listing storage: {e}")))?;
+            let next = match listing.next().await.transpose() {
+                Err(storage::Error::Link(key)) => {
+                    self.found.links.add(&key, 0, self.settings.sample);
+                    continue;
+                }
+                next => next.map_err(|e| JobError::retryable(format!("listing storage: {e}")))?,
+            };
             let done = next.is_none();
             if let Some(object) = next {
                 self.found.objects += 1;
@@ -453,6 +460,10 @@ impl Handler for Reconcile {
                 "bytes": f.outside_areas.bytes,
                 "keys": f.outside_areas.keys,
             },
+            "symbolic_links": {
+                "count": f.links.count,
+                "keys": f.links.keys,
+            },
             "media_versions_scanned": f.media_versions,
             "untracked_media": {
                 "count": f.untracked_media.count,
@@ -486,6 +497,7 @@ impl Handler for Reconcile {
             orphans = f.orphans.count,
             missing = f.missing_prefixes.count,
             outside = f.outside_areas.count,
+            links = f.links.count,
             untracked_media = f.untracked_media.count,
             missing_media = f.missing_media.count,
             stalled = f.stalled.count,

@@ -106,11 +106,13 @@ impl Gate {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lets the held chunks, and every later one, through.
-    pub fn open(&self) {
+    /// Lets the held chunks, and every later one, through: the attempt
+    /// `attempt` was recorded as started by the event `seq`.
+    pub fn open(&self, attempt: i32, seq: i64) {
         let mut state = self.state();
         let state = &mut *state;
         state.open = true;
+        state.sink.attempt_started(attempt, seq);
         let mut start = 0;
         for (index, end) in state.held.drain(..) {
             state.sink.chunk(index, &state.text[start..end]);
@@ -235,7 +237,7 @@ mod tests {
         sink.chunk(0, "a");
         sink.chunk(1, "b");
         assert!(seen.lock().map(|s| s.is_empty()).unwrap_or(false));
-        gate.open();
+        gate.open(1, 7);
         sink.chunk(2, "c");
         let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
         assert_eq!(seen, [(0, "a".into()), (1, "b".into()), (2, "c".into())]);

@@ -121,6 +121,10 @@ pub const MAX_PROMPT_STATE_BYTES: usize = 32 * 1024;
 pub trait ChunkSink: Send {
     /// Called for each chunk, `index` counting from 0.
     fn chunk(&mut self, index: u32, text: &str);
+
+    /// Called once, before the first chunk passes on, when the attempt
+    /// `attempt` of the turn was recorded as started by the event `seq`.
+    fn attempt_started(&mut self, _attempt: i32, _seq: i64) {}
 }
 
 /// A sink that drops chunks (when nobody listens).

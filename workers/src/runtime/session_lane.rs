@@ -379,8 +379,8 @@ impl Drain {
                         settle = &mut run, if early.is_none() => early = Some(settle),
                     }
                 };
-                let attempt = match self.record(written) {
-                    Ok(Some(attempt)) => attempt,
+                let (attempt, started_seq) = match self.record(written) {
+                    Ok(Some(started)) => started,
                     Ok(None) => {
                         // Already finished (a previous holder recorded it).
                         self.done_through = self.finished(turn.seq);
@@ -391,7 +391,7 @@ impl Drain {
                         return End::Abandon;
                     }
                 };
-                gate.open();
+                gate.open(attempt, started_seq);
                 turn::started(&turn, attempt);
                 match early {
                     Some(settle) => settle,
@@ -448,18 +448,18 @@ impl Drain {
         step
     }
 
-    /// Writes `step`; returns the attempt of the turn it started, if any.
-    async fn write(&mut self, step: Step) -> Result<Option<i32>, WriteError> {
+    /// Writes `step` (one that starts no turn).
+    async fn write(&mut self, step: Step) -> Result<(), WriteError> {
         let written = self.shared.committer.commit(step).await;
-        self.record(written)
+        self.record(written).map(drop)
     }
 
     /// Takes in what a step did; returns the attempt of the turn it
-    /// started, if any.
+    /// started, if any, and the seq of its `turn.started`.
     fn record(
         &mut self,
         written: Result<turns::StepOutcome, crate::committer::CommitError>,
-    ) -> Result<Option<i32>, WriteError> {
+    ) -> Result<Option<(i32, i64)>, WriteError> {
         let written = written.map_err(WriteError::Failed)?;
         if !written.fenced_in {
             metrics::counter!(m::FENCING_REJECTIONS_TOTAL, "scope" => SESSION_SCOPE).increment(1);
@@ -478,7 +478,9 @@ impl Drain {
                 tracing::warn!(turn_id = %o.turn.id, "turn was already finished; outcome not recorded twice");
             }
         }
-        Ok(written.attempt)
+        Ok(written
+            .attempt
+            .map(|attempt| (attempt, written.started_seq.unwrap_or(0))))
     }
 
     /// After a failed write: log it and let the session go if the lease is
