@@ -298,7 +298,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         } => {
             let payload = json!({ "dry_run": dry_run, "only": only });
             let job: prune::Prune = serde_json::from_value(payload).context(
-                "--only takes invites, jobs, events, leases, state_requests, media_versions, idle_sessions, archived_sessions",
+                "--only takes invites, jobs, events, leases, state_requests, proposals, media_versions, idle_sessions, archived_sessions",
             )?;
             let report = start_and_wait(&pool, &registry, &wake, &job, no_wait).await?;
             if let Some(report) = report {
@@ -306,7 +306,9 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AdminCommand::MigrateAssets(command) => migrate(&pool, &registry, &wake, command).await,
+        AdminCommand::MigrateAssets(command) => {
+            migrate(config, &pool, &registry, &wake, command).await
+        }
         AdminCommand::ImportLegacy(command) => {
             legacy::run(config, &pool, &registry, &wake, command).await
         }
@@ -487,6 +489,7 @@ fn refuse_turns(registry: &Registry, record: &JobRecord) -> anyhow::Result<()> {
 }
 
 async fn migrate(
+    config: &Config,
     pool: &PgPool,
     registry: &Registry,
     wake: &Publisher,
@@ -552,6 +555,7 @@ async fn migrate(
             };
             let started = asset_migration::start(
                 pool,
+                &config.source_allowlist()?,
                 &args.source,
                 &options,
                 args.dry_run,

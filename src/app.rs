@@ -56,9 +56,11 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
         serde_json::to_vec(&http::openapi::document(&registry, config.max_turn_chars))
             .context("serialising the OpenAPI description")?,
     );
+    let sources = config.source_allowlist()?;
     Ok(AppState {
         openapi,
-        asset_sources: Default::default(),
+        asset_sources: questboard_core::asset_migration::Sources::new(sources.clone()),
+        sources,
         pool,
         redis,
         intake,
@@ -75,7 +77,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
         auth: Arc::new(auth),
         storage,
         max_body_bytes: config.max_body_bytes,
-        state_max_bytes: config.state_max_bytes,
+        state_limits: config.state_limits(),
         recent_states: Arc::default(),
         http: http::server::Limits {
             max_connections: config.http_max_connections,
@@ -200,6 +202,7 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
             grace: Duration::from_secs(config.reconcile_grace_hours.saturating_mul(3600)),
             ..reconcile::Settings::default()
         },
+        sources: config.source_allowlist()?,
     })
 }
 
@@ -269,7 +272,7 @@ pub fn worker_with(
         poll_interval: Duration::from_millis(config.worker_poll_ms),
         commit: CommitSettings {
             in_flight: config.worker_commits_in_flight as usize,
-            state_max_bytes: config.state_max_bytes,
+            state_limits: config.state_limits(),
             ..CommitSettings::default()
         },
         wakeups: redis::Client::open(config.redis_url.expose())

@@ -138,6 +138,12 @@ pub struct Config {
     #[arg(long, env = "QB_STATE_MAX_BYTES", default_value_t = 1024 * 1024)]
     pub state_max_bytes: usize,
 
+    /// Largest one state update's operations may be, in bytes of compact
+    /// JSON (each update is sent to every member's socket as its
+    /// `state.updated` event); larger ones get 422 `VALIDATION_ERROR`.
+    #[arg(long, env = "QB_STATE_MAX_UPDATE_BYTES", default_value_t = questboard_core::state::DEFAULT_MAX_UPDATE_BYTES)]
+    pub state_max_update_bytes: usize,
+
     /// Log format.
     #[arg(long, env = "QB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -145,6 +151,14 @@ pub struct Config {
     /// How often the event relay publishes committed events that missed Redis.
     #[arg(long, env = "QB_RELAY_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     pub relay_interval_ms: u64,
+
+    /// Comma-separated sources operators may point asset migrations and
+    /// legacy imports at (`postgres://host[:port]/db`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `file:///path`; a source matches an entry of
+    /// the same scheme, host and port whose path is a whole-segment prefix
+    /// of its own). Empty (the default): any source. Set it in production.
+    #[arg(long, env = "QB_MIGRATION_SOURCES", value_delimiter = ',')]
+    pub migration_sources: Vec<String>,
 
     /// Comma-separated Origins allowed to open session WebSockets (unset: any).
     #[arg(long, env = "QB_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -346,6 +360,20 @@ pub enum LlmProvider {
 }
 
 impl Config {
+    /// The allowlist of `QB_MIGRATION_SOURCES`.
+    pub fn source_allowlist(&self) -> anyhow::Result<questboard_core::sources::Allowlist> {
+        questboard_core::sources::Allowlist::parse(&self.migration_sources)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// How large a game state and one update to it may be.
+    pub fn state_limits(&self) -> questboard_core::state::Limits {
+        questboard_core::state::Limits {
+            max_bytes: self.state_max_bytes,
+            max_update_bytes: self.state_max_update_bytes,
+        }
+    }
+
     /// The configuration from the environment alone (no command line), as
     /// tests and embedders use it.
     pub fn from_env() -> Result<Self, clap::Error> {

@@ -103,6 +103,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
                         };
                         let started = questboard_workers::jobs::asset_migration::start(
                             &scratch.pool,
+                            &questboard_core::sources::Allowlist::any(),
                             &source.url,
                             &options,
                             false,
@@ -210,6 +211,7 @@ async fn legacy(
             let worker = Processes::worker_with(scratch, config, "legacy_import", &env)?;
             let started = questboard_workers::jobs::legacy_import::start(
                 &scratch.pool,
+                &questboard_core::sources::Allowlist::any(),
                 &source,
                 &mapping,
                 legacy_import::Options::default(),

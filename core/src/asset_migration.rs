@@ -29,7 +29,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::media::{self, MediaKind};
@@ -52,9 +51,16 @@ pub enum Error {
     /// Our database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    /// The source database failed.
-    #[error("source database: {0}")]
-    Source(sqlx::Error),
+    /// The source could not be used (a stable code; the cause is logged).
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
+}
+
+impl Error {
+    /// A failure on the source database, as operators see it.
+    fn source(err: sqlx::Error) -> Self {
+        Error::Source(crate::sources::pg_error(&err))
+    }
 }
 
 /// Result alias for this module.
@@ -351,6 +357,7 @@ impl Run {
 /// in the same transaction and notes it with [`set_job`]).
 pub async fn create_run(
     tx: &mut sqlx::PgConnection,
+    allowlist: &crate::sources::Allowlist,
     source_url: &str,
     options: &Options,
     dry_run: bool,
@@ -366,6 +373,7 @@ pub async fn create_run(
             "the source is a postgres:// or postgresql:// URL".into(),
         ));
     }
+    allowlist.check(source_url)?;
     if let Some((campaign, _)) = mapping
         .iter()
         .find(|(c, _)| c.is_empty() || c.len() > 200 || c.chars().any(char::is_control))
@@ -858,11 +866,20 @@ pub async fn latest_run_for(pool: &PgPool, table: &str) -> Result<Option<Run>> {
 /// moved yet from there).
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
+    allowlist: crate::sources::Allowlist,
     open: std::sync::Arc<std::sync::Mutex<HashMap<String, Source>>>,
     tables: std::sync::Arc<std::sync::Mutex<HashMap<String, Table>>>,
 }
 
 impl Sources {
+    /// No source open yet; those opened must be in `allowlist`.
+    pub fn new(allowlist: crate::sources::Allowlist) -> Self {
+        Self {
+            allowlist,
+            ..Self::default()
+        }
+    }
+
     /// The source at `url` and its table `spec` (columns checked, id type
     /// learnt on first use; nothing added to it).
     pub async fn table(
@@ -894,11 +911,7 @@ impl Sources {
         if let Some(source) = open.get(url) {
             return Ok(source.clone());
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy(url)
-            .map_err(Error::Source)?;
+        let pool = crate::sources::pg_pool_lazy(&self.allowlist, url, 4)?;
         let source = Source { pool };
         open.insert(url.to_owned(), source.clone());
         Ok(source)
@@ -975,14 +988,10 @@ const ASSET_COLUMNS: &str = "t.{id}::text AS id, t.{owner}::text AS owner, t.{na
      t.{ct}::text AS content_type, coalesce(octet_length(t.{data}), 0)::bigint AS size";
 
 impl Source {
-    /// Connects to the source database (two connections).
-    pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(Error::Source)?;
+    /// Connects to the source database (two connections), if `allowlist`
+    /// allows it.
+    pub async fn connect(allowlist: &crate::sources::Allowlist, url: &str) -> Result<Self> {
+        let pool = crate::sources::pg_connect(allowlist, url, 2).await?;
         Ok(Self { pool })
     }
 
@@ -1005,7 +1014,7 @@ impl Source {
         .bind(&table)
         .fetch_all(&self.pool)
         .await
-        .map_err(Error::Source)?;
+        .map_err(Error::source)?;
         if columns.is_empty() {
             return Err(Error::Invalid(format!(
                 "the source has no table {:?}",
@@ -1061,7 +1070,7 @@ impl Source {
             )))
             .execute(&self.pool)
             .await
-            .map_err(Error::Source)?;
+            .map_err(Error::source)?;
         }
         let data = quoted(&spec.data)?;
         let pending = if dry_run && type_of("storage_asset_id").is_none() {
@@ -1091,7 +1100,7 @@ impl Source {
         )))
         .fetch_one(&self.pool)
         .await
-        .map_err(Error::Source)
+        .map_err(Error::source)
     }
 
     /// Up to `limit` assets of `table` not migrated yet, in id order after
@@ -1114,7 +1123,7 @@ impl Source {
             .bind(limit)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::Source)
+            .map_err(Error::source)
     }
 
     /// Asset `id` of `table`, without its bytes (None: no such row, or an
@@ -1137,7 +1146,7 @@ impl Source {
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(Error::Source)
+            .map_err(Error::source)
     }
 
     /// The bytes of asset `id` (None: gone, or no bytes).
@@ -1147,7 +1156,7 @@ impl Source {
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(Error::Source)?;
+            .map_err(Error::source)?;
         Ok(row.flatten())
     }
 
@@ -1173,7 +1182,7 @@ impl Source {
             .bind(keep)
             .execute(&self.pool)
             .await
-            .map_err(Error::Source)?;
+            .map_err(Error::source)?;
         Ok(())
     }
 
@@ -1186,7 +1195,7 @@ impl Source {
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(Error::Source)?;
+            .map_err(Error::source)?;
         Ok(held.unwrap_or(false))
     }
 
@@ -1203,7 +1212,7 @@ impl Source {
             .bind(bytes)
             .execute(&self.pool)
             .await
-            .map_err(Error::Source)?;
+            .map_err(Error::source)?;
         Ok(())
     }
 }

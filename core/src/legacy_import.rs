@@ -60,6 +60,9 @@ pub enum Error {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The source may not be used (not allowed, or not usable).
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
 }
 
 /// Result alias for this module.
@@ -533,6 +536,7 @@ pub fn check_source(url: &str) -> Result<()> {
 /// Records a run (its source and mapping checked).
 pub async fn create_run(
     tx: &mut sqlx::PgConnection,
+    allowlist: &crate::sources::Allowlist,
     source_url: &str,
     mapping: &Mapping,
     options: Options,
@@ -540,6 +544,7 @@ pub async fn create_run(
     created_by: &str,
 ) -> Result<Run> {
     check_source(source_url)?;
+    allowlist.check(source_url)?;
     validate_mapping(mapping)?;
     if !(1..=MAX_FILE_BYTES_CEILING).contains(&options.max_file_bytes) {
         return Err(Error::Invalid(format!(

@@ -42,6 +42,9 @@
 //!   sessions, their files copied by documented rules, what cannot be
 //!   decided reported (`legacy_import_runs`, `legacy_campaigns`,
 //!   `legacy_files`, `legacy_import_problems`).
+//! - [`sources`]: where operators may point migrations and imports (the
+//!   `QB_MIGRATION_SOURCES` allowlist), with bounded connections and
+//!   stable error codes.
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
 
 pub mod asset_migration;
@@ -56,6 +59,7 @@ pub mod media;
 pub mod metrics;
 pub mod schedule;
 pub mod sessions;
+pub mod sources;
 pub mod state;
 pub mod storage;
 pub mod text;

@@ -23,6 +23,10 @@ pub const JWKS_REFRESHES_TOTAL: &str = "questboard_jwks_refreshes_total";
 pub const SESSIONS_CREATED_TOTAL: &str = "questboard_sessions_created_total";
 /// Game-state updates applied, by `source` (`gm`, `system`).
 pub const STATE_UPDATES_TOTAL: &str = "questboard_state_updates_total";
+/// What became of the state changes and images AI replies asked for
+/// outside `apply`, by `outcome` (`held`, `approved`, `rejected`,
+/// `refused`).
+pub const STATE_PROPOSALS_TOTAL: &str = "questboard_state_proposals_total";
 /// Invites created.
 pub const INVITES_CREATED_TOTAL: &str = "questboard_invites_created_total";
 /// Invite acceptances, by `outcome` (`joined`, `already_member`, `not_found`,
@@ -165,6 +169,7 @@ pub const ALL: &[&str] = &[
     JWKS_REFRESHES_TOTAL,
     SESSIONS_CREATED_TOTAL,
     STATE_UPDATES_TOTAL,
+    STATE_PROPOSALS_TOTAL,
     INVITES_CREATED_TOTAL,
     INVITE_ACCEPTS_TOTAL,
     READINESS_CHECKS_TOTAL,
@@ -253,6 +258,10 @@ pub fn describe() {
     describe_counter!(
         STATE_UPDATES_TOTAL,
         "Game-state updates applied, by source."
+    );
+    describe_counter!(
+        STATE_PROPOSALS_TOTAL,
+        "What became of the changes AI replies asked for outside apply, by outcome."
     );
     describe_counter!(INVITES_CREATED_TOTAL, "Invites created.");
     describe_counter!(INVITE_ACCEPTS_TOTAL, "Invite acceptances, by outcome.");

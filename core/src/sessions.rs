@@ -88,6 +88,70 @@ impl FromStr for SessionStatus {
 }
 crate::text_column!(SessionStatus);
 
+/// What the AI game master may change on its own in a session (its
+/// replies' state changes and images), set by the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AiAuthority {
+    /// The AI is the game master: what its replies ask for applies,
+    /// whoever's turn they answered.
+    Apply,
+    /// The default: what it asks for in reply to a player's turn is held
+    /// as a proposal an owner or `gm` approves or rejects; in reply to an
+    /// owner's or gm's turn it applies.
+    Propose,
+    /// Its replies change nothing (what they ask for is refused; the reply
+    /// stands).
+    Off,
+}
+
+impl AiAuthority {
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AiAuthority::Apply => "apply",
+            AiAuthority::Propose => "propose",
+            AiAuthority::Off => "off",
+        }
+    }
+
+    /// What a reply to a turn by a member of role `author` (None: no longer
+    /// a member) may do with what it asks for.
+    pub fn for_turn_by(self, author: Option<Role>) -> AiVerdict {
+        let game_master = matches!(author, Some(Role::Owner | Role::Gm));
+        match self {
+            AiAuthority::Off => AiVerdict::Refuse,
+            AiAuthority::Apply => AiVerdict::Apply,
+            AiAuthority::Propose if game_master => AiVerdict::Apply,
+            AiAuthority::Propose => AiVerdict::Hold,
+        }
+    }
+}
+
+impl FromStr for AiAuthority {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "apply" => Ok(AiAuthority::Apply),
+            "propose" => Ok(AiAuthority::Propose),
+            "off" => Ok(AiAuthority::Off),
+            other => Err(UnknownValue(other.to_owned())),
+        }
+    }
+}
+crate::text_column!(AiAuthority);
+
+/// What becomes of the state changes and images one reply asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AiVerdict {
+    /// They apply now.
+    Apply,
+    /// They are held as a proposal for a game master's review.
+    Hold,
+    /// They are refused.
+    Refuse,
+}
+
 /// A stored value that no variant matches (only possible if the schema and
 /// code disagree).
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +178,8 @@ pub struct Session {
     pub storage_prefix: String,
     /// Lifecycle state.
     pub status: SessionStatus,
+    /// What the AI game master may change on its own.
+    pub ai_authority: AiAuthority,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When its metadata last changed.
@@ -380,31 +446,47 @@ pub async fn members<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Vec<Member
     .await?)
 }
 
-/// Renames an active session to `name` (validated as [`SessionName`]);
-/// owner only. Appends `session.updated`. Who may act is checked before the
-/// name, and the name before the session's state.
-pub async fn rename(
+/// What an owner changes about a session (`None`: leave as is).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Changes<'a> {
+    /// A new name (validated as [`SessionName`]).
+    pub name: Option<&'a str>,
+    /// What the AI game master may change on its own.
+    pub ai_authority: Option<AiAuthority>,
+}
+
+/// Changes an active session's name and settings; owner only. Appends
+/// `session.updated` with the session's name and AI authority. Who may act
+/// is checked before the values, and the values before the session's state.
+pub async fn update(
     pool: &PgPool,
     id: Uuid,
     actor: &UserId,
-    name: &str,
+    changes: Changes<'_>,
 ) -> Result<(Membership, Event)> {
     let mut tx = pool.begin().await?;
-    let current = require_owner(&mut *tx, id, actor, "only the owner can rename a session").await?;
-    let name = SessionName::parse(name)?;
+    let current = require_owner(&mut *tx, id, actor, "only the owner can change a session").await?;
+    let name = changes.name.map(SessionName::parse).transpose()?;
+    if name.is_none() && changes.ai_authority.is_none() {
+        return Err(Error::Invalid(
+            "nothing to change: send `name` and/or `ai_authority`".into(),
+        ));
+    }
     if current.session.status == SessionStatus::Archived {
         return Err(Error::Conflict("the session is archived"));
     }
     let session = sqlx::query_as::<_, Session>(
         r#"
         UPDATE campaign_sessions
-        SET name = $2, updated_at = now()
+        SET name = coalesce($2, name), ai_authority = coalesce($3, ai_authority),
+            updated_at = now()
         WHERE id = $1 AND status = 'active'
         RETURNING *
         "#,
     )
     .bind(id)
-    .bind(name.as_str())
+    .bind(name.as_ref().map(SessionName::as_str))
+    .bind(changes.ai_authority.map(AiAuthority::as_str))
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::Conflict("the session is archived"))?;
@@ -412,7 +494,11 @@ pub async fn rename(
         &mut tx,
         id,
         "session.updated",
-        serde_json::json!({ "name": session.name, "by": actor.as_str() }),
+        serde_json::json!({
+            "name": session.name,
+            "ai_authority": session.ai_authority,
+            "by": actor.as_str(),
+        }),
     )
     .await?;
     tx.commit().await?;

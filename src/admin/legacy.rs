@@ -112,6 +112,7 @@ pub async fn run(
     };
     let started = legacy_import::start(
         pool,
+        &config.source_allowlist()?,
         &args.source,
         &mapping,
         options,

@@ -89,6 +89,10 @@ pub enum Error {
     /// 503: a dependency is down.
     #[error("{0}")]
     Unavailable(String),
+    /// An operator's source: 422 when the request named one it may not
+    /// use, 503 when the source is unwell; the code is the source's.
+    #[error(transparent)]
+    Source(#[from] questboard_core::sources::SourceError),
     /// 500: our fault; the cause is logged, never shown.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -141,6 +145,8 @@ impl Error {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Source(source) if source.is_request() => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Source(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -164,6 +170,7 @@ impl Error {
             Error::RangeNotSatisfiable(_) => "range_not_satisfiable",
             Error::Unprocessable(_) => "validation_failed",
             Error::Unavailable(_) => "unavailable",
+            Error::Source(source) => source.code(),
             Error::Internal(_) => "internal_error",
         }
     }
@@ -294,7 +301,7 @@ impl From<asset_migration::Error> for Error {
             asset_migration::Error::Conflict(why) => Error::Conflict(why),
             asset_migration::Error::Job(err) => err.into(),
             asset_migration::Error::Database(err) => Error::database(err),
-            asset_migration::Error::Source(_) => Error::internal(err),
+            asset_migration::Error::Source(source) => source.into(),
         }
     }
 }
@@ -306,6 +313,7 @@ impl From<legacy_import::Error> for Error {
             legacy_import::Error::NotFound => Error::NotFound("import run"),
             legacy_import::Error::Job(err) => err.into(),
             legacy_import::Error::Database(err) => Error::database(err),
+            legacy_import::Error::Source(source) => source.into(),
         }
     }
 }
@@ -339,7 +347,10 @@ impl From<state::Error> for Error {
         match err {
             state::Error::Session(err) => err.into(),
             state::Error::NotGameMaster => Error::Forbidden(err.to_string()),
-            state::Error::Archived | state::Error::IdReused => Error::Conflict(err.to_string()),
+            state::Error::Archived | state::Error::IdReused | state::Error::Decided(_) => {
+                Error::Conflict(err.to_string())
+            }
+            state::Error::NoSuchProposal => Error::NotFound("proposal"),
             state::Error::VersionConflict {
                 current_version, ..
             } => Error::VersionConflict {

@@ -230,6 +230,22 @@ fn json_rejection(rejection: JsonRejection, limit: usize) -> Error {
     }
 }
 
+/// Deserializes a field that may be absent (with `#[serde(default)]`) but
+/// not null: `null` is refused like any other value of the wrong type, as
+/// the description (not nullable) says.
+pub fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    match <Option<T> as serde::Deserialize>::deserialize(deserializer)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "null is not allowed here: leave the field out instead",
+        )),
+    }
+}
+
 /// Deserializes an optional whole number given as JSON `82` or `82.0`:
 /// JSON Schema's `integer` (what the OpenAPI description says) admits
 /// both, serde's integers only the first. `82.5` is refused.

@@ -198,6 +198,7 @@ pub async fn start_import(
     let by = format!("api:{}", operator.as_str());
     let started = legacy_import::start(
         &state.pool,
+        &state.sources,
         &input.source_url,
         &mapping,
         options,

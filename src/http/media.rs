@@ -504,7 +504,7 @@ pub async fn generate_media(
     let (item, replayed) = match asked {
         media::Asked::Earlier(item) => (item, true),
         media::Asked::New(item) => {
-            let job = questboard_workers::jobs::media::GenerateMedia {
+            let job = media::GenerateMedia {
                 media_id: item.id,
                 session_id,
             };
@@ -702,8 +702,10 @@ pub async fn media_link(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LinkParams {
-    /// A signed link's expiry (Unix seconds).
-    pub expires: Option<i64>,
+    /// A signed link's expiry (Unix seconds, plain decimal: no sign, no
+    /// leading zero).
+    #[param(pattern = "^(0|[1-9][0-9]{0,17})$")]
+    pub expires: Option<String>,
     /// A signed link's signature (64 hex digits).
     #[param(pattern = "^[0-9a-f]{64}$")]
     pub signature: Option<String>,
@@ -747,7 +749,7 @@ pub async fn serve_media(
     let user = match (&link.expires, &link.signature) {
         (Some(expires), Some(signature)) => {
             let now = Utc::now().timestamp();
-            if !state.links.signer.verify(&path, *expires, signature, now) {
+            if !state.links.signer.verify(&path, expires, signature, now) {
                 return Err(Error::Forbidden(
                     "the link is expired or not valid for this file".into(),
                 ));

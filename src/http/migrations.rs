@@ -185,6 +185,7 @@ pub async fn start_migration(
     let by = format!("api:{}", operator.as_str());
     let run = asset_migration::start(
         &state.pool,
+        &state.sources,
         &input.source_url,
         &options,
         input.dry_run,
@@ -277,8 +278,9 @@ pub async fn serve_old_asset(
 ) -> Result<Response> {
     let not_found = || Error::NotFound("asset");
     let unavailable = |err: am::Error| match err {
+        // A source no longer allowed serves nothing: as if not there.
+        am::Error::Source(source) if source.is_request() => not_found(),
         am::Error::Source(_) => {
-            tracing::warn!(error = %err, "an asset migration's source cannot be read");
             Error::Unavailable("the old service's database cannot be reached; retry shortly".into())
         }
         other => other.into(),

@@ -40,6 +40,7 @@ pub mod legacy;
 pub mod media;
 pub mod migrations;
 pub mod openapi;
+pub mod proposals;
 pub mod server;
 pub mod sessions;
 pub mod state;
@@ -77,8 +78,8 @@ pub struct AppState {
     pub storage: Storage,
     /// Largest accepted body, in bytes.
     pub max_body_bytes: usize,
-    /// Largest a game state may be after an update, in bytes.
-    pub state_max_bytes: usize,
+    /// How large a game state and one update to it may be.
+    pub state_limits: questboard_core::state::Limits,
     /// The game states this process wrote last (see `state::recent`).
     pub recent_states: Arc<questboard_core::state::Recent>,
     /// Connection limits and timeouts of the listener.
@@ -95,6 +96,8 @@ pub struct AppState {
     /// Connections to asset migrations' source databases, for assets not
     /// moved yet ([`migrations::serve_old_asset`]).
     pub asset_sources: questboard_core::asset_migration::Sources,
+    /// Where operators may point migrations and imports.
+    pub sources: questboard_core::sources::Allowlist,
 }
 
 /// How signed media links are made.
@@ -124,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .merge(invites::router())
         .merge(turns::router())
         .merge(state::router())
+        .merge(proposals::router())
         .merge(jobs::router())
         .merge(admin::router())
         .merge(migrations::router())

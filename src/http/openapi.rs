@@ -18,7 +18,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::{
-    admin, error, events, health, invites, jobs, legacy, media, migrations, sessions, state, turns,
+    admin, error, events, health, invites, jobs, legacy, media, migrations, proposals, sessions,
+    state, turns,
 };
 
 /// The API description.
@@ -36,7 +37,7 @@ use super::{
         sessions::create_session,
         sessions::list_sessions,
         sessions::get_session,
-        sessions::rename_session,
+        sessions::update_session,
         sessions::archive_session,
         sessions::remove_member,
         invites::create_invite,
@@ -63,6 +64,9 @@ use super::{
         migrations::serve_old_asset,
         legacy::start_import,
         legacy::get_import,
+        proposals::list_proposals,
+        proposals::approve_proposal,
+        proposals::reject_proposal,
         events::list_events,
         media::generate_media,
         media::upload_asset,
@@ -148,6 +152,24 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
     );
     set(
         &mut doc,
+        &format!("{schemas}/SessionChanges"),
+        "minProperties",
+        json!(1),
+    );
+    for key in ["pattern", "maxLength"] {
+        let value = doc
+            .pointer(&format!("{schemas}/SessionInput/properties/name/{key}"))
+            .cloned()
+            .unwrap_or_default();
+        set(
+            &mut doc,
+            &format!("{schemas}/SessionChanges/properties/name"),
+            key,
+            value,
+        );
+    }
+    set(
+        &mut doc,
         &format!("{schemas}/TurnInput/properties/text"),
         "pattern",
         json!(*text::TEXT_PATTERN),
@@ -170,6 +192,12 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
         "pattern",
         json!(ops::Path::PATTERN),
     );
+    set(
+        &mut doc,
+        &format!("{schemas}/StateOperation/properties/path"),
+        "not",
+        json!({ "pattern": ops::Path::FORBIDDEN_PATTERN }),
+    );
     // Versions are counted one by one: far below 2^53, the largest whole
     // number every JSON reader holds exactly.
     set(
@@ -188,6 +216,7 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
     // What a game master sends: the same fields, with what each operation
     // needs of its value.
     let path = json!({ "type": "string", "pattern": ops::Path::PATTERN,
+        "not": { "pattern": ops::Path::FORBIDDEN_PATTERN },
         "description": "The dotted path (see docs/architecture.md)." });
     let shape = |operations: Value, value: Option<Value>| {
         let mut required = vec!["path", "operation"];

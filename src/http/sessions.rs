@@ -1,5 +1,5 @@
-//! `/api/sessions`: creating, listing, reading, renaming and archiving
-//! campaign sessions, and removing members.
+//! `/api/sessions`: creating, listing, reading, changing (name, AI
+//! authority) and archiving campaign sessions, and removing members.
 //!
 //! Every route but creation and listing first checks that the caller is a
 //! member; for a non-member the answer is 404, the same as for a session
@@ -12,7 +12,7 @@ use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use questboard_core::metrics as m;
 use questboard_core::sessions::{
-    self, Cursor, Member, Membership, Role, SessionName, SessionStatus,
+    self, AiAuthority, Cursor, Member, Membership, Role, SessionName, SessionStatus,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -33,7 +33,7 @@ pub(super) fn router() -> Router<AppState> {
         .route(
             "/sessions/{session_id}",
             get(get_session)
-                .patch(rename_session)
+                .patch(update_session)
                 .delete(archive_session),
         )
         .route(
@@ -42,7 +42,7 @@ pub(super) fn router() -> Router<AppState> {
         )
 }
 
-/// Body of `POST /api/sessions` and `PATCH /api/sessions/{id}`.
+/// Body of `POST /api/sessions`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionInput {
@@ -51,6 +51,24 @@ pub struct SessionInput {
     /// characters, no bidirectional overrides or isolates.
     #[schema(example = "The Sunken Keep", min_length = 1)]
     pub name: String,
+}
+
+/// Body of `PATCH /api/sessions/{id}`: at least one of the fields (none
+/// may be null).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionChanges {
+    /// A new display name (the rules of [`SessionInput::name`]).
+    #[schema(example = "The Sunken Keep", min_length = 1, nullable = false)]
+    #[serde(default, deserialize_with = "super::extract::present")]
+    pub name: Option<String>,
+    /// What the AI game master may change on its own: `apply` (its
+    /// replies' state changes and images apply), `propose` (the default:
+    /// from a player's turn they are held for an owner's or gm's approval)
+    /// or `off` (they are refused).
+    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "super::extract::present")]
+    pub ai_authority: Option<AiAuthority>,
 }
 
 /// A campaign session as one of its members sees it.
@@ -66,6 +84,8 @@ pub struct SessionView {
     pub role: Role,
     /// Lifecycle state.
     pub status: SessionStatus,
+    /// What the AI game master may change on its own (see `PATCH`).
+    pub ai_authority: AiAuthority,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Metadata last changed.
@@ -82,6 +102,7 @@ impl From<Membership> for SessionView {
             owner_user_id: m.session.owner_user_id,
             role: m.role,
             status: m.session.status,
+            ai_authority: m.session.ai_authority,
             created_at: m.session.created_at,
             updated_at: m.session.updated_at,
             last_active_at: m.session.last_active_at,
@@ -229,10 +250,11 @@ pub async fn get_session(
     }))
 }
 
-/// Renames a session; owner only.
+/// Renames a session or changes what its AI game master may do on its
+/// own; owner only. Appends `session.updated`.
 #[utoipa::path(patch, path = "/api/sessions/{session_id}", tag = "sessions",
     params(("session_id" = Uuid, Path, description = "Session id")),
-    request_body = SessionInput,
+    request_body = SessionChanges,
     responses(
         (status = 200, body = SessionView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -241,13 +263,17 @@ pub async fn get_session(
         (status = 409, description = "The session is archived", body = ErrorBody),
         (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn rename_session(
+pub async fn update_session(
     AuthUser(user): AuthUser,
     State(state): State<AppState>,
     Path(session_id): Path<Uuid>,
-    Json(input): Json<SessionInput>,
+    Json(input): Json<SessionChanges>,
 ) -> Result<Json<SessionView>> {
-    let (updated, event) = sessions::rename(&state.pool, session_id, &user, &input.name).await?;
+    let changes = sessions::Changes {
+        name: input.name.as_deref(),
+        ai_authority: input.ai_authority,
+    };
+    let (updated, event) = sessions::update(&state.pool, session_id, &user, changes).await?;
     state.events.events([event]);
     Ok(Json(updated.into()))
 }

@@ -67,7 +67,8 @@ pub struct StateUpdateInput {
     #[serde(deserialize_with = "super::extract::required_whole_number")]
     #[schema(minimum = 0)]
     pub version: i64,
-    /// 1 to 500 operations, applied in order, all or none.
+    /// 1 to 500 operations, together at most `QB_STATE_MAX_UPDATE_BYTES`
+    /// (64 KiB) of compact JSON, applied in order, all or none.
     #[schema(value_type = Vec<questboard_core::state::ops::StateOperation>, min_items = 1, max_items = 500)]
     pub operations: Vec<Value>,
 }
@@ -140,7 +141,7 @@ fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
         (status = 404, description = "No such session, or not a member", body = ErrorBody),
         (status = 409, description = "`VERSION_CONFLICT` with `current_version`; or the session is archived; or the id was used for another update", body = ErrorBody),
         (status = 413, description = "Body over `QB_MAX_BODY_BYTES`", body = ErrorBody),
-        (status = 422, description = "`VALIDATION_ERROR` with the `operation` index refused, or `STATE_TOO_LARGE`", body = ErrorBody)),
+        (status = 422, description = "`VALIDATION_ERROR` with the `operation` index refused (or none: too many operations, or over `QB_STATE_MAX_UPDATE_BYTES` together), or `STATE_TOO_LARGE`", body = ErrorBody)),
     security(("bearer" = [])))]
 /// `POST /api/sessions/{id}/state/updates`: applies operations against a version.
 pub async fn update_state(
@@ -165,7 +166,7 @@ pub async fn apply(
         Some(id) => state::check_request_id(id),
         None => Ok(()),
     }
-    .and_then(|()| state::parse_operations(&input.operations));
+    .and_then(|()| state::parse_operations(&input.operations, state.state_limits.max_update_bytes));
     let operations = match parsed {
         Ok(operations) => operations,
         Err(err) => {
@@ -184,7 +185,7 @@ pub async fn apply(
             request_id: input.id.as_deref(),
             version: input.version,
             operations: &operations,
-            max_bytes: state.state_max_bytes,
+            max_bytes: state.state_limits.max_bytes,
         },
     )
     .await?;

@@ -42,8 +42,12 @@
 //!
 //! The client may ask for the game state and change it on the same socket
 //! (see [`super::state`] for the rules, the same as over REST):
-//! `{"type": "state.get", "request_id"}` and `{"type": "state.update",
-//! "request_id", "id"?, "version", "operations"}`, each answered with
+//! `{"type": "state.get", "request_id"}`, `{"type": "state.update",
+//! "request_id", "id"?, "version", "operations"}`, and decide on proposals
+//! held for review (see [`super::proposals`]): `{"type":
+//! "state.proposal.approve", "request_id", "proposal_id", "version"?}` and
+//! `{"type": "state.proposal.reject", "request_id", "proposal_id",
+//! "reason"?}`, each answered with
 //! `{"type": "reply", "request_id", "ok": true, ...}` (the state view, or
 //! `new_version` and `update_id`) or `{"type": "reply", "request_id", "ok":
 //! false, "error": {"code", "message", ...}}` with the codes of REST. A
@@ -444,6 +448,23 @@ impl Socket {
     }
 }
 
+/// A decision on a held proposal, sent on the socket.
+#[derive(Debug, Deserialize)]
+struct ProposalDecision {
+    proposal_id: Uuid,
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
+    version: Option<i64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn decision_shape(err: &serde_json::Error) -> Error {
+    Error::Unprocessable(format!(
+        "a decision needs `proposal_id` (a UUID), and may have `version` (integer, to approve) or `reason` (string, to reject): {}",
+        super::extract::describe(&err.to_string())
+    ))
+}
+
 /// Largest integer a `request_id` may be: the largest a JavaScript number
 /// holds exactly (2^53 - 1), so the id a browser sent is the id it gets back.
 pub const MAX_REQUEST_ID: i64 = (1 << 53) - 1;
@@ -505,11 +526,42 @@ impl Socket {
                     ))),
                 }
             }
+            Some("state.proposal.approve") => {
+                match serde_json::from_value::<ProposalDecision>(message) {
+                    Ok(decision) => super::proposals::approve(
+                        state,
+                        session_id,
+                        user,
+                        decision.proposal_id,
+                        decision.version,
+                    )
+                    .await
+                    .and_then(|done| serde_json::to_value(done).map_err(Error::internal)),
+                    Err(err) => Err(decision_shape(&err)),
+                }
+            }
+            Some("state.proposal.reject") => {
+                match serde_json::from_value::<ProposalDecision>(message) {
+                    Ok(decision) => super::proposals::reject(
+                        state,
+                        session_id,
+                        user,
+                        decision.proposal_id,
+                        decision.reason.as_deref(),
+                    )
+                    .await
+                    .and_then(|held| {
+                        serde_json::to_value(serde_json::json!({ "proposal": held }))
+                            .map_err(Error::internal)
+                    }),
+                    Err(err) => Err(decision_shape(&err)),
+                }
+            }
             Some("auth") => self.reauthenticate(message.get("token")).await,
             _ => {
                 return bad(
                     &request_id,
-                    "unknown `type`: use state.get, state.update or auth",
+                    "unknown `type`: use state.get, state.update, state.proposal.approve, state.proposal.reject or auth",
                 );
             }
         };

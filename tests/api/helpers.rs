@@ -466,6 +466,28 @@ impl TestApp {
         session
     }
 
+    /// Sets what the AI game master may change on its own in `session`
+    /// (`apply`, `propose` or `off`), as its owner.
+    pub async fn set_ai_authority(&self, owner: &str, session: &str, authority: &str) {
+        let resp = self
+            .patch(
+                owner,
+                &format!("/api/sessions/{session}"),
+                serde_json::json!({ "ai_authority": authority }),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        assert_eq!(resp.body["ai_authority"], authority);
+    }
+
+    /// A session with `members` as players where the AI is the game
+    /// master: what its replies ask for applies, whoever's turn it was.
+    pub async fn ai_gm_session(&self, owner: &str, members: &[&str]) -> String {
+        let session = self.session_with(owner, members).await;
+        self.set_ai_authority(owner, &session, "apply").await;
+        session
+    }
+
     /// The Prometheus text of this process.
     pub async fn metrics(&self) -> String {
         self.client

@@ -863,6 +863,7 @@ async fn an_interrupted_folder_is_finished_with_the_keys_chosen_before() {
     let mut tx = app.db.pool.begin().await.expect("tx");
     let earlier = li::create_run(
         &mut tx,
+        &questboard_core::sources::Allowlist::any(),
         &tree.url(),
         &mapping,
         li::Options::default(),

@@ -11,6 +11,7 @@
 )]
 
 mod admin;
+mod ai_authority;
 mod asset_migration;
 mod auth;
 mod batches;
@@ -36,6 +37,7 @@ mod restart;
 mod scheduler;
 mod sessions;
 mod socket_access;
+mod sources;
 mod state;
 mod storage;
 mod turn_state;

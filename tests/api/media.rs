@@ -526,8 +526,29 @@ async fn signed_links_work_for_one_object_until_they_expire() {
             "/api/media/{session}/maps/{}.png?{query}",
             uuid::Uuid::now_v7()
         ),
+        // The same link written another way: one link, one spelling.
+        format!(
+            "{base}?expires={expires}&signature={}",
+            signature.to_uppercase()
+        ),
+        format!("{base}?expires=%2B{expires}&signature={signature}"),
+        format!("{base}?expires=0{expires}&signature={signature}"),
     ] {
         let resp = into_resp(get(bad.clone()).await).await;
+        resp.assert_error(403, "forbidden");
+    }
+    // Each hex byte below 0x10 written `+x` (what `from_str_radix` took).
+    let plussed: String = signature
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [b'0', low] => format!("%2B{}", *low as char),
+            other => String::from_utf8_lossy(other).into_owned(),
+        })
+        .collect();
+    if plussed != signature {
+        let resp =
+            into_resp(get(format!("{base}?expires={expires}&signature={plussed}")).await).await;
         resp.assert_error(403, "forbidden");
     }
     // Half a link is no link, and without a token that is 401.

@@ -92,7 +92,7 @@ async fn outcome(ws: &mut crate::helpers::WsClient, media_id: &str, wait: Durati
 async fn the_builtin_provider_makes_a_png_and_a_wav_that_members_fetch() {
     let (app, dir) = app_on_disk().await;
     let _worker = app.worker(|_| {}).await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let mut ws = app.ws("bob", &session, Some(0)).await.expect("socket");
 
     let prompt = "the drowned chapel at low tide";
@@ -207,7 +207,7 @@ async fn the_builtin_provider_makes_a_png_and_a_wav_that_members_fetch() {
 async fn a_game_masters_reply_shows_the_images_it_asks_for() {
     let (app, dir) = app_on_disk().await;
     let _worker = app.worker(|_| {}).await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let mut ws = app.ws("alice", &session, Some(0)).await.expect("socket");
     let prompt = "a flooded crypt lit by one lantern";
     let text = format!(
@@ -295,7 +295,7 @@ async fn the_openai_game_master_shows_an_image_through_its_tool() {
     };
     let app = TestApp::spawn_with(configure.clone()).await;
     let _worker = app.worker(configure).await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let mut ws = app.ws("bob", &session, Some(0)).await.expect("socket");
     app.submit("bob", &session, "I push the gate").await;
     let seen = ws
@@ -406,7 +406,7 @@ async fn an_openai_compatible_server_is_asked_retried_and_checked() {
             c.media_image_model = "gpt-image-1".into();
         })
         .await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let mut ws = app.ws("alice", &session, Some(0)).await.expect("socket");
 
     // 429 with Retry-After: 1, then the image.
@@ -532,7 +532,7 @@ async fn a_generated_image_is_stored_on_s3_and_served_from_there() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("questboard work");
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let mut ws = app.ws("bob", &session, Some(0)).await.expect("socket");
     let prompt = "a lighthouse in a storm";
     let resp = ask(

@@ -104,6 +104,7 @@ async fn census(pool: &PgPool) -> Vec<i64> {
         "leases",
         "game_state_requests",
         "campaign_media_versions",
+        "state_proposals",
     ] {
         counts.push(
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
@@ -276,6 +277,18 @@ async fn prune_removes_exactly_what_is_past_retention() {
         ('{live}', 'old', '\\x00', gen_random_uuid(), 1, now() - interval '8 days'),
         ('{live}', 'new', '\\x00', gen_random_uuid(), 2, now() - interval '1 day')")).await;
 
+    // Proposals held for review: decided long ago, decided lately, and
+    // one still waiting for as long.
+    exec(&pool, &format!("INSERT INTO state_proposals (id, session_id, turn_id, proposed_for, operations, status, decided_at) VALUES
+        ('00000000-0000-7000-8000-000000000001', '{live}', gen_random_uuid(), 'bob', '[]', 'rejected', now() - interval '40 days'),
+        ('00000000-0000-7000-8000-000000000002', '{live}', gen_random_uuid(), 'bob', '[]', 'approved', now() - interval '1 day'),
+        ('00000000-0000-7000-8000-000000000003', '{live}', gen_random_uuid(), 'bob', '[]', 'pending', NULL)")).await;
+    exec(
+        &pool,
+        "UPDATE state_proposals SET created_at = now() - interval '50 days'",
+    )
+    .await;
+
     let prune = app
         .jobs_worker(|c| c.worker_kinds = Some(vec!["prune".into()]))
         .await;
@@ -290,6 +303,7 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(dry["events"], 2, "{dry:#}");
     assert_eq!(dry["leases"], 2, "{dry:#}");
     assert_eq!(dry["state_requests"], 1, "{dry:#}");
+    assert_eq!(dry["proposals"], 1, "{dry:#}");
     assert_eq!(dry["media_versions"], 1, "{dry:#}");
     assert_eq!(dry["media_bytes"], 500, "{dry:#}");
     assert_eq!(dry["sessions_archived"], 1, "{dry:#}");
@@ -306,6 +320,14 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(report["invites"], 3, "{report:#}");
     assert_eq!(report["leases"], 2, "{report:#}");
     assert_eq!(report["state_requests"], 1, "{report:#}");
+    assert_eq!(report["proposals"], 1, "{report:#}");
+    let proposals = ids(&pool, "SELECT id::text FROM state_proposals ORDER BY id").await;
+    assert_eq!(
+        proposals.len(),
+        2,
+        "the old decided one went, the new and the waiting one stayed: {proposals:?}"
+    );
+    assert!(!proposals.contains("00000000-0000-7000-8000-000000000001"));
     assert_eq!(report["media_versions"], 1, "{report:#}");
     assert_eq!(report["sessions_archived"], 1, "{report:#}");
     assert_eq!(report["sessions_deleted"], 1, "{report:#}");

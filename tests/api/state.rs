@@ -623,3 +623,77 @@ async fn the_socket_reads_and_changes_the_state_with_the_same_rules() {
     };
     assert_eq!(ended, Some(1009), "Message Too Big");
 }
+
+/// One update's operations are capped (`QB_STATE_MAX_UPDATE_BYTES`): a game
+/// master cannot push ~900 KB through one update to every member's socket.
+#[tokio::test]
+async fn one_updates_operations_are_capped_in_size() {
+    let app = TestApp::spawn_with(|c| c.state_max_update_bytes = 8 * 1024).await;
+    let session = app.create_session("alice", "Capped").await;
+    let path = format!("/api/sessions/{session}/state/updates");
+    let big = json!({"version": 0, "operations": [
+        {"path": "pluginData.blob", "operation": "set", "value": "x".repeat(9 * 1024)}]});
+    let resp = app.post("alice", &path, big).await;
+    resp.assert_error(422, "VALIDATION_ERROR");
+    assert!(resp.text.contains("over the limit"), "{}", resp.text);
+    // Split in two, each under the cap, it goes through.
+    for (version, half) in [(0, "a"), (1, "b")] {
+        let resp = app
+            .post(
+                "alice",
+                &path,
+                json!({"version": version, "operations": [
+                    {"path": format!("pluginData.{half}"), "operation": "set", "value": "x".repeat(4 * 1024)}]}),
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text);
+    }
+    // The default is 64 KiB: a 900 KB rewrite is refused without the setting.
+    let default = TestApp::spawn().await;
+    let session = default.create_session("alice", "Default").await;
+    let resp = default
+        .post(
+            "alice",
+            &format!("/api/sessions/{session}/state/updates"),
+            json!({"version": 0, "operations": [
+                {"path": "pluginData.blob", "operation": "set", "value": "x".repeat(900 * 1000)}]}),
+        )
+        .await;
+    resp.assert_error(422, "VALIDATION_ERROR");
+}
+
+/// Paths through `__proto__`, `constructor` or `prototype` are refused (a
+/// JavaScript client following the documented algorithm with
+/// `obj[segment]` would pollute `Object.prototype`), and the published
+/// description says so.
+#[tokio::test]
+async fn prototype_segments_are_refused_and_published() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("alice", "Prototypes").await;
+    for path in [
+        "pluginData.__proto__.polluted",
+        "pluginData.constructor.prototype.polluted",
+        "characters.0.__proto__",
+        "pluginData.x.prototype",
+    ] {
+        let resp = app
+            .post(
+                "alice",
+                &format!("/api/sessions/{session}/state/updates"),
+                json!({"version": 0, "operations": [{"path": path, "operation": "set", "value": true}]}),
+            )
+            .await;
+        resp.assert_error(422, "VALIDATION_ERROR");
+        assert_eq!(resp.body["error"]["operation"], 0, "{path}: {}", resp.text);
+    }
+    let events = app.events("alice", &session, 0).await;
+    assert!(events.iter().all(|e| e["type"] != "state.updated"));
+    let doc = app.call(Method::GET, "/api/openapi.json", None, None).await;
+    let path = &doc.body["components"]["schemas"]["StateOperation"]["properties"]["path"];
+    assert!(
+        path["not"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.contains("__proto__")),
+        "{path}"
+    );
+}

@@ -36,7 +36,7 @@ async fn state_events(app: &TestApp, user: &str, session: &str) -> Vec<Value> {
 #[tokio::test]
 async fn the_scripted_game_masters_turn_changes_the_state_with_its_reply() {
     let app = TestApp::spawn().await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let mut socket = app.ws("bob", &session, None).await.expect("socket");
     let worker = app.worker(|_| {}).await;
     let text = "We meet Ayla at the gate.\n\
@@ -104,7 +104,7 @@ async fn the_scripted_game_masters_turn_changes_the_state_with_its_reply() {
 #[tokio::test]
 async fn a_turns_change_applies_against_the_version_a_game_master_made() {
     let app = TestApp::spawn().await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     for version in 0..2 {
         let resp = app
             .post(
@@ -137,7 +137,7 @@ async fn a_turns_change_applies_against_the_version_a_game_master_made() {
 #[tokio::test]
 async fn operations_the_state_refuses_are_recorded_on_the_turn_and_the_reply_stands() {
     let app = TestApp::spawn_with(|c| c.state_max_bytes = 400).await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let mut socket = app.ws("bob", &session, None).await.expect("socket");
     let worker = app.worker(|c| c.state_max_bytes = 400).await;
     // The second operation is refused: the first is not applied either.
@@ -192,7 +192,7 @@ async fn operations_the_state_refuses_are_recorded_on_the_turn_and_the_reply_sta
 #[tokio::test]
 async fn a_worker_killed_mid_turn_leaves_the_change_applied_once() {
     let app = TestApp::spawn().await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     app.submit("bob", &session, "I heal.\n/state inc pluginData.healed 1")
         .await;
     let (mut doomed, _log) = app
@@ -214,7 +214,7 @@ async fn a_worker_killed_mid_turn_leaves_the_change_applied_once() {
 #[tokio::test]
 async fn a_paused_worker_that_lost_its_lease_writes_neither_its_reply_nor_its_change() {
     let app = TestApp::spawn().await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     app.submit("bob", &session, "I heal.\n/state inc pluginData.healed 1")
         .await;
     let (mut paused, log) = app
@@ -290,7 +290,7 @@ async fn the_openai_game_master_changes_the_state_through_a_streamed_tool_call()
     })
     .await;
     let app = TestApp::spawn_with(openai(&fake)).await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let worker = app.worker(openai(&fake)).await;
     app.submit("bob", &session, "I strike the ogre").await;
     let turns = app.wait_finished("bob", &session, 1).await;
@@ -369,7 +369,7 @@ async fn replies_with_text_and_a_tool_call_need_one_request_and_tools_can_be_tur
     })
     .await;
     let app = TestApp::spawn_with(openai(&fake)).await;
-    let session = app.session_with("alice", &["bob"]).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
     let worker = app.worker(openai(&fake)).await;
     app.submit("bob", &session, "I take the gem").await;
     let turns = app.wait_finished("bob", &session, 1).await;

@@ -30,16 +30,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use questboard_core::events::EventPublisher;
-use questboard_core::jobs::{self, Job as _};
+use questboard_core::jobs::Job as _;
 use questboard_core::metrics as m;
 use questboard_core::turns::{self, Step, StepOutcome};
 use questboard_core::{media, wakeups};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use uuid::Uuid;
 
-use crate::jobs::media::GenerateMedia;
-use crate::providers::MAX_IMAGES_PER_REPLY;
+use questboard_core::media::GenerateMedia;
 
 /// How the committer batches.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +48,7 @@ pub struct CommitSettings {
     pub in_flight: usize,
     /// The largest a game state may become by a reply's change
     /// (`QB_STATE_MAX_BYTES`).
-    pub state_max_bytes: usize,
+    pub state_limits: questboard_core::state::Limits,
 }
 
 impl Default for CommitSettings {
@@ -58,7 +56,7 @@ impl Default for CommitSettings {
         Self {
             max_batch: 512,
             in_flight: 2,
-            state_max_bytes: 1024 * 1024,
+            state_limits: questboard_core::state::Limits::default(),
         }
     }
 }
@@ -141,7 +139,7 @@ async fn run(
         held_back = later;
         let (pool, events, wake) = (pool.clone(), events.clone(), wake.clone());
         tokio::spawn(async move {
-            apply(&pool, &events, &wake, batch, settings.state_max_bytes).await;
+            apply(&pool, &events, &wake, batch, settings.state_limits).await;
             drop(permit);
         });
     }
@@ -152,12 +150,12 @@ async fn apply(
     events: &EventPublisher,
     wake: &wakeups::Publisher,
     batch: Vec<Request>,
-    state_max_bytes: usize,
+    state_limits: questboard_core::state::Limits,
 ) {
     let (alone, batch): (Vec<Request>, Vec<Request>) =
         batch.into_iter().partition(|r| r.step.runs_alone());
     let alone = alone.into_iter().map(|request| async move {
-        let applied = turns::retrying(|| advance_alone(pool, &request.step, state_max_bytes)).await;
+        let applied = turns::retrying(|| advance_alone(pool, &request.step, state_limits)).await;
         if let Ok((_, images)) = &applied
             && *images > 0
         {
@@ -186,48 +184,46 @@ async fn apply(
 async fn advance_alone(
     pool: &PgPool,
     step: &Step,
-    state_max_bytes: usize,
+    state_limits: questboard_core::state::Limits,
 ) -> turns::Result<(StepOutcome, usize)> {
     let mut tx = pool.begin().await?;
-    let mut outcome = turns::advance_alone(&mut tx, step, state_max_bytes).await?;
+    let mut outcome = turns::advance_alone(&mut tx, step, state_limits).await?;
     let mut asked = 0;
-    if outcome.settled
+    if outcome.images
         && let Some((turn_id, _, settle)) = &step.settle
     {
-        let wanted = settle.images();
-        if wanted.len() > MAX_IMAGES_PER_REPLY {
-            tracing::info!(turn_id = %turn_id, asked = wanted.len(), kept = MAX_IMAGES_PER_REPLY,
-                "the reply asked for more images than a reply may; the rest are dropped");
-        }
-        for prompt in wanted.iter().take(MAX_IMAGES_PER_REPLY) {
-            let Some(prompt) = media::turn_prompt(prompt) else {
-                tracing::info!(turn_id = %turn_id, "an image prompt of the reply was empty; dropped");
-                continue;
-            };
-            let job = GenerateMedia {
-                media_id: Uuid::now_v7(),
-                session_id: step.session_id,
-            };
-            let enqueued = jobs::enqueue(&mut tx, &job, &jobs::Options::default()).await?;
-            let (_, event) = media::ask_for_turn(
-                &mut tx,
-                job.media_id,
-                step.session_id,
-                *turn_id,
-                &prompt,
-                &enqueued.id,
-            )
-            .await
-            .map_err(|e| match e {
-                media::Error::Database(e) => turns::Error::Database(e),
-                other => turns::Error::Invalid(other.to_string()),
-            })?;
-            outcome.events.push(event);
-            asked += 1;
-        }
+        let requested =
+            media::ask_for_turn_images(&mut tx, step.session_id, *turn_id, settle.images())
+                .await
+                .map_err(|e| match e {
+                    media::Error::Database(e) => turns::Error::Database(e),
+                    other => turns::Error::Invalid(other.to_string()),
+                })?;
+        asked = requested.len();
+        outcome.events.extend(requested);
     }
     tx.commit().await?;
     Ok((outcome, asked))
+}
+
+/// Counts what the events of one step say about the game state: a reply's
+/// applied change (`state_updates_total{source="system"}`), a change held
+/// for review, a change refused by the session's setting.
+fn count_state_events(appended: &[questboard_core::events::Event]) {
+    for event in appended {
+        match event.kind.as_str() {
+            "state.updated" => {
+                metrics::counter!(m::STATE_UPDATES_TOTAL, "source" => "system").increment(1);
+            }
+            "state.proposed" => {
+                metrics::counter!(m::STATE_PROPOSALS_TOTAL, "outcome" => "held").increment(1);
+            }
+            "turn.completed" if event.data["state_change"]["error"]["code"] == "AI_NOT_ALLOWED" => {
+                metrics::counter!(m::STATE_PROPOSALS_TOTAL, "outcome" => "refused").increment(1);
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn apply_batch(pool: &PgPool, events: &EventPublisher, batch: Vec<Request>) {
@@ -252,6 +248,7 @@ fn answer(
     match applied {
         Ok(outcomes) => {
             for (mut outcome, reply) in outcomes.into_iter().zip(replies) {
+                count_state_events(&outcome.events);
                 events.events(std::mem::take(&mut outcome.events));
                 let _ = reply.send(Ok(outcome));
             }

@@ -65,9 +65,16 @@ impl LinkSigner {
     }
 
     /// Whether `signature` signs `path` until `expires`, and `expires` is
-    /// not past at `now` (compared in constant time).
-    pub fn verify(&self, path: &str, expires: i64, signature: &str, now: i64) -> bool {
-        if expires < now || signature.len() != 64 {
+    /// not past at `now` (compared in constant time). Only the form
+    /// [`LinkSigner::sign`] makes is accepted: `expires` a plain decimal
+    /// (no sign, no leading zero) and `signature` 64 lowercase hex digits,
+    /// so one link has exactly one spelling.
+    pub fn verify(&self, path: &str, expires: &str, signature: &str, now: i64) -> bool {
+        let Some(expires) = canonical_expiry(expires) else {
+            return false;
+        };
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if expires < now || signature.len() != 64 || !signature.bytes().all(lower_hex) {
             return false;
         }
         let Some(bytes) = (0..32)
@@ -78,6 +85,16 @@ impl LinkSigner {
         };
         self.mac(path, expires).verify_slice(&bytes).is_ok()
     }
+}
+
+/// `text` as an expiry if it is written the one way [`LinkSigner::sign`]'s
+/// links write it: decimal digits, no sign, no leading zero.
+fn canonical_expiry(text: &str) -> Option<i64> {
+    let canonical = !text.is_empty()
+        && text.len() <= 18
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -91,20 +108,41 @@ mod tests {
         let signer = LinkSigner::from_secret(b"secret");
         let path = "/api/media/s/maps/a.png";
         let sig = signer.sign(path, 1_000);
-        assert!(signer.verify(path, 1_000, &sig, 999));
-        assert!(signer.verify(path, 1_000, &sig, 1_000));
-        assert!(!signer.verify(path, 1_000, &sig, 1_001), "expired");
+        assert!(signer.verify(path, "1000", &sig, 999));
+        assert!(signer.verify(path, "1000", &sig, 1_000));
+        assert!(!signer.verify(path, "1000", &sig, 1_001), "expired");
         assert!(
-            !signer.verify("/api/media/s/maps/b.png", 1_000, &sig, 0),
+            !signer.verify("/api/media/s/maps/b.png", "1000", &sig, 0),
             "another object"
         );
-        assert!(!signer.verify(path, 2_000, &sig, 0), "a longer expiry");
+        // One spelling only: no uppercase hex, no sign before a byte or
+        // the expiry, no leading zero.
+        let plus: String = sig
+            .as_bytes()
+            .chunks(2)
+            .map(|c| format!("+{}", String::from_utf8_lossy(&c[..1])))
+            .collect();
+        for (expires, signature) in [
+            ("1000", sig.to_uppercase()),
+            ("1000", plus),
+            ("+1000", sig.clone()),
+            ("01000", sig.clone()),
+            (" 1000", sig.clone()),
+            ("1000.0", sig.clone()),
+            ("", sig.clone()),
+        ] {
+            assert!(
+                !signer.verify(path, expires, &signature, 0),
+                "{expires:?} {signature}"
+            );
+        }
+        assert!(!signer.verify(path, "2000", &sig, 0), "a longer expiry");
         let mut tampered = sig.clone();
         tampered.replace_range(0..1, if &sig[0..1] == "0" { "1" } else { "0" });
-        assert!(!signer.verify(path, 1_000, &tampered, 0));
-        assert!(!signer.verify(path, 1_000, "zz", 0));
+        assert!(!signer.verify(path, "1000", &tampered, 0));
+        assert!(!signer.verify(path, "1000", "zz", 0));
         assert!(
-            !LinkSigner::from_secret(b"other").verify(path, 1_000, &sig, 0),
+            !LinkSigner::from_secret(b"other").verify(path, "1000", &sig, 0),
             "another key"
         );
     }

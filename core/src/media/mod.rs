@@ -17,6 +17,7 @@
 //! to 10 MB (configurable), and the bytes must be what the declared type
 //! says ([`Sniffer`]).
 
+pub mod generation;
 pub mod links;
 pub mod sniff;
 
@@ -30,6 +31,7 @@ use crate::identity::UserId;
 use crate::sessions::{self, Role, SessionStatus};
 use crate::storage::Area;
 
+pub use generation::{GenerateMedia, MAX_IMAGES_PER_REPLY, ask_for_turn_images};
 pub use links::LinkSigner;
 pub use sniff::Sniffer;
 
@@ -270,6 +272,13 @@ pub const MAX_ORIGINAL_NAME_CHARS: usize = 255;
 /// [`MAX_ORIGINAL_NAME_CHARS`], with no control or bidirectional
 /// characters.
 pub fn display_name(raw: &str) -> Result<String> {
+    // The limit holds for what was sent (as the API description says), not
+    // only for what is left once trimmed.
+    if raw.chars().count() > MAX_ORIGINAL_NAME_CHARS {
+        return Err(Error::Invalid(format!(
+            "name must be at most {MAX_ORIGINAL_NAME_CHARS} characters"
+        )));
+    }
     let base = raw.rsplit(['/', '\\']).next().unwrap_or_default().trim();
     if base.is_empty() || base.chars().all(|c| c == '.') {
         return Err(Error::Invalid("name must name a file".into()));
@@ -1140,6 +1149,9 @@ mod tests {
             "a\u{0}b.png",
             "\u{202e}gnp.exe",
             &"x".repeat(256),
+            // What the contract run sent: within the limit once trimmed,
+            // not as sent.
+            &format!("N{}", "\u{85}".repeat(300)),
         ] {
             assert!(display_name(bad).is_err(), "{bad:?}");
         }

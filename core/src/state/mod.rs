@@ -13,6 +13,7 @@
 pub mod ops;
 pub mod proposal;
 pub mod recent;
+pub mod review;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -30,6 +31,29 @@ pub use recent::Recent;
 
 /// The most operations one update may carry.
 pub const MAX_OPERATIONS: usize = 500;
+/// The default of [`Limits::max_update_bytes`].
+pub const DEFAULT_MAX_UPDATE_BYTES: usize = 64 * 1024;
+
+/// How large a state and one change to it may be (`QB_STATE_MAX_BYTES`,
+/// `QB_STATE_MAX_UPDATE_BYTES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest the state may be after a change, in bytes of JSON.
+    pub max_bytes: usize,
+    /// The largest one update's operations may be, in bytes of JSON (as
+    /// compact JSON, the way they are stored and sent to every member in
+    /// the update's `state.updated` event).
+    pub max_update_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024,
+            max_update_bytes: DEFAULT_MAX_UPDATE_BYTES,
+        }
+    }
+}
 /// The longest client-chosen update id, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
@@ -133,6 +157,12 @@ pub enum Error {
     /// The request id was used before for a different update.
     #[error("this update id was already used for a different update")]
     IdReused,
+    /// No such proposal in the session.
+    #[error("no such proposal")]
+    NoSuchProposal,
+    /// The proposal was decided already (`approved`, `rejected`).
+    #[error("the proposal was already {0}")]
+    Decided(&'static str),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -153,8 +183,10 @@ pub async fn require_game_master(pool: &PgPool, session_id: Uuid, actor: &UserId
     Ok(())
 }
 
-/// Validates the operations of an update as sent (before anything is read).
-pub fn parse_operations(raw: &[Value]) -> Result<Vec<Operation>> {
+/// Validates the operations of an update as sent (before anything is
+/// read): how many, how large together (at most `max_update_bytes` of
+/// compact JSON), and each one's shape.
+pub fn parse_operations(raw: &[Value], max_update_bytes: usize) -> Result<Vec<Operation>> {
     if raw.is_empty() {
         return Err(Error::Invalid {
             index: None,
@@ -167,6 +199,15 @@ pub fn parse_operations(raw: &[Value]) -> Result<Vec<Operation>> {
             message: format!("an update carries at most {MAX_OPERATIONS} operations"),
         });
     }
+    let bytes = json_len(raw);
+    if bytes > max_update_bytes {
+        return Err(Error::Invalid {
+            index: None,
+            message: format!(
+                "the operations are {bytes} bytes of JSON, over the limit of {max_update_bytes} for one update: send them as several updates"
+            ),
+        });
+    }
     raw.iter()
         .enumerate()
         .map(|(i, op)| {
@@ -176,6 +217,23 @@ pub fn parse_operations(raw: &[Value]) -> Result<Vec<Operation>> {
             })
         })
         .collect()
+}
+
+/// The length of `value` as compact JSON, counted without building it.
+fn json_len(value: &(impl Serialize + ?Sized)) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Validates a client-chosen update id: 1 to [`MAX_REQUEST_ID_BYTES`]

@@ -126,6 +126,16 @@ impl Path {
     pub const PATTERN: &'static str =
         "^(characters|actors|items|currentEncounter|pluginData)(\\.[A-Za-z0-9_-]{1,64}){0,31}$";
 
+    /// Segments refused anywhere in a path: they name the prototype
+    /// machinery of JavaScript objects, and a client applying
+    /// `obj[segment] = ...` along such a path (the documented algorithm,
+    /// written naively) would change `Object.prototype` for its whole page.
+    pub const FORBIDDEN_SEGMENTS: [&'static str; 3] = ["__proto__", "constructor", "prototype"];
+
+    /// What a path must *not* match, as a regular expression (the
+    /// description publishes it as `not: {pattern}` next to [`Path::PATTERN`]).
+    pub const FORBIDDEN_PATTERN: &'static str = "(^|\\.)(__proto__|constructor|prototype)(\\.|$)";
+
     /// Parses `text` by the grammar in this module's docs.
     pub fn parse(text: &str) -> Result<Path, String> {
         if text.is_empty() {
@@ -152,6 +162,11 @@ impl Path {
                 return Err(format!(
                     "segment {i} of the path has the character {:?}; allowed are A-Z, a-z, 0-9, '_' and '-'",
                     bad.escape_default().to_string()
+                ));
+            }
+            if Self::FORBIDDEN_SEGMENTS.contains(part) {
+                return Err(format!(
+                    "segment {i} of the path is `{part}`, which is refused: it names the prototype of JavaScript objects"
                 ));
             }
             segments.push(Segment {

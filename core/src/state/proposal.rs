@@ -11,12 +11,19 @@
 //! reply is still recorded and the refusal with it, on the turn
 //! (`state_change`) and in `turn.completed`. A model's mistake never fails a
 //! turn.
+//!
+//! Whether the model may change the state at all is the session's
+//! `ai_authority` ([`crate::sessions::AiAuthority`]): where its changes
+//! apply they are [`resolve`]d as above; a player's turn's changes in a
+//! `propose` session are [`hold`]: checked for shape only and kept for a
+//! game master's review ([`super::review`]); in an `off` session they are
+//! [`refuse`]d.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Change, Error, Prepared, Source, ops, parse_operations, prepare};
+use super::{Change, Error, Limits, Prepared, Source, ops, parse_operations, prepare};
 
 /// The operations a turn's reply asks for, as the model gave them.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +65,11 @@ pub struct StateChange {
     /// Why it was refused, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Refusal>,
+    /// When held for a game master's review (the session's `ai_authority`
+    /// is `propose` and the turn was a player's): the proposal, which an
+    /// owner or gm approves or rejects (`GET .../state/proposals`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposal_id: Option<Uuid>,
 }
 
 /// A proposal resolved against the locked state, ready to be written with
@@ -78,24 +90,15 @@ pub fn resolve(
     proposal: &Proposal,
     current: (i64, Value),
     turn_id: Uuid,
-    max_bytes: usize,
+    limits: Limits,
 ) -> Option<Resolved> {
-    let raw = match proposal {
-        Proposal::Operations(raw) if raw.is_empty() => return None,
-        Proposal::Operations(raw) => raw,
-        Proposal::Unreadable(why) => {
-            return Some(refused(
-                0,
-                Refusal {
-                    code: "VALIDATION_ERROR".into(),
-                    message: why.clone(),
-                    operation: None,
-                },
-            ));
-        }
+    let raw = match readable(proposal)? {
+        Ok(raw) => raw,
+        Err(refusal) => return Some(refusal),
     };
     let count = raw.len();
-    let prepared = parse_operations(raw).and_then(|operations| {
+    let max_bytes = limits.max_bytes;
+    let prepared = parse_operations(raw, limits.max_update_bytes).and_then(|operations| {
         let wire: Vec<ops::StateOperation> = operations.iter().map(ops::Operation::wire).collect();
         prepare(
             current.clone(),
@@ -127,11 +130,71 @@ pub fn resolve(
                 version: Some(new_version),
                 update_id: Some(update_id),
                 error: None,
+                proposal_id: None,
             },
             write: Some((document, data)),
         },
         Err(err) => refused(count, refusal(&err)),
     })
+}
+
+/// The raw operations of `proposal`, or its refusal if it could not be
+/// read; None if it asks for nothing.
+fn readable(proposal: &Proposal) -> Option<Result<&[Value], Resolved>> {
+    match proposal {
+        Proposal::Operations(raw) if raw.is_empty() => None,
+        Proposal::Operations(raw) => Some(Ok(raw)),
+        Proposal::Unreadable(why) => Some(Err(refused(
+            0,
+            Refusal {
+                code: "VALIDATION_ERROR".into(),
+                message: why.clone(),
+                operation: None,
+            },
+        ))),
+    }
+}
+
+/// `proposal` held for review as `proposal_id` (nothing written to the
+/// state now), once its operations are well-formed (they are checked
+/// against the state when approved); refused as [`resolve`] would if they
+/// are not. None if it asks for nothing.
+pub fn hold(proposal: &Proposal, proposal_id: Uuid, limits: Limits) -> Option<Resolved> {
+    let raw = match readable(proposal)? {
+        Ok(raw) => raw,
+        Err(refusal) => return Some(refusal),
+    };
+    Some(match parse_operations(raw, limits.max_update_bytes) {
+        Ok(_) => Resolved {
+            change: StateChange {
+                applied: false,
+                operations: raw.len(),
+                version: None,
+                update_id: None,
+                error: None,
+                proposal_id: Some(proposal_id),
+            },
+            write: None,
+        },
+        Err(err) => refused(raw.len(), refusal(&err)),
+    })
+}
+
+/// `proposal` refused with `code` and `message` (the session's setting or
+/// its cap on pending proposals); None if it asks for nothing.
+pub fn refuse(proposal: &Proposal, code: &str, message: &str) -> Option<Resolved> {
+    let count = match readable(proposal)? {
+        Ok(raw) => raw.len(),
+        Err(_) => 0,
+    };
+    Some(refused(
+        count,
+        Refusal {
+            code: code.into(),
+            message: message.into(),
+            operation: None,
+        },
+    ))
 }
 
 fn refused(operations: usize, error: Refusal) -> Resolved {
@@ -142,6 +205,7 @@ fn refused(operations: usize, error: Refusal) -> Resolved {
             version: None,
             update_id: None,
             error: Some(error),
+            proposal_id: None,
         },
         write: None,
     }
@@ -182,7 +246,16 @@ mod tests {
             json!({"path": "characters", "operation": "push", "value": {"name": "Ayla"}}),
             json!({"path": "characters.0.hp", "operation": "inc", "value": 3}),
         ]);
-        let resolved = resolve(&proposal, state(), turn, 1 << 20).expect("resolved");
+        let resolved = resolve(
+            &proposal,
+            state(),
+            turn,
+            Limits {
+                max_bytes: 1 << 20,
+                ..Limits::default()
+            },
+        )
+        .expect("resolved");
         assert!(resolved.change.applied);
         assert_eq!(resolved.change.operations, 2);
         assert_eq!(resolved.change.version, Some(8));
@@ -202,7 +275,16 @@ mod tests {
             json!({"path": "items", "operation": "push", "value": 1}),
             json!({"path": "items", "operation": "inc", "value": 1}),
         ]);
-        let resolved = resolve(&proposal, state(), Uuid::now_v7(), 1 << 20).expect("resolved");
+        let resolved = resolve(
+            &proposal,
+            state(),
+            Uuid::now_v7(),
+            Limits {
+                max_bytes: 1 << 20,
+                ..Limits::default()
+            },
+        )
+        .expect("resolved");
         assert!(resolved.write.is_none());
         let change = resolved.change;
         assert!(!change.applied);
@@ -218,18 +300,35 @@ mod tests {
             &Proposal::Unreadable("not JSON".into()),
             state(),
             Uuid::now_v7(),
-            1 << 20,
+            Limits::default(),
         )
         .expect("resolved");
         assert_eq!(unreadable.change.error.expect("error").message, "not JSON");
         let big = Proposal::Operations(vec![
             json!({"path": "pluginData.blob", "operation": "set", "value": "x".repeat(200)}),
         ]);
-        let too_large = resolve(&big, state(), Uuid::now_v7(), 100).expect("resolved");
+        let too_large = resolve(
+            &big,
+            state(),
+            Uuid::now_v7(),
+            Limits {
+                max_bytes: 100,
+                ..Limits::default()
+            },
+        )
+        .expect("resolved");
         assert_eq!(
             too_large.change.error.expect("error").code,
             "STATE_TOO_LARGE"
         );
-        assert!(resolve(&Proposal::Operations(vec![]), state(), Uuid::now_v7(), 100).is_none());
+        assert!(
+            resolve(
+                &Proposal::Operations(vec![]),
+                state(),
+                Uuid::now_v7(),
+                Limits::default()
+            )
+            .is_none()
+        );
     }
 }

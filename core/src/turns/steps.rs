@@ -27,7 +27,8 @@ use super::{Error, Result, Turn};
 use crate::events::Event;
 use crate::jobs;
 use crate::leases::{self, Lease, SESSION_SCOPE};
-use crate::state::{Proposal, Resolved, proposal};
+use crate::sessions::{AiAuthority, AiVerdict, Role};
+use crate::state::{self, Proposal, Resolved, proposal, review};
 
 /// How a run of a turn ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +165,9 @@ pub struct StepOutcome {
     pub attempt: Option<i32>,
     /// The seq of the started turn's `turn.started` event.
     pub started_seq: Option<i64>,
+    /// The settled reply's images may be asked for now (the session lets
+    /// the AI show them for this turn); set by [`advance_alone`].
+    pub images: bool,
     /// When a settled retry will run.
     pub retry_at: Option<DateTime<Utc>>,
     /// The release removed the session from the runnable index (idle).
@@ -428,27 +432,53 @@ struct StateInputs {
 }
 
 /// Applies one step that [runs alone](Settle::runs_alone) in `tx`, the
-/// caller's transaction (the caller adds what else the reply asks for,
-/// such as its images, and commits). If the reply changes the game state,
-/// locks the session's state, resolves the proposal against it
-/// ([`proposal::resolve`]: applied, or refused with why) and applies the
-/// step with the change (see [`ADVANCE_SQL`]). The state is written only
-/// if the reply is: a run that lost its lease, or a turn already finished
-/// by an earlier run, writes neither. Run the whole transaction again on a
-/// transient error.
+/// caller's transaction (the caller asks for the reply's images when the
+/// outcome says they may be, and commits).
+///
+/// What the reply asks for (a state change, images) is first weighed by
+/// the session's `ai_authority` and the role of the turn's author
+/// ([`AiAuthority::for_turn_by`]):
+/// - **apply**: the session's state is locked, the proposal resolved
+///   against it ([`proposal::resolve`]: applied, or refused with why) and
+///   the step applied with the change (see [`ADVANCE_SQL`]); the images may
+///   be asked for ([`StepOutcome::images`]);
+/// - **hold**: the change and the images are recorded as a proposal for a
+///   game master's review ([`review::record`], `state.proposed`), nothing
+///   is applied (refused instead while the session holds
+///   [`review::MAX_PENDING`] undecided ones);
+/// - **refuse**: the change is refused (`AI_NOT_ALLOWED`) and the images
+///   dropped.
+///
+/// Whatever it does is written only if the reply is: a run that lost its
+/// lease, or a turn already finished by an earlier run, writes nothing.
+/// Run the whole transaction again on a transient error.
 pub async fn advance_alone(
     tx: &mut sqlx::PgConnection,
     step: &Step,
-    state_max_bytes: usize,
+    limits: state::Limits,
 ) -> Result<StepOutcome> {
     let Some((turn_id, _, settle)) = &step.settle else {
         return Err(Error::Invalid(
             "a step run alone needs a settled turn".into(),
         ));
     };
-    let resolved = match settle.proposal() {
-        None => None,
-        Some(proposed) => {
+    // What the session lets the AI do with what this reply asks for.
+    let setting: Option<(AiAuthority, Option<Role>)> = sqlx::query_as(
+        "SELECT c.ai_authority, m.role FROM turns t
+         JOIN campaign_sessions c ON c.id = t.session_id
+         LEFT JOIN campaign_session_members m
+                ON m.session_id = t.session_id AND m.user_id = t.author_user_id
+         WHERE t.id = $1",
+    )
+    .bind(turn_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let verdict = setting.map_or(AiVerdict::Refuse, |(authority, role)| {
+        authority.for_turn_by(role)
+    });
+    let mut held = None;
+    let resolved = match (verdict, settle.proposal()) {
+        (AiVerdict::Apply, Some(proposed)) => {
             // The lock a game master's update takes: their updates and this
             // one apply one after the other, each against the other's result.
             let current: Option<(i64, serde_json::Value)> = sqlx::query_as(
@@ -457,8 +487,39 @@ pub async fn advance_alone(
             .bind(step.session_id)
             .fetch_optional(&mut *tx)
             .await?;
-            current
-                .and_then(|current| proposal::resolve(proposed, current, *turn_id, state_max_bytes))
+            current.and_then(|current| proposal::resolve(proposed, current, *turn_id, limits))
+        }
+        (AiVerdict::Apply, None) => None,
+        (AiVerdict::Hold, proposed) => {
+            let empty = Proposal::Operations(Vec::new());
+            let proposed = proposed.unwrap_or(&empty);
+            if review::pending(&mut *tx, step.session_id).await? >= review::MAX_PENDING {
+                proposal::refuse(
+                    proposed,
+                    "TOO_MANY_PROPOSALS",
+                    "the session already holds the most proposals waiting for a game master",
+                )
+            } else {
+                let id = Uuid::now_v7();
+                let resolved = proposal::hold(proposed, id, limits);
+                let well_formed = resolved.as_ref().is_none_or(|r| r.change.error.is_none());
+                if well_formed && (resolved.is_some() || !settle.images().is_empty()) {
+                    held = Some(id);
+                }
+                resolved
+            }
+        }
+        (AiVerdict::Refuse, proposed) => {
+            if !settle.images().is_empty() {
+                tracing::info!(%turn_id, "the session does not let the AI game master show images; dropped");
+            }
+            proposed.and_then(|proposed| {
+                proposal::refuse(
+                    proposed,
+                    "AI_NOT_ALLOWED",
+                    "this session does not let the AI game master change the game state",
+                )
+            })
         }
     };
     let inputs = match resolved {
@@ -485,7 +546,33 @@ pub async fn advance_alone(
         Some(inputs),
     )
     .await?;
-    Ok(outcomes.pop().unwrap_or_default())
+    let mut outcome = outcomes.pop().unwrap_or_default();
+    if outcome.settled {
+        outcome.images = verdict == AiVerdict::Apply;
+        if let Some(id) = held {
+            let operations = match settle.proposal() {
+                Some(Proposal::Operations(raw)) => raw.as_slice(),
+                _ => &[],
+            };
+            let event = review::record(
+                &mut *tx,
+                review::NewHeld {
+                    id,
+                    session_id: step.session_id,
+                    turn_id: *turn_id,
+                    operations,
+                    images: settle.images(),
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                state::Error::Database(e) => Error::Database(e),
+                other => Error::Invalid(other.to_string()),
+            })?;
+            outcome.events.push(event);
+        }
+    }
+    Ok(outcome)
 }
 
 /// Binds `steps` (and, for one step, its state inputs) to `sql` and reads

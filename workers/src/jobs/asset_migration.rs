@@ -103,6 +103,7 @@ async fn enqueue_for(
 /// job in one transaction. Announce the kind after.
 pub async fn start(
     pool: &sqlx::PgPool,
+    allowlist: &questboard_core::sources::Allowlist,
     source_url: &str,
     options: &am::Options,
     dry_run: bool,
@@ -110,7 +111,10 @@ pub async fn start(
     by: &str,
 ) -> am::Result<Started> {
     let mut tx = pool.begin().await?;
-    let run = am::create_run(&mut tx, source_url, options, dry_run, mapping, by).await?;
+    let run = am::create_run(
+        &mut tx, allowlist, source_url, options, dry_run, mapping, by,
+    )
+    .await?;
     let started = enqueue_for(&mut tx, run, false, by).await?;
     tx.commit().await?;
     Ok(started)
@@ -153,6 +157,8 @@ fn db(err: impl std::fmt::Display) -> JobError {
 fn source_error(err: am::Error) -> JobError {
     match err {
         am::Error::Invalid(why) => JobError::fatal(why),
+        // Not allowed (any more) is for good; a source unwell may recover.
+        am::Error::Source(e) if e.is_request() => JobError::fatal(e),
         other => JobError::retryable(other),
     }
 }
@@ -204,9 +210,9 @@ struct Migrator<'a> {
 
 impl<'a> Migrator<'a> {
     async fn new(ctx: &'a JobContext, run: &'a JobRun, record: Run) -> Result<Self, JobError> {
-        let source = Source::connect(&record.source_url)
+        let source = Source::connect(&ctx.sources, &record.source_url)
             .await
-            .map_err(JobError::retryable)?;
+            .map_err(source_error)?;
         let mut tables = Vec::new();
         for spec in &record.options.tables {
             let table = source
@@ -589,9 +595,9 @@ impl<'a> Rollback<'a> {
                 record.id, record.status
             )));
         }
-        let source = Source::connect(&record.source_url)
+        let source = Source::connect(&ctx.sources, &record.source_url)
             .await
-            .map_err(JobError::retryable)?;
+            .map_err(source_error)?;
         let mut tables = HashMap::new();
         for spec in &record.options.tables {
             // `dry_run: true`: a rollback adds no columns.

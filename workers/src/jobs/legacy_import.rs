@@ -26,6 +26,7 @@ use questboard_core::jobs::{Backoff, Job, JobSpec};
 use questboard_core::legacy_import::{self as li, Mapping, Placement, Problem, Run};
 use questboard_core::media;
 use questboard_core::metrics as m;
+use questboard_core::sources;
 use questboard_core::storage::{self, Area, Storage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -69,6 +70,7 @@ pub struct Started {
 /// per run at a time. Announce the kind after.
 pub async fn start(
     pool: &sqlx::PgPool,
+    allowlist: &questboard_core::sources::Allowlist,
     source_url: &str,
     mapping: &Mapping,
     options: li::Options,
@@ -76,7 +78,10 @@ pub async fn start(
     by: &str,
 ) -> li::Result<Started> {
     let mut tx = pool.begin().await?;
-    let run = li::create_run(&mut tx, source_url, mapping, options, dry_run, by).await?;
+    let run = li::create_run(
+        &mut tx, allowlist, source_url, mapping, options, dry_run, by,
+    )
+    .await?;
     let job = ImportLegacy { run_id: run.id };
     let enqueued = questboard_core::jobs::enqueue(
         &mut tx,
@@ -142,7 +147,10 @@ async fn scan(source: &Storage) -> Result<Tree, JobError> {
                 continue;
             }
             Some(Err(e)) => {
-                return Err(JobError::retryable(format!("listing the legacy tree: {e}")));
+                return Err(JobError::retryable(format!(
+                    "listing the legacy tree: {}",
+                    sources::store_error(&e)
+                )));
             }
         };
         let shown = storage::decoded_key(&object.key);
@@ -193,9 +201,15 @@ impl Handler for ImportLegacy {
             metrics::counter!(m::LEGACY_IMPORT_RUNS_TOTAL, "outcome" => "failed").increment(1);
             Err::<Value, _>(JobError::Fatal { reason })
         };
+        if let Err(err) = ctx.sources.check(&record.source_url) {
+            return fail(format!("the legacy tree cannot be opened: {err}")).await;
+        }
         let source = match Storage::existing(&record.source_url) {
             Ok(source) => source,
-            Err(err) => return fail(format!("the legacy tree cannot be opened: {err}")).await,
+            Err(err) => {
+                let err = sources::store_error(&err);
+                return fail(format!("the legacy tree cannot be opened: {err}")).await;
+            }
         };
         let tree = scan(&source).await?;
         if tree.folders.is_empty() && tree.stray.is_empty() && tree.links.is_empty() {
@@ -475,7 +489,7 @@ impl Importer<'_> {
                         &path,
                         rel,
                         Problem::Unreadable,
-                        json!({ "reason": format!("cannot be read: {err}") }),
+                        json!({ "reason": format!("cannot be read: {}", sources::store_error(&err)) }),
                         area,
                     )
                     .await?;

@@ -9,46 +9,18 @@
 //! with a reason safe to show (`media.failed`). A run that finds the item
 //! gone or no longer pending does nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use questboard_core::jobs::{Backoff, Job, JobSpec};
+pub use questboard_core::media::GenerateMedia;
 use questboard_core::media::{self, MediaKind, MediaStatus, Sniffer, StoredObject};
 use questboard_core::metrics as m;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use uuid::Uuid;
 
 use super::{Handler, JobContext, JobError, JobRun};
 use crate::providers::ProviderError;
 use crate::providers::media::{ImageAsk, SpeechAsk};
-
-/// The payload: which item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateMedia {
-    /// The pending item.
-    pub media_id: Uuid,
-    /// Its session.
-    pub session_id: Uuid,
-}
-
-impl Job for GenerateMedia {
-    const SPEC: JobSpec = JobSpec {
-        kind: "media",
-        queue: "questboard.media",
-        max_attempts: 5,
-        backoff: Backoff::exponential(Duration::from_secs(2)),
-        timeout: Duration::from_secs(300),
-        concurrency: 4,
-        ..JobSpec::DEFAULTS
-    };
-
-    fn session(&self) -> Option<Uuid> {
-        Some(self.session_id)
-    }
-}
 
 impl Handler for GenerateMedia {
     async fn run(self, ctx: &JobContext, run: &JobRun) -> Result<Value, JobError> {
@@ -123,7 +95,7 @@ impl Handler for GenerateMedia {
         });
         let (generated, ext) = match checked {
             Ok(ok) => ok,
-            Err(err) => return Err(self.failed(ctx, run, kind, err).await),
+            Err(err) => return Err(failed(&self, ctx, run, kind, err).await),
         };
         run.checkpoint()?;
         let prefix = questboard_core::sessions::prefixes_of(&ctx.pool, &[self.session_id])
@@ -171,37 +143,37 @@ impl Handler for GenerateMedia {
     }
 }
 
-impl GenerateMedia {
-    /// What a failed attempt becomes: another run while attempts remain
-    /// and the failure may pass; otherwise the item is marked failed.
-    async fn failed(
-        &self,
-        ctx: &JobContext,
-        run: &JobRun,
-        kind: MediaKind,
-        err: ProviderError,
-    ) -> JobError {
-        let last = run.attempt() >= run.max_attempts();
-        match err {
-            ProviderError::Retryable {
+/// What a failed attempt becomes: another run while attempts remain
+/// and the failure may pass; otherwise the item is marked failed.
+async fn failed(
+    job: &GenerateMedia,
+    ctx: &JobContext,
+    run: &JobRun,
+    kind: MediaKind,
+    err: ProviderError,
+) -> JobError {
+    let last = run.attempt() >= run.max_attempts();
+    match err {
+        ProviderError::Retryable {
+            reason,
+            retry_after,
+        } if !last => {
+            metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "retried")
+                .increment(1);
+            JobError::Retryable {
                 reason,
                 retry_after,
-            } if !last => {
-                metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "retried").increment(1);
-                JobError::Retryable {
-                    reason,
-                    retry_after,
-                }
             }
-            ProviderError::Retryable { reason, .. } | ProviderError::Fatal { reason } => {
-                metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "failed").increment(1);
-                match media::record_failure(&ctx.pool, self.media_id, &reason).await {
-                    Ok(Some(event)) => ctx.events.events([event]),
-                    Ok(None) => {}
-                    Err(e) => return JobError::retryable(e),
-                }
-                JobError::Fatal { reason }
+        }
+        ProviderError::Retryable { reason, .. } | ProviderError::Fatal { reason } => {
+            metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "failed")
+                .increment(1);
+            match media::record_failure(&ctx.pool, job.media_id, &reason).await {
+                Ok(Some(event)) => ctx.events.events([event]),
+                Ok(None) => {}
+                Err(e) => return JobError::retryable(e),
             }
+            JobError::Fatal { reason }
         }
     }
 }

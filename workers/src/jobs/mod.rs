@@ -325,6 +325,8 @@ pub struct JobContext {
     pub retention: prune::Retention,
     /// How `reconcile` treats what it finds.
     pub reconcile: reconcile::Settings,
+    /// Where migrations and imports may read from (`QB_MIGRATION_SOURCES`).
+    pub sources: questboard_core::sources::Allowlist,
 }
 
 /// One run of a plain job: who it is, and the handler's line to the

@@ -11,6 +11,8 @@
 //! - `leases`: lease rows expired for more than `leases`;
 //! - `state_requests`: client ids of game-state updates (which make resends
 //!   idempotent) older than `state_requests`;
+//! - `proposals`: proposals held for review and decided (approved or
+//!   rejected) more than `events` ago, with the events that named them;
 //! - `media_versions`: versions of media replaced by a newer one more than
 //!   `media_versions` ago (`QB_MEDIA_VERSION_RETENTION_DAYS`): their objects
 //!   first, then their rows (the current version always stays; media of
@@ -54,6 +56,8 @@ pub enum Category {
     Leases,
     /// Old client ids of game-state updates.
     StateRequests,
+    /// Proposals decided long ago.
+    Proposals,
     /// Versions of media replaced long ago.
     MediaVersions,
     /// Archive sessions idle too long.
@@ -64,10 +68,11 @@ pub enum Category {
 
 impl Category {
     /// Every category, in the order a full run goes through them.
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 9] = [
         Category::Invites,
         Category::Leases,
         Category::StateRequests,
+        Category::Proposals,
         Category::MediaVersions,
         Category::Jobs,
         Category::Events,
@@ -82,6 +87,7 @@ impl Category {
             Category::Events => "events",
             Category::Leases => "leases",
             Category::StateRequests => "state_requests",
+            Category::Proposals => "proposals",
             Category::MediaVersions => "media_versions",
             Category::IdleSessions => "idle_sessions",
             Category::ArchivedSessions => "archived_sessions",
@@ -171,6 +177,7 @@ struct Report {
     events: u64,
     leases: u64,
     state_requests: u64,
+    proposals: u64,
     media_versions: u64,
     media_bytes: u64,
     sessions_archived: u64,
@@ -187,6 +194,7 @@ impl Report {
             + self.events
             + self.leases
             + self.state_requests
+            + self.proposals
             + self.media_versions
             + self.sessions_archived
             + self.sessions_deleted) as i64
@@ -282,6 +290,25 @@ impl Pruner<'_> {
             self.report.state_requests += n;
             self.step(Category::StateRequests).await?;
             // A dry run counts everything in one statement.
+            if self.dry_run || (n as i64) < self.retention.batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn proposals(&mut self) -> Result<(), JobError> {
+        let before = ago(self.retention.events);
+        loop {
+            let n = questboard_core::state::review::prune_decided(
+                &self.ctx.pool,
+                before,
+                self.retention.batch,
+                self.dry_run,
+            )
+            .await
+            .map_err(db)?;
+            self.report.proposals += n;
+            self.step(Category::Proposals).await?;
             if self.dry_run || (n as i64) < self.retention.batch {
                 return Ok(());
             }
@@ -525,6 +552,7 @@ impl Handler for Prune {
                 Category::Invites => pruner.invites().await?,
                 Category::Leases => pruner.leases().await?,
                 Category::StateRequests => pruner.state_requests().await?,
+                Category::Proposals => pruner.proposals().await?,
                 Category::MediaVersions => pruner.media_versions().await?,
                 Category::Jobs => pruner.jobs().await?,
                 Category::Events => pruner.events().await?,
@@ -542,6 +570,7 @@ impl Handler for Prune {
             "events": report.events,
             "leases": report.leases,
             "state_requests": report.state_requests,
+            "proposals": report.proposals,
             "media_versions": report.media_versions,
             "media_bytes": report.media_bytes,
             "sessions_archived": report.sessions_archived,

@@ -177,8 +177,7 @@ pub struct Reply {
     pub images: Vec<String>,
 }
 
-/// Most images one reply may ask for; more are dropped (and logged).
-pub const MAX_IMAGES_PER_REPLY: usize = 4;
+pub use questboard_core::media::MAX_IMAGES_PER_REPLY;
 
 impl Reply {
     /// A reply that changes nothing.

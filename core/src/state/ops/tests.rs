@@ -620,6 +620,18 @@ proptest! {
     }
 
     #[test]
+    fn prototype_segments_are_refused_wherever_they_are(
+        head in "(characters|actors|items|currentEncounter|pluginData)",
+        before in prop::collection::vec("[a-z0-9]{1,4}", 0..3),
+        bad in "(__proto__|constructor|prototype)",
+        after in prop::collection::vec("[a-z0-9]{1,4}", 0..3),
+    ) {
+        let path = std::iter::once(head).chain(before).chain(std::iter::once(bad)).chain(after)
+            .collect::<Vec<_>>().join(".");
+        prop_assert!(Path::parse(&path).is_err(), "{}", path);
+    }
+
+    #[test]
     fn hostile_paths_are_refused_or_parsed_never_a_panic(path in ".{0,80}") {
         if let Ok(parsed) = Path::parse(&path) {
             prop_assert!(parsed.segments().len() <= MAX_DEPTH);
@@ -650,9 +662,11 @@ proptest! {
     /// accepts.
     #[test]
     fn the_path_pattern_is_the_grammar(
-        text in "(characters|actors|items|currentEncounter|pluginData|stateVersion|x)((\\.|\\.\\.)[A-Za-z0-9_ -]{0,3}){0,3}|[a-z.]{0,8}|items(\\.[0-9]){30,33}|items\\.[a-z]{63,65}"
+        text in "(characters|actors|items|currentEncounter|pluginData|stateVersion|x)((\\.|\\.\\.)([A-Za-z0-9_ -]{0,3}|__proto__|constructor|prototype|__proto__x)){0,3}|[a-z.]{0,8}|items(\\.[0-9]){30,33}|items\\.[a-z]{63,65}"
     ) {
         let pattern = regex::Regex::new(Path::PATTERN).unwrap();
-        prop_assert_eq!(pattern.is_match(&text), Path::parse(&text).is_ok(), "{:?}", text);
+        let forbidden = regex::Regex::new(Path::FORBIDDEN_PATTERN).unwrap();
+        let published = pattern.is_match(&text) && !forbidden.is_match(&text);
+        prop_assert_eq!(published, Path::parse(&text).is_ok(), "{:?}", text);
     }
 }
