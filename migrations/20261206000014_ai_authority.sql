@@ -46,3 +46,7 @@ CREATE INDEX state_proposals_session_idx ON state_proposals (session_id, id DESC
 CREATE INDEX state_proposals_pending_idx ON state_proposals (session_id) WHERE status = 'pending';
 -- Prune finds decided proposals by age.
 CREATE INDEX state_proposals_decided_idx ON state_proposals USING brin (decided_at);
+
+-- A session's invites, newest first (UUIDv7 ids), paged by id.
+CREATE INDEX campaign_session_invites_session_page_idx
+    ON campaign_session_invites (session_id, id DESC);

@@ -25,6 +25,22 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Most characters of one piece of client input a log line carries.
+pub const MAX_LOGGED_INPUT_CHARS: usize = 200;
+
+/// `input` cut to [`MAX_LOGGED_INPUT_CHARS`] for a log line, saying how
+/// much was left out: a client cannot make one request write kilobytes of
+/// log (escaping is [`SafeLines`]'s job).
+pub fn clipped(input: &str) -> std::borrow::Cow<'_, str> {
+    match input.char_indices().nth(MAX_LOGGED_INPUT_CHARS) {
+        None => std::borrow::Cow::Borrowed(input),
+        Some((cut, _)) => {
+            let left = input[cut..].chars().count();
+            std::borrow::Cow::Owned(format!("{}… ({left} more characters)", &input[..cut]))
+        }
+    }
+}
+
 /// Installs the log subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -240,6 +256,15 @@ mod tests {
             }
         }
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn logged_input_is_cut() {
+        assert_eq!(clipped("short"), "short");
+        let long = "é".repeat(6_171);
+        let cut = clipped(&long);
+        assert!(cut.starts_with(&"é".repeat(MAX_LOGGED_INPUT_CHARS)));
+        assert!(cut.ends_with("… (5971 more characters)"), "{cut}");
     }
 
     #[test]

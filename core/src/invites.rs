@@ -26,6 +26,8 @@ pub const DEFAULT_TTL: Duration = Duration::days(7);
 pub const MAX_TTL: Duration = Duration::days(90);
 /// Most uses one invite may allow.
 pub const MAX_USES: i32 = 1000;
+/// Most live invites (not revoked, expired or used up) one session holds.
+pub const MAX_LIVE: i64 = 100;
 
 /// What an owner asks for when creating an invite.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +198,26 @@ pub async fn create(
     }
     let id = Uuid::now_v7();
     let token = generate_token();
+    // Counted and written under the session row's lock: two owners'
+    // requests at once cannot both take the last place.
+    let mut tx = pool.begin().await?;
+    let live: i64 = sqlx::query_scalar(
+        r#"
+        WITH locked AS (SELECT id FROM campaign_sessions WHERE id = $1 FOR NO KEY UPDATE)
+        SELECT count(*) FROM campaign_session_invites i, locked
+        WHERE i.session_id = locked.id AND i.revoked_at IS NULL
+          AND i.expires_at > now() AND i.uses < i.max_uses
+        "#,
+    )
+    .bind(session_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if live >= MAX_LIVE {
+        return Err(sessions::Error::Conflict(
+            "the session already has the most live invites (100): revoke some first",
+        )
+        .into());
+    }
     let expires_at: DateTime<Utc> = sqlx::query_scalar(
         r#"
         INSERT INTO campaign_session_invites
@@ -211,8 +233,9 @@ pub async fn create(
     .bind(actor.as_str())
     .bind(new.ttl.num_seconds() as f64)
     .bind(new.max_uses)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(CreatedInvite {
         id,
         token,
@@ -222,20 +245,38 @@ pub async fn create(
     })
 }
 
-/// The invites of a session, newest first; owner only.
-pub async fn list(pool: &PgPool, session_id: Uuid, actor: &UserId) -> Result<Vec<Invite>> {
+/// A page of a session's invites, newest first (ids are UUIDv7: that is
+/// id order), with ids below `before` (the last of the previous page);
+/// owner only. Returns where the next page starts, if there is one.
+pub async fn list(
+    pool: &PgPool,
+    session_id: Uuid,
+    actor: &UserId,
+    limit: i64,
+    before: Option<Uuid>,
+) -> Result<(Vec<Invite>, Option<Uuid>)> {
     sessions::require_owner(pool, session_id, actor, "only the owner can list invites").await?;
-    Ok(sqlx::query_as::<_, Invite>(
+    let mut invites = sqlx::query_as::<_, Invite>(
         r#"
         SELECT id, role, created_by, created_at, expires_at, max_uses, uses, revoked_at
         FROM campaign_session_invites
-        WHERE session_id = $1
-        ORDER BY created_at DESC, id DESC
+        WHERE session_id = $1 AND ($2::uuid IS NULL OR id < $2)
+        ORDER BY id DESC
+        LIMIT $3
         "#,
     )
     .bind(session_id)
+    .bind(before)
+    .bind(limit + 1)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    let next = if invites.len() as i64 > limit {
+        invites.truncate(limit as usize);
+        invites.last().map(|i| i.id)
+    } else {
+        None
+    };
+    Ok((invites, next))
 }
 
 /// Revokes an invite; owner only. Revoking twice is harmless.

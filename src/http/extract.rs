@@ -230,6 +230,19 @@ fn json_rejection(rejection: JsonRejection, limit: usize) -> Error {
     }
 }
 
+/// The page size a list route was asked for: `limit` in 1 to 100, or
+/// `default` when absent; 400 otherwise.
+pub fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, Error> {
+    match limit {
+        None => Ok(default),
+        Some(n @ 1..=100) => Ok(n),
+        Some(_) => Err(Error::bad_request(
+            "invalid_query",
+            "limit must be 1 to 100",
+        )),
+    }
+}
+
 /// Deserializes a field that may be absent (with `#[serde(default)]`) but
 /// not null: `null` is refused like any other value of the wrong type, as
 /// the description (not nullable) says.

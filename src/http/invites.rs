@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{Error, ErrorBody, Result};
-use super::extract::{AuthUser, Json, Path};
+use super::extract::{AuthUser, Json, Path, Query};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -102,6 +102,19 @@ pub struct InviteView {
 pub struct InviteList {
     /// Newest first.
     pub invites: Vec<InviteView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// Query of the invite list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InviteParams {
+    /// Where the page starts: the previous page's `next_cursor`.
+    pub cursor: Option<Uuid>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
 }
 
 /// Body of `POST /api/invites/accept`.
@@ -168,7 +181,7 @@ pub async fn create_invite(
 
 /// Lists a session's invites; owner only.
 #[utoipa::path(get, path = "/api/sessions/{session_id}/invites", tag = "invites",
-    params(("session_id" = Uuid, Path, description = "Session id")),
+    params(("session_id" = Uuid, Path, description = "Session id"), InviteParams),
     responses(
         (status = 200, body = InviteList),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -178,9 +191,13 @@ pub async fn list_invites(
     AuthUser(user): AuthUser,
     State(state): State<AppState>,
     Path(session_id): Path<Uuid>,
+    Query(params): Query<InviteParams>,
 ) -> Result<Json<InviteList>> {
-    let invites = invites::list(&state.pool, session_id, &user).await?;
+    let limit = super::extract::page_limit(params.limit, 50)?;
+    let (invites, next_cursor) =
+        invites::list(&state.pool, session_id, &user, limit, params.cursor).await?;
     Ok(Json(InviteList {
+        next_cursor,
         invites: invites
             .into_iter()
             .map(|i| InviteView {

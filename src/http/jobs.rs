@@ -1,10 +1,13 @@
 //! `GET /api/jobs/{job_id}`: a durable job's state, for every kind.
 //!
-//! A job of a campaign session is visible to that session's members; a
-//! job without a session (maintenance) only to operators. Anyone else gets
-//! 404, exactly as for an id that does not exist, so job ids cannot be
-//! probed. The views here are shared with the operators' routes
-//! (`admin.rs`), which show more of a job.
+//! A job of a campaign session is visible to that session's members only
+//! (an operator who is not a member included: this is the members' view,
+//! scoped by membership like every other session route); a job without a
+//! session (maintenance) only to operators. Anyone else gets 404, exactly
+//! as for an id that does not exist, so job ids cannot be probed.
+//! Operators see every job, with more of it (payload, errors of each run,
+//! the lease holder), through `GET /api/admin/jobs/{id}` (`admin.rs`),
+//! which shares these views: one route per audience, each with one rule.
 
 use axum::Router;
 use axum::extract::State;
@@ -84,7 +87,9 @@ pub fn kind_name(registry: &Registry, queue: &str) -> String {
         .map_or_else(|| queue.to_owned(), |k| k.spec.kind.to_owned())
 }
 
-/// A job's state; members of its session, or operators.
+/// A job's state: members of its session see a session's job, operators
+/// a job without a session (operators see every job at
+/// `/api/admin/jobs/{id}`).
 #[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "Job id, as returned when the work was submitted")),
     responses(
@@ -103,11 +108,14 @@ pub async fn get_job(
     let job = jobs::fetch(&state.pool, &job_id)
         .await?
         .ok_or(Error::NotFound("job"))?;
-    if !caller.operator {
-        let session = job.session().ok_or(Error::NotFound("job"))?;
-        sessions::require_member(&state.pool, session, &caller.user)
-            .await
-            .map_err(|_| Error::NotFound("job"))?;
+    match job.session() {
+        Some(session) => {
+            sessions::require_member(&state.pool, session, &caller.user)
+                .await
+                .map_err(|_| Error::NotFound("job"))?;
+        }
+        None if caller.operator => {}
+        None => return Err(Error::NotFound("job")),
     }
     Ok(Json(JobView::of(&job, &state.registry)))
 }

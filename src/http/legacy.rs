@@ -75,8 +75,12 @@ pub async fn serve_legacy_path(
     };
     metrics::counter!(m::LEGACY_SHIM_REQUESTS_TOTAL, "env" => label, "outcome" => outcome)
         .increment(1);
-    tracing::info!(user = %user, env, folder, path, outcome,
-        session_id = ?file.as_ref().map(|f| f.session_id), "legacy path used");
+    {
+        use crate::telemetry::clipped;
+        tracing::info!(user = %user, env = %clipped(&env), folder = %clipped(&folder),
+            path = %clipped(&path), outcome,
+            session_id = ?file.as_ref().map(|f| f.session_id), "legacy path used");
+    }
     let file = file.ok_or_else(not_found)?;
     if let Some(media_id) = file.media_id {
         let item = media::find(

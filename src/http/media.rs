@@ -581,16 +581,7 @@ pub async fn list_media(
             Error::bad_request("invalid_query", "kind must be image, audio, map or note")
         })?),
     };
-    let limit = match params.limit {
-        None => 50,
-        Some(n @ 1..=100) => n as u32,
-        Some(_) => {
-            return Err(Error::bad_request(
-                "invalid_query",
-                "limit must be 1 to 100",
-            ));
-        }
-    };
+    let limit = super::extract::page_limit(params.limit, 50)? as u32;
     let page =
         media::list_for_member(&state.pool, session_id, &user, kind, params.cursor, limit).await?;
     Ok(Json(MediaPage {

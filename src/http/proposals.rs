@@ -106,16 +106,7 @@ pub async fn list_proposals(
     Path(session_id): Path<Uuid>,
     Query(params): Query<ProposalParams>,
 ) -> Result<Json<ProposalPage>> {
-    let limit = match params.limit {
-        None => 50,
-        Some(n @ 1..=100) => n,
-        Some(_) => {
-            return Err(Error::bad_request(
-                "invalid_query",
-                "limit must be 1 to 100",
-            ));
-        }
-    };
+    let limit = super::extract::page_limit(params.limit, 50)?;
     let (proposals, next_cursor) = review::list(
         &state.pool,
         session_id,

@@ -296,3 +296,55 @@ async fn who_may_act_comes_before_what_the_request_or_the_session_allows() {
         .await
         .assert_error(409, "conflict");
 }
+
+/// A client's path in the legacy shim's log line is cut (the probe wrote a
+/// 6,171-character line with one request), by the real `questboard serve`.
+#[tokio::test]
+async fn logged_client_input_is_cut() {
+    let app = TestApp::spawn().await;
+    let (http, metrics) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let log = std::env::temp_dir().join(format!("qb-serve-{}.log", uuid::Uuid::new_v4()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_questboard"))
+        .arg("serve")
+        .env("DATABASE_URL", &app.db.url)
+        .env("REDIS_URL", crate::helpers::redis_url())
+        .env("QB_JWT_SECRET", crate::helpers::TEST_SECRET)
+        .env("QB_STORAGE_URL", "memory://")
+        .env("QB_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("QB_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("questboard serve");
+    let client = reqwest::Client::new();
+    let long = "a/".repeat(3_085) + "x";
+    let url = format!("http://127.0.0.1:{http}/api/legacy/prod/campaign_1/{long}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        match client
+            .get(&url)
+            .bearer_auth(app.token("alice"))
+            .send()
+            .await
+        {
+            Ok(resp) => break resp.status().as_u16(),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("serve never answered: {err}"),
+        }
+    };
+    assert_eq!(status, 404);
+    let text =
+        crate::helpers::wait_log(&log, "legacy path used", std::time::Duration::from_secs(10))
+            .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = text
+        .lines()
+        .find(|l| l.contains("legacy path used"))
+        .unwrap_or_else(|| panic!("no log line in {text}"));
+    assert!(line.len() < 1_000, "{} characters: {line}", line.len());
+    assert!(line.contains("more characters"), "{line}");
+}

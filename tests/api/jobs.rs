@@ -489,6 +489,23 @@ async fn session_jobs_are_visible_to_members_and_report_progress_as_session_even
     app.get("mallory", &format!("/api/jobs/{id}"))
         .await
         .assert_error(404, "not_found");
+    // An operator who is not a member gets the members' view refused too
+    // (as the README says); the operators' route shows it to them.
+    let operator = |path: String| {
+        let app = &app;
+        async move {
+            app.call_with_auth(
+                Method::GET,
+                &path,
+                &format!("Bearer {}", app.operator_token("ops")),
+            )
+            .await
+        }
+    };
+    operator(format!("/api/jobs/{id}"))
+        .await
+        .assert_error(404, "not_found");
+    assert_eq!(operator(format!("/api/admin/jobs/{id}")).await.status, 200);
     // Its progress reached the session's log (at most once a second).
     let events = app.events("alice", &session, 0).await;
     let progress: Vec<&Value> = events
