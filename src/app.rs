@@ -52,9 +52,16 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
     let schedule = Arc::new(schedule(config, &registry)?);
+    let description = http::openapi::document(&registry, config.max_turn_chars);
+    http::register_known_metrics(&description);
+    let kinds: Vec<&str> = registry.kinds().iter().map(|k| k.spec.kind).collect();
+    questboard_core::metrics::register_known(&questboard_core::metrics::Known {
+        kinds: &kinds,
+        storage_backend: storage.backend(),
+        ..Default::default()
+    });
     let openapi = axum::body::Bytes::from(
-        serde_json::to_vec(&http::openapi::document(&registry, config.max_turn_chars))
-            .context("serialising the OpenAPI description")?,
+        serde_json::to_vec(&description).context("serialising the OpenAPI description")?,
     );
     let sources = config.source_allowlist()?;
     Ok(AppState {
@@ -251,6 +258,13 @@ pub fn worker_with(
     registry: Registry,
 ) -> anyhow::Result<Worker> {
     let ctx = job_context(config, pool)?;
+    let kinds: Vec<&str> = registry.kinds().iter().map(|k| k.spec.kind).collect();
+    questboard_core::metrics::register_known(&questboard_core::metrics::Known {
+        kinds: &kinds,
+        storage_backend: ctx.storage.backend(),
+        provider: ctx.provider.name(),
+        ..Default::default()
+    });
     let kind_concurrency = runtime::parse_kind_concurrency(&config.jobs_concurrency)
         .map_err(|e| anyhow::anyhow!("QB_JOBS_CONCURRENCY: {e}"))?;
     let settings = WorkerSettings {
@@ -298,6 +312,11 @@ pub fn scheduler(config: &Config, pool: sqlx::PgPool, entries: Arc<Vec<Entry>>) 
         Ok(client) => Publisher::new(client),
         Err(_) => Publisher::disabled(),
     };
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    questboard_core::metrics::register_known(&questboard_core::metrics::Known {
+        schedule_entries: &names,
+        ..Default::default()
+    });
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".to_owned());
     Scheduler::new(
         pool,

@@ -128,6 +128,18 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every reason, for metrics registered at 0.
+    pub const ALL: [AuthError; 8] = [
+        AuthError::Missing,
+        AuthError::Ambiguous,
+        AuthError::Malformed,
+        AuthError::TooLong,
+        AuthError::Expired,
+        AuthError::Invalid,
+        AuthError::UnknownKey,
+        AuthError::KeysUnavailable,
+    ];
+
     /// A label for metrics.
     pub fn reason(self) -> &'static str {
         match self {

@@ -25,6 +25,14 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets for the durations that can run to hours (a job's wait and run,
+/// a lease held): the same up to a minute, then on to 12 hours, so a
+/// three-minute wait is not read as one minute.
+pub const LONG_SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+];
+
 /// Most characters of one piece of client input a log line carries.
 pub const MAX_LOGGED_INPUT_CHARS: usize = 200;
 
@@ -157,6 +165,21 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .set_buckets_for_metric(
+                    Matcher::Full(m::JOB_QUEUE_WAIT_SECONDS.into()),
+                    LONG_SECONDS_BUCKETS,
+                )
+                .map_err(|e| e.to_string())?
+                .set_buckets_for_metric(
+                    Matcher::Full(m::JOB_RUN_SECONDS.into()),
+                    LONG_SECONDS_BUCKETS,
+                )
+                .map_err(|e| e.to_string())?
+                .set_buckets_for_metric(
+                    Matcher::Full(m::LEASE_HOLD_SECONDS.into()),
+                    LONG_SECONDS_BUCKETS,
+                )
                 .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;

@@ -341,9 +341,6 @@ pub struct EventPublisher {
 #[derive(Debug)]
 struct Outgoing {
     message: Message,
-    /// The last event a statement appended to its session: once it is
-    /// published, so is the statement's whole outbox range.
-    closes_range: bool,
 }
 
 impl EventPublisher {
@@ -370,15 +367,16 @@ impl EventPublisher {
         Self { tx: None }
     }
 
-    /// Publishes the events one committed statement appended to one
-    /// session, in seq order (the outbox keeps them as one range).
+    /// Publishes the events a committed transaction appended, in seq
+    /// order. Each is cleared from the outbox once published: the outbox
+    /// keeps one range per statement, and a transaction of several
+    /// statements (a reply with its images, an approval) has several
+    /// ranges, each ending at one of these events.
     pub fn events(&self, events: impl IntoIterator<Item = Event>) {
         if let Some(tx) = &self.tx {
-            let mut events = events.into_iter().peekable();
-            while let Some(event) = events.next() {
+            for event in events {
                 let _ = tx.send(Outgoing {
                     message: Message::Event(event),
-                    closes_range: events.peek().is_none(),
                 });
             }
         }
@@ -389,7 +387,6 @@ impl EventPublisher {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Outgoing {
                 message: Message::Delta(delta),
-                closes_range: false,
             });
         }
     }
@@ -456,10 +453,8 @@ async fn publish_batch(
             for outgoing in batch {
                 if let Message::Event(e) = &outgoing.message {
                     events += 1;
-                    if outgoing.closes_range {
-                        published.0.push(e.session_id);
-                        published.1.push(e.seq);
-                    }
+                    published.0.push(e.session_id);
+                    published.1.push(e.seq);
                 }
             }
             metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "path" => "direct").increment(events);
@@ -471,7 +466,8 @@ async fn publish_batch(
     }
 }
 
-/// Deletes the outbox ranges ending at each (session, seq).
+/// Deletes the outbox ranges ending at each (session, seq) (a seq that
+/// ends no range, in the middle of a statement's events, deletes nothing).
 async fn clear_published(pool: &PgPool, sessions: &[Uuid], seqs: &[i64]) -> sqlx::Result<()> {
     clear_ranges(pool, sessions, seqs, None).await
 }

@@ -9,7 +9,8 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// HTTP requests served, by `method`, matched `route` and `status`.
 pub const HTTP_REQUESTS_TOTAL: &str = "questboard_http_requests_total";
-/// HTTP request latency, by `method`, matched `route` and `status`.
+/// HTTP request latency, by `method`, matched `route` and `status_class`
+/// (`2xx` ... `5xx`: statuses would multiply its buckets).
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "questboard_http_request_duration_seconds";
 /// HTTP requests being served right now.
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "questboard_http_requests_in_flight";
@@ -52,7 +53,8 @@ pub const JOBS_RETRIED_TOTAL: &str = "questboard_jobs_retried_total";
 pub const JOBS_HANDED_BACK_TOTAL: &str = "questboard_jobs_handed_back_total";
 /// Time a job run took, by `kind` and `outcome`.
 pub const JOB_RUN_SECONDS: &str = "questboard_job_run_seconds";
-/// Time from enqueue to the first start of a job, by `kind`.
+/// Time a job run waited after it became due (its scheduled time, or its
+/// retry's), by `kind`.
 pub const JOB_QUEUE_WAIT_SECONDS: &str = "questboard_job_queue_wait_seconds";
 /// Job runs stopped at an operator's request, by `kind`.
 pub const JOBS_CANCELLED_TOTAL: &str = "questboard_jobs_cancelled_total";
@@ -132,9 +134,9 @@ pub const MEDIA_PROVIDER_SECONDS: &str = "questboard_media_provider_seconds";
 /// and `backend`.
 pub const STORAGE_ERRORS_TOTAL: &str = "questboard_storage_errors_total";
 /// Bytes of media uploaded, by `kind`.
-pub const MEDIA_BYTES_UPLOADED_TOTAL: &str = "questboard_media_bytes_uploaded_total";
+pub const MEDIA_UPLOADED_BYTES_TOTAL: &str = "questboard_media_uploaded_bytes_total";
 /// Bytes of media served, by `kind`.
-pub const MEDIA_BYTES_SERVED_TOTAL: &str = "questboard_media_bytes_served_total";
+pub const MEDIA_SERVED_BYTES_TOTAL: &str = "questboard_media_served_bytes_total";
 /// Assets an asset migration handled, by `kind` (map, note) and `outcome`
 /// (migrated, failed, validated, rolled_back).
 pub const MIGRATION_ASSETS_TOTAL: &str = "questboard_migration_assets_total";
@@ -220,8 +222,8 @@ pub const ALL: &[&str] = &[
     STORAGE_ERRORS_TOTAL,
     MEDIA_JOBS_TOTAL,
     MEDIA_PROVIDER_SECONDS,
-    MEDIA_BYTES_UPLOADED_TOTAL,
-    MEDIA_BYTES_SERVED_TOTAL,
+    MEDIA_UPLOADED_BYTES_TOTAL,
+    MEDIA_SERVED_BYTES_TOTAL,
     MIGRATION_ASSETS_TOTAL,
     MIGRATION_BYTES_TOTAL,
     MIGRATION_RUNS_TOTAL,
@@ -242,7 +244,7 @@ pub fn describe() {
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "HTTP request latency, by method, matched route and status."
+        "HTTP request latency, by method, matched route and status class."
     );
     describe_gauge!(
         HTTP_REQUESTS_IN_FLIGHT,
@@ -293,7 +295,7 @@ pub fn describe() {
     describe_histogram!(
         JOB_QUEUE_WAIT_SECONDS,
         Unit::Seconds,
-        "Time from enqueue to a job's first start, by kind."
+        "Time a job run waited after it became due (scheduled or retry time), by kind."
     );
     describe_counter!(
         JOBS_CANCELLED_TOTAL,
@@ -443,12 +445,12 @@ pub fn describe() {
         "Media provider call latency, by kind, provider and outcome."
     );
     describe_counter!(
-        MEDIA_BYTES_UPLOADED_TOTAL,
+        MEDIA_UPLOADED_BYTES_TOTAL,
         Unit::Bytes,
         "Bytes of media uploaded, by kind."
     );
     describe_counter!(
-        MEDIA_BYTES_SERVED_TOTAL,
+        MEDIA_SERVED_BYTES_TOTAL,
         Unit::Bytes,
         "Bytes of media served, by kind."
     );
@@ -491,4 +493,232 @@ pub fn describe() {
         Unit::Seconds,
         "Process start time, seconds since the Unix epoch."
     );
+}
+
+/// What a process knows at start that counter labels come from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    /// The job kinds of its registry.
+    pub kinds: &'a [&'a str],
+    /// Its storage backend (`local`, `memory`, `s3`, `gcs`).
+    pub storage_backend: &'a str,
+    /// Its model provider's name.
+    pub provider: &'a str,
+    /// Its schedule's entries.
+    pub schedule_entries: &'a [&'a str],
+}
+
+/// Counters of one label set each, by name.
+const UNLABELLED: &[&str] = &[
+    REDIS_RECONNECTS_TOTAL,
+    EVENTS_PUBLISH_FAILURES_TOTAL,
+    HTTP_CONNECTIONS_REFUSED_TOTAL,
+    SESSIONS_CREATED_TOTAL,
+    INVITES_CREATED_TOTAL,
+    EVENTS_DELIVERED_TOTAL,
+    DELTAS_DELIVERED_TOTAL,
+    TURN_CHUNKS_TOTAL,
+];
+
+/// Counters with one label of a fixed set of values: (name, label, values).
+const FIXED: &[(&str, &str, &[&str])] = &[
+    (FENCING_REJECTIONS_TOTAL, "scope", &["session", "job"]),
+    (LEASES_LOST_TOTAL, "scope", &["session", "job"]),
+    (
+        MIGRATION_RUNS_TOTAL,
+        "outcome",
+        &["completed", "aborted", "failed", "rolled_back"],
+    ),
+    (
+        LEGACY_IMPORT_RUNS_TOTAL,
+        "outcome",
+        &["completed", "failed"],
+    ),
+    (
+        LEGACY_IMPORT_FOLDERS_TOTAL,
+        "outcome",
+        &[
+            "imported",
+            "validated",
+            "already_imported",
+            "unowned",
+            "duplicate",
+            "skipped",
+            "not_campaign",
+        ],
+    ),
+    (STATE_UPDATES_TOTAL, "source", &["gm", "system"]),
+    (
+        STATE_PROPOSALS_TOTAL,
+        "outcome",
+        &["held", "approved", "rejected", "refused"],
+    ),
+    (EVENTS_PUBLISHED_TOTAL, "path", &["direct", "relay"]),
+    (
+        EVENTS_REPLAYED_TOTAL,
+        "reason",
+        &["resume", "resync", "gap", "rest"],
+    ),
+    (JWKS_REFRESHES_TOTAL, "outcome", &["ok", "error"]),
+    (MEDIA_UPLOADED_BYTES_TOTAL, "kind", &["map", "note"]),
+    (
+        MEDIA_SERVED_BYTES_TOTAL,
+        "kind",
+        &["image", "audio", "map", "note"],
+    ),
+    (MIGRATION_BYTES_TOTAL, "kind", &["map", "note"]),
+    (
+        LEGACY_IMPORT_BYTES_TOTAL,
+        "area",
+        &["logs", "images", "audio", "data"],
+    ),
+    (TURNS_SUBMITTED_TOTAL, "outcome", &["created", "replayed"]),
+    (
+        INVITE_ACCEPTS_TOTAL,
+        "outcome",
+        &[
+            "joined",
+            "already_member",
+            "not_found",
+            "invite_used_up",
+            "invite_expired",
+            "invite_revoked",
+            "session_archived",
+            "error",
+        ],
+    ),
+];
+
+/// Counters of two labels, every pair of a fixed set: (name, (label,
+/// values), (label, values)).
+type Pairs = (
+    &'static str,
+    (&'static str, &'static [&'static str]),
+    (&'static str, &'static [&'static str]),
+);
+const PAIRS: &[Pairs] = &[
+    (
+        MIGRATION_ASSETS_TOTAL,
+        ("kind", &["map", "note"]),
+        (
+            "outcome",
+            &["migrated", "validated", "failed", "rolled_back"],
+        ),
+    ),
+    (
+        LEGACY_IMPORT_FILES_TOTAL,
+        ("area", &["logs", "images", "audio", "data"]),
+        (
+            "outcome",
+            &[
+                "copied",
+                "validated",
+                "unreadable",
+                "oversized",
+                "collision",
+            ],
+        ),
+    ),
+    (
+        MEDIA_JOBS_TOTAL,
+        ("kind", &["image", "audio"]),
+        ("outcome", &["ready", "failed", "retried"]),
+    ),
+    (
+        LEASE_ACQUISITIONS_TOTAL,
+        ("scope", &["session", "job"]),
+        ("outcome", &["acquired", "taken_over"]),
+    ),
+    (
+        READINESS_CHECKS_TOTAL,
+        ("dependency", &["postgres", "redis", "storage"]),
+        ("outcome", &["ok", "error"]),
+    ),
+    (
+        LEGACY_SHIM_REQUESTS_TOTAL,
+        ("env", &["unknown"]),
+        ("outcome", &["served", "not_found"]),
+    ),
+];
+
+/// Job counters labelled by kind.
+const BY_KIND: &[&str] = &[
+    JOBS_ENQUEUED_TOTAL,
+    JOBS_STARTED_TOTAL,
+    JOBS_SUCCEEDED_TOTAL,
+    JOBS_FAILED_TOTAL,
+    JOBS_RETRIED_TOTAL,
+    JOBS_HANDED_BACK_TOTAL,
+    JOBS_CANCELLED_TOTAL,
+    JOBS_TIMED_OUT_TOTAL,
+    JOBS_RESCUED_TOTAL,
+    JOB_ITEMS_TOTAL,
+];
+
+/// Storage operations, as `storage_errors_total{operation}` names them.
+const STORAGE_OPERATIONS: &[&str] = &["put", "read", "head", "delete", "upload", "upload_begin"];
+
+/// Registers, at 0, every counter series whose labels this process knows
+/// ahead: Prometheus takes a series' first sample as its baseline, so a
+/// counter that first appears at 1 (the first failed import, the first
+/// fenced write) shows no `increase()` and the alert written for exactly
+/// that event never fires, again after every restart. Counters labelled by
+/// what clients send (routes, reasons) are registered where those are
+/// known (the API's own list).
+pub fn register_known(known: &Known<'_>) {
+    for name in UNLABELLED {
+        metrics::counter!(*name).increment(0);
+    }
+    for (name, label, values) in FIXED {
+        for value in *values {
+            metrics::counter!(*name, *label => *value).increment(0);
+        }
+    }
+    for (name, (first, firsts), (second, seconds)) in PAIRS {
+        for a in *firsts {
+            for b in *seconds {
+                metrics::counter!(*name, *first => *a, *second => *b).increment(0);
+            }
+        }
+    }
+    for name in BY_KIND {
+        for kind in known.kinds {
+            metrics::counter!(*name, "kind" => kind.to_string()).increment(0);
+        }
+    }
+    if !known.storage_backend.is_empty() {
+        for operation in STORAGE_OPERATIONS {
+            metrics::counter!(STORAGE_ERRORS_TOTAL, "operation" => *operation,
+                "backend" => known.storage_backend.to_owned())
+            .increment(0);
+        }
+    }
+    if !known.provider.is_empty() {
+        for kind in ["retryable", "fatal"] {
+            metrics::counter!(PROVIDER_ERRORS_TOTAL, "provider" => known.provider.to_owned(),
+                "kind" => kind)
+            .increment(0);
+        }
+    }
+    for entry in known.schedule_entries {
+        for outcome in ["fired", "caught_up", "skipped"] {
+            metrics::counter!(SCHEDULE_TICKS_TOTAL, "entry" => entry.to_string(),
+                "outcome" => outcome)
+            .increment(0);
+        }
+    }
+    for scope in [
+        crate::schedule::LEADER_LEASE.0,
+        crate::events::RELAY_LEASE.0,
+    ] {
+        metrics::counter!(LEADER_CHANGES_TOTAL, "scope" => scope).increment(0);
+    }
+    // Gauges that are truly 0 at start, and a histogram with no labels: a
+    // dashboard then shows 0 (or nothing recorded) rather than "no data".
+    metrics::gauge!(WS_CONNECTIONS).increment(0.0);
+    metrics::gauge!(RELAY_BACKLOG).increment(0.0);
+    for kind in known.kinds {
+        metrics::gauge!(JOB_PROGRESS_RATIO, "kind" => kind.to_string()).increment(0.0);
+    }
+    let _ = metrics::histogram!(EVENT_DELIVERY_LAG_SECONDS);
 }

@@ -342,7 +342,7 @@ async fn receive(
     }
     let key = upload.key().to_owned();
     let byte_size = upload.finish().await?;
-    metrics::counter!(m::MEDIA_BYTES_UPLOADED_TOTAL, "kind" => kind.as_str()).increment(byte_size);
+    metrics::counter!(m::MEDIA_UPLOADED_BYTES_TOTAL, "kind" => kind.as_str()).increment(byte_size);
     Ok(StoredObject {
         storage_key: key,
         content_type: content_type.to_owned(),
@@ -928,7 +928,7 @@ pub(super) async fn send_object(
     };
     insert(&mut common, header::CONTENT_LENGTH, &length.to_string());
     if let Some(kind) = object.kind {
-        metrics::counter!(m::MEDIA_BYTES_SERVED_TOTAL, "kind" => kind.as_str()).increment(length);
+        metrics::counter!(m::MEDIA_SERVED_BYTES_TOTAL, "kind" => kind.as_str()).increment(length);
     }
     let body = Body::from_stream(reading.stream);
     Ok((status, common, body).into_response())

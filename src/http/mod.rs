@@ -201,10 +201,51 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     in_flight.increment(1.0);
     let response = next.run(req).await;
     in_flight.decrement(1.0);
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!(m::HTTP_REQUESTS_TOTAL, &labels).increment(1);
-    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, &labels)
-        .record(started.elapsed().as_secs_f64());
+    let status = response.status().as_u16();
+    let class = status_class(status);
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS,
+        "method" => method.clone(), "route" => route.clone(), "status_class" => class)
+    .record(elapsed);
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL,
+        "method" => method, "route" => route, "status" => status.to_string())
+    .increment(1);
     response
+}
+
+/// A status's class label (`2xx` ... `5xx`): the latency histogram is
+/// labelled by class, not status, so statuses do not multiply its buckets.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Registers at 0 the API's counter series whose labels are known ahead
+/// (see `questboard_core::metrics::register_known`): a 500 and a 503 of
+/// every documented route, every reason a token is refused, every reason a
+/// socket is closed.
+pub fn register_known_metrics(openapi: &serde_json::Value) {
+    if let Some(paths) = openapi["paths"].as_object() {
+        for (route, item) in paths {
+            for method in item.as_object().into_iter().flat_map(|m| m.keys()) {
+                for status in ["500", "503"] {
+                    metrics::counter!(m::HTTP_REQUESTS_TOTAL,
+                        "method" => method.to_uppercase(), "route" => route.clone(),
+                        "status" => status)
+                    .increment(0);
+                }
+            }
+        }
+    }
+    for reason in crate::auth::AuthError::ALL {
+        metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => reason.reason()).increment(0);
+    }
+    for reason in ws::CLOSE_REASONS {
+        metrics::counter!(m::WS_CLOSED_TOTAL, "reason" => reason).increment(0);
+    }
 }

@@ -70,6 +70,7 @@
 //! which); 4008 the client fell behind (reconnect with `after_seq`); 4000
 //! no pong within [`PONG_TIMEOUT`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -181,6 +182,7 @@ async fn ws_session(
                 last: after.min(last_seq),
                 archived: membership.session.status == sessions::SessionStatus::Archived,
                 expires: expiry(caller.expires_at),
+                held: Held::default(),
             }
             .run()
             .await;
@@ -201,6 +203,47 @@ struct Socket {
     /// When the token the socket was opened (or last re-authenticated)
     /// with expires, plus the leeway: the socket closes then (4001).
     expires: tokio::time::Instant,
+    /// Live messages that came ahead of an event not sent yet.
+    held: Held,
+}
+
+/// How long a live event that skips ahead waits for the ones before it
+/// before they are read from Postgres.
+pub const REORDER_WINDOW: Duration = Duration::from_millis(250);
+/// Most messages held while waiting; past that, Postgres is read at once.
+const MAX_HELD: usize = 256;
+
+/// Live messages held back for order (see [`Socket::deliver`]).
+#[derive(Default)]
+struct Held {
+    /// In arrival order.
+    queue: std::collections::VecDeque<Arc<Message>>,
+    /// When the window ends (None: nothing held).
+    until: Option<tokio::time::Instant>,
+}
+
+impl Held {
+    fn hold(&mut self, message: Arc<Message>) {
+        self.until
+            .get_or_insert_with(|| tokio::time::Instant::now() + REORDER_WINDOW);
+        self.queue.push_back(message);
+    }
+}
+
+/// When a live message can be sent.
+enum Ready {
+    Now,
+    Later,
+    /// Already sent (an event seen before).
+    Never,
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// When a token expiring at `exp` (seconds since the epoch) stops being
@@ -215,6 +258,20 @@ fn expiry(exp: u64) -> tokio::time::Instant {
         Duration::from_secs(exp.saturating_add(crate::auth::LEEWAY_SECS + 1)).saturating_sub(now);
     tokio::time::Instant::now() + left
 }
+
+/// Every `reason` label of `questboard_ws_closed_by_server_total`.
+pub const CLOSE_REASONS: [&str; 10] = [
+    "removed",
+    "archived",
+    "token_expired",
+    "slow_consumer",
+    "ping_timeout",
+    "message_too_big",
+    "unsupported_data",
+    "invalid_payload",
+    "protocol_error",
+    "error",
+];
 
 /// The close of a socket whose user lost access to the session.
 const REMOVED: End = End::Close(4003, "no longer a member of this session", "removed");
@@ -267,11 +324,8 @@ impl Socket {
             tokio::select! {
                 received = live.recv() => {
                     let result = match received {
-                        Ok(Live::Message(message)) => match message.as_ref() {
-                            Message::Event(event) => self.deliver(event).await,
-                            Message::Delta(delta) => self.deliver_delta(delta).await,
-                        },
-                        Ok(Live::Resync { interrupted: false }) => Box::pin(self.catch_up("resync")).await,
+                        Ok(Live::Message(message)) => self.deliver(message).await,
+                        Ok(Live::Resync { interrupted: false }) => self.resync().await,
                         Ok(Live::Resync { interrupted: true }) => {
                             // Say so first: the client may show "reconnected";
                             // what it missed follows, in order.
@@ -281,7 +335,7 @@ impl Socket {
                                 "after_seq": self.last,
                             });
                             match self.send_json(&notice).await {
-                                Ok(()) => Box::pin(self.catch_up("resync")).await,
+                                Ok(()) => self.resync().await,
                                 Err(end) => Err(end),
                             }
                         }
@@ -309,6 +363,11 @@ impl Socket {
                     // Pings are answered by axum.
                     Some(Ok(_)) => {}
                 },
+                () = sleep_until_some(self.held.until) => {
+                    if let Err(end) = self.fill_gap().await {
+                        return end;
+                    }
+                }
                 () = tokio::time::sleep_until(self.expires) => {
                     return End::Close(4001, "token expired: reconnect with a fresh token", "token_expired");
                 }
@@ -380,40 +439,104 @@ impl Socket {
         }
     }
 
-    /// Delivers a live event in order: fills a gap from Postgres first,
-    /// skips what was already sent.
-    async fn deliver(&mut self, event: &Event) -> Result<(), End> {
-        if event.seq <= self.last {
-            return Ok(());
-        }
-        if event.seq > self.last + 1 {
-            // Something was missed (published before this socket's
-            // subscription took effect, or lost while Redis was away): read
-            // everything after the last seq sent. Seqs are allocated under
-            // the session row lock, so every earlier event is committed by
-            // now, and so is this one: the read includes it.
-            return Box::pin(self.catch_up("gap")).await;
-        }
-        let lag = (Utc::now() - event.at).to_std().unwrap_or_default();
-        metrics::histogram!(m::EVENT_DELIVERY_LAG_SECONDS).record(lag.as_secs_f64());
-        metrics::counter!(m::EVENTS_DELIVERED_TOTAL).increment(1);
-        self.send_event(event).await
-    }
-
-    /// Delivers a streamed chunk, but only after every event up to its
-    /// attempt's `turn.started` (read from Postgres if the live feed has
-    /// not brought them yet): a chunk never overtakes the events before it,
-    /// such as this user's removal, which closes the socket instead.
-    async fn deliver_delta(&mut self, delta: &events::Delta) -> Result<(), End> {
-        if delta.started_seq > self.last {
-            Box::pin(self.catch_up("delta")).await?;
-            if delta.started_seq > self.last {
-                // Not in the log: not a chunk of this session's turns.
-                return Ok(());
+    /// Delivers a live message in order: an event when it is the next
+    /// seq, a chunk once every event up to its attempt's `turn.started`
+    /// was sent (so a chunk never overtakes the events before it, such as
+    /// this user's removal, which closes the socket instead). What comes
+    /// ahead of that is held, in arrival order, for up to
+    /// [`REORDER_WINDOW`]: events of one session are committed in seq
+    /// order but published by whichever task (or process) committed them,
+    /// so the one before is usually a moment behind on the live feed. If
+    /// it has not come by then, what is missing is read from Postgres
+    /// ([`Socket::fill_gap`]). Seqs already sent are skipped.
+    async fn deliver(&mut self, message: Arc<Message>) -> Result<(), End> {
+        if self.held.queue.is_empty() {
+            match self.readiness(&message) {
+                Ready::Now => return self.send_message(&message).await,
+                Ready::Never => return Ok(()),
+                Ready::Later => {}
             }
         }
-        metrics::counter!(m::DELTAS_DELIVERED_TOTAL).increment(1);
-        self.send_json(delta).await
+        self.held.hold(message);
+        if self.held.queue.len() > MAX_HELD {
+            return self.fill_gap().await;
+        }
+        self.pump().await
+    }
+
+    /// Whether `message` can be sent now, later, or never (already sent).
+    fn readiness(&self, message: &Message) -> Ready {
+        match message {
+            Message::Event(e) if e.seq <= self.last => Ready::Never,
+            Message::Event(e) if e.seq == self.last + 1 => Ready::Now,
+            Message::Delta(d) if d.started_seq <= self.last => Ready::Now,
+            _ => Ready::Later,
+        }
+    }
+
+    /// Sends, again and again, the earliest held message that can be sent
+    /// now, dropping those already sent; closes the window once nothing
+    /// is held.
+    async fn pump(&mut self) -> Result<(), End> {
+        loop {
+            let mut next = None;
+            let mut i = 0;
+            while i < self.held.queue.len() {
+                match self.readiness(&self.held.queue[i]) {
+                    Ready::Never => {
+                        self.held.queue.remove(i);
+                    }
+                    Ready::Now => {
+                        next = self.held.queue.remove(i);
+                        break;
+                    }
+                    Ready::Later => i += 1,
+                }
+            }
+            let Some(message) = next else { break };
+            self.send_message(&message).await?;
+        }
+        if self.held.queue.is_empty() {
+            self.held.until = None;
+        }
+        Ok(())
+    }
+
+    async fn send_message(&mut self, message: &Message) -> Result<(), End> {
+        match message {
+            Message::Event(event) => {
+                let lag = (Utc::now() - event.at).to_std().unwrap_or_default();
+                metrics::histogram!(m::EVENT_DELIVERY_LAG_SECONDS).record(lag.as_secs_f64());
+                metrics::counter!(m::EVENTS_DELIVERED_TOTAL).increment(1);
+                self.send_event(event).await
+            }
+            Message::Delta(delta) => {
+                metrics::counter!(m::DELTAS_DELIVERED_TOTAL).increment(1);
+                self.send_json(delta).await
+            }
+        }
+    }
+
+    /// After the channel was (re)subscribed: what may have been missed,
+    /// from Postgres, then whatever was held behind it.
+    async fn resync(&mut self) -> Result<(), End> {
+        Box::pin(self.catch_up("resync")).await?;
+        self.pump().await
+    }
+
+    /// Reads from Postgres what the live feed did not bring within the
+    /// window (lost while Redis was away, or published before this
+    /// socket's subscription took effect): every event after the last seq
+    /// sent. Seqs are allocated under the session row lock, so every event
+    /// before a held one is committed by now and the read includes them;
+    /// then the held chunks go out. A chunk still ahead of the log is not
+    /// a chunk of this session's turns, and is dropped.
+    async fn fill_gap(&mut self) -> Result<(), End> {
+        Box::pin(self.catch_up("gap")).await?;
+        self.pump().await?;
+        self.held.queue.clear();
+        self.held.until = None;
+        Ok(())
     }
 
     async fn send_event(&mut self, event: &Event) -> Result<(), End> {

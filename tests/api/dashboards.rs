@@ -54,3 +54,65 @@ fn dashboards_and_alerts_use_only_declared_metrics() {
         "expected the dashboards to reference the metrics"
     );
 }
+
+/// Every metric the code declares is on some dashboard or in some alert:
+/// a counter nobody charts is a counter nobody reads.
+#[test]
+fn every_declared_metric_is_charted_or_alerted_on() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(&dir).expect("dashboards/") {
+        text.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
+    }
+    let used = referenced_metrics(&text);
+    let unused: Vec<&&str> = ALL
+        .iter()
+        .filter(|name| {
+            !used.contains(**name)
+                && !["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| used.contains(&format!("{name}{suffix}")))
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "declared but on no dashboard: {unused:?}"
+    );
+}
+
+/// Every template variable of a dashboard (but the data source) filters
+/// at least one of its queries.
+#[test]
+fn every_dashboard_variable_is_used() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    for entry in std::fs::read_dir(&dir).expect("dashboards/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        let exprs: Vec<&str> = dashboard["panels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .filter_map(|t| t["expr"].as_str())
+            .collect();
+        for variable in dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = variable["name"].as_str().expect("name");
+            if variable["type"] == "datasource" {
+                continue;
+            }
+            assert!(
+                exprs.iter().any(|e| e.contains(&format!("${name}"))),
+                "{}: ${name} is defined and used by no query",
+                path.display()
+            );
+        }
+    }
+}

@@ -578,3 +578,64 @@ async fn pausing_turns_holds_every_session_until_resumed() {
     assert_eq!(turns[0]["status"], "completed");
     worker.stop().await;
 }
+
+/// A run's queue wait is counted from when the job became due, on the
+/// database's clock: a job scheduled ahead and claimed when due waited
+/// almost nothing (it used to read as its whole time in the table); one
+/// due a while back waited that long.
+#[tokio::test]
+async fn a_runs_wait_counts_from_when_it_became_due() {
+    use questboard_core::jobs::{self, Job as _, plain};
+    use questboard_workers::jobs::reconcile::Reconcile;
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let ahead = chrono::Utc::now() + chrono::TimeDelta::seconds(2);
+    let scheduled = jobs::enqueue(
+        &mut conn,
+        &Reconcile::default(),
+        &jobs::Options {
+            run_at: Some(ahead),
+            ..jobs::Options::default()
+        },
+    )
+    .await
+    .expect("enqueue");
+    drop(conn);
+    let want = plain::Want {
+        kind: Reconcile::SPEC.kind,
+        queue: Reconcile::SPEC.queue,
+        limit: 1,
+    };
+    let ttl = Duration::from_secs(30);
+    let claimed = loop {
+        let claimed = plain::claim(&app.db.pool, "test", ttl, std::slice::from_ref(&want))
+            .await
+            .expect("claim");
+        if let Some(job) = claimed.into_iter().next() {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(claimed.id, scheduled.id);
+    assert!(
+        claimed.waited < Duration::from_secs(1),
+        "a job claimed when due waited {:?}",
+        claimed.waited
+    );
+    // One due three seconds ago (backdated as a retry's time would be).
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let late = jobs::enqueue(&mut conn, &Reconcile::default(), &jobs::Options::default())
+        .await
+        .expect("enqueue");
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() - interval '3 seconds' WHERE id = $1")
+        .bind(&late.id)
+        .execute(&mut *conn)
+        .await
+        .expect("backdate");
+    let claimed = plain::claim(&app.db.pool, "test", ttl, std::slice::from_ref(&want))
+        .await
+        .expect("claim");
+    let job = claimed.first().expect("the late job");
+    assert_eq!(job.id, late.id);
+    assert!(job.waited >= Duration::from_secs(3), "{:?}", job.waited);
+}

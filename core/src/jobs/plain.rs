@@ -54,6 +54,9 @@ pub struct Claimed {
     pub max_attempts: i32,
     /// Its session, if it has one.
     pub session: Option<Uuid>,
+    /// How long it waited since it became due (`run_at`: its scheduled
+    /// time, or its retry's), on the database's clock.
+    pub waited: Duration,
     /// The job lease.
     pub lease: Lease,
     /// An operator asked it to stop before this run started.
@@ -94,16 +97,17 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
              WHERE j.ctid = ANY (ARRAY(
                  SELECT d.ctid FROM due d WHERE d.id IN (SELECT key FROM acquired)))
              RETURNING j.id, j.job_type, j.job, j.attempts, j.max_attempts,
-                       j.metadata -> 'session_id' AS session_id
+                       j.metadata -> 'session_id' AS session_id,
+                       greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS waited
          )
          SELECT 'job' AS row, s.id, s.job_type, s.job, s.attempts, s.max_attempts, s.session_id,
-                NULL::bigint AS token, NULL::timestamptz AS expires_at,
+                s.waited, NULL::bigint AS token, NULL::timestamptz AS expires_at,
                 EXISTS (SELECT 1 FROM job_runs r
                         WHERE r.job_id = s.id AND r.cancel_requested_at IS NOT NULL)
                     AS cancel_requested
          FROM started s
          UNION ALL
-         SELECT 'lease', a.key, NULL, NULL, NULL, NULL, NULL, a.token, a.expires_at, NULL
+         SELECT 'lease', a.key, NULL, NULL, NULL, NULL, NULL, NULL, a.token, a.expires_at, NULL
          FROM acquired a",
         acquire = leases::acquire_each("'job'", "(SELECT id AS key FROM due)", "$4", "$5"),
     )
@@ -118,6 +122,7 @@ struct ClaimRow {
     attempts: Option<i32>,
     max_attempts: Option<i32>,
     session_id: Option<String>,
+    waited: Option<f64>,
     token: Option<i64>,
     expires_at: Option<DateTime<Utc>>,
     cancel_requested: Option<bool>,
@@ -174,6 +179,7 @@ pub async fn claim(
                 attempt: r.attempts?,
                 max_attempts: r.max_attempts?,
                 session: r.session_id.and_then(|s| s.parse().ok()),
+                waited: Duration::from_secs_f64(r.waited.unwrap_or(0.0).max(0.0)),
                 cancel_requested: r.cancel_requested.unwrap_or(false),
             })
         })

@@ -41,15 +41,13 @@ pub fn refusal(turn: &Pending, archived: bool) -> Option<Settle> {
     })
 }
 
-/// Counts a started run (and, for a first attempt, how long the turn waited).
-pub fn started(turn: &Pending, attempt: i32) {
+/// Counts a started run and how long it waited since it was due (its
+/// submission, or its retry's time).
+pub fn started(turn: &Pending) {
     metrics::counter!(m::JOBS_STARTED_TOTAL, "kind" => KIND).increment(1);
-    if attempt == 1 {
-        let waited = (chrono::Utc::now() - turn.created_at)
-            .to_std()
-            .unwrap_or_default();
-        metrics::histogram!(m::JOB_QUEUE_WAIT_SECONDS, "kind" => KIND).record(waited.as_secs_f64());
-    }
+    let due = turn.run_at.max(turn.created_at);
+    let waited = (chrono::Utc::now() - due).to_std().unwrap_or_default();
+    metrics::histogram!(m::JOB_QUEUE_WAIT_SECONDS, "kind" => KIND).record(waited.as_secs_f64());
 }
 
 /// What the model is asked for `turn`: the system prompt, the session's

@@ -373,17 +373,12 @@ fn stop(running: &Running, id: &str) {
     }
 }
 
+/// Counts a started run and how long it waited since it was due: a job
+/// scheduled ahead or a retry waiting out its backoff is not late.
 fn started(spec: &JobSpec, job: &Claimed) {
     metrics::counter!(m::JOBS_STARTED_TOTAL, "kind" => spec.kind).increment(1);
-    if job.attempt == 1
-        && let Ok(id) = ulid::Ulid::from_string(&job.id)
-    {
-        let created = id.datetime();
-        if let Ok(waited) = std::time::SystemTime::now().duration_since(created) {
-            metrics::histogram!(m::JOB_QUEUE_WAIT_SECONDS, "kind" => spec.kind)
-                .record(waited.as_secs_f64());
-        }
-    }
+    metrics::histogram!(m::JOB_QUEUE_WAIT_SECONDS, "kind" => spec.kind)
+        .record(job.waited.as_secs_f64());
 }
 
 /// How a run ends, from what its handler returned (None: interrupted at

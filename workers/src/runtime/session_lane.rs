@@ -392,7 +392,7 @@ impl Drain {
                     }
                 };
                 gate.open(attempt, started_seq);
-                turn::started(&turn, attempt);
+                turn::started(&turn);
                 match early {
                     Some(settle) => settle,
                     None => run.await,
