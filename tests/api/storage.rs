@@ -209,3 +209,43 @@ async fn s3_compatible_storage() {
         .expect("text");
     assert!(listing.contains("<Key>tenant-a/sessions/"), "{listing}");
 }
+
+/// Google Cloud Storage (the design documents' Cloud Run deployment),
+/// against the GCS emulator: the same checks as every backend.
+#[tokio::test]
+async fn gcs_storage() {
+    let Some(storage) = crate::helpers::gcs_test_storage("gcs_storage", "tenant-g").await else {
+        return;
+    };
+    storage.check().await.expect("gcs reachable");
+    exercise(&storage).await;
+    // The URL's prefix is applied: objects land under tenant-g/sessions/...
+    let endpoint = std::env::var("QB_TEST_GCS_ENDPOINT").expect("endpoint");
+    let bucket = storage
+        .describe()
+        .trim_start_matches("gs://")
+        .split('/')
+        .next()
+        .expect("bucket")
+        .to_owned();
+    let a = storage
+        .session(&storage_prefix_for(uuid::Uuid::now_v7()))
+        .expect("session");
+    a.put(
+        Area::Data,
+        "x.json",
+        Bytes::from_static(b"{}"),
+        "application/json",
+    )
+    .await
+    .expect("put");
+    let listing = reqwest::Client::new()
+        .get(format!("{endpoint}/storage/v1/b/{bucket}/o"))
+        .send()
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("text");
+    assert!(listing.contains("tenant-g/sessions/"), "{listing}");
+}
