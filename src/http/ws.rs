@@ -8,15 +8,17 @@
 //!
 //! On connect the socket first subscribes to the session's channel, then
 //! sends every stored event with `seq > after_seq` in order, then live
-//! events, with no gap and no duplicate: an event whose seq is not the next
-//! one is preceded by the missing ones read from Postgres, and seqs already
-//! sent are skipped. An `after_seq` past the session's newest event is read
+//! events, with no gap and no duplicate: a live event whose seq is not the
+//! next one waits up to [`REORDER_WINDOW`] for the ones before it (events
+//! are published by whichever task committed them, so they arrive a little
+//! out of order), and what has not come by then is read from Postgres;
+//! seqs already sent are skipped. An `after_seq` past the session's newest event is read
 //! as the newest: a client cannot skip events it has not seen.
 //!
 //! `turn.delta` chunks carry their attempt and the seq of that attempt's
 //! `turn.started` (`started_seq`); a chunk is sent only after every event up
-//! to `started_seq` (read from Postgres first when the live feed has not
-//! brought them), so a chunk never overtakes the events before it.
+//! to `started_seq` (held with them, in arrival order), so a chunk never
+//! overtakes the events before it.
 //!
 //! **Access ends with membership.** A socket closes with 4003 once it has
 //! sent the event that ends its user's access: `member.removed` or

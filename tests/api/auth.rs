@@ -343,3 +343,24 @@ async fn two_authorization_headers_are_refused_in_either_order() {
         assert_eq!(app.ws_request(request).await.err(), Some(400));
     }
 }
+
+/// The value of one series in a Prometheus text exposition (0 if absent).
+fn series_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A request without a token is a refused caller like any other: counted
+/// in `auth_failures_total{reason="missing"}` (it was not).
+#[tokio::test]
+async fn a_missing_token_is_counted_as_an_auth_failure() {
+    let app = TestApp::spawn().await;
+    let series = "questboard_auth_failures_total{reason=\"missing\"}";
+    let before = series_value(&app.metrics().await, series);
+    let resp = app.call(Method::GET, "/api/sessions", None, None).await;
+    assert_eq!(resp.status, 401);
+    let after = series_value(&app.metrics().await, series);
+    assert!(after > before, "{series}: {before} -> {after}");
+}
