@@ -359,6 +359,8 @@ impl Leadership {
         holder: String,
         ttl: Duration,
     ) -> Self {
+        // From 0: the first change of leader is then an increase.
+        metrics::counter!(crate::metrics::LEADER_CHANGES_TOTAL, "scope" => scope).increment(0);
         let (tx, rx) = tokio::sync::watch::channel(None);
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(lead(pool, scope, key, holder, ttl, tx, stopped));

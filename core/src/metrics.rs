@@ -664,7 +664,8 @@ const STORAGE_OPERATIONS: &[&str] = &["put", "read", "head", "delete", "upload",
 /// fenced write) shows no `increase()` and the alert written for exactly
 /// that event never fires, again after every restart. Counters labelled by
 /// what clients send (routes, reasons) are registered where those are
-/// known (the API's own list).
+/// known (the API's own list), leader changes where a leadership starts
+/// (`leases::Leadership::start`).
 pub fn register_known(known: &Known<'_>) {
     for name in UNLABELLED {
         metrics::counter!(*name).increment(0);
