@@ -182,10 +182,8 @@ pub async fn create_session(
     tracing::info!(session_id = %created.session.id, owner = %user, "session created");
     // The manifest makes the session's storage prefix exist. Storage being
     // down must not stop play: `reconcile --repair` writes missing ones.
-    let manifest = questboard_workers::jobs::reconcile::manifest(
-        created.session.id,
-        created.session.created_at,
-    );
+    let manifest =
+        questboard_core::storage::manifest(created.session.id, created.session.created_at);
     let written = match state.storage.session(&created.session.storage_prefix) {
         Ok(files) => files.put_manifest(&manifest).await,
         Err(err) => Err(err),

@@ -816,7 +816,7 @@ async fn operators_start_and_follow_imports_over_the_admin_api() {
     assert!(
         job["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("not a directory")),
+            .is_some_and(|e| e.contains("source_not_found")),
         "{job:#}"
     );
     assert!(!gone.exists(), "the missing root was created");

@@ -12,7 +12,8 @@ use questboard_core::identity::UserId;
 use questboard_core::jobs;
 use questboard_core::sessions::{self, SessionName};
 use questboard_core::storage::Storage;
-use questboard_workers::jobs::reconcile::{Reconcile, manifest};
+use questboard_core::storage::manifest;
+use questboard_workers::jobs::reconcile::Reconcile;
 use serde_json::Value;
 use uuid::Uuid;
 

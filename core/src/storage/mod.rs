@@ -47,6 +47,13 @@ pub use local::SymbolicLink;
 
 /// The name of a session's manifest, at the root of its prefix.
 pub const MANIFEST: &str = "session.json";
+
+/// A session's manifest (`session.json`): what makes its prefix exist on
+/// stores without directories. No names or user ids: only the session's
+/// id, when it was created and the layout's version.
+pub fn manifest(session_id: uuid::Uuid, created_at: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({ "session_id": session_id, "created_at": created_at, "layout": 1 })
+}
 /// Where job reports go.
 pub const REPORTS: &str = "reports";
 
@@ -195,10 +202,8 @@ impl Storage {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
         } else if !dir.is_dir() {
-            return Err(Error::Config(format!(
-                "{} is not a directory",
-                dir.display()
-            )));
+            // A tree to read that is not there.
+            return Err(Error::NotFound);
         }
         let store = local::NoFollow::new(&dir)
             .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;

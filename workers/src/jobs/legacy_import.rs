@@ -575,7 +575,7 @@ impl Importer<'_> {
             .storage
             .session(&campaign.storage_prefix)
             .map_err(JobError::fatal)?;
-        let mut manifest = super::reconcile::manifest(campaign.session_id, chrono::Utc::now());
+        let mut manifest = storage::manifest(campaign.session_id, chrono::Utc::now());
         manifest["legacy_path"] = json!(format!("{}/{}", campaign.env, campaign.folder));
         files.put_manifest(&manifest).await.map_err(store_error)
     }

@@ -316,7 +316,7 @@ impl Reconciler<'_> {
                 if self.repair {
                     let files = storage.session(&prefix).map_err(JobError::fatal)?;
                     files
-                        .put_manifest(&manifest(id, created))
+                        .put_manifest(&storage::manifest(id, created))
                         .await
                         .map_err(|e| JobError::retryable(format!("writing a manifest: {e}")))?;
                     self.found.manifests_written += 1;
@@ -404,11 +404,6 @@ impl Reconciler<'_> {
         self.run.checkpoint()?;
         Ok(())
     }
-}
-
-/// The manifest of a session: what makes its prefix exist.
-pub fn manifest(id: Uuid, created_at: DateTime<Utc>) -> Value {
-    json!({ "session_id": id, "created_at": created_at, "layout": 1 })
 }
 
 impl Handler for Reconcile {
