@@ -497,7 +497,6 @@ async fn migrate(
 ) -> anyhow::Result<()> {
     use questboard_core::asset_migration as am;
     use questboard_core::jobs::Job as _;
-    use questboard_workers::jobs::asset_migration::{self, MigrateAssets};
     let (run_id, job_id, rollback, no_wait, output) = match command {
         MigrateCommand::Show { run } => {
             let record = am::get_run(pool, run).await?;
@@ -553,7 +552,7 @@ async fn migrate(
                 min_sample: args.min_sample,
                 batch: args.batch,
             };
-            let started = asset_migration::start(
+            let started = am::start(
                 pool,
                 &config.source_allowlist()?,
                 &args.source,
@@ -573,16 +572,16 @@ async fn migrate(
             (record.id, started.job_id, false, args.no_wait, args.output)
         }
         MigrateCommand::Rollback { run, no_wait } => {
-            let started = asset_migration::start_rollback(pool, run, &operator()).await?;
+            let started = am::start_rollback(pool, run, &operator()).await?;
             (run, started.job_id, true, no_wait, None)
         }
         MigrateCommand::Resume { run, no_wait } => {
-            let started = asset_migration::resume(pool, run, &operator()).await?;
+            let started = am::resume(pool, run, &operator()).await?;
             let rollback = started.run.status == "rolling_back";
             (run, started.job_id, rollback, no_wait, None)
         }
     };
-    wake.announce(MigrateAssets::SPEC.kind);
+    wake.announce(am::MigrateAssets::SPEC.kind);
     if no_wait {
         println!("{run_id} {job_id}");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -101,7 +101,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
                             tables: vec![SourceTable::named(table, kind)],
                             ..Options::default()
                         };
-                        let started = questboard_workers::jobs::asset_migration::start(
+                        let started = questboard_core::asset_migration::start(
                             &scratch.pool,
                             &questboard_core::sources::Allowlist::any(),
                             &source.url,
@@ -209,7 +209,7 @@ async fn legacy(
             let env: Vec<(&str, &str)> =
                 env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let worker = Processes::worker_with(scratch, config, "legacy_import", &env)?;
-            let started = questboard_workers::jobs::legacy_import::start(
+            let started = questboard_core::legacy_import::start(
                 &scratch.pool,
                 &questboard_core::sources::Allowlist::any(),
                 &source,

@@ -10,7 +10,6 @@ use questboard_core::jobs::{Job as _, JobStatus};
 use questboard_core::legacy_import as li;
 use questboard_core::wakeups::Publisher;
 use questboard_workers::jobs::Registry;
-use questboard_workers::jobs::legacy_import::{self, ImportLegacy};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -110,7 +109,7 @@ pub async fn run(
     let options = li::Options {
         max_file_bytes: args.max_file_bytes,
     };
-    let started = legacy_import::start(
+    let started = li::start(
         pool,
         &config.source_allowlist()?,
         &args.source,
@@ -120,7 +119,7 @@ pub async fn run(
         &operator(),
     )
     .await?;
-    wake.announce(ImportLegacy::SPEC.kind);
+    wake.announce(li::ImportLegacy::SPEC.kind);
     let (run_id, job_id) = (started.run.id, started.job_id);
     if args.no_wait {
         println!("{run_id} {job_id}");

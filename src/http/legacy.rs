@@ -19,7 +19,6 @@ use questboard_core::jobs::Job as _;
 use questboard_core::legacy_import as li;
 use questboard_core::media;
 use questboard_core::metrics as m;
-use questboard_workers::jobs::legacy_import::{self, ImportLegacy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -200,7 +199,7 @@ pub async fn start_import(
         max_file_bytes: input.max_file_bytes.unwrap_or(li::DEFAULT_MAX_FILE_BYTES),
     };
     let by = format!("api:{}", operator.as_str());
-    let started = legacy_import::start(
+    let started = li::start(
         &state.pool,
         &state.sources,
         &input.source_url,
@@ -211,7 +210,7 @@ pub async fn start_import(
     )
     .await?;
     tracing::info!(run_id = %started.run.id, by, dry_run = input.dry_run, "legacy import started");
-    state.wake.announce(ImportLegacy::SPEC.kind);
+    state.wake.announce(li::ImportLegacy::SPEC.kind);
     Ok((
         StatusCode::ACCEPTED,
         Json(ImportStarted {

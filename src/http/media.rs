@@ -28,13 +28,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
-use questboard_core::media::{
-    self, Media, MediaKind, MediaSource, MediaStatus, Sniffer, StoredObject,
-};
+use questboard_core::media::{self, Media, MediaKind, MediaSource, MediaStatus, StoredObject};
 use questboard_core::metrics as m;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -273,10 +269,11 @@ pub async fn upload_version(
     Ok(Json(MediaView::from(item)).into_response())
 }
 
-/// Streams an upload's body to storage: checks its declared length and
-/// type first, then counts, hashes and sniffs every chunk on its way; past
-/// the limit, or when the bytes turn out to be something else, the upload
-/// is aborted and nothing is stored.
+/// Streams an upload's body to storage through the one ingest path
+/// ([`media::Ingest`]): its declared length and type first, then every
+/// chunk counted, hashed and sniffed on its way; past the limit, or when
+/// the bytes turn out to be something else, the upload is aborted and
+/// nothing is stored.
 async fn receive(
     state: &AppState,
     storage_prefix: &str,
@@ -286,69 +283,34 @@ async fn receive(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<StoredObject> {
-    let limit = state.media.of(kind).unwrap_or_default();
     let declared_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let allowed = || {
-        kind.content_types()
-            .iter()
-            .map(|(ty, _)| *ty)
-            .collect::<Vec<_>>()
-            .join(" or ")
-    };
-    let (Some(ext), Some(mut sniffer)) = (
-        kind.extension_for(&declared_type),
-        Sniffer::new(&declared_type),
-    ) else {
-        return Err(Error::MediaTypeRefused(format!(
-            "a {} must be {}",
-            kind.as_str(),
-            allowed()
-        )));
-    };
+        .unwrap_or_default();
     let declared_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|n| n > limit) {
-        return Err(Error::PayloadTooLarge(limit as usize));
-    }
-    let content_type = kind.content_type_of(ext).unwrap_or_default();
     let files = state.storage.session(storage_prefix)?;
-    let name = media::object_name(id, version, ext);
-    let mut upload = files.begin_upload(kind.area(), &name, content_type).await?;
-    let mut hasher = Sha256::new();
-    let mut stream = body.into_data_stream();
-    let outcome: Result<()> = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(body_error)?;
-            if upload.written() + chunk.len() as u64 > limit {
-                return Err(Error::PayloadTooLarge(limit as usize));
-            }
-            sniffer.feed(&chunk)?;
-            hasher.update(&chunk);
-            upload.write(chunk).await?;
-        }
-        sniffer.finish()?;
-        Ok(())
-    }
-    .await;
-    if let Err(err) = outcome {
-        let _ = upload.abort().await;
-        return Err(err);
-    }
-    let key = upload.key().to_owned();
-    let byte_size = upload.finish().await?;
-    metrics::counter!(m::MEDIA_UPLOADED_BYTES_TOTAL, "kind" => kind.as_str()).increment(byte_size);
-    Ok(StoredObject {
-        storage_key: key,
-        content_type: content_type.to_owned(),
-        byte_size,
-        sha256: hasher.finalize().into(),
-    })
+    let ingest = media::Ingest {
+        files: &files,
+        kind,
+        id,
+        version,
+        content_type: declared_type,
+        limit: state.media.of(kind).unwrap_or_default(),
+    };
+    let object = ingest
+        .store_stream(declared_length, body.into_data_stream())
+        .await
+        .map_err(|err| match err {
+            media::ingest::Error::Refused(refusal) => refusal.into(),
+            media::ingest::Error::Body(err) => body_error(err),
+            media::ingest::Error::Storage(err) => err.into(),
+        })?;
+    metrics::counter!(m::MEDIA_UPLOADED_BYTES_TOTAL, "kind" => kind.as_str())
+        .increment(object.byte_size);
+    Ok(object)
 }
 
 /// What a body that failed to arrive becomes: 408 when it stopped
@@ -1037,6 +999,16 @@ fn parse_range(spec: &str, size: u64) -> RangeAsk {
             }
         }
         _ => RangeAsk::Whole,
+    }
+}
+
+impl From<media::Refusal> for Error {
+    fn from(refusal: media::Refusal) -> Self {
+        match refusal {
+            media::Refusal::UnsupportedType { .. } => Error::MediaTypeRefused(refusal.to_string()),
+            media::Refusal::TooLarge { limit } => Error::PayloadTooLarge(limit as usize),
+            media::Refusal::Disguised(_) => Error::Unprocessable(refusal.to_string()),
+        }
     }
 }
 

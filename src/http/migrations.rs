@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use questboard_core::asset_migration::{self as am, SourceTable};
 use questboard_core::jobs::Job as _;
 use questboard_core::media;
-use questboard_workers::jobs::asset_migration::{self, MigrateAssets};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -131,11 +130,8 @@ pub struct MigrationView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-fn started(
-    state: &AppState,
-    started: asset_migration::Started,
-) -> (StatusCode, Json<MigrationStarted>) {
-    state.wake.announce(MigrateAssets::SPEC.kind);
+fn started(state: &AppState, started: am::Started) -> (StatusCode, Json<MigrationStarted>) {
+    state.wake.announce(am::MigrateAssets::SPEC.kind);
     (
         StatusCode::ACCEPTED,
         Json(MigrationStarted {
@@ -183,7 +179,7 @@ pub async fn start_migration(
         mapping.push((line.campaign_id, line.session_id));
     }
     let by = format!("api:{}", operator.as_str());
-    let run = asset_migration::start(
+    let run = am::start(
         &state.pool,
         &state.sources,
         &input.source_url,
@@ -243,7 +239,7 @@ pub async fn roll_back_migration(
     Path(run_id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<MigrationStarted>)> {
     let by = format!("api:{}", operator.as_str());
-    let run = asset_migration::start_rollback(&state.pool, run_id, &by).await?;
+    let run = am::start_rollback(&state.pool, run_id, &by).await?;
     tracing::info!(%run_id, by, "asset migration rollback started");
     Ok(started(&state, run))
 }

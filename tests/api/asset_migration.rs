@@ -774,7 +774,7 @@ async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
         .expect("running");
     {
         let mut conn = app.db.pool.acquire().await.expect("conn");
-        let job = questboard_workers::jobs::asset_migration::MigrateAssets {
+        let job = questboard_core::asset_migration::MigrateAssets {
             run_id: run_uuid,
             rollback: false,
         };

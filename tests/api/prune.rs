@@ -228,6 +228,17 @@ async fn prune_removes_exactly_what_is_past_retention() {
             .await;
     }
     exec(&pool, &format!("UPDATE campaign_sessions SET updated_at = now() - interval '400 days' WHERE id = '{doomed}'")).await;
+    // Its jobs: its turns' (reached through the turn rows) and any other
+    // that names it.
+    let doomed_jobs = ids(
+        &pool,
+        &format!(
+            "SELECT job_id FROM turns WHERE session_id = '{doomed}'
+             UNION SELECT id FROM apalis.jobs WHERE metadata -> 'session_id' = '{doomed}'"
+        ),
+    )
+    .await;
+    assert_eq!(doomed_jobs.len(), 2, "its two turns' jobs: {doomed_jobs:?}");
     exec(&pool, &format!("UPDATE campaign_sessions SET updated_at = now() - interval '10 days' WHERE id = '{kept}'")).await;
     exec(&pool, &format!("UPDATE campaign_sessions SET last_active_at = now() - interval '100 days' WHERE id = '{idle}'")).await;
 
@@ -410,13 +421,11 @@ async fn prune_removes_exactly_what_is_past_retention() {
         .expect("count");
         assert_eq!(left, 0, "{table} still has rows of the deleted session");
     }
-    let turn_jobs: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE metadata -> 'session_id' = $1")
-            .bind(&doomed)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-    assert_eq!(turn_jobs, 0, "the deleted session's jobs are gone");
+    let jobs_left = ids(&pool, "SELECT id FROM apalis.jobs").await;
+    assert!(
+        doomed_jobs.is_disjoint(&jobs_left),
+        "the deleted session's jobs are gone"
+    );
     assert_eq!(count_objects(&dir, &doomed_prefix), 0, "its files are gone");
     assert_eq!(count_objects(&dir, &kept_prefix), 2);
     app.get("alice", &format!("/api/sessions/{kept}"))

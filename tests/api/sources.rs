@@ -101,7 +101,7 @@ async fn only_allowed_sources_are_used_and_a_url_cannot_redirect_itself() {
         )
         .await
         .expect("run");
-        let job = questboard_workers::jobs::asset_migration::MigrateAssets {
+        let job = questboard_core::asset_migration::MigrateAssets {
             run_id: run.id,
             rollback: false,
         };

@@ -68,7 +68,7 @@ pub async fn queue_stats(pool: &PgPool, specs: &[JobSpec]) -> Result<Vec<QueueSt
     .fetch_all(pool)
     .await?;
     let paused: Vec<String> = paused_kinds(pool).await?;
-    // Turns: a running turn's job row stays Pending; the sessions being
+    // Session-serial kinds (turns): a running job's row stays Pending; the sessions being
     // worked on are the held session leases, and the oldest wait is the
     // longest a runnable session has been in line.
     let (sessions_held, oldest_session): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
@@ -166,15 +166,13 @@ pub struct ListFilter {
 /// A page of jobs, newest first, and the cursor of the next page.
 pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<(Vec<JobRecord>, Option<String>)> {
     let status = filter.status.map_or("true", JobStatus::condition);
-    let turn_queue = <crate::turns::TurnJob as super::Job>::SPEC.queue;
     let mut rows: Vec<JobRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{RECORD_SELECT}
          WHERE ($1::text IS NULL OR j.job_type = $1)
            AND {status}
            AND ($2::uuid IS NULL
-                OR j.id IN (SELECT t2.job_id FROM turns t2 WHERE t2.session_id = $2)
-                OR (j.job_type <> '{turn_queue}' AND j.metadata ? 'session_id'
-                    AND (j.metadata -> 'session_id') = $2::text))
+                OR j.id IN (SELECT s.job_id FROM serial_job_state s WHERE s.session_id = $2)
+                OR (j.metadata ? 'session_id' AND (j.metadata -> 'session_id') = $2::text))
            AND ($3::text IS NULL OR j.id < $3)
          ORDER BY j.id DESC
          LIMIT $4"
@@ -392,21 +390,20 @@ pub async fn prune_finished(
 }
 
 /// Deletes up to `limit` jobs of a session being deleted, other than its
-/// turns' (see `turns::delete_session_chunk`). Returns how many went.
+/// session-serial ones (their own rows go with them, see
+/// `turns::delete_session_chunk`). Returns how many went.
 pub async fn delete_session_jobs_chunk(pool: &PgPool, session: Uuid, limit: i64) -> Result<u64> {
-    let turn_queue = <crate::turns::TurnJob as super::Job>::SPEC.queue;
-    let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let (count,): (i64,) = sqlx::query_as(
         "WITH doomed AS (
              SELECT id FROM apalis.jobs
-             WHERE job_type <> '{turn_queue}' AND metadata ? 'session_id'
-               AND (metadata -> 'session_id') = $1::text
+             WHERE metadata ? 'session_id' AND (metadata -> 'session_id') = $1::text
              LIMIT $2
          ),
          gone AS (
              DELETE FROM apalis.jobs j USING doomed d WHERE j.id = d.id RETURNING j.id
          )
-         SELECT count(*) FROM gone"
-    )))
+         SELECT count(*) FROM gone",
+    )
     .bind(session)
     .bind(limit)
     .fetch_one(pool)

@@ -567,15 +567,15 @@ impl JobRecord {
     }
 }
 
-/// The columns of [`JobRecord`], from `apalis.jobs j` joined with the turn
-/// it processes (`t`), its `job_runs` row (`r`) and its live job lease
-/// (`l`). While a turn runs its live state is on the turn row, which a
-/// worker updates anyway (status, attempts, run_at, started_at), so
-/// starting a run costs one write instead of two; the job row is written
-/// at enqueue and settle.
+/// The columns of [`JobRecord`], from `apalis.jobs j` joined with the live
+/// state of a session-serial job (`t`, the `serial_job_state` view: a
+/// running turn's status, attempts and times are on its turn row, which a
+/// worker updates anyway, so starting a run costs one write instead of
+/// two; the job row is written at enqueue and settle), its `job_runs` row
+/// (`r`) and its live job lease (`l`).
 pub(crate) const RECORD_SELECT: &str = "
     SELECT j.id, j.job_type,
-           CASE WHEN t.status = 'running' THEN 'Running' ELSE j.status END AS status,
+           CASE WHEN t.running THEN 'Running' ELSE j.status END AS status,
            coalesce(t.attempts, j.attempts) AS attempts,
            coalesce(t.max_attempts, j.max_attempts) AS max_attempts,
            coalesce(t.run_at, j.run_at) AS run_at,
@@ -592,7 +592,7 @@ pub(crate) const RECORD_SELECT: &str = "
            l.holder AS lease_holder, l.expires_at AS lease_expires_at,
            hstore_to_json(j.metadata - 'session_id'::text)::jsonb AS metadata
     FROM apalis.jobs j
-    LEFT JOIN turns t ON t.job_id = j.id
+    LEFT JOIN serial_job_state t ON t.job_id = j.id
     LEFT JOIN job_runs r ON r.job_id = j.id
     LEFT JOIN leases l ON l.scope = 'job' AND l.key = j.id AND l.holder IS NOT NULL
                       AND l.expires_at > clock_timestamp()";
@@ -627,35 +627,36 @@ pub mod sql {
     use super::JobSpec;
 
     /// Inserts a Pending job of kind `spec` for each row of the CTE
-    /// `source`, as apalis-postgres's own `push_tasks` would (same columns,
-    /// the session in the `metadata` hstore), but in the caller's statement
-    /// and with `run_at` on the database clock. The other arguments are
-    /// SQL expressions: the ULID id, the JSON payload (bytea), the attempt
-    /// budget and the session id.
+    /// `source`, as apalis-postgres's own `push_tasks` would (same
+    /// columns), but in the caller's statement and with `run_at` on the
+    /// database clock. For session-serial kinds, whose rows carry the
+    /// session (see `serial_job_state`), so the metadata stays empty. The
+    /// other arguments are SQL expressions: the ULID id, the JSON payload
+    /// (bytea) and the attempt budget.
     pub fn insert_pending(
         spec: &JobSpec,
         source: &str,
         id: &str,
         payload: &str,
         max_attempts: &str,
-        session: &str,
     ) -> String {
         format!(
             "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
                                       priority, metadata)
              SELECT {id}, '{queue}', {payload}, 'Pending', 0, {max_attempts}, now(), {priority},
-                    hstore('session_id', ({session})::text)
+                    ''::hstore
              FROM {source}",
             queue = spec.queue,
             priority = spec.priority,
         )
     }
 
-    /// Settles the current run of each turn job named by `source`, a
+    /// Settles the current run of each session-serial job (turns) named
+    /// by `source`, a
     /// subquery with columns `job_id`, `kind` (`completed`, `failed`,
     /// `retrying`, `requeued`), `text` (the reply, or the error),
     /// `retry_at` (for `retrying`) and `attempts` (runs started so far,
-    /// counted by the turn row while it runs, see [`fetch`](super::fetch)):
+    /// counted by its own row while it runs, see [`fetch`](super::fetch)):
     /// - `completed`: Done, with `{"Ok": {"chars": n}}`;
     /// - `failed`: Killed (failed for good), with `{"Err": text}`;
     /// - `retrying`: Failed with attempts left, to run again at `retry_at`

@@ -18,6 +18,7 @@
 //! says ([`Sniffer`]).
 
 pub mod generation;
+pub mod ingest;
 pub mod links;
 pub mod sniff;
 
@@ -32,6 +33,7 @@ use crate::sessions::{self, Role, SessionStatus};
 use crate::storage::Area;
 
 pub use generation::{GenerateMedia, MAX_IMAGES_PER_REPLY, ask_for_turn_images};
+pub use ingest::{Ingest, Refusal};
 pub use links::LinkSigner;
 pub use sniff::Sniffer;
 

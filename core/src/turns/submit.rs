@@ -123,7 +123,7 @@ static SUBMIT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          SELECT turn.seq, turn.created_at, event.seq AS event_seq, event.at AS event_at,
                 event.data AS event_data
          FROM turn, event",
-        job = jobs::sql::insert_pending(&TurnJob::SPEC, "s", "$5", "$7", "$8", "$1"),
+        job = jobs::sql::insert_pending(&TurnJob::SPEC, "s", "$5", "$7", "$8"),
     )
 });
 
@@ -532,8 +532,7 @@ static SUBMIT_MANY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
             "n",
             "n.job_id",
             "n.payload",
-            "n.max_attempts",
-            "n.session_id"
+            "n.max_attempts"
         ),
     )
 });

@@ -21,131 +21,20 @@
 //! deletes the run's objects and media rows.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::TryStreamExt as _;
-use questboard_core::asset_migration::{self as am, Item, Run, Source, SourceAsset, Table};
-use questboard_core::jobs::{Backoff, Job, JobSpec};
+use questboard_core::asset_migration::{
+    self as am, Item, MigrateAssets, Run, Source, SourceAsset, Table,
+};
 use questboard_core::media;
 use questboard_core::metrics as m;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::{Handler, JobContext, JobError, JobRun};
-
-/// The payload: which run, and whether to roll it back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MigrateAssets {
-    /// The run (`asset_migration_runs`), made by `questboard admin
-    /// migrate-assets run` or `POST /api/admin/migrations/assets`.
-    pub run_id: Uuid,
-    /// Put back what the run moved.
-    #[serde(default)]
-    pub rollback: bool,
-}
-
-impl Job for MigrateAssets {
-    const SPEC: JobSpec = JobSpec {
-        kind: "asset_migration",
-        queue: "questboard.asset_migration",
-        max_attempts: 10,
-        backoff: Backoff::exponential(Duration::from_secs(10)),
-        timeout: Duration::from_secs(24 * 3600),
-        concurrency: 1,
-        ..JobSpec::DEFAULTS
-    };
-}
-
-/// A started run or rollback: the run and the job that does it.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The run.
-    pub run: Run,
-    /// Its job (an earlier one still queued or running, when asked again).
-    pub job_id: String,
-}
-
-/// One job at a time per run and direction: while a run's job is queued
-/// or running (or its worker died and it waits to be rescued), asking
-/// again returns that job.
-fn options_for(job: &MigrateAssets, by: &str) -> questboard_core::jobs::Options {
-    let direction = if job.rollback { "rollback" } else { "run" };
-    questboard_core::jobs::Options {
-        unique_key: Some(format!("{direction}:{}", job.run_id)),
-        metadata: vec![("enqueued_by".into(), by.to_owned())],
-        ..questboard_core::jobs::Options::default()
-    }
-}
-
-async fn enqueue_for(
-    tx: &mut sqlx::PgConnection,
-    run: Run,
-    rollback: bool,
-    by: &str,
-) -> am::Result<Started> {
-    let job = MigrateAssets {
-        run_id: run.id,
-        rollback,
-    };
-    let enqueued = questboard_core::jobs::enqueue(&mut *tx, &job, &options_for(&job, by)).await?;
-    am::set_job(&mut *tx, run.id, &enqueued.id).await?;
-    Ok(Started {
-        run,
-        job_id: enqueued.id,
-    })
-}
-
-/// Records a run (checked: options, source URL, mapping) and enqueues its
-/// job in one transaction. Announce the kind after.
-pub async fn start(
-    pool: &sqlx::PgPool,
-    allowlist: &questboard_core::sources::Allowlist,
-    source_url: &str,
-    options: &am::Options,
-    dry_run: bool,
-    mapping: &[(String, Uuid)],
-    by: &str,
-) -> am::Result<Started> {
-    let mut tx = pool.begin().await?;
-    let run = am::create_run(
-        &mut tx, allowlist, source_url, options, dry_run, mapping, by,
-    )
-    .await?;
-    let started = enqueue_for(&mut tx, run, false, by).await?;
-    tx.commit().await?;
-    Ok(started)
-}
-
-/// Marks an ended run as being rolled back and enqueues the rollback.
-pub async fn start_rollback(pool: &sqlx::PgPool, run_id: Uuid, by: &str) -> am::Result<Started> {
-    let mut tx = pool.begin().await?;
-    let run = am::begin_rollback(&mut tx, run_id).await?;
-    let started = enqueue_for(&mut tx, run, true, by).await?;
-    tx.commit().await?;
-    Ok(started)
-}
-
-/// Enqueues an unfinished run's (or rollback's) job again: after it
-/// failed for good, it resumes where it was; while it is still queued or
-/// running, that job is returned.
-pub async fn resume(pool: &sqlx::PgPool, run_id: Uuid, by: &str) -> am::Result<Started> {
-    let run = am::get_run(pool, run_id).await?;
-    if !matches!(run.status.as_str(), "running" | "rolling_back") {
-        return Err(am::Error::Conflict(format!(
-            "run {run_id} is {}; only an unfinished run resumes",
-            run.status
-        )));
-    }
-    let rollback = run.status == "rolling_back";
-    let mut tx = pool.begin().await?;
-    let started = enqueue_for(&mut tx, run, rollback, by).await?;
-    tx.commit().await?;
-    Ok(started)
-}
 
 /// Failures listed in a report (the count is always whole).
 const REPORTED_FAILURES: i64 = 10_000;
@@ -383,11 +272,30 @@ impl<'a> Migrator<'a> {
                 .fail(table, &asset.id, "the row has no bytes any more")
                 .await;
         };
-        if let Err(reason) = am::sniff(&content_type, &bytes) {
-            return self.fail(table, &asset.id, &reason).await;
-        }
+        let files = self
+            .ctx
+            .storage
+            .session(&target.storage_prefix)
+            .map_err(JobError::fatal)?;
+        // The one ingest path (type, limit, bytes, hash, put), with the
+        // migration's own words for a refusal.
+        let ingest = |id: Uuid| media::Ingest {
+            files: &files,
+            kind,
+            id,
+            version: 1,
+            content_type: &content_type,
+            limit: limits.of(kind).unwrap_or(0),
+        };
+        let refused = |refusal: media::Refusal| match refusal {
+            media::Refusal::Disguised(_) => format!("the bytes are not {content_type}"),
+            other => other.to_string(),
+        };
         let name = &table.spec().table;
         if self.record.dry_run {
+            if let Err(refusal) = ingest(Uuid::nil()).check(&bytes) {
+                return self.fail(table, &asset.id, &refused(refusal)).await;
+            }
             am::record_outcome(
                 &self.ctx.pool,
                 self.record.id,
@@ -403,11 +311,6 @@ impl<'a> Migrator<'a> {
             self.seen += 1;
             return Ok(());
         }
-        let files = self
-            .ctx
-            .storage
-            .session(&target.storage_prefix)
-            .map_err(JobError::fatal)?;
         let key_of = |media_id: Uuid| files.key(kind.area(), &media::object_name(media_id, 1, ext));
         let candidate = Uuid::now_v7();
         let item = am::claim(
@@ -422,14 +325,15 @@ impl<'a> Migrator<'a> {
         .await
         .map_err(db)?;
         // A run started again finds the id chosen the first time.
-        let object_name = media::object_name(item.media_id, 1, ext);
-        let key = key_of(item.media_id).map_err(JobError::fatal)?;
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let size = bytes.len() as u64;
-        files
-            .put(kind.area(), &object_name, Bytes::from(bytes), &content_type)
-            .await
-            .map_err(|e| JobError::retryable(format!("storage: {e}")))?;
+        let object = match ingest(item.media_id).store_bytes(Bytes::from(bytes)).await {
+            Ok(object) => object,
+            Err(media::ingest::Error::Refused(refusal)) => {
+                return self.fail(table, &asset.id, &refused(refusal)).await;
+            }
+            Err(err) => return Err(JobError::retryable(format!("storage: {err}"))),
+        };
+        let (key, sha256, size) = (object.storage_key, object.sha256, object.byte_size);
+        let stored_type = object.content_type;
         // Read it back: what storage holds must be what the source held.
         let reading = self
             .ctx
@@ -468,7 +372,7 @@ impl<'a> Migrator<'a> {
             &am::Verified {
                 session_id: target.id,
                 kind,
-                content_type: &content_type,
+                content_type: &stored_type,
                 storage_key: &key,
                 byte_size: size,
                 sha256: read_back,

@@ -18,88 +18,20 @@
 //! returned as the job's result.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use questboard_core::jobs::{Backoff, Job, JobSpec};
-use questboard_core::legacy_import::{self as li, Mapping, Placement, Problem, Run};
+use questboard_core::legacy_import::{self as li, ImportLegacy, Placement, Problem, Run};
 use questboard_core::media;
 use questboard_core::metrics as m;
 use questboard_core::sources;
 use questboard_core::storage::{self, Area, Storage};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::{Handler, JobContext, JobError, JobRun};
-
-/// The payload: which run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ImportLegacy {
-    /// The run (`legacy_import_runs`), made by `questboard admin
-    /// import-legacy run` or `POST /api/admin/imports/legacy`.
-    pub run_id: Uuid,
-}
-
-impl Job for ImportLegacy {
-    const SPEC: JobSpec = JobSpec {
-        kind: "legacy_import",
-        queue: "questboard.legacy_import",
-        max_attempts: 10,
-        backoff: Backoff::exponential(Duration::from_secs(10)),
-        timeout: Duration::from_secs(24 * 3600),
-        concurrency: 1,
-        ..JobSpec::DEFAULTS
-    };
-}
-
-/// A started run: the run and the job that does it.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The run.
-    pub run: Run,
-    /// Its job.
-    pub job_id: String,
-}
-
-/// Records a run (source, mapping and options checked) and enqueues its
-/// job in one transaction; the job's unique key (`run:<id>`) keeps one job
-/// per run at a time. Announce the kind after.
-pub async fn start(
-    pool: &sqlx::PgPool,
-    allowlist: &questboard_core::sources::Allowlist,
-    source_url: &str,
-    mapping: &Mapping,
-    options: li::Options,
-    dry_run: bool,
-    by: &str,
-) -> li::Result<Started> {
-    let mut tx = pool.begin().await?;
-    let run = li::create_run(
-        &mut tx, allowlist, source_url, mapping, options, dry_run, by,
-    )
-    .await?;
-    let job = ImportLegacy { run_id: run.id };
-    let enqueued = questboard_core::jobs::enqueue(
-        &mut tx,
-        &job,
-        &questboard_core::jobs::Options {
-            unique_key: Some(format!("run:{}", run.id)),
-            metadata: vec![("enqueued_by".into(), by.to_owned())],
-            ..questboard_core::jobs::Options::default()
-        },
-    )
-    .await?;
-    li::set_job(&mut tx, run.id, &enqueued.id).await?;
-    tx.commit().await?;
-    Ok(Started {
-        run,
-        job_id: enqueued.id,
-    })
-}
 
 /// Problems listed per kind in a report (the counts are always whole).
 const REPORTED_PROBLEMS: i64 = 10_000;
@@ -621,14 +553,34 @@ impl Importer<'_> {
             }
         };
         let size = bytes.len() as u64;
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        files
-            .put(area, &record.name, bytes, &record.content_type)
-            .await
-            .map_err(store_error)?;
-        let kind = match placement {
-            Placement::Media { kind, .. } => Some(*kind),
-            Placement::File { .. } => None,
+        let (kind, sha256) = match (placement, record.media_id) {
+            // Media goes the one way media is stored; its bytes were
+            // checked already, so a refusal here is a defect, not input.
+            (Placement::Media { kind, .. }, Some(id)) => {
+                let stored = media::Ingest {
+                    files: &files,
+                    kind: *kind,
+                    id,
+                    version: 1,
+                    content_type: &record.content_type,
+                    limit: size,
+                }
+                .store_bytes(bytes)
+                .await
+                .map_err(|e| match e {
+                    media::ingest::Error::Storage(e) => store_error(e),
+                    other => JobError::fatal(other),
+                })?;
+                (Some(*kind), stored.sha256)
+            }
+            _ => {
+                let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+                files
+                    .put(area, &record.name, bytes, &record.content_type)
+                    .await
+                    .map_err(store_error)?;
+                (None, sha256)
+            }
         };
         li::record_copied(&self.ctx.pool, &record, kind, size, &sha256)
             .await

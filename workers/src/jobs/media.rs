@@ -13,10 +13,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 pub use questboard_core::media::GenerateMedia;
-use questboard_core::media::{self, MediaKind, MediaStatus, Sniffer, StoredObject};
+use questboard_core::media::{self, MediaKind, MediaStatus};
 use questboard_core::metrics as m;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
 use super::{Handler, JobContext, JobError, JobRun};
 use crate::providers::ProviderError;
@@ -79,22 +78,8 @@ impl Handler for GenerateMedia {
         metrics::histogram!(m::MEDIA_PROVIDER_SECONDS, "kind" => kind.as_str(),
             "provider" => ctx.media.name(), "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
-        // The bytes must be what they claim, of a type the kind keeps.
-        let checked = generated.and_then(|g| {
-            let ext = kind.extension_for(&g.content_type);
-            let sniffed = Sniffer::new(&g.content_type)
-                .map(|mut s| s.feed(&g.bytes).and_then(|()| s.finish()));
-            match (ext, sniffed) {
-                (Some(ext), Some(Ok(()))) => Ok((g, ext)),
-                // A provider that answers with something else is broken,
-                // not busy: asking again would cost as much for the same.
-                _ => Err(ProviderError::Fatal {
-                    reason: format!("the provider's reply is not a valid {}", kind.as_str()),
-                }),
-            }
-        });
-        let (generated, ext) = match checked {
-            Ok(ok) => ok,
+        let generated = match generated {
+            Ok(generated) => generated,
             Err(err) => return Err(failed(&self, ctx, run, kind, err).await),
         };
         run.checkpoint()?;
@@ -106,24 +91,28 @@ impl Handler for GenerateMedia {
             .map(|(_, prefix)| prefix)
             .ok_or_else(|| JobError::fatal("the session was deleted"))?;
         let files = ctx.storage.session(&prefix).map_err(JobError::fatal)?;
-        let name = media::object_name(item.id, 1, ext);
-        let size = generated.bytes.len() as u64;
-        let sha256: [u8; 32] = Sha256::digest(&generated.bytes).into();
-        files
-            .put(
-                kind.area(),
-                &name,
-                Bytes::from(generated.bytes),
-                &generated.content_type,
-            )
-            .await
-            .map_err(JobError::retryable)?;
-        let object = StoredObject {
-            storage_key: files.key(kind.area(), &name).map_err(JobError::fatal)?,
-            content_type: generated.content_type,
-            byte_size: size,
-            sha256,
+        // The one ingest path: the bytes must be what they claim, of a
+        // type the kind keeps. A provider that answers with something else
+        // is broken, not busy: asking again would cost as much for the same.
+        let ingest = media::Ingest {
+            files: &files,
+            kind,
+            id: item.id,
+            version: 1,
+            content_type: &generated.content_type,
+            limit: u64::MAX,
         };
+        let object = match ingest.store_bytes(Bytes::from(generated.bytes)).await {
+            Ok(object) => object,
+            Err(media::ingest::Error::Refused(_)) => {
+                let err = ProviderError::Fatal {
+                    reason: format!("the provider's reply is not a valid {}", kind.as_str()),
+                };
+                return Err(failed(&self, ctx, run, kind, err).await);
+            }
+            Err(err) => return Err(JobError::retryable(err)),
+        };
+        let size = object.byte_size;
         run.checkpoint()?;
         match media::record_generated(&ctx.pool, item.id, ctx.media.name(), &object).await {
             Ok(Some((_, event))) => {

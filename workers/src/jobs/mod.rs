@@ -48,8 +48,8 @@ pub fn registry() -> Registry {
         .register::<prune::Prune>()
         .register::<reconcile::Reconcile>()
         .register::<media::GenerateMedia>()
-        .register::<asset_migration::MigrateAssets>()
-        .register::<legacy_import::ImportLegacy>()
+        .register::<questboard_core::asset_migration::MigrateAssets>()
+        .register::<questboard_core::legacy_import::ImportLegacy>()
 }
 
 /// Why a run did not succeed, and what the runtime should do about it.

@@ -45,6 +45,10 @@ use crate::media::{self, MediaKind};
 use crate::sessions::{self, SessionName};
 use crate::storage::{self, Area};
 
+mod start;
+
+pub use start::{ImportLegacy, Started, start};
+
 /// Why an import call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

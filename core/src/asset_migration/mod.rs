@@ -33,6 +33,10 @@ use uuid::Uuid;
 
 use crate::media::{self, MediaKind};
 
+mod start;
+
+pub use start::{MigrateAssets, Started, resume, start, start_rollback};
+
 /// Why a migration call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
