@@ -25,9 +25,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
+use super::download::{Object, send, send_object};
 use super::error::{Error, ErrorBody, Result};
 use super::extract::{AuthUser, Json, Operator, Path};
-use super::media::{Object, send, send_object};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()

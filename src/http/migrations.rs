@@ -289,7 +289,7 @@ pub async fn serve_old_asset(
             .await
             .map_err(|_| not_found())?;
         let name = item.file_name().ok_or_else(not_found)?;
-        return super::media::send(&state, &item, item.version, &name, &headers).await;
+        return super::download::send(&state, &item, item.version, &name, &headers).await;
     }
     let run = am::latest_run_for(&state.pool, &table)
         .await?
@@ -352,7 +352,7 @@ pub async fn serve_old_asset(
             }
         })
         .collect();
-    Ok(super::media::send_bytes(
+    Ok(super::download::send_bytes(
         kind.content_type_of(ext)
             .unwrap_or("application/octet-stream"),
         kind.inline(),

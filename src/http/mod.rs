@@ -30,6 +30,7 @@ use sqlx::PgPool;
 use crate::auth::Verifier;
 
 pub mod admin;
+pub mod download;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -134,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .merge(legacy::router())
         .merge(events::router())
         .merge(media::router())
+        .merge(download::router())
         .merge(openapi::router());
     // Uploads are files with their own limits (checked as they stream),
     // outside the JSON body limit; bodies must still keep arriving.

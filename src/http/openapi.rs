@@ -18,8 +18,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::{
-    admin, error, events, health, invites, jobs, legacy, media, migrations, proposals, sessions,
-    state, turns,
+    admin, download, error, events, health, invites, jobs, legacy, media, migrations, proposals,
+    sessions, state, turns,
 };
 
 /// The API description.
@@ -75,8 +75,8 @@ use super::{
         media::get_media,
         media::delete_media,
         media::media_link,
-        media::serve_media,
-        media::serve_legacy_image,
+        download::serve_media,
+        download::serve_legacy_image,
         legacy::serve_legacy_path,
         health::healthz,
         health::readyz,

@@ -56,12 +56,7 @@ impl LinkSigner {
 
     /// The signature of a link to `path` valid until `expires`, hex.
     pub fn sign(&self, path: &str, expires: i64) -> String {
-        self.mac(path, expires)
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(self.mac(path, expires).finalize().into_bytes())
     }
 
     /// Whether `signature` signs `path` until `expires`, and `expires` is

@@ -5,7 +5,7 @@
 //! 2-core machine a commit costs about a quarter of a millisecond of CPU
 //! whatever it carries. Submitted one by one, busy API processes spend
 //! most of Postgres on commits. The [`Intake`] takes the submissions of all
-//! of a process's requests: a lone one goes through [`super::submit`] (one
+//! of a process's requests: a lone one goes through [`super::submit()`] (one
 //! statement), and whatever queued up while a batch was in Postgres goes
 //! through [`super::submit_many`] together. Each request gets its own
 //! answer; a refusal (not a member, archived, key reused) affects only its

@@ -2,7 +2,7 @@
 //!
 //! A turn is numbered (`seq`, one more than the session's previous turn) and
 //! created together with the durable job that processes it and its
-//! `turn.queued` event, in one statement ([`submit`]). Workers find sessions
+//! `turn.queued` event, in one statement ([`submit()`]). Workers find sessions
 //! with work through the runnable-session index ([`queue`]) and move turns
 //! through `queued -> running -> completed` (or `failed`) with batched,
 //! fenced writes ([`steps`]): every write checks the session's lease token,

@@ -440,7 +440,7 @@ struct StateInputs {
 /// ([`AiAuthority::for_turn_by`]):
 /// - **apply**: the session's state is locked, the proposal resolved
 ///   against it ([`proposal::resolve`]: applied, or refused with why) and
-///   the step applied with the change (see [`ADVANCE_SQL`]); the images may
+///   the step applied with the change (see `ADVANCE_SQL`); the images may
 ///   be asked for ([`StepOutcome::images`]);
 /// - **hold**: the change and the images are recorded as a proposal for a
 ///   game master's review ([`review::record`], `state.proposed`), nothing

@@ -401,7 +401,7 @@ impl<'a> Migrator<'a> {
         let metadata = json!({
             "storage_key": item.storage_key,
             "byte_size": item.byte_size,
-            "sha256": item.sha256.as_deref().map(hex),
+            "sha256": item.sha256.as_deref().map(hex::encode),
             "session_id": item.session_id,
             "migration_run": self.record.id,
         });
@@ -477,10 +477,6 @@ async fn store_report(ctx: &JobContext, run: Uuid, report: &Value) -> Result<Str
         )
         .await
         .map_err(|e| JobError::retryable(format!("storing the report: {e}")))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Rollback<'a> {
