@@ -24,3 +24,4 @@ pub mod providers;
 pub mod renewals;
 pub mod runtime;
 pub mod scheduler;
+mod sweep;
