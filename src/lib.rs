@@ -8,8 +8,9 @@
 //!
 //! Map of the crate:
 //!
-//! - [`cli`]: the subcommands and what each one starts.
-//! - [`admin`]: `questboard admin`, operators' commands against the database.
+//! - [`cli`]: the subcommands and what each one starts; [`cli::admin`] is
+//!   `questboard admin`, operators' commands against the database (the
+//!   HTTP admin routes are [`http::admin`]).
 //! - [`bridge`]: Redis session channels delivered to this process's WebSockets.
 //! - [`config`]: the one typed configuration, read from the environment.
 //! - [`telemetry`]: logging, the Prometheus recorder and the `/metrics` listener.
@@ -24,7 +25,6 @@
 
 pub use questboard_core as core;
 
-pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod bridge;

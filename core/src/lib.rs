@@ -42,6 +42,9 @@
 //!   sessions, their files copied by documented rules, what cannot be
 //!   decided reported (`legacy_import_runs`, `legacy_campaigns`,
 //!   `legacy_files`, `legacy_import_problems`).
+//! - [`operator_run`]: what every operator run (migration, import) has:
+//!   its row's common columns, enqueueing its job once, its end and report,
+//!   the summary operators see, and the CSV reader of mapping files.
 //! - [`sources`]: where operators may point migrations and imports (the
 //!   `QB_MIGRATION_SOURCES` allowlist), with bounded connections and
 //!   stable error codes.
@@ -57,6 +60,7 @@ pub mod leases;
 pub mod legacy_import;
 pub mod media;
 pub mod metrics;
+pub mod operator_run;
 pub mod schedule;
 pub mod sessions;
 pub mod sources;

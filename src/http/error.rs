@@ -311,6 +311,8 @@ impl From<legacy_import::Error> for Error {
         match err {
             legacy_import::Error::Invalid(why) => Error::Unprocessable(why),
             legacy_import::Error::NotFound => Error::NotFound("import run"),
+            legacy_import::Error::Conflict(why) => Error::Conflict(why),
+            legacy_import::Error::Storage(err) => err.into(),
             legacy_import::Error::Job(err) => err.into(),
             legacy_import::Error::Database(err) => Error::database(err),
             legacy_import::Error::Source(source) => source.into(),

@@ -20,6 +20,7 @@
 
 pub mod committer;
 pub mod jobs;
+mod operator_run;
 pub mod providers;
 pub mod renewals;
 pub mod runtime;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Error, Result, Run, begin_rollback, create_run, get_run, set_job};
+use super::{Error, RUNS, Result, Run, begin_rollback, create_run};
 use crate::jobs::{Backoff, Job, JobSpec};
 
 /// The payload: which run, and whether to roll it back.
@@ -37,25 +37,7 @@ impl Job for MigrateAssets {
 }
 
 /// A started run or rollback: the run and the job that does it.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The run.
-    pub run: Run,
-    /// Its job (an earlier one still queued or running, when asked again).
-    pub job_id: String,
-}
-
-/// One job at a time per run and direction: while a run's job is queued
-/// or running (or its worker died and it waits to be rescued), asking
-/// again returns that job.
-fn options_for(job: &MigrateAssets, by: &str) -> crate::jobs::Options {
-    let direction = if job.rollback { "rollback" } else { "run" };
-    crate::jobs::Options {
-        unique_key: Some(format!("{direction}:{}", job.run_id)),
-        metadata: vec![("enqueued_by".into(), by.to_owned())],
-        ..crate::jobs::Options::default()
-    }
-}
+pub type Started = crate::operator_run::Started<Run>;
 
 async fn enqueue_for(
     tx: &mut sqlx::PgConnection,
@@ -67,12 +49,9 @@ async fn enqueue_for(
         run_id: run.id,
         rollback,
     };
-    let enqueued = crate::jobs::enqueue(&mut *tx, &job, &options_for(&job, by)).await?;
-    set_job(&mut *tx, run.id, &enqueued.id).await?;
-    Ok(Started {
-        run,
-        job_id: enqueued.id,
-    })
+    let direction = if rollback { "rollback" } else { "run" };
+    let id = run.id;
+    Ok(RUNS.enqueue(tx, run, id, &job, direction, by).await?)
 }
 
 /// Records a run (checked: options, source URL, mapping) and enqueues its
@@ -109,7 +88,7 @@ pub async fn start_rollback(pool: &sqlx::PgPool, run_id: Uuid, by: &str) -> Resu
 /// failed for good, it resumes where it was; while it is still queued or
 /// running, that job is returned.
 pub async fn resume(pool: &sqlx::PgPool, run_id: Uuid, by: &str) -> Result<Started> {
-    let run = get_run(pool, run_id).await?;
+    let run: Run = RUNS.get(pool, run_id).await?;
     if !matches!(run.status.as_str(), "running" | "rolling_back") {
         return Err(Error::Conflict(format!(
             "run {run_id} is {}; only an unfinished run resumes",

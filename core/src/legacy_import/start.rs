@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Mapping, Options, Result, Run, create_run, set_job};
+use super::{Mapping, Options, RUNS, Result, Run, create_run};
 use crate::jobs::{Backoff, Job, JobSpec};
 
 /// The payload: which run.
@@ -33,13 +33,7 @@ impl Job for ImportLegacy {
 }
 
 /// A started run: the run and the job that does it.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The run.
-    pub run: Run,
-    /// Its job.
-    pub job_id: String,
-}
+pub type Started = crate::operator_run::Started<Run>;
 
 /// Records a run (source, mapping and options checked) and enqueues its
 /// job in one transaction; the job's unique key (`run:<id>`) keeps one job
@@ -59,20 +53,8 @@ pub async fn start(
     )
     .await?;
     let job = ImportLegacy { run_id: run.id };
-    let enqueued = crate::jobs::enqueue(
-        &mut tx,
-        &job,
-        &crate::jobs::Options {
-            unique_key: Some(format!("run:{}", run.id)),
-            metadata: vec![("enqueued_by".into(), by.to_owned())],
-            ..crate::jobs::Options::default()
-        },
-    )
-    .await?;
-    set_job(&mut tx, run.id, &enqueued.id).await?;
+    let id = run.id;
+    let started = RUNS.enqueue(&mut tx, run, id, &job, "run", by).await?;
     tx.commit().await?;
-    Ok(Started {
-        run,
-        job_id: enqueued.id,
-    })
+    Ok(started)
 }

@@ -35,6 +35,7 @@ use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::{Handler, JobContext, JobError, JobRun};
+use crate::operator_run;
 
 /// Failures listed in a report (the count is always whole).
 const REPORTED_FAILURES: i64 = 10_000;
@@ -54,29 +55,17 @@ fn source_error(err: am::Error) -> JobError {
 
 impl Handler for MigrateAssets {
     async fn run(self, ctx: &JobContext, run: &JobRun) -> Result<Value, JobError> {
-        let record = match am::get_run(&ctx.pool, self.run_id).await {
-            Ok(record) => record,
-            Err(am::Error::NotFound) => return Err(JobError::fatal("no such migration run")),
-            Err(err) => return Err(db(err)),
-        };
+        let record: Run = operator_run::load(ctx, &am::RUNS, self.run_id).await?;
         if self.rollback {
             return Rollback::new(ctx, run, record).await?.run().await;
         }
         if record.status != "running" {
-            return Ok(record
-                .report
-                .unwrap_or_else(|| json!({ "skipped": format!("the run is {}", record.status) })));
+            return Ok(operator_run::ended(&record.status, record.report));
         }
         let mut migrator = match Migrator::new(ctx, run, record).await {
             Ok(migrator) => migrator,
             Err(JobError::Fatal { reason }) => {
-                let report =
-                    json!({ "run_id": self.run_id, "outcome": "failed", "reason": reason });
-                am::finish_run(&ctx.pool, self.run_id, "failed", &report, None)
-                    .await
-                    .map_err(db)?;
-                metrics::counter!(m::MIGRATION_RUNS_TOTAL, "outcome" => "failed").increment(1);
-                return Err(JobError::Fatal { reason });
+                return Err(operator_run::fail(ctx, &am::RUNS, self.run_id, reason).await);
             }
             Err(err) => return Err(err),
         };
@@ -438,7 +427,7 @@ impl<'a> Migrator<'a> {
             .await
             .map_err(db)?;
         let seconds = self.started.elapsed().as_secs_f64();
-        let mut report = json!({
+        let report = json!({
             "run_id": self.record.id,
             "outcome": outcome,
             "dry_run": self.record.dry_run,
@@ -457,26 +446,12 @@ impl<'a> Migrator<'a> {
             "mb_per_second": if seconds > 0.0 { counts.bytes as f64 / 1e6 / seconds } else { 0.0 },
             "storage": self.ctx.storage.describe(),
         });
-        let key = store_report(self.ctx, self.record.id, &report).await?;
-        report["report_key"] = Value::String(key.clone());
-        am::finish_run(&self.ctx.pool, self.record.id, outcome, &report, Some(&key))
-            .await
-            .map_err(db)?;
-        metrics::counter!(m::MIGRATION_RUNS_TOTAL, "outcome" => outcome).increment(1);
+        let report =
+            operator_run::finish(self.ctx, &am::RUNS, self.record.id, outcome, report).await?;
         tracing::info!(run_id = %self.record.id, outcome, migrated = counts.migrated,
             failed = counts.failed, "asset migration ended");
         Ok(report)
     }
-}
-
-async fn store_report(ctx: &JobContext, run: Uuid, report: &Value) -> Result<String, JobError> {
-    ctx.storage
-        .put_report(
-            &format!("asset-migration/{run}.json"),
-            Bytes::from(serde_json::to_vec_pretty(report).unwrap_or_default()),
-        )
-        .await
-        .map_err(|e| JobError::retryable(format!("storing the report: {e}")))
 }
 
 struct Rollback<'a> {
@@ -550,7 +525,7 @@ impl<'a> Rollback<'a> {
         let counts = am::counts(&self.ctx.pool, self.record.id)
             .await
             .map_err(db)?;
-        let mut report = json!({
+        let report = json!({
             "run_id": self.record.id,
             "outcome": "rolled_back",
             "restored": restored,
@@ -559,19 +534,7 @@ impl<'a> Rollback<'a> {
             "migration": self.record.report,
             "seconds": started.elapsed().as_secs_f64(),
         });
-        let key = store_report(self.ctx, self.record.id, &report).await?;
-        report["report_key"] = Value::String(key.clone());
-        am::finish_run(
-            &self.ctx.pool,
-            self.record.id,
-            "rolled_back",
-            &report,
-            Some(&key),
-        )
-        .await
-        .map_err(db)?;
-        metrics::counter!(m::MIGRATION_RUNS_TOTAL, "outcome" => "rolled_back").increment(1);
-        Ok(report)
+        operator_run::finish(self.ctx, &am::RUNS, self.record.id, "rolled_back", report).await
     }
 
     /// Puts one asset back; returns the bytes written into the source.

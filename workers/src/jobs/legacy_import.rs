@@ -32,6 +32,7 @@ use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::{Handler, JobContext, JobError, JobRun};
+use crate::operator_run;
 
 /// Problems listed per kind in a report (the counts are always whole).
 const REPORTED_PROBLEMS: i64 = 10_000;
@@ -115,23 +116,12 @@ async fn scan(source: &Storage) -> Result<Tree, JobError> {
 
 impl Handler for ImportLegacy {
     async fn run(self, ctx: &JobContext, run: &JobRun) -> Result<Value, JobError> {
-        let record = match li::get_run(&ctx.pool, self.run_id).await {
-            Ok(record) => record,
-            Err(li::Error::NotFound) => return Err(JobError::fatal("no such import run")),
-            Err(err) => return Err(db(err)),
-        };
+        let record: Run = operator_run::load(ctx, &li::RUNS, self.run_id).await?;
         if record.status != "running" {
-            return Ok(record
-                .report
-                .unwrap_or_else(|| json!({ "skipped": format!("the run is {}", record.status) })));
+            return Ok(operator_run::ended(&record.status, record.report));
         }
         let fail = |reason: String| async move {
-            let report = json!({ "run_id": self.run_id, "outcome": "failed", "reason": reason });
-            li::finish_run(&ctx.pool, self.run_id, "failed", &report, None)
-                .await
-                .map_err(db)?;
-            metrics::counter!(m::LEGACY_IMPORT_RUNS_TOTAL, "outcome" => "failed").increment(1);
-            Err::<Value, _>(JobError::Fatal { reason })
+            Err::<Value, _>(operator_run::fail(ctx, &li::RUNS, self.run_id, reason).await)
         };
         if let Err(err) = ctx.sources.check(&record.source_url) {
             return fail(format!("the legacy tree cannot be opened: {err}")).await;
@@ -605,7 +595,7 @@ impl Importer<'_> {
         let files: i64 = imported.iter().map(|i| i64::from(i.files)).sum();
         let bytes: i64 = imported.iter().map(|i| i.bytes).sum();
         let seconds = self.started.elapsed().as_secs_f64();
-        let mut report = json!({
+        let report = json!({
             "run_id": self.record.id,
             "outcome": "completed",
             "dry_run": self.record.dry_run,
@@ -622,26 +612,8 @@ impl Importer<'_> {
                 "mb_per_second": if seconds > 0.0 { self.bytes as f64 / 1e6 / seconds } else { 0.0 } },
             "storage": self.ctx.storage.describe(),
         });
-        let key = self
-            .ctx
-            .storage
-            .put_report(
-                &format!("legacy-import/{}.json", self.record.id),
-                Bytes::from(serde_json::to_vec_pretty(&report).unwrap_or_default()),
-            )
-            .await
-            .map_err(|e| JobError::retryable(format!("storing the report: {e}")))?;
-        report["report_key"] = Value::String(key.clone());
-        li::finish_run(
-            &self.ctx.pool,
-            self.record.id,
-            "completed",
-            &report,
-            Some(&key),
-        )
-        .await
-        .map_err(db)?;
-        metrics::counter!(m::LEGACY_IMPORT_RUNS_TOTAL, "outcome" => "completed").increment(1);
+        let report =
+            operator_run::finish(self.ctx, &li::RUNS, self.record.id, "completed", report).await?;
         tracing::info!(run_id = %self.record.id, imported = imported.len(), files, bytes,
             "legacy import ended");
         Ok(report)

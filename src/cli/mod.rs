@@ -7,11 +7,13 @@
 //! - `schedule`: the cron scheduler (one leader at a time fires ticks).
 //! - `dev`: migrate, then API, worker and scheduler in one process, for local use.
 //! - `admin`: operators' commands against the database (jobs, queues,
-//!   prune, reconcile).
+//!   prune, reconcile, migrations, imports): [`admin`].
 //! - `token`: print a development JWT signed with `QB_JWT_SECRET`.
 //!
 //! The benchmark is its own binary (`questboard-bench`, in `bench/`), so
 //! this one carries no bench code.
+
+pub mod admin;
 
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ pub enum Command {
     Dev,
     /// Operators' commands, against the database.
     #[command(subcommand)]
-    Admin(crate::admin::AdminCommand),
+    Admin(admin::AdminCommand),
     /// Print a development bearer token signed with QB_JWT_SECRET.
     Token {
         /// The user id (`sub` claim).
@@ -92,7 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(command) => {
             telemetry::init_logging(config.log_format);
-            crate::admin::run(&config, command).await
+            admin::run(&config, command).await
         }
         Command::Token {
             user,

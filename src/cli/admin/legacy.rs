@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use questboard_core::jobs::{Job as _, JobStatus};
+use questboard_core::jobs::Job as _;
 use questboard_core::legacy_import as li;
 use questboard_core::wakeups::Publisher;
 use questboard_workers::jobs::Registry;
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::{operator, wait};
+use super::follow::{follow_run, show_run};
+use super::operator;
 use crate::config::Config;
 
 /// `admin import-legacy ...`.
@@ -80,26 +81,18 @@ pub async fn run(
         ImportCommand::Rollback { run, force } => return rollback(config, pool, run, force).await,
         ImportCommand::Show { run } => {
             let record = li::get_run(pool, run).await?;
+            let summary = li::RUNS.summary(pool, run).await?;
             let (_, problems) = li::problems(pool, run, 0).await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "run_id": record.id,
-                    "status": record.status,
+            return show_run(
+                summary,
+                json!({
                     "source": record.source_url,
-                    "dry_run": record.dry_run,
                     "mapped_folders": record.mapping.0.len(),
                     "options": record.options.0,
                     "imported": li::imported_by(pool, run).await?,
                     "problem_counts": problems,
-                    "job_id": record.job_id,
-                    "created_by": record.created_by,
-                    "created_at": record.created_at,
-                    "finished_at": record.finished_at,
-                    "report_key": record.report_key,
-                }))?
+                }),
             );
-            return Ok(());
         }
         ImportCommand::Run(args) => args,
     };
@@ -131,21 +124,14 @@ pub async fn run(
         mapping.len(),
         if args.dry_run { ", dry run" } else { "" }
     );
-    let job = wait(pool, registry, &job_id).await?;
-    let report = match job.client_status() {
-        JobStatus::Succeeded => job.result.unwrap_or_default(),
-        status => bail!(
-            "legacy_import job {job_id} {}: {}",
-            status.as_str(),
-            job.last_error.unwrap_or_default()
-        ),
-    };
-    let text = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.output {
-        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("report written to {}", path.display());
-    }
-    println!("{text}");
+    let report = follow_run(
+        pool,
+        registry,
+        "legacy_import",
+        &job_id,
+        args.output.as_deref(),
+    )
+    .await?;
     if report["outcome"] != "completed" {
         bail!("run {run_id} did not complete; see the report");
     }
@@ -174,32 +160,11 @@ async fn rollback(
     run: uuid::Uuid,
     force: bool,
 ) -> anyhow::Result<()> {
-    let record = li::get_run(pool, run).await?;
-    if record.status == "running" {
-        bail!("run {run} is still running; cancel its job first (questboard admin jobs cancel)");
-    }
     let storage = questboard_core::storage::Storage::from_url(&config.storage_url)
         .context("QB_STORAGE_URL")?;
-    let (mut deleted, mut kept, mut objects) = (Vec::new(), Vec::new(), 0u64);
-    for made in li::made_by(pool, run).await? {
-        if made.turns > 0 && !force {
-            kept.push(json!({ "path": made.path, "session_id": made.session_id,
-                "turns": made.turns, "reason": "played in since; --force deletes it" }));
-            continue;
-        }
-        objects += storage.session(&made.storage_prefix)?.delete_all().await?;
-        if li::forget(pool, made.session_id).await? {
-            deleted.push(json!({ "path": made.path, "session_id": made.session_id }));
-        }
-    }
-    tracing::info!(%run, deleted = deleted.len(), kept = kept.len(), "legacy import rolled back");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({
-            "run_id": run, "deleted": deleted, "kept": kept, "objects_deleted": objects,
-        }))?
-    );
-    if !kept.is_empty() {
+    let done = li::roll_back(pool, &storage, run, force).await?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    if !done.kept.is_empty() {
         std::process::exit(2);
     }
     Ok(())

@@ -1,0 +1,218 @@
+//! `questboard admin`: what the `/api/admin` routes do, from the command
+//! line, against the database in `DATABASE_URL`.
+//!
+//! - `admin jobs list [--kind K] [--status S] [--session ID] [--limit N]`,
+//!   `admin jobs show ID`, `admin jobs retry ID`, `admin jobs cancel ID`;
+//! - `admin queues` (statistics), `admin queues pause KIND`, `admin queues
+//!   resume KIND`; `admin schedule`;
+//! - `admin prune [--dry-run] [--only invites,jobs,...]` and `admin
+//!   reconcile [--repair] [--output FILE]` enqueue the job, show a progress
+//!   bar until a worker has run it, print its report and exit non-zero if
+//!   it failed (`--no-wait` prints the job id and returns);
+//! - `admin migrate-assets run --source URL (--mapping FILE.csv |
+//!   --session-column COL) [--dry-run] [--keep-source] ...`, `admin
+//!   migrate-assets rollback --run ID`, `resume --run ID`, `show --run ID`:
+//!   asset migrations (see `docs/runbooks/asset-migration.md`); `run` and
+//!   `rollback` show a progress bar until done and exit non-zero unless the
+//!   run completed (or was rolled back);
+//! - `admin import-legacy run --source URL --mapping FILE [--dry-run]
+//!   [--strict]`, `rollback --run ID [--force]`, `show --run ID`: legacy layout
+//!   imports ([`legacy`]; `docs/runbooks/legacy-import.md`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use questboard_core::db;
+use questboard_core::jobs::control;
+use questboard_core::wakeups::Publisher;
+use questboard_workers::jobs::{prune, reconcile, registry};
+use serde_json::json;
+
+use self::follow::{print_report, start_and_wait};
+use crate::config::Config;
+
+mod follow;
+mod jobs;
+pub mod legacy;
+mod migrate;
+
+pub use jobs::JobsCommand;
+pub use migrate::{MigrateArgs, MigrateCommand};
+
+/// The operators' commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Jobs: list, show, retry, cancel.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Per-kind queue statistics; or pause and resume a kind.
+    Queues {
+        /// Pause or resume a kind (none: show statistics).
+        #[command(subcommand)]
+        action: Option<QueuesCommand>,
+    },
+    /// The schedule: entries, next fire times, last ticks, the leader.
+    Schedule,
+    /// Prune now: enqueue a `prune` job and wait for a worker to run it.
+    Prune {
+        /// Report what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only these categories (invites, jobs, events, leases,
+        /// idle_sessions, archived_sessions).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Asset migrations out of the old campaign service's database.
+    #[command(name = "migrate-assets", subcommand)]
+    MigrateAssets(MigrateCommand),
+    /// Campaigns from the old app's folder layout, imported as sessions.
+    #[command(name = "import-legacy", subcommand)]
+    ImportLegacy(legacy::ImportCommand),
+    /// Reconcile metadata with storage now: enqueue a `reconcile` job and
+    /// wait for a worker to run it.
+    Reconcile {
+        /// Delete orphans past the grace period and write missing manifests.
+        #[arg(long)]
+        repair: bool,
+        /// Also write the report to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+/// `admin queues pause|resume`.
+#[derive(Debug, clap::Subcommand)]
+pub enum QueuesCommand {
+    /// No worker claims the kind's jobs until it is resumed.
+    Pause {
+        /// The kind.
+        kind: String,
+    },
+    /// Claim the kind's jobs again.
+    Resume {
+        /// The kind.
+        kind: String,
+    },
+}
+
+/// Who the command line acts as, in logs and job metadata.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Runs an admin command.
+pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    let pool = db::connect(config.database_url.expose(), 2)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    let wake = match redis::Client::open(config.redis_url.expose()) {
+        Ok(client) => Publisher::new(client),
+        Err(_) => Publisher::disabled(),
+    };
+    let registry = registry();
+    match command {
+        AdminCommand::Jobs(command) => jobs::run(&pool, &registry, &wake, command).await,
+        AdminCommand::Queues { action: None } => {
+            let specs = registry.specs();
+            let stats = control::queue_stats(&pool, &specs).await?;
+            println!(
+                "{:<12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>7}",
+                "kind",
+                "queued",
+                "running",
+                "retrying",
+                "failed",
+                "cancelled",
+                "oldest wait",
+                "paused"
+            );
+            for s in stats {
+                println!(
+                    "{:<12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>7}",
+                    s.kind,
+                    s.queued,
+                    s.running,
+                    s.retrying,
+                    s.failed,
+                    s.cancelled,
+                    s.oldest_wait_seconds
+                        .map_or_else(|| "-".to_owned(), |w| format!("{w:.1} s")),
+                    if s.paused { "yes" } else { "no" }
+                );
+            }
+            Ok(())
+        }
+        AdminCommand::Queues {
+            action: Some(action),
+        } => {
+            let (kind, paused) = match &action {
+                QueuesCommand::Pause { kind } => (kind, true),
+                QueuesCommand::Resume { kind } => (kind, false),
+            };
+            let spec = registry
+                .get(kind)
+                .with_context(|| format!("unknown job kind {kind:?}"))?
+                .spec;
+            control::set_paused(&pool, spec.kind, paused, &operator()).await?;
+            if !paused {
+                wake.announce(spec.kind);
+            }
+            // Give the wake-up a moment to leave before the process exits.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            println!(
+                "{} is {}",
+                spec.kind,
+                if paused { "paused" } else { "running" }
+            );
+            Ok(())
+        }
+        AdminCommand::Schedule => {
+            let entries = crate::app::schedule(config, &registry)?;
+            let view = questboard_workers::scheduler::describe(&pool, &entries).await?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            Ok(())
+        }
+        AdminCommand::Prune {
+            dry_run,
+            only,
+            no_wait,
+        } => {
+            let payload = json!({ "dry_run": dry_run, "only": only });
+            let job: prune::Prune = serde_json::from_value(payload).context(
+                "--only takes invites, jobs, events, leases, state_requests, proposals, media_versions, idle_sessions, archived_sessions",
+            )?;
+            let report = start_and_wait(&pool, &registry, &wake, &job, no_wait).await?;
+            if let Some(report) = report {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
+        AdminCommand::MigrateAssets(command) => {
+            migrate::run(config, &pool, &registry, &wake, command).await
+        }
+        AdminCommand::ImportLegacy(command) => {
+            legacy::run(config, &pool, &registry, &wake, command).await
+        }
+        AdminCommand::Reconcile {
+            repair,
+            output,
+            no_wait,
+        } => {
+            let job = reconcile::Reconcile { repair };
+            let report = start_and_wait(&pool, &registry, &wake, &job, no_wait).await?;
+            if let Some(report) = report {
+                print_report(&report, output.as_deref())?;
+            }
+            Ok(())
+        }
+    }
+}
