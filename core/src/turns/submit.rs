@@ -190,14 +190,36 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
     if batch.is_empty() {
         return Ok(Vec::new());
     }
+    let mut tx = pool.begin().await?;
+    let mut counters = lock_sessions(&mut tx, batch).await?;
+    let stored = earlier_with_keys(&mut tx, batch).await?;
+    let plans = plan(batch, &mut counters, &stored);
+    let created = insert(&mut tx, batch, &plans, &counters).await?;
+    tx.commit().await?;
+    Ok(answer(batch, plans, created))
+}
+
+/// A session of a batch, locked: whether it is archived, its counters
+/// (advanced as the batch's turns are numbered) and which of the batch's
+/// authors are members.
+struct Counters {
+    archived: bool,
+    next_turn: i64,
+    next_event: i64,
+    members: Vec<String>,
+}
+
+/// Locks the batch's sessions (in id order, so concurrent batches cannot
+/// deadlock) and reads their counters, status and members among the
+/// authors.
+async fn lock_sessions(
+    tx: &mut sqlx::PgConnection,
+    batch: &[NewTurn<'_>],
+) -> Result<HashMap<Uuid, Counters>> {
     let mut session_ids: Vec<Uuid> = batch.iter().map(|n| n.session_id).collect();
     session_ids.sort_unstable();
     session_ids.dedup();
     let authors: Vec<&str> = batch.iter().map(|n| n.author.as_str()).collect();
-    let mut tx = pool.begin().await?;
-
-    // Lock the sessions (in id order) and learn their counters, status and
-    // which of the authors are members.
     type SessionRow = (Uuid, String, i64, i64, Vec<String>);
     let rows: Vec<SessionRow> = sqlx::query_as(
         "SELECT c.id, c.status, c.next_turn_seq, c.next_event_seq,
@@ -208,15 +230,9 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
     )
     .bind(&session_ids)
     .bind(&authors)
-    .fetch_all(&mut *tx)
+    .fetch_all(tx)
     .await?;
-    struct Counters {
-        archived: bool,
-        next_turn: i64,
-        next_event: i64,
-        members: Vec<String>,
-    }
-    let mut counters: HashMap<Uuid, Counters> = rows
+    Ok(rows
         .into_iter()
         .map(|(id, status, next_turn, next_event, members)| {
             (
@@ -229,32 +245,48 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
                 },
             )
         })
-        .collect();
+        .collect())
+}
 
-    // Earlier turns with the same idempotency keys.
+/// Turns stored earlier under the batch's idempotency keys, by (session,
+/// author, key).
+type Replays = HashMap<(Uuid, String, String), Turn>;
+
+/// The turns stored earlier with the idempotency keys of the batch.
+async fn earlier_with_keys(tx: &mut sqlx::PgConnection, batch: &[NewTurn<'_>]) -> Result<Replays> {
     let keyed: Vec<&NewTurn<'_>> = batch
         .iter()
         .filter(|n| n.idempotency_key.is_some())
         .collect();
-    let mut stored: HashMap<(Uuid, String, String), Turn> = HashMap::new();
-    if !keyed.is_empty() {
-        let turns: Vec<Turn> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {TURN_COLUMNS} FROM turns
-             WHERE (session_id, author_user_id, idempotency_key) IN (
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))"
-        )))
-        .bind(keyed.iter().map(|n| n.session_id).collect::<Vec<_>>())
-        .bind(keyed.iter().map(|n| n.author.as_str()).collect::<Vec<_>>())
-        .bind(keyed.iter().map(|n| n.idempotency_key).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        for turn in turns {
-            let key = turn.idempotency_key.clone().unwrap_or_default();
-            stored.insert((turn.session_id, turn.author_user_id.clone(), key), turn);
-        }
+    let mut stored = Replays::new();
+    if keyed.is_empty() {
+        return Ok(stored);
     }
+    let turns: Vec<Turn> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TURN_COLUMNS} FROM turns
+         WHERE (session_id, author_user_id, idempotency_key) IN (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))"
+    )))
+    .bind(keyed.iter().map(|n| n.session_id).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|n| n.author.as_str()).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|n| n.idempotency_key).collect::<Vec<_>>())
+    .fetch_all(tx)
+    .await?;
+    for turn in turns {
+        let key = turn.idempotency_key.clone().unwrap_or_default();
+        stored.insert((turn.session_id, turn.author_user_id.clone(), key), turn);
+    }
+    Ok(stored)
+}
 
-    // Decide each turn, in order, as one-by-one submissions would.
+/// Decides each turn of the batch, in order, as one-by-one submissions
+/// would: refused, a replay, or new (numbered from its session's
+/// counters, which advance).
+fn plan(
+    batch: &[NewTurn<'_>],
+    counters: &mut HashMap<Uuid, Counters>,
+    stored: &Replays,
+) -> Vec<Plan> {
     let mut in_batch: HashMap<(Uuid, &str, &str), usize> = HashMap::new();
     let mut plans = Vec::with_capacity(batch.len());
     for (i, new) in batch.iter().enumerate() {
@@ -306,10 +338,20 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
         session.next_turn += 1;
         session.next_event += 1;
     }
+    plans
+}
 
-    // Insert the new ones in one statement.
+/// Inserts the new turns of `plans` in one statement (with their jobs,
+/// events, places in line and the sessions' counters); their creation
+/// times and `turn.queued` events, by turn id.
+async fn insert(
+    tx: &mut sqlx::PgConnection,
+    batch: &[NewTurn<'_>],
+    plans: &[Plan],
+    counters: &HashMap<Uuid, Counters>,
+) -> Result<HashMap<Uuid, (DateTime<Utc>, Event)>> {
     let mut cols = InsertColumns::default();
-    for (new, plan) in batch.iter().zip(&plans) {
+    for (new, plan) in batch.iter().zip(plans) {
         if let Plan::Insert {
             id,
             job_id,
@@ -320,60 +362,61 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
             cols.push(new, *id, job_id, *seq, *event_seq)?;
         }
     }
-    let mut created: HashMap<Uuid, (DateTime<Utc>, Event)> = HashMap::new();
-    if !cols.ids.is_empty() {
-        let (sessions_touched, first_seqs, next_turns, next_events) = {
-            let mut touched: Vec<(Uuid, i64)> = Vec::new();
-            for (session, seq) in cols.sessions.iter().zip(&cols.seqs) {
-                if !touched.iter().any(|(s, _)| s == session) {
-                    touched.push((*session, *seq));
-                }
-            }
-            let mut ids = Vec::new();
-            let mut firsts = Vec::new();
-            let mut turns = Vec::new();
-            let mut events = Vec::new();
-            for (session, first) in touched {
-                let c = &counters[&session];
-                ids.push(session);
-                firsts.push(first);
-                turns.push(c.next_turn);
-                events.push(c.next_event);
-            }
-            (ids, firsts, turns, events)
-        };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(SUBMIT_MANY_SQL.as_str()))
-            .bind(&cols.ids)
-            .bind(&cols.sessions)
-            .bind(&cols.seqs)
-            .bind(&cols.authors)
-            .bind(&cols.inputs)
-            .bind(&cols.job_ids)
-            .bind(&cols.keys)
-            .bind(&cols.max_attempts)
-            .bind(&cols.payloads)
-            .bind(&cols.event_seqs)
-            .bind(&sessions_touched)
-            .bind(&first_seqs)
-            .bind(&next_turns)
-            .bind(&next_events)
-            .fetch_all(&mut *tx)
-            .await?;
-        for row in rows {
-            let id: Uuid = row.try_get("id")?;
-            let event = Event {
-                seq: row.try_get("event_seq")?,
-                kind: "turn.queued".into(),
-                session_id: row.try_get("session_id")?,
-                at: row.try_get("event_at")?,
-                data: row.try_get("event_data")?,
-            };
-            created.insert(id, (row.try_get("created_at")?, event));
+    let mut created = HashMap::new();
+    if cols.ids.is_empty() {
+        return Ok(created);
+    }
+    // Per session touched: its first new seq, and its counters after.
+    let mut touched: Vec<(Uuid, i64)> = Vec::new();
+    for (session, seq) in cols.sessions.iter().zip(&cols.seqs) {
+        if !touched.iter().any(|(s, _)| s == session) {
+            touched.push((*session, *seq));
         }
     }
-    tx.commit().await?;
+    let sessions_touched: Vec<Uuid> = touched.iter().map(|(s, _)| *s).collect();
+    let first_seqs: Vec<i64> = touched.iter().map(|(_, first)| *first).collect();
+    let next_turns: Vec<i64> = touched.iter().map(|(s, _)| counters[s].next_turn).collect();
+    let next_events: Vec<i64> = touched
+        .iter()
+        .map(|(s, _)| counters[s].next_event)
+        .collect();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(SUBMIT_MANY_SQL.as_str()))
+        .bind(&cols.ids)
+        .bind(&cols.sessions)
+        .bind(&cols.seqs)
+        .bind(&cols.authors)
+        .bind(&cols.inputs)
+        .bind(&cols.job_ids)
+        .bind(&cols.keys)
+        .bind(&cols.max_attempts)
+        .bind(&cols.payloads)
+        .bind(&cols.event_seqs)
+        .bind(&sessions_touched)
+        .bind(&first_seqs)
+        .bind(&next_turns)
+        .bind(&next_events)
+        .fetch_all(tx)
+        .await?;
+    for row in rows {
+        let id: Uuid = row.try_get("id")?;
+        let event = Event {
+            seq: row.try_get("event_seq")?,
+            kind: "turn.queued".into(),
+            session_id: row.try_get("session_id")?,
+            at: row.try_get("event_at")?,
+            data: row.try_get("event_data")?,
+        };
+        created.insert(id, (row.try_get("created_at")?, event));
+    }
+    Ok(created)
+}
 
-    // Answer in order.
+/// The outcome of each turn of the batch, in order.
+fn answer(
+    batch: &[NewTurn<'_>],
+    plans: Vec<Plan>,
+    mut created: HashMap<Uuid, (DateTime<Utc>, Event)>,
+) -> Vec<Result<Submitted>> {
     let mut outcomes: Vec<Result<Submitted>> = Vec::with_capacity(batch.len());
     for (new, plan) in batch.iter().zip(plans) {
         let outcome = match plan {
@@ -407,7 +450,7 @@ pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Res
         };
         outcomes.push(outcome);
     }
-    Ok(outcomes)
+    outcomes
 }
 
 /// The turn just inserted for `new`, as stored.

@@ -158,6 +158,16 @@ impl Handler for ImportLegacy {
     }
 }
 
+/// Where a folder's files go.
+enum Destination {
+    /// Nowhere: a dry run checks them.
+    Check,
+    /// Into this session.
+    Campaign(li::Campaign),
+    /// Nowhere: another folder was imported as the same campaign.
+    Duplicate,
+}
+
 struct Importer<'a> {
     ctx: &'a JobContext,
     run: &'a JobRun,
@@ -306,75 +316,11 @@ impl Importer<'_> {
         files: &BTreeMap<String, Listed>,
     ) -> Result<(), JobError> {
         let path = format!("{}/{}", new.env, new.folder);
-        // Where each file goes; names that collide once made safe go nowhere.
-        let mut placed: Vec<(&String, &Listed, Placement)> = Vec::new();
-        let mut targets: HashMap<(Area, String), Vec<&String>> = HashMap::new();
-        for (rel, listed) in files {
-            match li::place(rel) {
-                Ok(placement) => {
-                    if let Placement::File { area, name, .. } = &placement {
-                        targets.entry((*area, name.clone())).or_default().push(rel);
-                    }
-                    placed.push((rel, listed, placement));
-                }
-                Err(reason) => {
-                    let detail = json!({ "reason": reason });
-                    self.file_problem(&path, rel, Problem::Unreadable, detail, "data")
-                        .await?;
-                }
-            }
-        }
-        let colliding: BTreeSet<&String> = targets
-            .iter()
-            .filter(|(_, rels)| rels.len() > 1)
-            .flat_map(|(_, rels)| rels.iter().copied())
-            .collect();
-        for ((area, name), rels) in targets.iter().filter(|(_, rels)| rels.len() > 1) {
-            for rel in rels {
-                let others: Vec<&String> = rels.iter().copied().filter(|r| r != rel).collect();
-                self.file_problem(
-                    &path,
-                    rel,
-                    Problem::Collision,
-                    json!({ "name": format!("{}/{name}", area.dir()), "collides_with": others }),
-                    area_label(*area),
-                )
-                .await?;
-            }
-        }
-        let campaign = if self.record.dry_run {
-            None
-        } else {
-            match existing {
-                // Begun by a run that stopped: its manifest may never have
-                // been written (writing it again is harmless).
-                Some(campaign) => {
-                    self.write_manifest(&campaign).await?;
-                    Some(campaign)
-                }
-                None => {
-                    match li::begin_campaign(&self.ctx.pool, self.record.id, new)
-                        .await
-                        .map_err(db)?
-                    {
-                        Some(campaign) => {
-                            self.write_manifest(&campaign).await?;
-                            Some(campaign)
-                        }
-                        None => {
-                            self.problem(
-                                Problem::Duplicate,
-                                &path,
-                                json!({ "campaign": new.number,
-                                        "reason": "another folder was imported as this campaign" }),
-                            )
-                            .await?;
-                            self.folder_outcome("duplicate");
-                            return Ok(());
-                        }
-                    }
-                }
-            }
+        let placed = self.place_files(&path, files).await?;
+        let campaign = match self.open_campaign(new, existing, &path).await? {
+            Destination::Duplicate => return Ok(()),
+            Destination::Check => None,
+            Destination::Campaign(campaign) => Some(campaign),
         };
         let records = match &campaign {
             Some(c) => li::files_of(&self.ctx.pool, c.session_id)
@@ -382,67 +328,19 @@ impl Importer<'_> {
                 .map_err(db)?,
             None => BTreeMap::new(),
         };
-        let limit = self.record.options.max_file_bytes;
         let mut checked = 0u64;
         for (rel, listed, placement) in placed {
             self.run.checkpoint()?;
-            if colliding.contains(rel) {
-                continue;
-            }
-            let area = area_label(placement.area());
             if records.get(rel).is_some_and(|r| r.status == "copied") {
                 continue;
             }
-            if listed.size > limit {
-                self.file_problem(
-                    &path,
-                    rel,
-                    Problem::Oversized,
-                    json!({ "bytes": listed.size, "limit": limit }),
-                    area,
-                )
-                .await?;
+            let Some(bytes) = self.read_checked(&path, rel, listed, &placement).await? else {
                 continue;
-            }
-            let bytes = match self.source.read_listed(&listed.key).await {
-                Ok(bytes) => bytes,
-                Err(err) => {
-                    self.file_problem(
-                        &path,
-                        rel,
-                        Problem::Unreadable,
-                        json!({ "reason": format!("cannot be read: {}", sources::store_error(&err)) }),
-                        area,
-                    )
-                    .await?;
-                    continue;
-                }
             };
-            if bytes.len() as u64 > limit {
-                self.file_problem(
-                    &path,
-                    rel,
-                    Problem::Oversized,
-                    json!({ "bytes": bytes.len(), "limit": limit }),
-                    area,
-                )
-                .await?;
-                continue;
-            }
-            if let Err(reason) = li::check_bytes(&placement, &bytes) {
-                self.file_problem(
-                    &path,
-                    rel,
-                    Problem::Unreadable,
-                    json!({ "reason": reason }),
-                    area,
-                )
-                .await?;
-                continue;
-            }
             match &campaign {
                 None => {
                     checked += 1;
+                    let area = area_label(placement.area());
                     metrics::counter!(m::LEGACY_IMPORT_FILES_TOTAL, "area" => area,
                         "outcome" => "validated")
                     .increment(1);
@@ -475,6 +373,124 @@ impl Importer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Where each file of the folder at `path` goes. Names that cannot be
+    /// made safe, and names that collide once made safe, go nowhere and
+    /// are reported.
+    async fn place_files<'f>(
+        &self,
+        path: &str,
+        files: &'f BTreeMap<String, Listed>,
+    ) -> Result<Vec<(&'f String, &'f Listed, Placement)>, JobError> {
+        let mut placed: Vec<(&String, &Listed, Placement)> = Vec::new();
+        let mut targets: HashMap<(Area, String), Vec<&String>> = HashMap::new();
+        for (rel, listed) in files {
+            match li::place(rel) {
+                Ok(placement) => {
+                    if let Placement::File { area, name, .. } = &placement {
+                        targets.entry((*area, name.clone())).or_default().push(rel);
+                    }
+                    placed.push((rel, listed, placement));
+                }
+                Err(reason) => {
+                    let detail = json!({ "reason": reason });
+                    self.file_problem(path, rel, Problem::Unreadable, detail, "data")
+                        .await?;
+                }
+            }
+        }
+        let mut colliding: BTreeSet<&String> = BTreeSet::new();
+        for ((area, name), rels) in targets.iter().filter(|(_, rels)| rels.len() > 1) {
+            for rel in rels {
+                colliding.insert(rel);
+                let others: Vec<&String> = rels.iter().copied().filter(|r| r != rel).collect();
+                self.file_problem(
+                    path,
+                    rel,
+                    Problem::Collision,
+                    json!({ "name": format!("{}/{name}", area.dir()), "collides_with": others }),
+                    area_label(*area),
+                )
+                .await?;
+            }
+        }
+        placed.retain(|(rel, _, _)| !colliding.contains(rel));
+        Ok(placed)
+    }
+
+    /// The session the folder goes into: the one a stopped run began, a
+    /// new one, none in a dry run; or nothing when another folder was
+    /// imported as the same campaign (reported).
+    async fn open_campaign(
+        &mut self,
+        new: &li::NewCampaign<'_>,
+        existing: Option<li::Campaign>,
+        path: &str,
+    ) -> Result<Destination, JobError> {
+        if self.record.dry_run {
+            return Ok(Destination::Check);
+        }
+        let campaign = match existing {
+            // Begun by a run that stopped: its manifest may never have been
+            // written (writing it again is harmless).
+            Some(campaign) => campaign,
+            None => match li::begin_campaign(&self.ctx.pool, self.record.id, new)
+                .await
+                .map_err(db)?
+            {
+                Some(campaign) => campaign,
+                None => {
+                    self.problem(
+                        Problem::Duplicate,
+                        path,
+                        json!({ "campaign": new.number,
+                                "reason": "another folder was imported as this campaign" }),
+                    )
+                    .await?;
+                    self.folder_outcome("duplicate");
+                    return Ok(Destination::Duplicate);
+                }
+            },
+        };
+        self.write_manifest(&campaign).await?;
+        Ok(Destination::Campaign(campaign))
+    }
+
+    /// A file's bytes, if it is within the limit, readable, and what its
+    /// name says (else the problem is reported and None returned).
+    async fn read_checked(
+        &self,
+        path: &str,
+        rel: &str,
+        listed: &Listed,
+        placement: &Placement,
+    ) -> Result<Option<Bytes>, JobError> {
+        let area = area_label(placement.area());
+        let limit = self.record.options.max_file_bytes;
+        let (problem, detail) = if listed.size > limit {
+            (
+                Problem::Oversized,
+                json!({ "bytes": listed.size, "limit": limit }),
+            )
+        } else {
+            match self.source.read_listed(&listed.key).await {
+                Err(err) => (
+                    Problem::Unreadable,
+                    json!({ "reason": format!("cannot be read: {}", sources::store_error(&err)) }),
+                ),
+                Ok(bytes) if bytes.len() as u64 > limit => (
+                    Problem::Oversized,
+                    json!({ "bytes": bytes.len(), "limit": limit }),
+                ),
+                Ok(bytes) => match li::check_bytes(placement, &bytes) {
+                    Ok(()) => return Ok(Some(bytes)),
+                    Err(reason) => (Problem::Unreadable, json!({ "reason": reason })),
+                },
+            }
+        };
+        self.file_problem(path, rel, problem, detail, area).await?;
+        Ok(None)
     }
 
     async fn file_problem(
