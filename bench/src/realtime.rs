@@ -191,67 +191,22 @@ async fn latency(
     let sessions = Arc::new(make_sessions(&scratch.pool, SESSIONS).await?);
     let token = token(config, "bench")?;
 
-    let completed: Times = Arc::default();
-    let mut readers = Vec::new();
-    for session in sessions.iter() {
-        let mut socket = connect(addr, *session, &token).await?;
-        let completed = completed.clone();
-        readers.push(tokio::spawn(async move {
-            while let Some(Ok(message)) = socket.next().await {
-                if let tokio_tungstenite::tungstenite::Message::Text(text) = message
-                    && text.contains("\"turn.completed\"")
-                    && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
-                    && let Some(id) = value["data"]["turn_id"].as_str()
-                {
-                    completed.lock().await.insert(id.to_owned(), Instant::now());
-                }
-            }
-        }));
-    }
+    let (completed, readers) = listen(addr, &sessions, &token).await?;
     // Let the workers connect before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = reqwest::Client::new();
 
     // Closed loop: the maximum.
-    let sent: Times = Arc::default();
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..args.clients.max(1) {
-        let (client, sent, next, sessions, token) = (
-            client.clone(),
-            sent.clone(),
-            next.clone(),
-            sessions.clone(),
-            token.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= closed {
-                    return anyhow::Ok(());
-                }
-                post(&client, addr, sessions[i % sessions.len()], &token, &sent).await?;
-            }
-        }));
-    }
-    for task in clients {
-        task.await??;
-    }
-    wait_for(Duration::from_secs(300), Duration::from_millis(10), || {
-        let completed = completed.clone();
-        async move { Ok(completed.lock().await.len() >= closed) }
-    })
-    .await
-    .context("not every turn.completed of the closed loop reached a socket")?;
-    let last = completed
-        .lock()
-        .await
-        .values()
-        .copied()
-        .max()
-        .unwrap_or(started);
-    let max = closed as f64 / last.duration_since(started).as_secs_f64();
+    let max = closed_loop(
+        addr,
+        &client,
+        &sessions,
+        &token,
+        &completed,
+        args.clients,
+        closed,
+    )
+    .await?;
 
     // Open loop at half the maximum (or --rate).
     let rate = args.rate.unwrap_or(max / 2.0).max(1.0);
@@ -306,18 +261,7 @@ async fn latency(
         .collect();
     latencies.sort_by(f64::total_cmp);
     let ids: Vec<uuid::Uuid> = sent.keys().filter_map(|id| id.parse().ok()).collect();
-    let (mut queued, mut ran): (Vec<f64>, Vec<f64>) = sqlx::query_as::<_, (f64, f64)>(
-        "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000,
-                extract(epoch FROM completed_at - started_at)::float8 * 1000
-         FROM turns WHERE id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&scratch.pool)
-    .await?
-    .into_iter()
-    .unzip();
-    queued.sort_by(f64::total_cmp);
-    ran.sort_by(f64::total_cmp);
+    let (queued, ran) = phases(&scratch.pool, &ids).await?;
     for reader in readers {
         reader.abort();
     }
@@ -337,6 +281,101 @@ async fn latency(
         ),
         cores,
     })
+}
+
+/// A socket per session, recording when each `turn.completed` arrives.
+async fn listen(
+    addr: std::net::SocketAddr,
+    sessions: &[uuid::Uuid],
+    token: &str,
+) -> anyhow::Result<(Times, Vec<tokio::task::JoinHandle<()>>)> {
+    let completed: Times = Arc::default();
+    let mut readers = Vec::new();
+    for session in sessions {
+        let mut socket = connect(addr, *session, token).await?;
+        let completed = completed.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(text) = message
+                    && text.contains("\"turn.completed\"")
+                    && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+                    && let Some(id) = value["data"]["turn_id"].as_str()
+                {
+                    completed.lock().await.insert(id.to_owned(), Instant::now());
+                }
+            }
+        }));
+    }
+    Ok((completed, readers))
+}
+
+/// `closed` turns posted by `clients` clients as fast as they are
+/// answered; turns a second until the last one's `turn.completed`.
+async fn closed_loop(
+    addr: std::net::SocketAddr,
+    client: &reqwest::Client,
+    sessions: &Arc<Vec<uuid::Uuid>>,
+    token: &str,
+    completed: &Times,
+    clients: usize,
+    closed: usize,
+) -> anyhow::Result<f64> {
+    let sent: Times = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (client, sent, next, sessions, token) = (
+            client.clone(),
+            sent.clone(),
+            next.clone(),
+            sessions.clone(),
+            token.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= closed {
+                    return anyhow::Ok(());
+                }
+                post(&client, addr, sessions[i % sessions.len()], &token, &sent).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    wait_for(Duration::from_secs(300), Duration::from_millis(10), || {
+        let completed = completed.clone();
+        async move { Ok(completed.lock().await.len() >= closed) }
+    })
+    .await
+    .context("not every turn.completed of the closed loop reached a socket")?;
+    let last = completed
+        .lock()
+        .await
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(started);
+    Ok(closed as f64 / last.duration_since(started).as_secs_f64())
+}
+
+/// Of the turns `ids`: time queued and time running, each sorted, in ms.
+async fn phases(pool: &sqlx::PgPool, ids: &[uuid::Uuid]) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut queued, mut ran): (Vec<f64>, Vec<f64>) = sqlx::query_as::<_, (f64, f64)>(
+        "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000,
+                extract(epoch FROM completed_at - started_at)::float8 * 1000
+         FROM turns WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .unzip();
+    queued.sort_by(f64::total_cmp);
+    ran.sort_by(f64::total_cmp);
+    Ok((queued, ran))
 }
 
 pub(crate) fn resident_kib(pid: u32) -> anyhow::Result<f64> {

@@ -285,20 +285,7 @@ impl<'a> Migrator<'a> {
             if let Err(refusal) = ingest(Uuid::nil()).check(&bytes) {
                 return self.fail(table, &asset.id, &refused(refusal)).await;
             }
-            am::record_outcome(
-                &self.ctx.pool,
-                self.record.id,
-                name,
-                &asset.id,
-                "validated",
-                None,
-            )
-            .await
-            .map_err(db)?;
-            metrics::counter!(m::MIGRATION_ASSETS_TOTAL, "kind" => kind.as_str(), "outcome" => "validated")
-                .increment(1);
-            self.seen += 1;
-            return Ok(());
+            return self.validated(table, asset).await;
         }
         let key_of = |media_id: Uuid| files.key(kind.area(), &media::object_name(media_id, 1, ext));
         let candidate = Uuid::now_v7();
@@ -324,22 +311,7 @@ impl<'a> Migrator<'a> {
         let (key, sha256, size) = (object.storage_key, object.sha256, object.byte_size);
         let stored_type = object.content_type;
         // Read it back: what storage holds must be what the source held.
-        let reading = self
-            .ctx
-            .storage
-            .read(&key, None)
-            .await
-            .map_err(|e| JobError::retryable(format!("storage: {e}")))?;
-        let mut hasher = Sha256::new();
-        let mut stream = reading.stream;
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| JobError::retryable(format!("storage: {e}")))?
-        {
-            hasher.update(&chunk);
-        }
-        let read_back: [u8; 32] = hasher.finalize().into();
+        let read_back = stored_sha256(self.ctx, &key).await?;
         if read_back != sha256 {
             let _ = self.ctx.storage.delete_objects(vec![key.clone()]).await;
             return self
@@ -379,6 +351,25 @@ impl<'a> Migrator<'a> {
             ..item
         };
         self.point_source(table, &stored).await?;
+        self.seen += 1;
+        Ok(())
+    }
+
+    /// Counts a dry run's asset that passed the checks.
+    async fn validated(&mut self, table: &Table, asset: &SourceAsset) -> Result<(), JobError> {
+        let kind = table.spec().kind;
+        am::record_outcome(
+            &self.ctx.pool,
+            self.record.id,
+            &table.spec().table,
+            &asset.id,
+            "validated",
+            None,
+        )
+        .await
+        .map_err(db)?;
+        metrics::counter!(m::MIGRATION_ASSETS_TOTAL, "kind" => kind.as_str(), "outcome" => "validated")
+            .increment(1);
         self.seen += 1;
         Ok(())
     }
@@ -452,6 +443,17 @@ impl<'a> Migrator<'a> {
             failed = counts.failed, "asset migration ended");
         Ok(report)
     }
+}
+
+/// The SHA-256 of what storage holds at `key`, read back in full.
+async fn stored_sha256(ctx: &JobContext, key: &str) -> Result<[u8; 32], JobError> {
+    let storage = |e: questboard_core::storage::Error| JobError::retryable(format!("storage: {e}"));
+    let mut stream = ctx.storage.read(key, None).await.map_err(storage)?.stream;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.try_next().await.map_err(storage)? {
+        hasher.update(&chunk);
+    }
+    Ok(hasher.finalize().into())
 }
 
 struct Rollback<'a> {
