@@ -290,7 +290,10 @@ async fn queued_and_running_jobs_are_cancelled_and_cancelled_or_failed_ones_retr
         )
         .await;
     assert_eq!(resp.body["outcome"], "cancelled", "{}", resp.text);
-    let worker = app.jobs_worker(|_| {}).await;
+    // Attempts and errors are counted exactly below: a lease long enough
+    // that a loaded machine's late renewal never looks like a dead worker
+    // (a takeover would add a run and an error of its own).
+    let worker = app.jobs_worker(|c| c.lease_ttl_ms = 15_000).await;
 
     // Running: asked to stop, it stops at a checkpoint, no result. The
     // job would sleep for ten minutes, far past `wait_job`'s deadline, so
@@ -311,8 +314,8 @@ async fn queued_and_running_jobs_are_cancelled_and_cancelled_or_failed_ones_retr
     let ended = app
         .wait_job(&running, "the cancellation", |j| status(j) == "cancelled")
         .await;
-    assert!(ended["result"].is_null());
-    assert_eq!(ended["last_error"], "cancelled by an operator");
+    assert!(ended["result"].is_null(), "{ended:#}");
+    assert_eq!(ended["last_error"], "cancelled by an operator", "{ended:#}");
     // Cancelling it again is a conflict; so is cancelling a turn.
     let resp = app
         .op(
@@ -324,8 +327,11 @@ async fn queued_and_running_jobs_are_cancelled_and_cancelled_or_failed_ones_retr
     resp.assert_error(409, "conflict");
 
     let job = app.job_detail(&queued).await;
-    assert_eq!(status(&job), "cancelled");
-    assert_eq!(job["attempts"], 0, "a cancelled queued job never ran");
+    assert_eq!(status(&job), "cancelled", "{job:#}");
+    assert_eq!(
+        job["attempts"], 0,
+        "a cancelled queued job never ran: {job:#}"
+    );
 
     // Retry: the cancelled one runs now, attempts reset.
     let resp = app
@@ -339,7 +345,7 @@ async fn queued_and_running_jobs_are_cancelled_and_cancelled_or_failed_ones_retr
     let done = app
         .wait_job(&queued, "the retried job", |j| status(j) == "succeeded")
         .await;
-    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["attempts"], 1, "{done:#}");
 
     // A job that failed for good (three failed runs) is retried too.
     let failing = app
@@ -348,11 +354,15 @@ async fn queued_and_running_jobs_are_cancelled_and_cancelled_or_failed_ones_retr
     let failed = app
         .wait_job(&failing, "it to fail for good", |j| status(j) == "failed")
         .await;
-    assert_eq!(failed["attempts"], 3);
-    assert_eq!(failed["errors"].as_array().map(Vec::len), Some(3));
+    assert_eq!(failed["attempts"], 3, "{failed:#}");
     assert_eq!(
-        failed["last_error"],
-        "planned failure of attempt 3 (gave up after 3 attempts)"
+        failed["errors"].as_array().map(Vec::len),
+        Some(3),
+        "{failed:#}"
+    );
+    assert_eq!(
+        failed["last_error"], "planned failure of attempt 3 (gave up after 3 attempts)",
+        "{failed:#}"
     );
     // Succeeded and running jobs are not retried.
     let resp = app
@@ -379,7 +389,11 @@ async fn queued_and_running_jobs_are_cancelled_and_cancelled_or_failed_ones_retr
             status(j) == "failed" && j["attempts"] == 3
         })
         .await;
-    assert_eq!(failed["errors"].as_array().map(Vec::len), Some(6));
+    assert_eq!(
+        failed["errors"].as_array().map(Vec::len),
+        Some(6),
+        "{failed:#}"
+    );
 
     // Turns are not retried or cancelled by hand.
     let session = app.create_session("alice", "Turns").await;
