@@ -52,7 +52,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
     let schedule = Arc::new(schedule(config, &registry)?);
-    let description = http::openapi::document(&registry, config.max_turn_chars);
+    let description = http::openapi::document(&registry, config.max_turn_chars)?;
     http::register_known_metrics(&description);
     let kinds: Vec<&str> = registry.kinds().iter().map(|k| k.spec.kind).collect();
     questboard_core::metrics::register_known(&questboard_core::metrics::Known {

@@ -129,85 +129,74 @@ async fn openapi_json(State(state): State<AppState>) -> impl axum::response::Int
 /// the running process knows or what attributes cannot hold: the job kinds
 /// of its registry (and each startable kind's payload), the configured
 /// length of a turn, and the patterns shared with the validating code.
-pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+///
+/// Every patch names the place it changes; a place the annotations no
+/// longer have (a renamed schema, a moved route) is an error naming it,
+/// so the served description never silently loses a constraint.
+pub fn document(registry: &Registry, max_turn_chars: usize) -> Result<Value, StalePatches> {
+    let mut patches = Patches::new(serde_json::to_value(ApiDoc::openapi()).unwrap_or_default());
     let kinds: Vec<&str> = registry.kinds().iter().map(|k| k.spec.kind).collect();
-    let set = |doc: &mut Value, pointer: &str, key: &str, value: Value| {
-        if let Some(Value::Object(target)) = doc.pointer_mut(pointer) {
-            target.insert(key.to_owned(), value);
-        }
-    };
     let schemas = "/components/schemas";
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/SessionInput/properties/name"),
         "pattern",
         json!(*text::NAME_PATTERN),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/SessionInput/properties/name"),
         "maxLength",
         json!(MAX_NAME_CHARS),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/SessionChanges"),
         "minProperties",
         json!(1),
     );
     for key in ["pattern", "maxLength"] {
-        let value = doc
+        let value = patches
+            .doc
             .pointer(&format!("{schemas}/SessionInput/properties/name/{key}"))
             .cloned()
             .unwrap_or_default();
-        set(
-            &mut doc,
+        patches.set(
             &format!("{schemas}/SessionChanges/properties/name"),
             key,
             value,
         );
     }
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/TurnInput/properties/text"),
         "pattern",
         json!(*text::TEXT_PATTERN),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/GenerateInput/properties/prompt"),
         "pattern",
         json!(*text::TEXT_PATTERN),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/TurnInput/properties/text"),
         "maxLength",
         json!(max_turn_chars),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/StateOperation/properties/path"),
         "pattern",
         json!(ops::Path::PATTERN),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/StateOperation/properties/path"),
         "not",
         json!({ "pattern": ops::Path::FORBIDDEN_PATTERN }),
     );
     // Versions are counted one by one: far below 2^53, the largest whole
     // number every JSON reader holds exactly.
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/StateUpdateInput/properties/version"),
         "maximum",
         json!(9_007_199_254_740_991_i64),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/StateOperation/properties"),
         "value",
         json!({
@@ -234,8 +223,7 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
             }
         })
     };
-    set(
-        &mut doc,
+    patches.set(
         schemas,
         "StateOperationInput",
         json!({
@@ -248,38 +236,27 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
             ]
         }),
     );
-    set(
-        &mut doc,
+    patches.set(
         &format!("{schemas}/StateUpdateInput/properties/operations"),
         "items",
         json!({ "$ref": "#/components/schemas/StateOperationInput" }),
     );
-    set_parameter(
-        &mut doc,
+    patches.parameter(
         "/api/sessions",
         "get",
         "cursor",
         "pattern",
         json!(Cursor::PATTERN),
     );
-    set_parameter(
-        &mut doc,
+    patches.parameter(
         "/api/admin/jobs",
         "get",
         "cursor",
         "pattern",
         json!(job_rows::JOB_ID_PATTERN),
     );
-    set_parameter(
-        &mut doc,
-        "/api/admin/jobs",
-        "get",
-        "kind",
-        "enum",
-        json!(kinds),
-    );
-    set_parameter(
-        &mut doc,
+    patches.parameter("/api/admin/jobs", "get", "kind", "enum", json!(kinds));
+    patches.parameter(
         "/api/admin/jobs",
         "get",
         "status",
@@ -287,8 +264,7 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
         json!(job_rows::JobStatus::ALL.map(job_rows::JobStatus::as_str)),
     );
     for action in ["pause", "resume"] {
-        set_parameter(
-            &mut doc,
+        patches.parameter(
             &format!("/api/admin/queues/{{kind}}/{action}"),
             "post",
             "kind",
@@ -346,7 +322,7 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
     ] {
         for status in ["200", "206"] {
             let pointer = format!("/paths/{}/get/responses/{status}", path.replace('/', "~1"));
-            set(&mut doc, &pointer, "content", Value::Object(served.clone()));
+            patches.set(&pointer, "content", Value::Object(served.clone()));
         }
     }
     // An upload's body is the file: one entry per type its kinds take.
@@ -361,61 +337,134 @@ pub fn document(registry: &Registry, max_turn_chars: usize) -> Value {
         ("/api/sessions/{session_id}/assets/{media_id}", "put"),
     ] {
         let pointer = format!("/paths/{}/{method}/requestBody", path.replace('/', "~1"));
-        set(
-            &mut doc,
-            &pointer,
-            "content",
-            Value::Object(upload_types.clone()),
-        );
+        patches.set(&pointer, "content", Value::Object(upload_types.clone()));
     }
-    set_parameter(
-        &mut doc,
+    patches.parameter(
         "/api/sessions/{session_id}/assets",
         "post",
         "kind",
         "enum",
         json!(["map", "note"]),
     );
-    set_parameter(
-        &mut doc,
+    patches.parameter(
         "/api/sessions/{session_id}/media",
         "get",
         "kind",
         "enum",
         json!(MediaKind::ALL.map(MediaKind::as_str)),
     );
-    set_parameter(
-        &mut doc,
+    patches.parameter(
         "/api/media/{session_id}/{kind}/{file}",
         "get",
         "kind",
         "enum",
         json!(MediaKind::ALL.map(MediaKind::url_segment)),
     );
-    set(
-        &mut doc,
+    patches.set(
         schemas,
         "StartJob",
         json!({ "oneOf": startable,
         "description": "A job of a kind operators may start, with that kind's payload (default `{}`)." }),
     );
-    doc
+    patches.finish()
 }
 
-/// Sets `key` of the schema of the parameter `name` of `method path`.
-fn set_parameter(doc: &mut Value, path: &str, method: &str, name: &str, key: &str, value: Value) {
-    let pointer = format!(
-        "/paths/{}/{method}/parameters",
-        path.replace('~', "~0").replace('/', "~1")
-    );
-    let Some(Value::Array(parameters)) = doc.pointer_mut(&pointer) else {
-        return;
-    };
-    for parameter in parameters {
-        if parameter["name"] == name
-            && let Some(Value::Object(schema)) = parameter.get_mut("schema")
-        {
-            schema.insert(key.to_owned(), value.clone());
+/// Patches of the annotations' document, with the places they did not find.
+struct Patches {
+    doc: Value,
+    missing: Vec<String>,
+}
+
+/// Patches of the OpenAPI document whose places the annotations no longer
+/// have: the patch is stale and the served description would be wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("OpenAPI patches name places the document does not have: {}", .0.join(", "))]
+pub struct StalePatches(pub Vec<String>);
+
+impl Patches {
+    fn new(doc: Value) -> Self {
+        Self {
+            doc,
+            missing: Vec::new(),
         }
+    }
+
+    /// Sets `key` of the object at JSON pointer `pointer`.
+    fn set(&mut self, pointer: &str, key: &str, value: Value) {
+        match self.doc.pointer_mut(pointer) {
+            Some(Value::Object(target)) => {
+                target.insert(key.to_owned(), value);
+            }
+            _ => self.missing.push(format!("{pointer} (for {key})")),
+        }
+    }
+
+    /// Sets `key` of the schema of the parameter `name` of `method path`.
+    fn parameter(&mut self, path: &str, method: &str, name: &str, key: &str, value: Value) {
+        let pointer = format!(
+            "/paths/{}/{method}/parameters",
+            path.replace('~', "~0").replace('/', "~1")
+        );
+        let mut found = false;
+        if let Some(Value::Array(parameters)) = self.doc.pointer_mut(&pointer) {
+            for parameter in parameters {
+                if parameter["name"] == name
+                    && let Some(Value::Object(schema)) = parameter.get_mut("schema")
+                {
+                    schema.insert(key.to_owned(), value.clone());
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            self.missing
+                .push(format!("parameter {name} of {method} {path} (for {key})"));
+        }
+    }
+
+    fn finish(self) -> Result<Value, StalePatches> {
+        if self.missing.is_empty() {
+            Ok(self.doc)
+        } else {
+            Err(StalePatches(self.missing))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn every_patch_finds_its_place() {
+        let registry = questboard_workers::jobs::registry();
+        let doc = document(&registry, 4000).expect("no stale patch");
+        assert_eq!(
+            doc.pointer("/components/schemas/TurnInput/properties/text/maxLength"),
+            Some(&json!(4000))
+        );
+    }
+
+    #[test]
+    fn a_patch_of_a_place_that_is_gone_is_named() {
+        let mut patches = Patches::new(json!({ "paths": {}, "components": { "schemas": {} } }));
+        patches.set(
+            "/components/schemas/Gone/properties/name",
+            "pattern",
+            json!("x"),
+        );
+        patches.set("/components/schemas", "Added", json!({}));
+        patches.parameter("/api/gone", "get", "cursor", "pattern", json!("x"));
+        let Err(StalePatches(missing)) = patches.finish() else {
+            panic!("stale patches were accepted");
+        };
+        assert_eq!(
+            missing,
+            [
+                "/components/schemas/Gone/properties/name (for pattern)",
+                "parameter cursor of get /api/gone (for pattern)",
+            ]
+        );
     }
 }

@@ -11,7 +11,9 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use questboard_core::identity::UserId;
 use questboard_core::metrics as m;
+use chrono::{DateTime, Utc};
 use questboard_core::state::review::{self, Held, Status};
+use serde_json::Value;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -49,11 +51,65 @@ pub struct ProposalParams {
     pub limit: Option<i64>,
 }
 
+/// A proposal as members see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProposalView {
+    /// Its id.
+    pub proposal_id: Uuid,
+    /// The session.
+    pub session_id: Uuid,
+    /// The turn whose reply asked for it.
+    pub turn_id: Uuid,
+    /// The player who played that turn.
+    pub proposed_for: String,
+    /// The state operations, as the model gave them (checked for shape;
+    /// checked against the state when approved).
+    #[schema(value_type = Vec<Object>)]
+    pub operations: Value,
+    /// The prompts of the images it asks for.
+    #[schema(value_type = Vec<String>)]
+    pub images: Value,
+    /// Where it is.
+    pub status: Status,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// A rejection's reason.
+    pub reason: Option<String>,
+    /// The update an approval made (when it had operations).
+    pub update_id: Option<Uuid>,
+    /// The state's version after that update.
+    pub version: Option<i64>,
+}
+
+impl From<Held> for ProposalView {
+    fn from(held: Held) -> Self {
+        Self {
+            proposal_id: held.id,
+            session_id: held.session_id,
+            turn_id: held.turn_id,
+            proposed_for: held.proposed_for,
+            operations: held.operations,
+            images: held.images,
+            status: held.status,
+            created_at: held.created_at,
+            decided_by: held.decided_by,
+            decided_at: held.decided_at,
+            reason: held.reason,
+            update_id: held.update_id,
+            version: held.version,
+        }
+    }
+}
+
 /// A page of proposals.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProposalPage {
     /// Newest first.
-    pub proposals: Vec<Held>,
+    pub proposals: Vec<ProposalView>,
     /// Pass as `cursor` for the next page; absent on the last one.
     pub next_cursor: Option<Uuid>,
 }
@@ -74,7 +130,7 @@ pub struct ApproveInput {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Approval {
     /// The proposal, now approved.
-    pub proposal: Held,
+    pub proposal: ProposalView,
     /// The state's version after its operations (absent: it had none).
     pub new_version: Option<i64>,
     /// Their update's id, as in its `state.updated` event.
@@ -117,7 +173,7 @@ pub async fn list_proposals(
     )
     .await?;
     Ok(Json(ProposalPage {
-        proposals,
+        proposals: proposals.into_iter().map(ProposalView::from).collect(),
         next_cursor,
     }))
 }
@@ -152,7 +208,7 @@ pub async fn approve_proposal(
     params(("session_id" = Uuid, Path, description = "Session id"),
            ("proposal_id" = Uuid, Path, description = "Proposal id")),
     request_body = RejectInput,
-    responses((status = 200, body = Held),
+    responses((status = 200, body = ProposalView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "A member who is not a game master", body = ErrorBody),
         (status = 404, description = "No such session (for the caller) or proposal", body = ErrorBody),
@@ -165,7 +221,7 @@ pub async fn reject_proposal(
     State(state): State<AppState>,
     Path((session_id, proposal_id)): Path<(Uuid, Uuid)>,
     Json(input): Json<RejectInput>,
-) -> Result<Json<Held>> {
+) -> Result<Json<ProposalView>> {
     Ok(Json(
         reject(
             &state,
@@ -211,7 +267,7 @@ pub async fn approve(
         new_version: approved.applied.as_ref().map(|a| a.new_version),
         update_id: approved.applied.as_ref().map(|a| a.update_id),
         images: approved.images,
-        proposal: approved.held,
+        proposal: approved.held.into(),
     })
 }
 
@@ -222,9 +278,9 @@ pub async fn reject(
     user: &UserId,
     proposal_id: Uuid,
     reason: Option<&str>,
-) -> Result<Held, Error> {
+) -> Result<ProposalView, Error> {
     let (held, event) = review::reject(&state.pool, session_id, user, proposal_id, reason).await?;
     state.events.events([event]);
     metrics::counter!(m::STATE_PROPOSALS_TOTAL, "outcome" => "rejected").increment(1);
-    Ok(held)
+    Ok(held.into())
 }

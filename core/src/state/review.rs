@@ -73,11 +73,10 @@ impl std::str::FromStr for Status {
 }
 crate::text_column!(Status);
 
-/// A held proposal.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+/// A held proposal (its HTTP view is `ProposalView`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Held {
     /// Its id.
-    #[serde(rename = "proposal_id")]
     pub id: Uuid,
     /// The session.
     pub session_id: Uuid,
@@ -87,10 +86,8 @@ pub struct Held {
     pub proposed_for: String,
     /// The state operations, as the model gave them (checked for shape;
     /// checked against the state when approved).
-    #[schema(value_type = Vec<Object>)]
     pub operations: Value,
     /// The prompts of the images it asks for.
-    #[schema(value_type = Vec<String>)]
     pub images: Value,
     /// Where it is.
     pub status: Status,
