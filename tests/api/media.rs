@@ -455,25 +455,19 @@ async fn uploads_and_serving_on_the_local_filesystem() {
 
 #[tokio::test]
 async fn uploads_and_serving_on_s3() {
-    if let Some(storage) = s3_test_storage("uploads_and_serving_on_s3", "media").await {
-        exercise(storage).await;
-    }
+    exercise(s3_test_storage("media").await).await;
 }
 
-/// An app on `storage` with one map uploaded by alice (bob is a player).
 /// On Google Cloud Storage (the GCS emulator, `QB_TEST_GCS_ENDPOINT`):
 /// uploads, versions, ranges and serving through the API. Signed links are
 /// not tried here: GCS signs with a service account's key, which no
 /// emulator has (they are HMAC links elsewhere, tested above).
 #[tokio::test]
 async fn uploads_and_serving_on_gcs() {
-    if let Some(storage) =
-        crate::helpers::gcs_test_storage("uploads_and_serving_on_gcs", "media").await
-    {
-        exercise(storage).await;
-    }
+    exercise(crate::helpers::gcs_test_storage("media").await).await;
 }
 
+/// An app on `storage` with one map uploaded by alice (bob is a player).
 async fn app_with_map(storage: Storage, link_ttl: u64) -> (TestApp, String, String, Vec<u8>) {
     let app = TestApp::spawn_with_storage(storage, |c| c.media_link_ttl_seconds = link_ttl).await;
     let session = app.session_with("alice", &["bob"]).await;
@@ -581,9 +575,7 @@ async fn signed_links_work_for_one_object_until_they_expire() {
 
 #[tokio::test]
 async fn signed_links_on_s3_are_presigned_urls_of_the_store() {
-    let Some(storage) = s3_test_storage("signed_links_on_s3", "links").await else {
-        return;
-    };
+    let storage = s3_test_storage("links").await;
     let (app, session, media_id, map) = app_with_map(storage, 60).await;
     let link = app
         .get(

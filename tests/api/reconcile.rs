@@ -392,14 +392,7 @@ async fn reconcile_on_the_local_filesystem() {
 /// On Google Cloud Storage (the GCS emulator, `QB_TEST_GCS_ENDPOINT`).
 #[tokio::test]
 async fn reconcile_on_gcs() {
-    let Ok(endpoint) = std::env::var("QB_TEST_GCS_ENDPOINT") else {
-        eprintln!("SKIPPED reconcile_on_gcs: QB_TEST_GCS_ENDPOINT is not set");
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the GCS test (QB_TEST_GCS_ENDPOINT unset)"
-        );
-        return;
-    };
+    let endpoint = crate::helpers::gcs_endpoint();
     let bucket = format!("qb-reconcile-{}", Uuid::new_v4().simple());
     let created = reqwest::Client::new()
         .post(format!("{endpoint}/storage/v1/b?project=questboard-test"))
@@ -413,14 +406,7 @@ async fn reconcile_on_gcs() {
 
 #[tokio::test]
 async fn reconcile_on_s3() {
-    let Ok(endpoint) = std::env::var("QB_TEST_S3_ENDPOINT") else {
-        eprintln!("SKIPPED reconcile_on_s3: QB_TEST_S3_ENDPOINT is not set");
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the S3 test (QB_TEST_S3_ENDPOINT unset)"
-        );
-        return;
-    };
+    let endpoint = crate::helpers::s3_endpoint();
     let bucket = format!("qb-reconcile-{}", Uuid::new_v4().simple());
     let created = reqwest::Client::new()
         .put(format!("{endpoint}/{bucket}"))

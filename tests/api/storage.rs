@@ -1,6 +1,6 @@
 //! The storage abstraction against the local filesystem, memory, and a real
-//! S3-compatible server when one is configured (`QB_TEST_S3_ENDPOINT`,
-//! started by `scripts/test` with moto).
+//! S3-compatible server (`QB_TEST_S3_ENDPOINT`, moto, started by
+//! `scripts/services s3`) and the GCS emulator.
 
 use bytes::Bytes;
 use questboard_core::sessions::storage_prefix_for;
@@ -190,10 +190,7 @@ async fn local_filesystem_storage_keeps_files_under_its_root() {
 
 #[tokio::test]
 async fn s3_compatible_storage() {
-    let Some(storage) = crate::helpers::s3_test_storage("s3_compatible_storage", "tenant-a").await
-    else {
-        return;
-    };
+    let storage = crate::helpers::s3_test_storage("tenant-a").await;
     storage.check().await.expect("s3 reachable");
     exercise(&storage).await;
 
@@ -214,13 +211,11 @@ async fn s3_compatible_storage() {
 /// against the GCS emulator: the same checks as every backend.
 #[tokio::test]
 async fn gcs_storage() {
-    let Some(storage) = crate::helpers::gcs_test_storage("gcs_storage", "tenant-g").await else {
-        return;
-    };
+    let storage = crate::helpers::gcs_test_storage("tenant-g").await;
     storage.check().await.expect("gcs reachable");
     exercise(&storage).await;
     // The URL's prefix is applied: objects land under tenant-g/sessions/...
-    let endpoint = std::env::var("QB_TEST_GCS_ENDPOINT").expect("endpoint");
+    let endpoint = crate::helpers::gcs_endpoint();
     let bucket = storage
         .describe()
         .trim_start_matches("gs://")
