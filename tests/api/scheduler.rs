@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::helpers::{TestApp, free_port, redis_url};
 
@@ -262,7 +262,13 @@ async fn a_scheduler_down_for_three_ticks_catches_up_once_or_skips() {
     ]
     .into_iter()
     .collect();
-    tokio::time::sleep(Duration::from_millis(3600)).await;
+    // Down for three ticks: until the clock is past the third tick either
+    // entry missed (they tick every whole second).
+    let third_missed = *stopped_after.values().max().expect("ticks") + TimeDelta::seconds(3);
+    wait_until("three missed ticks", Duration::from_secs(15), || async {
+        Utc::now() > third_missed
+    })
+    .await;
     let restarted = Utc::now();
     let mut second = Scheduler::start(&app, &file);
     wait_until(
