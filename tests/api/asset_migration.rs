@@ -121,6 +121,12 @@ async fn admin(db: &TestDb, place: &Place, args: &[&str]) -> (bool, String, Stri
 }
 
 /// What the source holds and what should become of it.
+/// The source's rows by (table, id): the blob, and the media it points at.
+type SourceRows = BTreeMap<(String, i64), (Option<Vec<u8>>, Option<Uuid>)>;
+
+/// Migrated media by id: its sha-256, key and session.
+type Migrated = HashMap<Uuid, (Vec<u8>, String, Uuid)>;
+
 struct Source {
     db: TestDb,
     /// (table, id) -> the original bytes.
@@ -234,7 +240,7 @@ async fn insert(
 }
 
 /// Every source row: (table, id) -> (bytes, storage_asset_id).
-async fn source_rows(pool: &PgPool) -> BTreeMap<(String, i64), (Option<Vec<u8>>, Option<Uuid>)> {
+async fn source_rows(pool: &PgPool) -> SourceRows {
     let mut rows = BTreeMap::new();
     for table in ["campaign_maps", "campaign_notes"] {
         let has_refs: bool = sqlx::query_scalar(
@@ -294,6 +300,18 @@ async fn old_asset(
     (status, etag, resp.bytes().await.expect("bytes").to_vec())
 }
 
+/// A migration's setting: an app on `place` with five sessions owned by
+/// alice (bob a member of the first), the mapping of the old campaigns to
+/// them, and an old database of 600 maps and 400 notes, 8 of them bad.
+/// The stories below run in order on each backend.
+struct Migration {
+    app: TestApp,
+    place: Place,
+    source: Source,
+    mapping: String,
+}
+
+/// Every migration story on `place`, in order.
 async fn exercise(place: Place) {
     // Questboard: five sessions owned by alice, bob a member of the first.
     let app = TestApp::spawn_with_storage(place.storage.clone(), |c| {
@@ -316,19 +334,38 @@ async fn exercise(place: Place) {
     let source = build_source(600, 400, &[100, 220, 340, 460, 580], &[100, 200, 300]).await;
     assert_eq!(source.originals.len(), 1000);
     assert_eq!(source.bad.len(), 8);
+    let x = Migration {
+        app,
+        place,
+        source,
+        mapping,
+    };
+    a_dry_run_checks_everything_and_changes_nothing(&x).await;
+    let (run_id, mut second) = a_run_whose_worker_is_killed_is_finished_by_another(&x).await;
+    let (media, after) = every_good_asset_is_stored_once_and_its_row_points_at_it(&x, run_id).await;
+    members_get_a_migrated_map_and_strangers_a_404(&x, &media, &after).await;
+    a_second_run_finds_only_the_bad_ones(&x).await;
+    a_rollback_restores_every_blob_and_removes_the_copies(&x, run_id).await;
+    too_many_bad_assets_abort_a_run(&x).await;
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+async fn a_dry_run_checks_everything_and_changes_nothing(x: &Migration) {
+    let (app, place, source, mapping) = (&x.app, &x.place, &x.source, &x.mapping);
     let before = source_rows(&source.db.pool).await;
 
     // A dry run checks everything and changes nothing.
-    let mut helper = worker(&app.db, &place);
+    let mut helper = worker(&app.db, place);
     let (ok, out, err) = admin(
         &app.db,
-        &place,
+        place,
         &[
             "run",
             "--source",
             &source.db.url,
             "--mapping",
-            &mapping,
+            mapping,
             "--dry-run",
         ],
     )
@@ -352,18 +389,22 @@ async fn exercise(place: Place) {
     assert!(place.media_objects().await.is_empty());
     let _ = helper.kill();
     let _ = helper.wait();
+}
 
+/// Returns the run and the worker that finished it.
+async fn a_run_whose_worker_is_killed_is_finished_by_another(x: &Migration) -> (Uuid, Child) {
+    let (app, place, source, mapping) = (&x.app, &x.place, &x.source, &x.mapping);
     // The real run; its worker is killed mid-run and another finishes it.
-    let mut first = worker(&app.db, &place);
+    let mut first = worker(&app.db, place);
     let (ok, out, err) = admin(
         &app.db,
-        &place,
+        place,
         &[
             "run",
             "--source",
             &source.db.url,
             "--mapping",
-            &mapping,
+            mapping,
             "--batch",
             "50",
             "--no-wait",
@@ -400,8 +441,8 @@ async fn exercise(place: Place) {
     )
     .await;
     assert!(killed_at < 992, "the run finished before it was killed");
-    let mut second = worker(&app.db, &place);
-    let (ok, out, err) = admin(&app.db, &place, &["resume", "--run", &run_id.to_string()]).await;
+    let second = worker(&app.db, place);
+    let (ok, out, err) = admin(&app.db, place, &["resume", "--run", &run_id.to_string()]).await;
     // `resume` enqueues another job; the first one is rescued too: both
     // end, and the run is the same.
     assert!(ok, "{err}");
@@ -439,6 +480,16 @@ async fn exercise(place: Place) {
     .expect("json");
     assert_eq!(kept["migrated"], 992);
 
+    (run_id, second)
+}
+
+/// Returns the migrated media (id: sha-256, key, session) and the source
+/// rows after the run.
+async fn every_good_asset_is_stored_once_and_its_row_points_at_it(
+    x: &Migration,
+    run_id: Uuid,
+) -> (Migrated, SourceRows) {
+    let (app, place, source) = (&x.app, &x.place, &x.source);
     // Nothing twice: one media row, one object per good asset.
     assert_eq!(
         count(
@@ -459,10 +510,7 @@ async fn exercise(place: Place) {
     );
     // Every good row points at its verified copy and lost its blob; the
     // bad ones are as they were.
-    let media: HashMap<Uuid, (Vec<u8>, String, Uuid)> = sqlx::query_as::<
-        _,
-        (Uuid, Vec<u8>, String, Uuid),
-    >(
+    let media: Migrated = sqlx::query_as::<_, (Uuid, Vec<u8>, String, Uuid)>(
         "SELECT id, sha256, storage_key, session_id FROM campaign_media WHERE source = 'migrated'",
     )
     .fetch_all(&app.db.pool)
@@ -495,6 +543,15 @@ async fn exercise(place: Place) {
         assert_eq!(bytes.as_ref(), original.as_slice(), "{key:?}");
     }
 
+    (media, after)
+}
+
+async fn members_get_a_migrated_map_and_strangers_a_404(
+    x: &Migration,
+    media: &Migrated,
+    after: &SourceRows,
+) {
+    let (app, source) = (&x.app, &x.source);
     // Members get a migrated map from the API; strangers a 404. (Map 5 is
     // of campaign 1: bob's session.)
     let map_id = after[&("campaign_maps".to_owned(), 5)].1.expect("map 5");
@@ -526,22 +583,28 @@ async fn exercise(place: Place) {
         .await
         .expect("get");
     assert_eq!(stranger.status(), 404);
+}
 
+async fn a_second_run_finds_only_the_bad_ones(x: &Migration) {
+    let (app, place, source, mapping) = (&x.app, &x.place, &x.source, &x.mapping);
     // A second run finds nothing left but the bad ones.
     let (ok, out, err) = admin(
         &app.db,
-        &place,
-        &["run", "--source", &source.db.url, "--mapping", &mapping],
+        place,
+        &["run", "--source", &source.db.url, "--mapping", mapping],
     )
     .await;
     assert!(ok, "{err}");
     let again = report_of(&out);
     assert_eq!(again["migrated"], 0, "{again:#}");
     assert_eq!(again["failed"], 8);
+}
 
+async fn a_rollback_restores_every_blob_and_removes_the_copies(x: &Migration, run_id: Uuid) {
+    let (app, place, source) = (&x.app, &x.place, &x.source);
     // Rollback: every blob back byte for byte, references cleared, the
     // run's objects and rows gone.
-    let (ok, out, err) = admin(&app.db, &place, &["rollback", "--run", &run_id.to_string()]).await;
+    let (ok, out, err) = admin(&app.db, place, &["rollback", "--run", &run_id.to_string()]).await;
     assert!(ok, "rollback failed: {err}");
     let rolled = report_of(&out);
     assert_eq!(rolled["outcome"], "rolled_back", "{rolled:#}");
@@ -564,21 +627,25 @@ async fn exercise(place: Place) {
         place.media_objects().await.is_empty(),
         "the run's objects are gone"
     );
-    let (ok, _, err) = admin(&app.db, &place, &["rollback", "--run", &run_id.to_string()]).await;
+    let (ok, _, err) = admin(&app.db, place, &["rollback", "--run", &run_id.to_string()]).await;
     assert!(!ok, "a run is rolled back once");
     assert!(err.contains("rolled_back"), "{err}");
+}
 
+/// 2 % bad: the run aborts by itself.
+async fn too_many_bad_assets_abort_a_run(x: &Migration) {
+    let (app, place, mapping) = (&x.app, &x.place, &x.mapping);
     // 2 % bad: the run aborts by itself, with a report, and exits non-zero.
     let risky = build_source(200, 0, &[10, 60, 110, 160], &[]).await;
     let (ok, out, _) = admin(
         &app.db,
-        &place,
+        place,
         &[
             "run",
             "--source",
             &risky.db.url,
             "--mapping",
-            &mapping,
+            mapping,
             "--notes-table",
             "",
         ],
@@ -595,8 +662,6 @@ async fn exercise(place: Place) {
     );
     assert!(aborted["migrated"].as_i64() < Some(196), "{aborted:#}");
     assert_eq!(aborted["failed"], 2);
-    let _ = second.kill();
-    let _ = second.wait();
 }
 
 #[tokio::test]

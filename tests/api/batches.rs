@@ -248,6 +248,8 @@ async fn a_batch_of_steps_applies_the_live_ones_and_nothing_of_a_fenced_out_one(
 #[tokio::test]
 async fn a_release_racing_a_submission_keeps_the_session_in_line() {
     let db = TestDb::create().await;
+    // On purpose: its second turn is settled as failed.
+    db.expect_failed_jobs();
     let alice = user("alice");
     let s = session(&db, &alice).await;
     let first = turns::submit(&db.pool, new(s, &alice, "one"))

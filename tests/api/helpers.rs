@@ -47,6 +47,8 @@ pub struct TestDb {
     pub pool: PgPool,
     /// The server's maintenance database, to drop this one.
     admin: String,
+    /// Set by tests that mean to leave jobs failed or stuck.
+    failures_expected: std::sync::atomic::AtomicBool,
 }
 
 impl TestDb {
@@ -85,26 +87,68 @@ impl TestDb {
             url,
             pool,
             admin: admin_url.to_owned(),
+            failures_expected: Default::default(),
         }
     }
+
+    /// Says this test leaves jobs failed for good or stuck on purpose;
+    /// otherwise dropping the database fails the test when any are left
+    /// (see [`left_behind`]).
+    pub fn expect_failed_jobs(&self) {
+        self.failures_expected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Jobs a test left failed for good (not cancelled), or running with no
+/// live lease (nobody works on them and nobody took them over): what a
+/// test that passed by accident would leave.
+async fn left_behind(url: &str) -> Vec<String> {
+    let Ok(mut conn) = PgConnection::connect(url).await else {
+        return Vec::new();
+    };
+    sqlx::query_scalar(
+        "SELECT format('%s %s %s: %s', j.job_type, j.id,
+                       CASE WHEN j.status = 'Killed' THEN 'failed' ELSE 'stuck running' END,
+                       coalesce(j.last_result ->> 'Err', ''))
+         FROM apalis.jobs j
+         WHERE (j.status = 'Killed' AND NOT coalesce(j.metadata ? 'cancelled_at', false))
+            OR (j.status = 'Running' AND NOT EXISTS (
+                    SELECT 1 FROM leases l
+                    WHERE l.scope = 'job' AND l.key = j.id AND l.expires_at > now()))
+         ORDER BY j.id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default()
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let admin_url = self.admin.clone();
+        let check = !std::thread::panicking()
+            && !self
+                .failures_expected
+                .load(std::sync::atomic::Ordering::Relaxed);
+        let url = self.url.clone();
         // Dropping needs async I/O, which Drop cannot await; a short-lived
         // thread with its own runtime does it.
-        let _ = std::thread::spawn(move || {
+        let left = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             else {
-                return;
+                return Vec::new();
             };
             rt.block_on(async move {
+                let left = if check {
+                    left_behind(&url).await
+                } else {
+                    Vec::new()
+                };
                 let Ok(admin) = admin_url.parse::<PgConnectOptions>() else {
-                    return;
+                    return left;
                 };
                 if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -113,9 +157,17 @@ impl Drop for TestDb {
                     .execute(&mut conn)
                     .await;
                 }
-            });
+                left
+            })
         })
-        .join();
+        .join()
+        .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "jobs were left failed or stuck (a test that means to leave them calls \
+             `db.expect_failed_jobs()`):\n{}",
+            left.join("\n")
+        );
     }
 }
 

@@ -348,6 +348,7 @@ async fn queued_and_running_jobs_are_cancelled_and_cancelled_or_failed_ones_retr
     assert_eq!(done["attempts"], 1, "{done:#}");
 
     // A job that failed for good (three failed runs) is retried too.
+    app.db.expect_failed_jobs();
     let failing = app
         .start_job("sleepy", json!({ "ms": 10, "fail_attempts": 9 }))
         .await;

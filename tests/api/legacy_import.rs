@@ -222,29 +222,75 @@ async fn objects(place: &Place) -> Vec<String> {
     keys
 }
 
+/// An import's setting: an app on `place`, a legacy `tree` for env `prod`
+/// with its mapping file, and a worker process serving imports. The stories
+/// below run in order on each backend: each starts where the last ended.
+struct Import {
+    app: TestApp,
+    place: Place,
+    tree: Tree,
+    prod: String,
+    source: String,
+    mapping_file: String,
+    /// The campaign most stories look into.
+    mine: String,
+    worker: Child,
+}
+
+impl Drop for Import {
+    fn drop(&mut self) {
+        let _ = self.worker.kill();
+        let _ = self.worker.wait();
+    }
+}
+
+impl Import {
+    /// The arguments of a run with the mapping file.
+    fn base(&self) -> Vec<&str> {
+        vec![
+            "run",
+            "--source",
+            self.source.as_str(),
+            "--mapping",
+            self.mapping_file.as_str(),
+            "--max-file-bytes",
+            "50000",
+        ]
+    }
+}
+
+/// Every import story on `place`, from `tree`, in order.
 async fn exercise(place: Place, tree: Tree, prod: &str) {
     let app = TestApp::spawn_with_storage(place.storage.clone(), |_| {}).await;
     build_tree(&tree, prod).await;
     let mapping_file = std::env::temp_dir().join(format!("qb-legacy-{}.csv", Uuid::new_v4()));
     std::fs::write(&mapping_file, mapping(prod)).expect("mapping");
-    let mapping_file = mapping_file.to_string_lossy().into_owned();
-    let source = tree.url();
-    let base = [
-        "run",
-        "--source",
-        source.as_str(),
-        "--mapping",
-        mapping_file.as_str(),
-        "--max-file-bytes",
-        "50000",
-    ];
-    let mine = format!("{prod}/campaign_1 - The Lost Mine");
-    let mut worker = worker(&app.db, &place);
+    let x = Import {
+        worker: worker(&app.db, &place),
+        app,
+        place,
+        source: tree.url(),
+        tree,
+        prod: prod.to_owned(),
+        mapping_file: mapping_file.to_string_lossy().into_owned(),
+        mine: format!("{prod}/campaign_1 - The Lost Mine"),
+    };
+    let expected_imports = a_dry_run_checks_everything_and_changes_nothing(&x).await;
+    a_strict_run_imports_and_reports_every_problem(&x, &expected_imports).await;
+    let (sessions, mine_id) = sessions_get_names_owners_and_members_from_the_mapping(&x).await;
+    files_go_where_the_rules_put_them(&x, mine_id).await;
+    the_shim_serves_members_byte_for_byte_and_no_one_else(&x).await;
+    a_rerun_skips_what_is_imported_and_picks_up_what_is_new(&x, &sessions, mine_id).await;
+    copied_files_hold_what_the_legacy_files_held(&x, mine_id).await;
+}
 
+/// Returns the folders it would import.
+async fn a_dry_run_checks_everything_and_changes_nothing(x: &Import) -> BTreeSet<String> {
+    let (app, place, prod, mine) = (&x.app, &x.place, x.prod.as_str(), x.mine.clone());
     // A dry run reads and checks everything and changes nothing.
-    let mut args = base.to_vec();
+    let mut args = x.base();
     args.push("--dry-run");
-    let (ok, out, err) = import(&app.db, &place, &args).await;
+    let (ok, out, err) = import(&app.db, place, &args).await;
     assert!(ok, "dry run failed: {err}\n{out}");
     let dry = report_of(&out);
     assert_eq!(dry["outcome"], "completed", "{dry:#}");
@@ -256,7 +302,7 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
         .map(|f| f["path"].as_str().expect("path").to_owned())
         .collect();
     let expected_imports = set(&[
-        mine.clone(),
+        mine.to_owned(),
         format!("{prod}/campaign_2 - Château d'If"),
         format!("{prod}/campaign_5"),
         format!("{prod}/campaign_7 -  Spaces  "),
@@ -281,12 +327,20 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
         count(&app.db.pool, "SELECT count(*) FROM campaign_media").await,
         0
     );
-    assert!(objects(&place).await.is_empty(), "a dry run stored files");
+    assert!(objects(place).await.is_empty(), "a dry run stored files");
 
+    expected_imports
+}
+
+async fn a_strict_run_imports_and_reports_every_problem(
+    x: &Import,
+    expected_imports: &BTreeSet<String>,
+) {
+    let (app, place, prod, mine) = (&x.app, &x.place, x.prod.as_str(), x.mine.clone());
     // The real run, with --strict: it reports problems, so it exits 2.
-    let mut args = base.to_vec();
+    let mut args = x.base();
     args.push("--strict");
-    let (ok, out, err) = import(&app.db, &place, &args).await;
+    let (ok, out, err) = import(&app.db, place, &args).await;
     assert!(!ok, "--strict should fail on problems: {err}");
     let report = report_of(&out);
     assert_eq!(report["outcome"], "completed", "{report:#}");
@@ -297,7 +351,7 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
         .iter()
         .map(|f| f["path"].as_str().expect("path").to_owned())
         .collect();
-    assert_eq!(imported, expected_imports, "{report:#}");
+    assert_eq!(&imported, expected_imports, "{report:#}");
 
     // Every folder and file it could not decide, reported.
     assert_eq!(
@@ -341,7 +395,13 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
     )
     .expect("json");
     assert_eq!(kept["imported"], report["imported"]);
+}
 
+/// Returns the sessions by legacy path, and the lost mine's id.
+async fn sessions_get_names_owners_and_members_from_the_mapping(
+    x: &Import,
+) -> (BTreeMap<String, (Uuid, String, String)>, Uuid) {
+    let (app, prod, mine) = (&x.app, x.prod.as_str(), x.mine.clone());
     // The right sessions: names from the folders, owners and members from
     // the mapping, the legacy path recorded.
     let sessions = sessions_of(&app.db.pool).await;
@@ -374,9 +434,15 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
         ])
     );
 
+    let mine_id = *mine_id;
+    (sessions, mine_id)
+}
+
+async fn files_go_where_the_rules_put_them(x: &Import, mine_id: Uuid) {
+    let (app, place) = (&x.app, &x.place);
     // The right files, where the rules put them.
     let prefix = format!("sessions/{mine_id}/");
-    let mine_objects: Vec<String> = objects(&place)
+    let mine_objects: Vec<String> = objects(place)
         .await
         .into_iter()
         .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
@@ -420,9 +486,12 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
     ];
     expected_objects.sort();
     assert_eq!(mine_objects, expected_objects);
+}
 
-    // The shim serves the files to members, byte for byte, and counts it.
+async fn the_shim_serves_members_byte_for_byte_and_no_one_else(x: &Import) {
+    let (app, prod, mine) = (&x.app, x.prod.as_str(), x.mine.clone());
     let originals = lost_mine();
+    // The shim serves the files to members, byte for byte, and counts it.
     for (user, file) in [
         ("alice", "art/Map of Phandalin.png"),
         ("bob", "history.txt"),
@@ -492,7 +561,15 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
     let missed =
         format!("questboard_legacy_shim_requests_total{{env=\"{prod}\",outcome=\"not_found\"}} 5");
     assert!(metrics.contains(&missed), "{missed} not in metrics");
+}
 
+async fn a_rerun_skips_what_is_imported_and_picks_up_what_is_new(
+    x: &Import,
+    sessions: &BTreeMap<String, (Uuid, String, String)>,
+    mine_id: Uuid,
+) {
+    let (app, place, prod) = (&x.app, &x.place, x.prod.as_str());
+    let (tree, source) = (&x.tree, &x.source);
     // A re-run skips what is imported and picks up what is new: a new
     // folder, and the duplicate settled by skipping the old copy.
     tree.put(
@@ -520,11 +597,11 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
     let json_file = json_file.to_string_lossy().into_owned();
     let (ok, out, err) = import(
         &app.db,
-        &place,
+        place,
         &[
             "run",
             "--source",
-            &source,
+            source,
             "--mapping",
             &json_file,
             "--max-file-bytes",
@@ -556,7 +633,7 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
     assert!(paths(&again, "duplicate").is_empty(), "{again:#}");
     let after = sessions_of(&app.db.pool).await;
     assert_eq!(after.len(), 7);
-    for (path, session) in &sessions {
+    for (path, session) in sessions {
         assert_eq!(&after[path], session, "{path} was imported again");
     }
     assert_eq!(
@@ -578,7 +655,10 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
         .await,
         9
     );
+}
 
+async fn copied_files_hold_what_the_legacy_files_held(x: &Import, mine_id: Uuid) {
+    let (app, place) = (&x.app, &x.place);
     // Each copied file holds what the legacy file held.
     let records: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
         "SELECT legacy_path, storage_key, sha256 FROM legacy_files WHERE session_id = $1",
@@ -591,13 +671,11 @@ async fn exercise(place: Place, tree: Tree, prod: &str) {
         let bytes = place.storage.get_object(&key).await.expect("object");
         assert_eq!(
             bytes.as_ref(),
-            originals[path.as_str()].as_slice(),
+            lost_mine()[path.as_str()].as_slice(),
             "{path}"
         );
         assert_eq!(Sha256::digest(&bytes).as_slice(), sha.as_slice(), "{path}");
     }
-    let _ = worker.kill();
-    let _ = worker.wait();
 }
 
 #[tokio::test]
@@ -637,6 +715,8 @@ async fn operators_start_and_follow_imports_over_the_admin_api() {
     let storage = root.join("questboard").to_string_lossy().into_owned();
     let configure = move |c: &mut questboard::config::Config| c.storage_url = storage.clone();
     let app = TestApp::spawn_with(configure.clone()).await;
+    // On purpose: an import from a root that is not there fails for good.
+    app.db.expect_failed_jobs();
     let tree = Tree::Local(root.join("old-app"));
     tree.put("campaigns/old/campaign_1 - One/history.txt", b"one\n")
         .await;

@@ -102,6 +102,16 @@ fn sha_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// An app on one storage backend with a session (alice owns it, bob
+/// plays), for the media stories below, which run in order on each backend.
+struct Media {
+    app: TestApp,
+    storage: Storage,
+    session: String,
+}
+
+/// Every media story on `storage`, in order: each leaves what the next
+/// one starts from.
 async fn exercise(storage: Storage) {
     let app = TestApp::spawn_with_storage(storage.clone(), |c| {
         c.media_map_max_bytes = MAP_LIMIT;
@@ -109,13 +119,28 @@ async fn exercise(storage: Storage) {
     })
     .await;
     let session = app.session_with("alice", &["bob"]).await;
+    let m = Media {
+        app,
+        storage,
+        session,
+    };
+    let (media_id, url, map) = a_map_at_the_limit_is_stored_and_members_told(&m).await;
+    members_read_it_whole_by_etag_and_by_range(&m, &url, &map).await;
+    refused_uploads_leave_nothing(&m).await;
+    let notes = notes_are_served_as_attachments_and_pdfs_as_themselves(&m).await;
+    let url_v2 = a_new_version_moves_the_url_on(&m, &media_id, &url).await;
+    strangers_learn_nothing(&m, &media_id, &url_v2, &notes.0).await;
+    deleting_takes_every_version(&m, &media_id, &url_v2, &notes).await;
+}
 
+async fn a_map_at_the_limit_is_stored_and_members_told(m: &Media) -> (String, String, Vec<u8>) {
+    let (app, session, storage) = (&m.app, m.session.as_str(), &m.storage);
     // A map at the limit: stored, described, and an event tells members.
     let map = png(MAP_LIMIT as usize);
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=map&name=..%2F..%2Fetc%2Fdungeon.png",
         "image/png",
         map.clone(),
@@ -134,10 +159,10 @@ async fn exercise(storage: Storage) {
     let url = item["url"].as_str().expect("url").to_owned();
     assert_eq!(url, format!("/api/media/{session}/maps/{media_id}.png"));
     assert_eq!(
-        objects(&storage, &session).await,
+        objects(storage, session).await,
         vec![format!("sessions/{session}/media/maps/{media_id}.png")]
     );
-    let events = app.events("alice", &session, 0).await;
+    let events = app.events("alice", session, 0).await;
     let ready: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "media.ready")
@@ -145,8 +170,13 @@ async fn exercise(storage: Storage) {
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0]["data"]["url"], url.as_str());
 
+    (media_id, url, map)
+}
+
+async fn members_read_it_whole_by_etag_and_by_range(m: &Media, url: &str, map: &[u8]) {
+    let app = &m.app;
     // Members read it, whole, with the headers a browser needs.
-    let (status, headers, bytes) = fetch(&app, "bob", &url, &[]).await;
+    let (status, headers, bytes) = fetch(app, "bob", url, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(bytes, map);
     assert_eq!(headers["content-type"], "image/png");
@@ -164,35 +194,40 @@ async fn exercise(storage: Storage) {
             .starts_with("inline")
     );
     let etag = headers["etag"].to_str().expect("etag").to_owned();
-    assert_eq!(etag, format!("\"{}\"", sha_hex(&map)));
-    let (status, _, bytes) = fetch(&app, "bob", &url, &[("if-none-match", &etag)]).await;
+    assert_eq!(etag, format!("\"{}\"", sha_hex(map)));
+    let (status, _, bytes) = fetch(app, "bob", url, &[("if-none-match", &etag)]).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
     assert!(bytes.is_empty());
     // Ranges: a slice, the tail, past the end.
-    let (status, headers, bytes) = fetch(&app, "bob", &url, &[("range", "bytes=8-15")]).await;
+    let (status, headers, bytes) = fetch(app, "bob", url, &[("range", "bytes=8-15")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(bytes, map[8..16]);
     assert_eq!(headers["content-range"], format!("bytes 8-15/{MAP_LIMIT}"));
-    let (status, _, bytes) = fetch(&app, "bob", &url, &[("range", "bytes=-4")]).await;
+    let (status, _, bytes) = fetch(app, "bob", url, &[("range", "bytes=-4")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(bytes, map[map.len() - 4..]);
     let (status, headers, _) = fetch(
-        &app,
+        app,
         "bob",
-        &url,
+        url,
         &[("range", &format!("bytes={MAP_LIMIT}-"))],
     )
     .await;
     assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(headers["content-range"], format!("bytes */{MAP_LIMIT}"));
+}
 
+/// Too big (declared or chunked), disguised or refused types, hostile
+/// names, unknown kinds, players: refused, and nothing stored.
+async fn refused_uploads_leave_nothing(m: &Media) {
+    let (app, session, storage) = (&m.app, m.session.as_str(), &m.storage);
     // One byte over the limit, declared: 413 before the body; chunked: cut
     // off when it passes the limit. Neither leaves an object or a row.
     let over = png(MAP_LIMIT as usize + 1);
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=map&name=big.png",
         "image/png",
         over.clone(),
@@ -200,8 +235,8 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(413, "payload_too_large");
     let resp = upload_chunked(
-        &app,
-        &session,
+        app,
+        session,
         "kind=map&name=big.png",
         "image/png",
         over,
@@ -211,9 +246,9 @@ async fn exercise(storage: Storage) {
     resp.assert_error(413, "payload_too_large");
     // Disguised and refused types.
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=map&name=x.jpg",
         "image/jpeg",
         png(100),
@@ -221,9 +256,9 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(422, "validation_failed");
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=map&name=x.png",
         "image/png",
         b"MZ\x90\0 not an image at all, an executable".to_vec(),
@@ -231,9 +266,9 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(422, "validation_failed");
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=map&name=x.html",
         "text/html",
         b"<script>".to_vec(),
@@ -241,9 +276,9 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(415, "unsupported_media_type");
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=note&name=x.md",
         "text/markdown",
         png(100),
@@ -251,8 +286,8 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(422, "validation_failed");
     let resp = upload_chunked(
-        &app,
-        &session,
+        app,
+        session,
         "kind=note&name=x.md",
         "text/markdown",
         [b"# fine so far\n".repeat(100), b"\xff".to_vec()].concat(),
@@ -261,9 +296,9 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(422, "validation_failed");
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=note&name=%E2%80%AEevil.md",
         "text/markdown",
         b"# x".to_vec(),
@@ -271,9 +306,9 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(422, "validation_failed");
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=image&name=x.png",
         "image/png",
         png(100),
@@ -282,9 +317,9 @@ async fn exercise(storage: Storage) {
     resp.assert_error(400, "invalid_query");
     // Only the owner and game masters upload.
     let resp = upload(
-        &app,
+        app,
         "bob",
-        &session,
+        session,
         "kind=map&name=b.png",
         "image/png",
         png(100),
@@ -292,7 +327,7 @@ async fn exercise(storage: Storage) {
     .await;
     resp.assert_error(403, "forbidden");
     assert_eq!(
-        objects(&storage, &session).await.len(),
+        objects(storage, session).await.len(),
         1,
         "refused uploads leave nothing"
     );
@@ -305,14 +340,21 @@ async fn exercise(storage: Storage) {
         "{}",
         listed.text
     );
+}
 
+/// A note (chunked, at its limit) and a PDF note. Returns the note's URL
+/// and id and the PDF's id.
+async fn notes_are_served_as_attachments_and_pdfs_as_themselves(
+    m: &Media,
+) -> (String, String, String) {
+    let (app, session) = (&m.app, m.session.as_str());
     // A note at its limit, served as an attachment.
     let note = "# Session 12\n\nThe party rested. \u{1f409}\n".repeat(2000);
     let note = note.as_bytes()[..NOTE_LIMIT as usize - 3].to_vec();
     let note = [note, b"end".to_vec()].concat();
     let resp = upload_chunked(
-        &app,
-        &session,
+        app,
+        session,
         "kind=note&name=notes.md",
         "text/markdown; charset=utf-8",
         note.clone(),
@@ -322,7 +364,7 @@ async fn exercise(storage: Storage) {
     assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
     let note_url = resp.body["url"].as_str().expect("url").to_owned();
     let note_id = resp.body["media_id"].as_str().expect("id").to_owned();
-    let (status, headers, bytes) = fetch(&app, "bob", &note_url, &[]).await;
+    let (status, headers, bytes) = fetch(app, "bob", &note_url, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(bytes, note);
     assert!(
@@ -335,9 +377,9 @@ async fn exercise(storage: Storage) {
     // A PDF note.
     let pdf = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n".to_vec();
     let resp = upload(
-        &app,
+        app,
         "alice",
-        &session,
+        session,
         "kind=note&name=handout.pdf",
         "application/pdf",
         pdf.clone(),
@@ -347,10 +389,16 @@ async fn exercise(storage: Storage) {
     let pdf_url = resp.body["url"].as_str().expect("url").to_owned();
     let pdf_id = resp.body["media_id"].as_str().expect("id").to_owned();
     assert!(pdf_url.ends_with(".pdf"), "{pdf_url}");
-    let (status, headers, bytes) = fetch(&app, "bob", &pdf_url, &[]).await;
+    let (status, headers, bytes) = fetch(app, "bob", &pdf_url, &[]).await;
     assert_eq!((status, bytes), (StatusCode::OK, pdf));
     assert_eq!(headers["content-type"], "application/pdf");
 
+    (note_url, note_id, pdf_id)
+}
+
+/// Returns the new version's URL.
+async fn a_new_version_moves_the_url_on(m: &Media, media_id: &str, url: &str) -> String {
+    let (app, session, storage) = (&m.app, m.session.as_str(), &m.storage);
     // A new version: the URL moves on, the old object stays until pruned.
     let v2 = png(5_000);
     let resp = app
@@ -372,16 +420,21 @@ async fn exercise(storage: Storage) {
         url_v2,
         format!("/api/media/{session}/maps/{media_id}-v2.png")
     );
-    assert_eq!(fetch(&app, "bob", &url_v2, &[]).await.2, v2);
-    assert_eq!(fetch(&app, "bob", &url, &[]).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(objects(&storage, &session).await.len(), 4);
+    assert_eq!(fetch(app, "bob", &url_v2, &[]).await.2, v2);
+    assert_eq!(fetch(app, "bob", url, &[]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(objects(storage, session).await.len(), 4);
 
+    url_v2
+}
+
+async fn strangers_learn_nothing(m: &Media, media_id: &str, url_v2: &str, note_url: &str) {
+    let (app, session) = (&m.app, m.session.as_str());
     // A stranger learns nothing: 404 everywhere, as for a missing file.
     let missing = format!("/api/media/{session}/maps/{}.png", uuid::Uuid::now_v7());
-    let (status, _, missing_body) = fetch(&app, "alice", &missing, &[]).await;
+    let (status, _, missing_body) = fetch(app, "alice", &missing, &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    for path in [url_v2.clone(), note_url.clone(), missing.clone()] {
-        let (status, _, body) = fetch(&app, "mallory", &path, &[]).await;
+    for path in [url_v2, note_url, missing.as_str()] {
+        let (status, _, body) = fetch(app, "mallory", path, &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(body, missing_body, "the same answer as a missing file");
     }
@@ -401,9 +454,9 @@ async fn exercise(storage: Storage) {
             .assert_error(404, "not_found");
     }
     let resp = upload(
-        &app,
+        app,
         "mallory",
-        &session,
+        session,
         "kind=map&name=m.png",
         "image/png",
         png(100),
@@ -412,9 +465,17 @@ async fn exercise(storage: Storage) {
     resp.assert_error(404, "not_found");
     // Another session's id does not reach this session's media.
     let other = app.create_session("mallory", "Elsewhere").await;
-    let (status, _, _) = fetch(&app, "mallory", &url_v2.replace(&session, &other), &[]).await;
+    let (status, _, _) = fetch(app, "mallory", &url_v2.replace(session, &other), &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
 
+async fn deleting_takes_every_version(
+    m: &Media,
+    media_id: &str,
+    url_v2: &str,
+    (_, note_id, pdf_id): &(String, String, String),
+) {
+    let (app, session, storage) = (&m.app, m.session.as_str(), &m.storage);
     // Deleting: not by a player who did not add it; by the owner, with
     // every version's object.
     app.delete("bob", &format!("/api/sessions/{session}/media/{media_id}"))
@@ -428,7 +489,7 @@ async fn exercise(storage: Storage) {
         .await;
     assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
     assert_eq!(
-        fetch(&app, "bob", &url_v2, &[]).await.0,
+        fetch(app, "bob", url_v2, &[]).await.0,
         StatusCode::NOT_FOUND
     );
     let mut left = vec![
@@ -436,12 +497,12 @@ async fn exercise(storage: Storage) {
         format!("sessions/{session}/media/notes/{pdf_id}.pdf"),
     ];
     left.sort();
-    assert_eq!(objects(&storage, &session).await, left);
-    let events = app.events("alice", &session, 0).await;
+    assert_eq!(objects(storage, session).await, left);
+    let events = app.events("alice", session, 0).await;
     assert!(
         events
             .iter()
-            .any(|e| e["type"] == "media.deleted" && e["data"]["media_id"] == media_id.as_str())
+            .any(|e| e["type"] == "media.deleted" && e["data"]["media_id"] == media_id)
     );
 }
 

@@ -398,6 +398,8 @@ async fn an_openai_compatible_server_is_asked_retried_and_checked() {
         let _ = axum::serve(listener, router).await;
     });
     let (app, dir) = app_on_disk().await;
+    // On purpose: a provider's reply that is not an image fails its job for good.
+    app.db.expect_failed_jobs();
     let _worker = app
         .worker(|c| {
             c.media_provider = questboard::config::MediaProviderKind::Openai;

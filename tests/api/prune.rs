@@ -126,87 +126,163 @@ async fn census(pool: &PgPool) -> Vec<i64> {
     counts
 }
 
-#[tokio::test]
-async fn prune_removes_exactly_what_is_past_retention() {
-    let dir = std::env::temp_dir().join(format!("qb-prune-{}", Uuid::new_v4()));
-    let url = format!("file://{}", dir.display());
-    let app = TestApp::spawn_with(|c| c.storage_url = url.clone()).await;
-    let pool = app.db.pool.clone();
+/// Rows of every category, old and new, over four sessions: `live` (in
+/// play, with old events, a map in three versions and invites in every
+/// dead state), `idle` (idle for 100 days), `doomed` (archived 400 days
+/// ago with turns, jobs, events, members, invites, files and a map) and
+/// `kept` (archived 10 days ago); job rows, leases, state-update client
+/// ids and proposals old and new. Then a worker that serves `prune`.
+struct Fixture {
+    /// First, so it stops before the app and its database go.
+    _prune: crate::helpers::TestWorker,
+    app: TestApp,
+    dir: std::path::PathBuf,
+    pool: PgPool,
+    live: String,
+    idle: String,
+    doomed: String,
+    kept: String,
+    map_id: String,
+    /// The doomed session's jobs.
+    doomed_jobs: BTreeSet<String>,
+    /// Invites that go (expired, revoked or used 8 days ago) and stay.
+    invites_gone: Vec<String>,
+    invites_kept: Vec<String>,
+    /// Job rows that go (finished past retention) and stay.
+    jobs_gone: Vec<String>,
+    jobs_kept: Vec<String>,
+}
 
-    // Sessions: one in play (with old events), one idle for 100 days, one
-    // archived 400 days ago with turns, jobs, events, members, invites and
-    // files, one archived 10 days ago.
-    let live = app.session_with("alice", &["bob"]).await;
-    let idle = app.create_session("alice", "Idle").await;
-    let doomed = app.session_with("alice", &["carol"]).await;
-    let kept = app.create_session("alice", "Archived lately").await;
-    let worker = app.worker(|_| {}).await;
-    for text in ["one", "two"] {
-        app.submit("carol", &doomed, text).await;
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
-    app.wait_finished("alice", &doomed, 2).await;
-    worker.stop().await;
-    let storage = questboard_core::storage::Storage::from_url(&url).expect("storage");
-    let doomed_prefix = format!("sessions/{doomed}");
-    let kept_prefix = format!("sessions/{kept}");
-    for prefix in [&doomed_prefix, &kept_prefix] {
-        storage
-            .session(prefix)
-            .expect("files")
-            .put(
-                questboard_core::storage::Area::Logs,
-                "transcript.json",
-                bytes::Bytes::from_static(b"[]"),
-                "application/json",
-            )
-            .await
-            .expect("put");
-    }
-    assert_eq!(count_objects(&dir, &doomed_prefix), 2, "manifest and log");
-    // Media: a map of the live session in three versions (the first
-    // replaced 40 days ago, the second a day ago), and a map of the doomed
-    // session.
-    let send = |method: reqwest::Method, path: String| {
-        let app = &app;
-        async move {
-            let resp = app
-                .client
-                .request(method, app.url(&path))
-                .bearer_auth(app.token("alice"))
-                .header("content-type", "image/png")
-                .body(crate::media::png(500))
-                .send()
-                .await
-                .expect("upload");
-            let status = resp.status();
-            let body: Value = resp.json().await.expect("json");
-            assert!(status.is_success(), "{status} {body}");
-            body
+}
+
+impl Fixture {
+    async fn build() -> Fixture {
+        let dir = std::env::temp_dir().join(format!("qb-prune-{}", Uuid::new_v4()));
+        let url = format!("file://{}", dir.display());
+        let app = TestApp::spawn_with(|c| c.storage_url = url.clone()).await;
+        // Failed job rows of every age are part of the fixture.
+        app.db.expect_failed_jobs();
+        let pool = app.db.pool.clone();
+        let live = app.session_with("alice", &["bob"]).await;
+        let idle = app.create_session("alice", "Idle").await;
+        let doomed = app.session_with("alice", &["carol"]).await;
+        let kept = app.create_session("alice", "Archived lately").await;
+        let worker = app.worker(|_| {}).await;
+        for text in ["one", "two"] {
+            app.submit("carol", &doomed, text).await;
         }
-    };
-    let map = send(
-        reqwest::Method::POST,
-        format!("/api/sessions/{live}/assets?kind=map&name=keep.png"),
-    )
-    .await;
-    let map_id = map["media_id"].as_str().expect("id").to_owned();
-    for _ in 0..2 {
-        send(
-            reqwest::Method::PUT,
-            format!("/api/sessions/{live}/assets/{map_id}"),
+        app.wait_finished("alice", &doomed, 2).await;
+        worker.stop().await;
+        let mut fixture = Fixture {
+            _prune: app
+                .jobs_worker(|c| c.worker_kinds = Some(vec!["prune".into()]))
+                .await,
+            app,
+            dir,
+            pool,
+            live,
+            idle,
+            doomed,
+            kept,
+            map_id: String::new(),
+            doomed_jobs: BTreeSet::new(),
+            invites_gone: Vec::new(),
+            invites_kept: Vec::new(),
+            jobs_gone: Vec::new(),
+            jobs_kept: Vec::new(),
+        };
+        fixture.files(&url).await;
+        fixture.media().await;
+        fixture.sessions().await;
+        fixture.invites().await;
+        fixture.rows().await;
+        fixture
+    }
+
+    /// A log file in the doomed and the lately archived session.
+    async fn files(&self, url: &str) {
+        let storage = questboard_core::storage::Storage::from_url(url).expect("storage");
+        for session in [&self.doomed, &self.kept] {
+            storage
+                .session(&format!("sessions/{session}"))
+                .expect("files")
+                .put(
+                    questboard_core::storage::Area::Logs,
+                    "transcript.json",
+                    bytes::Bytes::from_static(b"[]"),
+                    "application/json",
+                )
+                .await
+                .expect("put");
+        }
+        assert_eq!(
+            count_objects(&self.dir, &format!("sessions/{}", self.doomed)),
+            2,
+            "manifest and log"
+        );
+    }
+
+    /// A map of the live session in three versions (the first replaced 40
+    /// days ago, the second a day ago), and a map of the doomed session.
+    async fn media(&mut self) {
+        let (live, doomed) = (self.live.clone(), self.doomed.clone());
+        let map = self
+            .upload(
+                reqwest::Method::POST,
+                format!("/api/sessions/{live}/assets?kind=map&name=keep.png"),
+            )
+            .await;
+        let map_id = map["media_id"].as_str().expect("id").to_owned();
+        for _ in 0..2 {
+            self.upload(
+                reqwest::Method::PUT,
+                format!("/api/sessions/{live}/assets/{map_id}"),
+            )
+            .await;
+        }
+        self.upload(
+            reqwest::Method::POST,
+            format!("/api/sessions/{doomed}/assets?kind=map&name=doomed.png"),
         )
         .await;
+        exec(&self.pool, &format!("UPDATE campaign_media_versions SET replaced_at = now() - interval '40 days' WHERE media_id = '{map_id}' AND version = 1")).await;
+        exec(&self.pool, &format!("UPDATE campaign_media_versions SET replaced_at = now() - interval '1 day' WHERE media_id = '{map_id}' AND version = 2")).await;
+        self.map_id = map_id;
+        assert_eq!(
+            self.map_objects(),
+            [
+                format!("{}-v2.png", self.map_id),
+                format!("{}-v3.png", self.map_id),
+                format!("{}.png", self.map_id)
+            ]
+        );
     }
-    send(
-        reqwest::Method::POST,
-        format!("/api/sessions/{doomed}/assets?kind=map&name=doomed.png"),
-    )
-    .await;
-    exec(&pool, &format!("UPDATE campaign_media_versions SET replaced_at = now() - interval '40 days' WHERE media_id = '{map_id}' AND version = 1")).await;
-    exec(&pool, &format!("UPDATE campaign_media_versions SET replaced_at = now() - interval '1 day' WHERE media_id = '{map_id}' AND version = 2")).await;
-    let map_objects = |dir: &std::path::Path| {
+
+    async fn upload(&self, method: reqwest::Method, path: String) -> Value {
+        let resp = self
+            .app
+            .client
+            .request(method, self.app.url(&path))
+            .bearer_auth(self.app.token("alice"))
+            .header("content-type", "image/png")
+            .body(crate::media::png(500))
+            .send()
+            .await
+            .expect("upload");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        assert!(status.is_success(), "{status} {body}");
+        body
+    }
+
+    /// The live session's map objects.
+    fn map_objects(&self) -> Vec<String> {
         let mut names: Vec<String> =
-            std::fs::read_dir(dir.join(format!("sessions/{live}/media/maps")))
+            std::fs::read_dir(self.dir.join(format!("sessions/{}/media/maps", self.live)))
                 .map(|d| {
                     d.filter_map(|e| e.ok()?.file_name().into_string().ok())
                         .collect()
@@ -214,100 +290,118 @@ async fn prune_removes_exactly_what_is_past_retention() {
                 .unwrap_or_default();
         names.sort();
         names
-    };
-    assert_eq!(
-        map_objects(&dir),
-        [
-            format!("{map_id}-v2.png"),
-            format!("{map_id}-v3.png"),
-            format!("{map_id}.png")
-        ]
-    );
-    for session in [&doomed, &kept] {
-        app.delete("alice", &format!("/api/sessions/{session}"))
-            .await;
     }
-    exec(&pool, &format!("UPDATE campaign_sessions SET updated_at = now() - interval '400 days' WHERE id = '{doomed}'")).await;
-    // Its jobs: its turns' (reached through the turn rows) and any other
-    // that names it.
-    let doomed_jobs = ids(
-        &pool,
-        &format!(
-            "SELECT job_id FROM turns WHERE session_id = '{doomed}'
-             UNION SELECT id FROM apalis.jobs WHERE metadata -> 'session_id' = '{doomed}'"
-        ),
-    )
-    .await;
-    assert_eq!(doomed_jobs.len(), 2, "its two turns' jobs: {doomed_jobs:?}");
-    exec(&pool, &format!("UPDATE campaign_sessions SET updated_at = now() - interval '10 days' WHERE id = '{kept}'")).await;
-    exec(&pool, &format!("UPDATE campaign_sessions SET last_active_at = now() - interval '100 days' WHERE id = '{idle}'")).await;
 
-    // Invites of the live session, old and new, in every dead state.
-    let invite = |body: Value| {
-        let app = &app;
-        let live = live.clone();
-        async move { app.invite("alice", &live, body).await }
-    };
-    let (expired_old, _) = invite(json!({})).await;
-    let (expired_new, _) = invite(json!({})).await;
-    let (revoked_old, _) = invite(json!({})).await;
-    let (revoked_new, _) = invite(json!({})).await;
-    let (used_old, used_old_token) = invite(json!({})).await;
-    let (used_new, used_new_token) = invite(json!({})).await;
-    let (alive, _) = invite(json!({})).await;
-    for id in [&revoked_old, &revoked_new] {
-        app.delete("alice", &format!("/api/sessions/{live}/invites/{id}"))
-            .await;
-    }
-    app.accept("dave", &used_old_token).await;
-    app.accept("erin", &used_new_token).await;
-    exec(&pool, &format!("UPDATE campaign_session_invites SET expires_at = now() - interval '8 days' WHERE id = '{expired_old}'")).await;
-    exec(&pool, &format!("UPDATE campaign_session_invites SET expires_at = now() - interval '1 day' WHERE id = '{expired_new}'")).await;
-    exec(&pool, &format!("UPDATE campaign_session_invites SET revoked_at = now() - interval '8 days' WHERE id = '{revoked_old}'")).await;
-    exec(&pool, &format!("UPDATE campaign_session_invites SET last_used_at = now() - interval '8 days' WHERE id = '{used_old}'")).await;
-    // The live session's first two events (bob and dave joining) are 40 days old.
-    exec(&pool, &format!("UPDATE session_events SET at = now() - interval '40 days' WHERE session_id = '{live}' AND seq <= 2")).await;
-
-    // Job rows: finished long ago and lately, and one never finished.
-    let done_old = job_row(&pool, 9, "Done", Some(8), false).await;
-    let done_new = job_row(&pool, 9, "Done", Some(1), false).await;
-    let failed_old = job_row(&pool, 40, "Killed", Some(31), false).await;
-    let failed_new = job_row(&pool, 40, "Killed", Some(10), false).await;
-    let cancelled_old = job_row(&pool, 40, "Killed", Some(31), true).await;
-    let waiting_old = job_row(&pool, 40, "Pending", None, false).await;
-
-    // Leases: expired two days ago (released, and abandoned), lately, live.
-    exec(&pool, "INSERT INTO leases (scope, key, holder, token, acquired_at, renewed_at, expires_at) VALUES
-        ('test', 'released-old', NULL, nextval('lease_tokens'), now(), now(), now() - interval '2 days'),
-        ('test', 'abandoned-old', 'dead', nextval('lease_tokens'), now(), now(), now() - interval '2 days'),
-        ('test', 'released-new', NULL, nextval('lease_tokens'), now(), now(), now() - interval '1 hour'),
-        ('test', 'live', 'me', nextval('lease_tokens'), now(), now(), now() + interval '1 hour')").await;
-
-    // Client ids of game-state updates: a week old and a day old.
-    exec(&pool, &format!("INSERT INTO game_state_requests (session_id, request_id, request_hash, update_id, new_version, created_at) VALUES
-        ('{live}', 'old', '\\x00', gen_random_uuid(), 1, now() - interval '8 days'),
-        ('{live}', 'new', '\\x00', gen_random_uuid(), 2, now() - interval '1 day')")).await;
-
-    // Proposals held for review: decided long ago, decided lately, and
-    // one still waiting for as long.
-    exec(&pool, &format!("INSERT INTO state_proposals (id, session_id, turn_id, proposed_for, operations, status, decided_at) VALUES
-        ('00000000-0000-7000-8000-000000000001', '{live}', gen_random_uuid(), 'bob', '[]', 'rejected', now() - interval '40 days'),
-        ('00000000-0000-7000-8000-000000000002', '{live}', gen_random_uuid(), 'bob', '[]', 'approved', now() - interval '1 day'),
-        ('00000000-0000-7000-8000-000000000003', '{live}', gen_random_uuid(), 'bob', '[]', 'pending', NULL)")).await;
-    exec(
-        &pool,
-        "UPDATE state_proposals SET created_at = now() - interval '50 days'",
-    )
-    .await;
-
-    let prune = app
-        .jobs_worker(|c| c.worker_kinds = Some(vec!["prune".into()]))
+    /// Archives the doomed (400 days ago) and the kept (10 days ago)
+    /// session; the idle one was last active 100 days ago.
+    async fn sessions(&mut self) {
+        let (pool, doomed, kept, idle) = (&self.pool, &self.doomed, &self.kept, &self.idle);
+        for session in [doomed, kept] {
+            self.app
+                .delete("alice", &format!("/api/sessions/{session}"))
+                .await;
+        }
+        exec(pool, &format!("UPDATE campaign_sessions SET updated_at = now() - interval '400 days' WHERE id = '{doomed}'")).await;
+        // Its jobs: its turns' (reached through the turn rows) and any other
+        // that names it.
+        self.doomed_jobs = ids(
+            pool,
+            &format!(
+                "SELECT job_id FROM turns WHERE session_id = '{doomed}'
+                 UNION SELECT id FROM apalis.jobs WHERE metadata -> 'session_id' = '{doomed}'"
+            ),
+        )
         .await;
+        assert_eq!(
+            self.doomed_jobs.len(),
+            2,
+            "its two turns' jobs: {:?}",
+            self.doomed_jobs
+        );
+        exec(pool, &format!("UPDATE campaign_sessions SET updated_at = now() - interval '10 days' WHERE id = '{kept}'")).await;
+        exec(pool, &format!("UPDATE campaign_sessions SET last_active_at = now() - interval '100 days' WHERE id = '{idle}'")).await;
+    }
 
-    // A dry run says what would go and changes nothing.
-    let before = census(&pool).await;
-    let objects_before = count_objects(&dir, "sessions");
-    let dry = run_prune(&app, true).await;
+    /// Invites of the live session, old and new, in every dead state; its
+    /// first two events (bob and dave joining) made 40 days old.
+    async fn invites(&mut self) {
+        let (app, live, pool) = (&self.app, &self.live, &self.pool);
+        let mut invite = Vec::new();
+        for _ in 0..7 {
+            invite.push(app.invite("alice", live, json!({})).await);
+        }
+        let [
+            expired_old,
+            expired_new,
+            revoked_old,
+            revoked_new,
+            used_old,
+            used_new,
+            alive,
+        ] = <[(String, String); 7]>::try_from(invite).expect("seven");
+        for (id, _) in [&revoked_old, &revoked_new] {
+            app.delete("alice", &format!("/api/sessions/{live}/invites/{id}"))
+                .await;
+        }
+        app.accept("dave", &used_old.1).await;
+        app.accept("erin", &used_new.1).await;
+        exec(pool, &format!("UPDATE campaign_session_invites SET expires_at = now() - interval '8 days' WHERE id = '{}'", expired_old.0)).await;
+        exec(pool, &format!("UPDATE campaign_session_invites SET expires_at = now() - interval '1 day' WHERE id = '{}'", expired_new.0)).await;
+        exec(pool, &format!("UPDATE campaign_session_invites SET revoked_at = now() - interval '8 days' WHERE id = '{}'", revoked_old.0)).await;
+        exec(pool, &format!("UPDATE campaign_session_invites SET last_used_at = now() - interval '8 days' WHERE id = '{}'", used_old.0)).await;
+        exec(pool, &format!("UPDATE session_events SET at = now() - interval '40 days' WHERE session_id = '{live}' AND seq <= 2")).await;
+        self.invites_gone = vec![expired_old.0, revoked_old.0, used_old.0];
+        self.invites_kept = vec![expired_new.0, revoked_new.0, used_new.0, alive.0];
+    }
+
+    /// Job rows finished long ago and lately (and one never finished),
+    /// leases, state-update client ids and proposals.
+    async fn rows(&mut self) {
+        let (pool, live) = (&self.pool, &self.live);
+        self.jobs_gone = vec![
+            job_row(pool, 9, "Done", Some(8), false).await,
+            job_row(pool, 40, "Killed", Some(31), false).await,
+            job_row(pool, 40, "Killed", Some(31), true).await,
+        ];
+        self.jobs_kept = vec![
+            job_row(pool, 9, "Done", Some(1), false).await,
+            job_row(pool, 40, "Killed", Some(10), false).await,
+            job_row(pool, 40, "Pending", None, false).await,
+        ];
+        // Leases: expired two days ago (released, and abandoned), lately, live.
+        exec(pool, "INSERT INTO leases (scope, key, holder, token, acquired_at, renewed_at, expires_at) VALUES
+            ('test', 'released-old', NULL, nextval('lease_tokens'), now(), now(), now() - interval '2 days'),
+            ('test', 'abandoned-old', 'dead', nextval('lease_tokens'), now(), now(), now() - interval '2 days'),
+            ('test', 'released-new', NULL, nextval('lease_tokens'), now(), now(), now() - interval '1 hour'),
+            ('test', 'live', 'me', nextval('lease_tokens'), now(), now(), now() + interval '1 hour')").await;
+        // Client ids of game-state updates: a week old and a day old.
+        exec(pool, &format!("INSERT INTO game_state_requests (session_id, request_id, request_hash, update_id, new_version, created_at) VALUES
+            ('{live}', 'old', '\\x00', gen_random_uuid(), 1, now() - interval '8 days'),
+            ('{live}', 'new', '\\x00', gen_random_uuid(), 2, now() - interval '1 day')")).await;
+        // Proposals held for review: decided long ago, decided lately, and
+        // one still waiting for as long.
+        exec(pool, &format!("INSERT INTO state_proposals (id, session_id, turn_id, proposed_for, operations, status, decided_at) VALUES
+            ('00000000-0000-7000-8000-000000000001', '{live}', gen_random_uuid(), 'bob', '[]', 'rejected', now() - interval '40 days'),
+            ('00000000-0000-7000-8000-000000000002', '{live}', gen_random_uuid(), 'bob', '[]', 'approved', now() - interval '1 day'),
+            ('00000000-0000-7000-8000-000000000003', '{live}', gen_random_uuid(), 'bob', '[]', 'pending', NULL)")).await;
+        exec(
+            pool,
+            "UPDATE state_proposals SET created_at = now() - interval '50 days'",
+        )
+        .await;
+    }
+
+    async fn prune(&self, dry_run: bool) -> Value {
+        run_prune(&self.app, dry_run).await
+    }
+}
+
+#[tokio::test]
+async fn a_dry_run_says_what_would_go_and_changes_nothing() {
+    let f = Fixture::build().await;
+    let before = census(&f.pool).await;
+    let objects_before = count_objects(&f.dir, "sessions");
+    let dry = f.prune(true).await;
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["invites"], 3, "{dry:#}");
     assert_eq!(dry["jobs"], 3, "{dry:#}");
@@ -320,72 +414,45 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(dry["sessions_archived"], 1, "{dry:#}");
     assert_eq!(dry["sessions_deleted"], 1, "{dry:#}");
     // (The dry run's own job row is the one difference.)
-    let mut after = census(&pool).await;
+    let mut after = census(&f.pool).await;
     after[5] -= 1;
     assert_eq!(after, before, "a dry run changed something");
-    assert_eq!(count_objects(&dir, "sessions"), objects_before);
+    assert_eq!(count_objects(&f.dir, "sessions"), objects_before);
+}
 
-    // The real run.
-    let report = run_prune(&app, false).await;
+#[tokio::test]
+async fn rows_past_retention_go_and_newer_ones_stay() {
+    let f = Fixture::build().await;
+    let report = f.prune(false).await;
     assert_eq!(report["dry_run"], false);
     assert_eq!(report["invites"], 3, "{report:#}");
     assert_eq!(report["leases"], 2, "{report:#}");
     assert_eq!(report["state_requests"], 1, "{report:#}");
     assert_eq!(report["proposals"], 1, "{report:#}");
-    let proposals = ids(&pool, "SELECT id::text FROM state_proposals ORDER BY id").await;
+    let proposals = ids(&f.pool, "SELECT id::text FROM state_proposals ORDER BY id").await;
     assert_eq!(
         proposals.len(),
         2,
         "the old decided one went, the new and the waiting one stayed: {proposals:?}"
     );
     assert!(!proposals.contains("00000000-0000-7000-8000-000000000001"));
-    assert_eq!(report["media_versions"], 1, "{report:#}");
-    assert_eq!(report["sessions_archived"], 1, "{report:#}");
-    assert_eq!(report["sessions_deleted"], 1, "{report:#}");
-    assert_eq!(report["turns_deleted"], 2, "{report:#}");
-    // The doomed session's manifest, log and map, and the old version.
-    assert_eq!(report["objects_deleted"], 4, "{report:#}");
-    prune.stop().await;
-
-    let invites = ids(&pool, "SELECT id::text FROM campaign_session_invites").await;
-    for gone in [&expired_old, &revoked_old, &used_old] {
+    let invites = ids(&f.pool, "SELECT id::text FROM campaign_session_invites").await;
+    for gone in &f.invites_gone {
         assert!(!invites.contains(gone.as_str()), "{gone} should be gone");
     }
-    for stays in [&expired_new, &revoked_new, &used_new, &alive] {
+    for stays in &f.invites_kept {
         assert!(invites.contains(stays.as_str()), "{stays} should stay");
     }
-    let jobs = ids(&pool, "SELECT id FROM apalis.jobs").await;
-    for gone in [&done_old, &failed_old, &cancelled_old] {
+    let jobs = ids(&f.pool, "SELECT id FROM apalis.jobs").await;
+    for gone in &f.jobs_gone {
         assert!(!jobs.contains(gone.as_str()), "job {gone} should be gone");
     }
-    for stays in [&done_new, &failed_new, &waiting_old] {
+    for stays in &f.jobs_kept {
         assert!(jobs.contains(stays.as_str()), "job {stays} should stay");
     }
-    assert_eq!(
-        map_objects(&dir),
-        [format!("{map_id}-v2.png"), format!("{map_id}-v3.png")],
-        "the version replaced 40 days ago is gone, the later ones stay"
-    );
-    let versions = ids(
-        &pool,
-        &format!("SELECT version::text FROM campaign_media_versions WHERE media_id = '{map_id}'"),
-    )
-    .await;
-    assert_eq!(versions, ["2", "3"].into_iter().map(String::from).collect());
-    let current = app
-        .get("alice", &format!("/api/sessions/{live}/media/{map_id}"))
-        .await;
-    assert_eq!(current.body["version"], 3, "{}", current.text);
-    let doomed_media: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM campaign_media WHERE session_id = $1::uuid")
-            .bind(&doomed)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-    assert_eq!(doomed_media, 0, "the deleted session's media rows are gone");
-    let requests = ids(&pool, "SELECT request_id FROM game_state_requests").await;
+    let requests = ids(&f.pool, "SELECT request_id FROM game_state_requests").await;
     assert_eq!(requests, ["new".to_owned()].into_iter().collect());
-    let leases = ids(&pool, "SELECT key FROM leases WHERE scope = 'test'").await;
+    let leases = ids(&f.pool, "SELECT key FROM leases WHERE scope = 'test'").await;
     assert_eq!(
         leases,
         ["live", "released-new"]
@@ -393,11 +460,47 @@ async fn prune_removes_exactly_what_is_past_retention() {
             .map(String::from)
             .collect()
     );
+}
+
+#[tokio::test]
+async fn media_versions_replaced_long_ago_go_with_their_objects() {
+    let f = Fixture::build().await;
+    let report = f.prune(false).await;
+    assert_eq!(report["media_versions"], 1, "{report:#}");
+    let map_id = &f.map_id;
+    assert_eq!(
+        f.map_objects(),
+        [format!("{map_id}-v2.png"), format!("{map_id}-v3.png")],
+        "the version replaced 40 days ago is gone, the later ones stay"
+    );
+    let versions = ids(
+        &f.pool,
+        &format!("SELECT version::text FROM campaign_media_versions WHERE media_id = '{map_id}'"),
+    )
+    .await;
+    assert_eq!(versions, ["2", "3"].into_iter().map(String::from).collect());
+    let current = f
+        .app
+        .get("alice", &format!("/api/sessions/{}/media/{map_id}", f.live))
+        .await;
+    assert_eq!(current.body["version"], 3, "{}", current.text);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_archived_and_long_archived_ones_deleted_with_all_they_own() {
+    let f = Fixture::build().await;
+    let (app, pool, doomed) = (&f.app, &f.pool, &f.doomed);
+    let report = f.prune(false).await;
+    assert_eq!(report["sessions_archived"], 1, "{report:#}");
+    assert_eq!(report["sessions_deleted"], 1, "{report:#}");
+    assert_eq!(report["turns_deleted"], 2, "{report:#}");
+    // The doomed session's manifest, log and map, and the old version.
+    assert_eq!(report["objects_deleted"], 4, "{report:#}");
 
     // The idle session is archived, and its members were told why.
-    let session = app.get("alice", &format!("/api/sessions/{idle}")).await;
+    let session = app.get("alice", &format!("/api/sessions/{}", f.idle)).await;
     assert_eq!(session.body["status"], "archived", "{}", session.text);
-    let last = app.events("alice", &idle, 0).await;
+    let last = app.events("alice", &f.idle, 0).await;
     let archived = last.last().expect("event");
     assert_eq!(archived["type"], "session.archived");
     assert_eq!(archived["data"]["reason"], "idle");
@@ -412,31 +515,42 @@ async fn prune_removes_exactly_what_is_past_retention() {
         "session_events WHERE session_id",
         "session_queue WHERE session_id",
         "event_outbox WHERE session_id",
+        "campaign_media WHERE session_id",
     ] {
         let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {table} = '{doomed}'"
         )))
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .expect("count");
         assert_eq!(left, 0, "{table} still has rows of the deleted session");
     }
-    let jobs_left = ids(&pool, "SELECT id FROM apalis.jobs").await;
+    let jobs_left = ids(pool, "SELECT id FROM apalis.jobs").await;
     assert!(
-        doomed_jobs.is_disjoint(&jobs_left),
+        f.doomed_jobs.is_disjoint(&jobs_left),
         "the deleted session's jobs are gone"
     );
-    assert_eq!(count_objects(&dir, &doomed_prefix), 0, "its files are gone");
-    assert_eq!(count_objects(&dir, &kept_prefix), 2);
-    app.get("alice", &format!("/api/sessions/{kept}"))
+    assert_eq!(
+        count_objects(&f.dir, &format!("sessions/{doomed}")),
+        0,
+        "its files are gone"
+    );
+    assert_eq!(count_objects(&f.dir, &format!("sessions/{}", f.kept)), 2);
+    app.get("alice", &format!("/api/sessions/{}", f.kept))
         .await
         .body
         .get("session_id")
         .expect("kept session still there");
+}
 
-    // Events: the live session's two old ones are gone; resuming from
-    // before them is a reset, never a silent gap.
-    let remaining = app.events("alice", &live, 2).await;
+#[tokio::test]
+async fn clients_resuming_from_pruned_events_are_told_to_reset() {
+    let f = Fixture::build().await;
+    let (app, live) = (&f.app, &f.live);
+    f.prune(false).await;
+    // The live session's two old events are gone; resuming from before
+    // them is a reset, never a silent gap.
+    let remaining = app.events("alice", live, 2).await;
     assert!(
         remaining.first().is_some_and(|e| e["seq"] == 3),
         "{remaining:#?}"
@@ -456,7 +570,7 @@ async fn prune_removes_exactly_what_is_past_retention() {
             .and_then(|e| e["seq"].as_i64())
             .expect("last")
     );
-    let mut socket = app.ws("bob", &live, Some(1)).await.expect("socket");
+    let mut socket = app.ws("bob", live, Some(1)).await.expect("socket");
     match socket.next(Duration::from_secs(5)).await {
         Some(WsItem::Json(reset)) => {
             assert_eq!(reset["type"], "reset", "{reset}");
@@ -478,11 +592,9 @@ async fn prune_removes_exactly_what_is_past_retention() {
     assert_eq!(next[0]["seq"], newest + 1);
     assert_eq!(next[0]["type"], "session.updated");
     // A resume from after the pruned ones is not a reset.
-    let mut socket = app.ws("bob", &live, Some(2)).await.expect("socket");
+    let mut socket = app.ws("bob", live, Some(2)).await.expect("socket");
     let replay = socket
         .collect_until(Duration::from_secs(5), |seen| !seen.is_empty())
         .await;
     assert_eq!(replay[0]["seq"], 3);
-
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -87,6 +87,8 @@ async fn only_allowed_sources_are_used_and_a_url_cannot_redirect_itself() {
     // once it is not (the list narrowed), for good.
     let narrowed =
         TestApp::spawn_with(|c| c.migration_sources = vec!["file:///srv/legacy".into()]).await;
+    // On purpose: the run from a source no longer allowed fails for good.
+    narrowed.db.expect_failed_jobs();
     let session = narrowed.create_session("alice", "Old").await;
     let started = {
         let mut tx = narrowed.db.pool.begin().await.expect("tx");

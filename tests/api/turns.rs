@@ -264,6 +264,8 @@ async fn a_worker_killed_mid_turn_is_taken_over_after_its_lease_expires() {
 #[tokio::test]
 async fn a_turn_whose_every_attempt_died_with_its_worker_fails_instead_of_looping() {
     let app = TestApp::spawn_with(|c| c.job_max_attempts = 1).await;
+    // On purpose: the poisoned turn's job fails for good.
+    app.db.expect_failed_jobs();
     let session = app.create_session("alice", "Poison").await;
     let job_id = app
         .submit("alice", &session, "a turn that kills workers")
@@ -532,6 +534,8 @@ async fn retryable_failures_back_off_then_fail_and_the_session_moves_on() {
     })
     .await;
     let app = TestApp::spawn_with(openai(&fake)).await;
+    // On purpose: the doomed turn's job fails for good.
+    app.db.expect_failed_jobs();
     let session = app.create_session("alice", "Retries").await;
     let doomed = app.submit("alice", &session, "a doomed plan").await;
     app.submit("alice", &session, "a sensible plan").await;
@@ -618,6 +622,8 @@ async fn a_429_is_retried_after_the_providers_retry_after() {
 async fn a_rejected_request_fails_at_once() {
     let fake = FakeLlm::start(|_, _| Reply::Status(400, None)).await;
     let app = TestApp::spawn_with(openai(&fake)).await;
+    // On purpose: the rejected turn's job fails for good.
+    app.db.expect_failed_jobs();
     let session = app.create_session("alice", "Fatal").await;
     let resp = app
         .submit("alice", &session, "something the model refuses")
