@@ -300,7 +300,7 @@ async fn detail(state: &AppState, job_id: &str) -> Result<JobDetail> {
 }
 
 /// A job in full; operators only.
-#[utoipa::path(get, path = "/api/admin/jobs/{job_id}", tag = "admin",
+#[utoipa::path(get, path = "/api/admin/jobs/{job_id}", tag = "admin", operation_id = "get_admin_job",
     params(("job_id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobDetail), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),

@@ -447,6 +447,27 @@ mod tests {
     }
 
     #[test]
+    fn every_operation_has_its_own_id() {
+        let doc = document(&questboard_workers::jobs::registry(), 4000).expect("document");
+        let mut ids = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                let id = operation["operationId"].as_str().unwrap_or_default();
+                assert!(!id.is_empty(), "{method} {path} has no operationId");
+                ids.push(id.to_owned());
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            count,
+            "operationIds are not unique: client generators refuse them"
+        );
+    }
+
+    #[test]
     fn a_patch_of_a_place_that_is_gone_is_named() {
         let mut patches = Patches::new(json!({ "paths": {}, "components": { "schemas": {} } }));
         patches.set(
