@@ -10,3 +10,4 @@ export * from "./ops.js";
 export * from "./socket.js";
 export * from "./store.js";
 export * from "./transcript.js";
+export * from "./rest.js";

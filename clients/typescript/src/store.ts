@@ -69,15 +69,15 @@ interface Queued {
 /** A snapshot from the state view that `GET .../state` and `state.get`
  * answer (`{version, state}`, the document holding the server's
  * `stateVersion` and `lastUpdated`, which are not the store's to apply to). */
-export function snapshotOf(view: { version?: Json; state?: Json }): StateSnapshot {
-  const document = view.state;
+export function snapshotOf(view: { readonly [key: string]: unknown }): StateSnapshot {
+  const document = view["state"];
   const state: JsonObject = {};
   if (typeof document === "object" && document !== null && !Array.isArray(document)) {
-    for (const [key, value] of Object.entries(document)) {
+    for (const [key, value] of Object.entries(document as JsonObject)) {
       if (key !== "stateVersion" && key !== "lastUpdated") state[key] = value;
     }
   }
-  return { state, version: Number(view.version ?? 0) };
+  return { state, version: Number(view["version"] ?? 0) };
 }
 
 export class GameStateStore {
