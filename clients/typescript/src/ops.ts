@@ -198,9 +198,9 @@ function combine(
 }
 
 /** Follows `segments` from `root`; creates missing objects when `create`.
- * Returns the container the last segment lives in, or undefined when a
- * parent is missing (and nothing is to be created). */
-function walk(root: Json, segments: Segment[], create: boolean): JsonObject | Json[] | undefined {
+ * Returns the value the last segment lives in, or undefined when a parent
+ * is missing (and nothing is to be created). */
+function walk(root: Json, segments: Segment[], create: boolean): Json | undefined {
   let here: Json = root;
   for (const [depth, segment] of segments.entries()) {
     const where = segments
@@ -233,9 +233,7 @@ function walk(root: Json, segments: Segment[], create: boolean): JsonObject | Js
       );
     }
   }
-  if (isObject(here) || Array.isArray(here)) return here;
-  if (!create) return undefined;
-  return undefined;
+  return here;
 }
 
 function put(parent: Json, last: Segment, value: Json, path: string): void {
@@ -283,31 +281,34 @@ export function apply(state: JsonObject, op: StateOperation): void {
   }
   const creates = kind === "set" || kind === "inc" || kind === "push";
   const parent = walk(state, segments.slice(0, -1), creates);
-  if (parent === undefined) {
-    if (creates) {
-      // A parent that is a scalar: what walk refuses above when creating.
-      throw new OperationError(`cannot create \`${last.key}\` here`);
-    }
-    return;
-  }
+  // A missing parent: unset and pull have nothing to do.
+  if (parent === undefined) return;
   if (kind === "set") return put(parent, last, value, op.path);
   if (kind === "unset") {
     if (isObject(parent)) delete parent[last.key];
-    else if (last.index !== undefined && last.index < parent.length) parent.splice(last.index, 1);
+    else if (Array.isArray(parent) && last.index !== undefined && last.index < parent.length) {
+      parent.splice(last.index, 1);
+    }
     return;
   }
-  // inc, push, pull: the slot the last segment names.
+  // inc, push, pull: the slot the last segment names. A path through a
+  // scalar, or a key into an array, does not exist: `pull` has nothing to
+  // do, the others cannot create it.
   let exists: boolean;
   let key: string | number;
   if (isObject(parent)) {
     exists = has(parent, last.key);
     key = last.key;
-  } else if (last.index !== undefined) {
+  } else if (Array.isArray(parent) && last.index !== undefined) {
     exists = last.index < parent.length;
     key = last.index;
   } else {
     if (kind === "pull") return;
-    throw new OperationError(`\`${last.key}\` is not an index into the array at \`${op.path}\``);
+    throw new OperationError(
+      Array.isArray(parent)
+        ? `\`${last.key}\` is not an index into the array at \`${op.path}\``
+        : `cannot reach \`${last.key}\` inside ${typeName(parent)}`,
+    );
   }
   if (exists) return combine(parent, key, kind, value);
   if (kind === "inc") return put(parent, last, value, op.path);

@@ -7,6 +7,7 @@
  * logic: feed it what the socket delivers, read `turns`.
  */
 
+import type { components } from "./api.js";
 import type { SessionEvent, TurnDelta } from "./events.js";
 import type { JsonObject } from "./ops.js";
 
@@ -53,27 +54,15 @@ export class Transcript {
   }
 
   /** Adds a turn read over REST (`GET .../turns`). */
-  load(turn: {
-    turn_id: string;
-    seq: number;
-    author_user_id: string;
-    input: string;
-    status: string;
-    output?: string | null;
-    error?: string | null;
-    attempts?: number;
-  }): void {
-    const status = (["queued", "running", "retrying", "completed", "failed"] as const).find(
-      (s) => s === turn.status,
-    );
+  load(turn: components["schemas"]["TurnView"]): void {
     this.byId.set(turn.turn_id, {
       turnId: turn.turn_id,
       seq: turn.seq,
       author: turn.author_user_id,
       input: turn.input,
-      status: status ?? "queued",
+      status: turn.status,
       reply: turn.output ?? "",
-      attempt: turn.attempts ?? 0,
+      attempt: 0,
       ...(turn.error ? { error: turn.error } : {}),
     });
   }

@@ -52,3 +52,24 @@ test("a retried turn drops what its earlier attempt showed", () => {
   assert.equal(t.turns[0]!.status, "failed");
   assert.equal(t.turns[0]!.error, "gave up");
 });
+
+test("turns read over REST are the start events continue from", () => {
+  const t = new Transcript();
+  t.load({
+    turn_id: "a",
+    seq: 1,
+    author_user_id: "alice",
+    status: "running",
+    input: "I wait.",
+    output: null,
+    error: null,
+    job_id: "j",
+    created_at: "",
+  });
+  t.event(ev("turn.started", { turn_id: "a", seq: 1, attempt: 1 }));
+  t.delta(delta("a", 1, 0, "Time passes."));
+  assert.deepEqual(
+    t.turns.map((x) => [x.author, x.input, x.status, x.reply]),
+    [["alice", "I wait.", "running", "Time passes."]],
+  );
+});
