@@ -172,7 +172,15 @@ async fn dev(config: &Config) -> anyhow::Result<()> {
     telemetry::serve_metrics(config.metrics_addr)
         .await
         .context("binding QB_METRICS_ADDR")?;
-    let state = app::api_state(config).await?;
+    let mut state = app::api_state(config).await?;
+    match crate::http::dev::DevTokens::new(config) {
+        Ok(tokens) => {
+            state.dev_tokens = Some(tokens);
+            state.pages = state.pages.with_dev_sign_in();
+            tracing::info!("the table offers sign-in by name (POST /dev/token; dev only)");
+        }
+        Err(err) => tracing::warn!(error = %err, "no sign-in by name on the table"),
+    }
     let worker = app::worker(config, state.pool.clone())?;
     let scheduler = app::scheduler(config, state.pool.clone(), state.schedule.clone());
     app::spawn_relay(config, state.pool.clone(), worker.id().to_owned());

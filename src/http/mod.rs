@@ -15,6 +15,8 @@
 //! | live session WebSockets | [`ws`] |
 //! | liveness and readiness | [`health`] |
 //! | the OpenAPI description | [`openapi`] |
+//! | the table page and its assets | [`pages`] |
+//! | sign-in by name, `questboard dev` only | [`dev`] |
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +32,7 @@ use sqlx::PgPool;
 use crate::auth::Verifier;
 
 pub mod admin;
+pub mod dev;
 pub mod download;
 pub mod error;
 pub mod events;
@@ -41,6 +44,7 @@ pub mod legacy;
 pub mod media;
 pub mod migrations;
 pub mod openapi;
+pub mod pages;
 pub mod proposals;
 pub mod server;
 pub mod sessions;
@@ -99,6 +103,10 @@ pub struct AppState {
     pub asset_sources: questboard_core::asset_migration::Sources,
     /// Where operators may point migrations and imports.
     pub sources: questboard_core::sources::Allowlist,
+    /// The table page, its policy and whether it offers dev sign-in.
+    pub pages: pages::Pages,
+    /// Sign-in by name: `Some` only in `questboard dev`.
+    pub dev_tokens: Option<dev::DevTokens>,
 }
 
 /// How signed media links are made.
@@ -147,10 +155,16 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_timeout,
         ));
+    let pages = if state.dev_tokens.is_some() {
+        pages::router().merge(dev::router())
+    } else {
+        pages::router()
+    };
     Router::new()
         .nest("/api", api)
         .merge(health::router())
         .merge(ws::router())
+        .merge(pages)
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .route_layer(middleware::from_fn(record_metrics))
         .fallback(not_found)

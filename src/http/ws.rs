@@ -1,8 +1,10 @@
 //! `GET /ws/sessions/{id}?after_seq=N`: a member's live view of a session.
 //!
 //! The upgrade happens only after authentication (`Authorization: Bearer`
-//! header, or `access_token` query parameter for browsers, which cannot set
-//! headers on a WebSocket) and a membership check: a bad token gets 401 and
+//! header; for browsers, which cannot set headers on a WebSocket, the
+//! subprotocols `questboard.bearer, <token>` ([`BEARER_PROTOCOL`]: a header,
+//! so the token stays out of URLs that proxies log), or else the
+//! `access_token` query parameter) and a membership check: a bad token gets 401 and
 //! a non-member 404, never a 101. An `Origin` outside
 //! `QB_WS_ALLOWED_ORIGINS` (when set) gets 403.
 //!
@@ -116,6 +118,24 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/ws/sessions/{session_id}", get(ws_session))
 }
 
+/// The subprotocol a browser offers first, followed by its token as a
+/// second "protocol": `new WebSocket(url, ["questboard.bearer", token])`.
+/// The server answers with this one, as the protocol requires.
+pub const BEARER_PROTOCOL: &str = "questboard.bearer";
+
+/// The token offered after [`BEARER_PROTOCOL`] in `Sec-WebSocket-Protocol`.
+fn protocol_token(headers: &HeaderMap) -> Option<String> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let at = offered.iter().position(|p| *p == BEARER_PROTOCOL)?;
+    offered.get(at + 1).map(|token| (*token).to_owned())
+}
+
 /// Query of the WebSocket route.
 #[derive(Debug, Deserialize)]
 pub struct WsParams {
@@ -134,7 +154,9 @@ async fn ws_session(
 ) -> Result<Response> {
     let token = match bearer_token(&headers) {
         Ok(token) => token.to_owned(),
-        Err(AuthError::Missing) => params.access_token.clone().ok_or(AuthError::Missing)?,
+        Err(AuthError::Missing) => protocol_token(&headers)
+            .or_else(|| params.access_token.clone())
+            .ok_or(AuthError::Missing)?,
         Err(err) => return Err(err.into()),
     };
     let caller = state.auth.verify_caller(&token).await?;
@@ -164,6 +186,7 @@ async fn ws_session(
         )
     })?;
     Ok(upgrade
+        .protocols([BEARER_PROTOCOL])
         // tungstenite's defaults (128 KiB read buffer, 128 KiB write
         // buffer) would cost every socket ~140 KiB of resident memory;
         // client messages are small (at most MAX_CLIENT_MESSAGE) and so are ours.

@@ -29,6 +29,7 @@ mod legacy_import;
 mod media;
 mod media_generation;
 mod outage;
+mod pages;
 mod proxy;
 mod prune;
 mod realtime;

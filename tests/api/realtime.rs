@@ -77,6 +77,31 @@ async fn sockets_are_refused_before_the_upgrade() {
         .into_client_request()
         .expect("request");
     assert!(app.ws_request(browser).await.is_ok());
+    // ...or, better, as a subprotocol after `questboard.bearer` (a header:
+    // not in any URL), and the server answers with that protocol.
+    let offer = |token: &str| {
+        let mut request = url.clone().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("questboard.bearer, {token}")
+                .parse()
+                .expect("header"),
+        );
+        request
+    };
+    let (_, accepted) = tokio_tungstenite::connect_async(offer(&app.token("alice")))
+        .await
+        .expect("the subprotocol token is accepted");
+    assert_eq!(
+        accepted.headers()["sec-websocket-protocol"],
+        "questboard.bearer"
+    );
+    assert_eq!(app.ws_request(offer("not-a-token")).await.err(), Some(401));
+    assert_eq!(
+        app.ws_request(offer(&app.token("mallory"))).await.err(),
+        Some(404),
+        "a non-member's subprotocol token opens nothing"
+    );
     // A plain GET with a good token is told to upgrade.
     app.get("alice", &format!("/ws/sessions/{session}"))
         .await

@@ -28,6 +28,9 @@ export type CloseKind =
   | "protocol_error"
   /** 1000: this client closed it. Final. */
   | "closed"
+  /** The browser said the network is gone: closed here at once, and
+   * connected again as soon as it says the network is back. */
+  | "offline"
   /** Anything else (a network drop, a refused upgrade): reconnects. */
   | "connection_lost";
 
@@ -69,6 +72,8 @@ export interface Connectivity {
   isOnline(): boolean;
   /** Calls `back` when the network returns; returns an unsubscribe. */
   onOnline(back: () => void): () => void;
+  /** Calls `gone` when the network goes away; returns an unsubscribe. */
+  onOffline?(gone: () => void): () => void;
 }
 
 function browserConnectivity(): Connectivity {
@@ -83,11 +88,19 @@ function browserConnectivity(): Connectivity {
       g.addEventListener?.("online", back);
       return () => g.removeEventListener?.("online", back);
     },
+    onOffline: (gone) => {
+      g.addEventListener?.("offline", gone);
+      return () => g.removeEventListener?.("offline", gone);
+    },
   };
 }
 
 /** The WebSocket constructor used (the global one by default). */
-export type WebSocketLike = new (url: string) => WebSocket;
+export type WebSocketLike = new (url: string, protocols?: string | string[]) => WebSocket;
+
+/** The subprotocol that carries the token (browsers cannot set headers on
+ * a WebSocket; a protocol header, unlike the URL, is not in access logs). */
+export const BEARER_PROTOCOL = "questboard.bearer";
 
 export interface SessionSocketOptions {
   /** The questboard origin, e.g. `https://play.example.com`. */
@@ -144,12 +157,19 @@ export class SessionSocket {
     this.backoff = new Backoff(options.backoff);
     this.connectivity = options.connectivity ?? browserConnectivity();
     this.WS = options.WebSocket ?? (globalThis.WebSocket as WebSocketLike);
-    this.unsubscribe = this.connectivity.onOnline(() => {
+    const offOnline = this.connectivity.onOnline(() => {
       if (!this.stopped && this.ws === undefined) {
         clearTimeout(this.timer);
         void this.connect();
       }
     });
+    // A socket the browser knows is cut can still look open for a long
+    // time (until pings fail): close it now, and say so.
+    const offOffline = this.connectivity.onOffline?.(() => this.offline());
+    this.unsubscribe = () => {
+      offOnline();
+      offOffline?.();
+    };
     void this.connect();
   }
 
@@ -198,9 +218,8 @@ export class SessionSocket {
     if (this.stopped) return;
     const base = this.options.baseUrl.replace(/^http/, "ws").replace(/\/$/, "");
     const url =
-      `${base}/ws/sessions/${encodeURIComponent(this.options.sessionId)}` +
-      `?after_seq=${this.lastSeq}&access_token=${encodeURIComponent(token)}`;
-    const ws = new this.WS(url);
+      `${base}/ws/sessions/${encodeURIComponent(this.options.sessionId)}` + `?after_seq=${this.lastSeq}`;
+    const ws = new this.WS(url, [BEARER_PROTOCOL, token]);
     this.ws = ws;
     let opened = false;
     ws.onopen = () => {
@@ -243,6 +262,18 @@ export class SessionSocket {
         this.retry();
       }
     };
+  }
+
+  private offline(): void {
+    const ws = this.ws;
+    if (this.stopped || ws === undefined) return;
+    this.ws = undefined; // its own close event is ignored
+    clearTimeout(this.timer);
+    const wasOpen = ws.readyState === 1;
+    ws.close(1000);
+    this.failPending();
+    if (wasOpen) this.options.onConnection?.(false);
+    this.options.onClose?.({ kind: "offline", code: 0, reason: "the browser went offline", reconnecting: true });
   }
 
   private retry(): void {

@@ -57,6 +57,10 @@ export interface GameStateStoreOptions {
   newId?: () => string;
   /** How long to wait before resending after a disconnect (ms, default 500). */
   resendDelayMs?: number;
+  /** How long an update may wait for a connection before its promise
+   * rejects with `Disconnected` (ms, default 30,000); the updates queued
+   * behind it are tried next. */
+  giveUpAfterMs?: number;
 }
 
 interface Queued {
@@ -167,6 +171,7 @@ export class GameStateStore {
   }
 
   private async send(item: Queued): Promise<void> {
+    const deadline = Date.now() + (this.options.giveUpAfterMs ?? 30_000);
     for (;;) {
       if (this.snapshot === undefined) await this.load();
       const base = this.snapshot!;
@@ -179,6 +184,12 @@ export class GameStateStore {
         });
       } catch (err) {
         if (err instanceof Disconnected) {
+          if (Date.now() >= deadline) {
+            // It may have been applied before the socket went: a later
+            // `state.updated` says so, and the store follows it.
+            item.reject(err);
+            return;
+          }
           // Resent with the same id: the server answers a repeat as the
           // first time, so it never applies twice.
           await new Promise((r) => setTimeout(r, this.options.resendDelayMs ?? 500));

@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 import type { SessionEvent } from "../src/events.js";
-import { SessionSocket, type CloseReason } from "../src/socket.js";
+import { SessionSocket, type CloseReason, type WebSocketLike } from "../src/socket.js";
 import { GameStateStore, VersionConflict, snapshotOf } from "../src/store.js";
 import { Transcript } from "../src/transcript.js";
 import { restClient } from "../src/rest.js";
@@ -32,11 +32,11 @@ after(async () => {
 /** A WebSocket whose connections a test can cut (a client-side close with
  * an application code: the server echoes it, as a dropped network would
  * end the socket without a final close). */
-function cuttable(): { WebSocket: new (url: string) => WebSocket; cut: () => void } {
+function cuttable(): { WebSocket: WebSocketLike; cut: () => void } {
   const open: WebSocket[] = [];
   class Cuttable extends WebSocket {
-    constructor(url: string) {
-      super(url);
+    constructor(url: string, protocols?: string | string[]) {
+      super(url, protocols);
       open.push(this);
     }
   }
@@ -56,7 +56,7 @@ interface Watch {
   deltas: number;
 }
 
-function watch(user: string, session: string, WebSocketImpl?: new (url: string) => WebSocket): Watch {
+function watch(user: string, session: string, WebSocketImpl?: WebSocketLike): Watch {
   const w: Partial<Watch> = { events: [], transcript: new Transcript(), closes: [], deltas: 0 };
   w.socket = new SessionSocket({
     baseUrl: qb.baseUrl,

@@ -9,12 +9,17 @@
 
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, "../../../..");
+/** The workspace: the nearest folder above this file with a Cargo.lock. */
+function workspace(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, "Cargo.lock")) && path.dirname(dir) !== dir) dir = path.dirname(dir);
+  return dir;
+}
 const SECRET = "client-integration-secret-0123456789abcdef";
 
 async function freePort(): Promise<number> {
@@ -44,8 +49,9 @@ export class Questboard {
     private readonly log: string[],
   ) {}
 
-  static async start(): Promise<Questboard> {
-    const bin = process.env["QB_BIN"] ?? path.join(root, "target/debug/questboard");
+  /** Starts `questboard dev`; `env` adds to (or overrides) its environment. */
+  static async start(env: Record<string, string> = {}): Promise<Questboard> {
+    const bin = process.env["QB_BIN"] ?? path.join(workspace(), "target/debug/questboard");
     const adminUrl = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres";
     const database = `qbts_${Date.now()}_${randomUUID().replaceAll("-", "").slice(0, 12)}`;
     execFileSync("psql", [adminUrl, "-q", "-c", `CREATE DATABASE ${database}`]);
@@ -65,6 +71,7 @@ export class Questboard {
         // Storage is not what these tests are about.
         QB_STORAGE_URL: "memory://",
         RUST_LOG: "warn",
+        ...env,
       },
       stdio: ["ignore", "pipe", "pipe"],
     });

@@ -140,3 +140,25 @@ test("a snapshot leaves out what the server keeps in the document", () => {
   };
   assert.deepEqual(snapshotOf(view), { state: emptyState(), version: 7 });
 });
+
+test("an update that never finds a connection is given up with Disconnected, and the next one goes", async () => {
+  const server = new Server();
+  let down = true;
+  const s = new GameStateStore({
+    fetch: async () => server.snapshot(),
+    requester: {
+      request: (type, body) => (down ? Promise.reject(new Disconnected()) : server.request(type, body)),
+    },
+    newId: () => `id-${++ids}`,
+    resendDelayMs: 2,
+    giveUpAfterMs: 30,
+  });
+  await s.load();
+  const first = s.update([{ path: "items", operation: "push", value: "rope" }]);
+  const second = s.update([{ path: "items", operation: "push", value: "torch" }]);
+  await assert.rejects(first, { name: "Disconnected" });
+  down = false;
+  assert.equal(await second, 1);
+  assert.deepEqual(server.state["items"], ["torch"]);
+  assert.deepEqual(s.current?.state["items"], ["torch"]);
+});

@@ -167,6 +167,7 @@ impl TestApp {
             .await
             .expect("api state");
         if let Some(storage) = storage {
+            state.pages = questboard::http::pages::Pages::for_storage(&storage).await;
             state.storage = storage;
         }
         app::spawn_relay(

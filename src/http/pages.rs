@@ -1,0 +1,218 @@
+//! The pages the binary serves itself: the table at `/` (and `/join`,
+//! where share links land), with its script and style under `/assets/`.
+//!
+//! The script and stylesheet are built from `clients/web` (Preact, bundled
+//! by esbuild) and committed in `clients/web/dist`; they, the HTML page and
+//! the icon are embedded here at compile time, so
+//! a plain `cargo build` makes a binary with the page: no second server,
+//! no CDN. Every page answer carries a strict Content-Security-Policy (no
+//! inline script or style, nothing from another origin but the media
+//! store's signed links when storage presigns them), `no-referrer`, and
+//! refuses framing. An invite token in a share link travels in the URL
+//! fragment (`/join#<token>`), which browsers never send to a server, so it
+//! cannot reach a log or a Referer.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sha2::{Digest as _, Sha256};
+
+use super::AppState;
+
+// The page and its icon need no build; the script and the stylesheet are
+// esbuild's output.
+const TABLE_HTML: &str = include_str!("../../clients/web/src/table/index.html");
+const ICON: &[u8] = include_bytes!("../../clients/web/src/table/icon.svg");
+const TABLE_JS: &[u8] = include_bytes!("../../clients/web/dist/table.js");
+const TABLE_CSS: &[u8] = include_bytes!("../../clients/web/dist/table.css");
+
+/// What the pages need to know about this process, built once at start.
+#[derive(Debug, Clone)]
+pub struct Pages {
+    html: axum::body::Bytes,
+    csp: HeaderValue,
+}
+
+impl Pages {
+    /// The pages for a process whose signed media links point to
+    /// `media_origin` when storage presigns them (another origin the page
+    /// may load images and audio from).
+    pub fn new(media_origin: Option<&str>) -> Self {
+        Self {
+            html: axum::body::Bytes::from(TABLE_HTML.replace("{{dev_sign_in}}", "off")),
+            csp: content_security_policy(media_origin),
+        }
+    }
+
+    /// The pages for a process storing files in `storage`: when it presigns
+    /// its links, their origin joins the policy's `img-src` and `media-src`.
+    pub async fn for_storage(storage: &questboard_core::storage::Storage) -> Self {
+        let link = storage
+            .presigned_get(
+                "questboard/origin-probe",
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .ok()
+            .flatten();
+        Self::new(link.as_deref().and_then(origin_of).as_deref())
+    }
+
+    /// The same pages offering sign-in by name (`questboard dev`, where
+    /// `POST /dev/token` exists).
+    pub fn with_dev_sign_in(self) -> Self {
+        Self {
+            html: axum::body::Bytes::from(TABLE_HTML.replace("{{dev_sign_in}}", "on")),
+            ..self
+        }
+    }
+}
+
+/// The policy of every page and asset answer.
+pub fn content_security_policy(media_origin: Option<&str>) -> HeaderValue {
+    let media = media_origin.map(|o| format!(" {o}")).unwrap_or_default();
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'{media}; \
+         media-src 'self'{media}; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    );
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"))
+}
+
+/// The origin (`scheme://host[:port]`) of a URL, for the policy; `None`
+/// for anything but http(s) or a value a header cannot carry.
+pub fn origin_of(link: &str) -> Option<String> {
+    let url = url::Url::parse(link).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let origin = url.origin().ascii_serialization();
+    HeaderValue::from_str(&origin).ok()?;
+    Some(origin)
+}
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(table))
+        .route("/join", get(table))
+        .route("/assets/table.js", get(table_js))
+        .route("/assets/table.css", get(table_css))
+        .route("/assets/icon.svg", get(icon))
+}
+
+fn secured(pages: &Pages, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, pages.csp.clone());
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+async fn table(State(state): State<AppState>) -> Response {
+    let response = (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        state.pages.html.clone(),
+    )
+        .into_response();
+    secured(&state.pages, response)
+}
+
+async fn table_js(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    asset(
+        &state.pages,
+        &headers,
+        TABLE_JS,
+        "text/javascript; charset=utf-8",
+    )
+}
+
+async fn table_css(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    asset(&state.pages, &headers, TABLE_CSS, "text/css; charset=utf-8")
+}
+
+async fn icon(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    asset(&state.pages, &headers, ICON, "image/svg+xml")
+}
+
+/// An embedded file, revalidated by its hash (`no-cache` + `ETag`): a new
+/// binary's assets are fetched at once, an unchanged one answers 304.
+fn asset(
+    pages: &Pages,
+    headers: &HeaderMap,
+    bytes: &'static [u8],
+    content_type: &'static str,
+) -> Response {
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(bytes)[..12]));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let etag = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let response = if matches {
+        (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response()
+    } else {
+        (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                (header::ETAG, etag),
+            ],
+            bytes,
+        )
+            .into_response()
+    };
+    secured(pages, response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_allows_no_other_origin_but_the_media_store() {
+        let plain = content_security_policy(None);
+        let plain = plain.to_str().unwrap_or_default();
+        assert!(plain.contains("script-src 'self';"));
+        assert!(!plain.contains("unsafe"));
+        assert!(!plain.contains("http"));
+        let with = content_security_policy(
+            origin_of("https://bucket.s3.example.com/a/b?X-Amz=1").as_deref(),
+        );
+        let with = with.to_str().unwrap_or_default();
+        assert!(with.contains("img-src 'self' https://bucket.s3.example.com;"));
+        assert!(with.contains("script-src 'self';"));
+    }
+
+    #[test]
+    fn only_http_origins_enter_the_policy() {
+        assert_eq!(origin_of("file:///etc/passwd"), None);
+        assert_eq!(origin_of("not a url"), None);
+        assert_eq!(
+            origin_of("http://127.0.0.1:9000/bucket/key?sig=1").as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+    }
+
+    #[test]
+    fn the_page_says_whether_dev_sign_in_exists() {
+        let off = Pages::new(None);
+        let on = off.clone().with_dev_sign_in();
+        assert!(std::str::from_utf8(&on.html).is_ok_and(|h| h.contains(r#"content="on""#)));
+        assert!(std::str::from_utf8(&off.html).is_ok_and(|h| h.contains(r#"content="off""#)));
+    }
+}
