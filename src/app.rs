@@ -64,7 +64,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
         serde_json::to_vec(&description).context("serialising the OpenAPI description")?,
     );
     let sources = config.source_allowlist()?;
-    let pages = http::pages::Pages::for_storage(&storage).await;
+    let pages = http::pages::Pages::for_storage(&storage, &config.table_frame_ancestors()?).await;
     Ok(AppState {
         pages,
         dev_tokens: None,

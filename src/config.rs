@@ -164,6 +164,11 @@ pub struct Config {
     #[arg(long, env = "QB_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub ws_allowed_origins: Option<Vec<String>>,
 
+    /// Comma-separated origins (`https://app.example`) of apps that may show
+    /// the table in a frame (unset: none; the page refuses to be framed).
+    #[arg(long, env = "QB_TABLE_FRAME_ANCESTORS", value_delimiter = ',')]
+    pub table_frame_ancestors: Vec<String>,
+
     /// Largest uploaded map, in bytes (`image/png` or `image/jpeg`).
     #[arg(long, env = "QB_MEDIA_MAP_MAX_BYTES", default_value_t = 25_000_000)]
     pub media_map_max_bytes: u64,
@@ -364,6 +369,26 @@ impl Config {
     pub fn source_allowlist(&self) -> anyhow::Result<questboard_core::sources::Allowlist> {
         questboard_core::sources::Allowlist::parse(&self.migration_sources)
             .map_err(anyhow::Error::msg)
+    }
+
+    /// The origins of `QB_TABLE_FRAME_ANCESTORS`, checked: each must be an
+    /// `http(s)://host[:port]` origin and nothing more (no path, no
+    /// wildcard), since it goes into the pages' Content-Security-Policy.
+    pub fn table_frame_ancestors(&self) -> anyhow::Result<Vec<String>> {
+        self.table_frame_ancestors
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|raw| {
+                let origin = crate::http::pages::origin_of(raw);
+                match origin {
+                    Some(o) if o == raw.trim_end_matches('/') => Ok(o),
+                    _ => Err(anyhow::anyhow!(
+                        "QB_TABLE_FRAME_ANCESTORS: {raw:?} is not an origin (https://host[:port])"
+                    )),
+                }
+            })
+            .collect()
     }
 
     /// How large a game state and one update to it may be.

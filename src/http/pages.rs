@@ -33,22 +33,30 @@ const TABLE_CSS: &[u8] = include_bytes!("../../clients/web/dist/table.css");
 pub struct Pages {
     html: axum::body::Bytes,
     csp: HeaderValue,
+    /// Whether some origins may frame the pages (`QB_TABLE_FRAME_ANCESTORS`).
+    framed: bool,
 }
 
 impl Pages {
     /// The pages for a process whose signed media links point to
     /// `media_origin` when storage presigns them (another origin the page
-    /// may load images and audio from).
-    pub fn new(media_origin: Option<&str>) -> Self {
+    /// may load images and audio from), which the apps at `frame_ancestors`
+    /// (checked origins, see `Config::table_frame_ancestors`) may show in
+    /// a frame.
+    pub fn new(media_origin: Option<&str>, frame_ancestors: &[String]) -> Self {
         Self {
             html: axum::body::Bytes::from(TABLE_HTML.replace("{{dev_sign_in}}", "off")),
-            csp: content_security_policy(media_origin),
+            csp: content_security_policy(media_origin, frame_ancestors),
+            framed: !frame_ancestors.is_empty(),
         }
     }
 
     /// The pages for a process storing files in `storage`: when it presigns
     /// its links, their origin joins the policy's `img-src` and `media-src`.
-    pub async fn for_storage(storage: &questboard_core::storage::Storage) -> Self {
+    pub async fn for_storage(
+        storage: &questboard_core::storage::Storage,
+        frame_ancestors: &[String],
+    ) -> Self {
         let link = storage
             .presigned_get(
                 "questboard/origin-probe",
@@ -57,7 +65,10 @@ impl Pages {
             .await
             .ok()
             .flatten();
-        Self::new(link.as_deref().and_then(origin_of).as_deref())
+        Self::new(
+            link.as_deref().and_then(origin_of).as_deref(),
+            frame_ancestors,
+        )
     }
 
     /// The same pages offering sign-in by name (`questboard dev`, where
@@ -71,12 +82,20 @@ impl Pages {
 }
 
 /// The policy of every page and asset answer.
-pub fn content_security_policy(media_origin: Option<&str>) -> HeaderValue {
+pub fn content_security_policy(
+    media_origin: Option<&str>,
+    frame_ancestors: &[String],
+) -> HeaderValue {
     let media = media_origin.map(|o| format!(" {o}")).unwrap_or_default();
+    let frames = if frame_ancestors.is_empty() {
+        "'none'".to_owned()
+    } else {
+        frame_ancestors.join(" ")
+    };
     let policy = format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'{media}; \
          media-src 'self'{media}; connect-src 'self'; base-uri 'none'; form-action 'none'; \
-         frame-ancestors 'none'"
+         frame-ancestors {frames}"
     );
     HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"))
 }
@@ -113,7 +132,10 @@ fn secured(pages: &Pages, mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Browsers that know `frame-ancestors` ignore this; older ones obey it.
+    if !pages.framed {
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     response
 }
 
@@ -185,17 +207,41 @@ mod tests {
 
     #[test]
     fn the_policy_allows_no_other_origin_but_the_media_store() {
-        let plain = content_security_policy(None);
+        let plain = content_security_policy(None, &[]);
         let plain = plain.to_str().unwrap_or_default();
         assert!(plain.contains("script-src 'self';"));
         assert!(!plain.contains("unsafe"));
         assert!(!plain.contains("http"));
         let with = content_security_policy(
             origin_of("https://bucket.s3.example.com/a/b?X-Amz=1").as_deref(),
+            &[],
         );
         let with = with.to_str().unwrap_or_default();
         assert!(with.contains("img-src 'self' https://bucket.s3.example.com;"));
         assert!(with.contains("script-src 'self';"));
+    }
+
+    #[test]
+    fn framing_is_refused_unless_origins_are_named() {
+        let none = content_security_policy(None, &[]);
+        assert!(
+            none.to_str()
+                .unwrap_or_default()
+                .ends_with("frame-ancestors 'none'")
+        );
+        let named = content_security_policy(
+            None,
+            &[
+                "https://app.example".into(),
+                "https://b.example:8443".into(),
+            ],
+        );
+        assert!(
+            named
+                .to_str()
+                .unwrap_or_default()
+                .ends_with("frame-ancestors https://app.example https://b.example:8443")
+        );
     }
 
     #[test]
@@ -210,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_page_says_whether_dev_sign_in_exists() {
-        let off = Pages::new(None);
+        let off = Pages::new(None, &[]);
         let on = off.clone().with_dev_sign_in();
         assert!(std::str::from_utf8(&on.html).is_ok_and(|h| h.contains(r#"content="on""#)));
         assert!(std::str::from_utf8(&off.html).is_ok_and(|h| h.contains(r#"content="off""#)));

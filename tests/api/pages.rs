@@ -113,3 +113,35 @@ async fn a_presigning_store_adds_its_origin_for_media_only() {
     assert!(csp.contains("script-src 'self';"), "{csp}");
     assert!(csp.contains("connect-src 'self';"), "{csp}");
 }
+
+#[tokio::test]
+async fn named_apps_may_frame_the_table_and_nothing_else_may() {
+    let app = TestApp::spawn_with(|c| {
+        c.table_frame_ancestors = vec![
+            " https://app.example ".into(),
+            "https://b.example:8443/".into(),
+        ];
+    })
+    .await;
+    let page = app.call(Method::GET, "/", None, None).await;
+    let csp = header(&page, "content-security-policy");
+    assert!(
+        csp.ends_with("frame-ancestors https://app.example https://b.example:8443"),
+        "{csp}"
+    );
+    assert!(page.headers.get("x-frame-options").is_none());
+
+    // What is not an origin is refused at start, never put in the policy.
+    for bad in [
+        "https://app.example/path",
+        "*",
+        "app.example",
+        "javascript:alert(1)",
+        "https://a.example; script-src *",
+    ] {
+        let mut config = app.config.clone();
+        config.table_frame_ancestors = vec![bad.into()];
+        let refused = config.table_frame_ancestors();
+        assert!(refused.is_err(), "{bad} was accepted");
+    }
+}

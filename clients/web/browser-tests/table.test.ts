@@ -437,3 +437,22 @@ test("an archived session stays readable on every member's page and takes no mor
   await shot(p.page, "archived");
   await Promise.all([o.context.close(), p.context.close()]);
 });
+
+test("the owner renames a session and every page follows; a player who leaves no longer sees it", async () => {
+  const { o, p } = await table("uma", "vic", "Old Name");
+  await o.page.getByRole("button", { name: "Rename" }).click();
+  await o.page.getByLabel("New name").fill("New Name");
+  await o.page.getByRole("button", { name: "Save name" }).click();
+  for (const page of [o.page, p.page]) {
+    await page.getByRole("heading", { level: 2, name: "New Name" }).waitFor();
+    await page.getByRole("navigation", { name: "Sessions" }).getByRole("button", { name: /New Name/ }).waitFor();
+  }
+  assert.equal(await p.page.getByRole("button", { name: "Rename" }).count(), 0, "only the owner renames");
+  p.page.once("dialog", (d) => void d.accept());
+  await p.page.getByRole("button", { name: "Leave session" }).click();
+  await p.page.getByText("You left “New Name”.").waitFor();
+  assert.equal(await p.page.getByRole("navigation", { name: "Sessions" }).getByRole("button", { name: /New Name/ }).count(), 0);
+  await o.page.getByRole("tab", { name: "Members" }).click();
+  await until("vic to leave the member list", async () => (await o.page.getByRole("list", { name: "Members" }).innerText()).includes("vic") === false);
+  await Promise.all([o.context.close(), p.context.close()]);
+});

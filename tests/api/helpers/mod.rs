@@ -167,7 +167,8 @@ impl TestApp {
             .await
             .expect("api state");
         if let Some(storage) = storage {
-            state.pages = questboard::http::pages::Pages::for_storage(&storage).await;
+            let frames = config.table_frame_ancestors().expect("frame ancestors");
+            state.pages = questboard::http::pages::Pages::for_storage(&storage, &frames).await;
             state.storage = storage;
         }
         app::spawn_relay(

@@ -17,7 +17,12 @@ const INVITE_KEY = "questboard.invite";
  * address bar (call once, before the first render). */
 export function takeInvite(): void {
   if (location.pathname === "/join") {
-    const token = decodeURIComponent(location.hash.slice(1));
+    let token = "";
+    try {
+      token = decodeURIComponent(location.hash.slice(1));
+    } catch {
+      token = location.hash.slice(1); // not %-encoded after all; the server judges it
+    }
     if (token) sessionStorage.setItem(INVITE_KEY, token);
     history.replaceState(null, "", "/");
   }
@@ -109,11 +114,20 @@ function Signed({ who, onSignOut }: { who: SignedIn; onSignOut: () => void }) {
     setSelected(id);
   };
 
+  // Every page of the list (100 a page), newest activity first.
   const refresh = async () => {
     try {
-      const page = must(await api.GET("/api/sessions", { params: { query: { limit: 100 } } }));
-      setSessions(page.sessions);
-      return page.sessions;
+      const all: SessionSummary[] = [];
+      let cursor: string | undefined;
+      do {
+        const page = must(
+          await api.GET("/api/sessions", { params: { query: { limit: 100, ...(cursor ? { cursor } : {}) } } }),
+        );
+        all.push(...page.sessions);
+        cursor = page.next_cursor ?? undefined;
+      } while (cursor && all.length < 1000);
+      setSessions(all);
+      return all;
     } catch (err) {
       setNotice(err instanceof Error ? err.message : String(err));
       return undefined;

@@ -52,6 +52,8 @@ export class LiveSession {
   notice: string | undefined;
   private readonly socket: SessionSocket;
   private readonly listeners = new Set<() => void>();
+  /** Reloads asked for while one runs: one more after it, not one each. */
+  private readonly reloads = new Map<string, { running: Promise<void>; again: boolean }>();
   private scheduled = false;
   private closed = false;
 
@@ -79,7 +81,7 @@ export class LiveSession {
       onDelta: (delta) => {
         if (this.transcript.delta(delta)) this.changed();
       },
-      onReset: () => void this.reloadTurns(),
+      onReset: () => this.reload("turns", () => this.reloadTurns()),
       onConnection: (open) => {
         this.connected = open;
         this.changed();
@@ -158,7 +160,7 @@ export class LiveSession {
           item.failure = String(d["reason"] ?? "");
         }
         this.media.set(id, item);
-        if (event.type === "media.ready" && (item.kind === "map" || item.kind === "note")) void this.loadMedia();
+        if (event.type === "media.ready" && (item.kind === "map" || item.kind === "note")) this.reload("media", () => this.loadMedia());
         break;
       }
       case "media.deleted":
@@ -170,17 +172,41 @@ export class LiveSession {
       case "member.role_changed":
       case "session.updated":
       case "session.archived":
-        void this.loadDetail();
+        this.reload("detail", () => this.loadDetail());
         break;
       case "state.proposed":
       case "state.proposal.approved":
       case "state.proposal.rejected":
-        void this.loadProposals();
+        this.reload("proposals", () => this.loadProposals());
         break;
       default:
         break;
     }
     this.changed();
+  }
+
+  /** Runs `load` now, or once more after the run in progress (a replay of
+   * many events asks for the same reload many times). */
+  private reload(what: string, load: () => Promise<void>): void {
+    const now = this.reloads.get(what);
+    if (now) {
+      now.again = true;
+      return;
+    }
+    const entry = { running: Promise.resolve(), again: false };
+    entry.running = (async () => {
+      do {
+        entry.again = false;
+        try {
+          await load();
+        } catch (err) {
+          this.notice = err instanceof Error ? err.message : String(err);
+        }
+      } while (entry.again && !this.closed);
+      this.reloads.delete(what);
+      this.changed();
+    })();
+    this.reloads.set(what, entry);
   }
 
   private async loadDetail(): Promise<void> {

@@ -168,6 +168,7 @@ function SessionActions(props: {
           type="button"
           onClick={() =>
             act(async () => {
+              if (!confirm(`Leave “${props.name}”? You will need a new invite to come back.`)) return;
               must(
                 await api.DELETE("/api/sessions/{session_id}/members/{user_id}", {
                   params: { path: { session_id: id, user_id: props.who.user } },
