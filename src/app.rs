@@ -206,6 +206,7 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobCon
             session_idle: day(config.session_idle_days),
             archived_sessions: day(config.retention_days),
             media_versions: day(config.media_version_retention_days),
+            audit: day(config.audit_retention_days),
             ..prune::Retention::default()
         },
         reconcile: reconcile::Settings {

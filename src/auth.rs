@@ -15,8 +15,10 @@
 //!
 //! **Operators** are callers whose token carries the permission
 //! [`OPERATOR_PERMISSION`], either in a `permissions` array (Auth0's RBAC
-//! claim) or in a space-separated `scope`; only they reach `/api/admin`
-//! (`questboard token --operator` mints one for development).
+//! claim) or in a space-separated `scope`; only they act through
+//! `/api/admin`. **Viewers** carry [`VIEWER_PERMISSION`] instead: they read
+//! every `/api/admin` route and act on nothing ([`Access`]).
+//! `questboard token --operator` (or `--viewer`) mints one for development.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -46,6 +48,33 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MIN_SECRET_BYTES: usize = 32;
 /// The permission that makes a caller an operator.
 pub const OPERATOR_PERMISSION: &str = "questboard:operator";
+/// The permission that lets a caller read the operators' routes, and act
+/// on nothing.
+pub const VIEWER_PERMISSION: &str = "questboard:viewer";
+
+/// What a caller may do with the operators' routes (each level includes
+/// the ones below it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Access {
+    /// A player: no operators' route.
+    #[default]
+    None,
+    /// Reads every operators' route, acts on nothing.
+    Viewer,
+    /// Reads and acts.
+    Operator,
+}
+
+impl Access {
+    /// The permission a token carries for this level, if any.
+    pub fn permission(self) -> Option<&'static str> {
+        match self {
+            Access::None => None,
+            Access::Viewer => Some(VIEWER_PERMISSION),
+            Access::Operator => Some(OPERATOR_PERMISSION),
+        }
+    }
+}
 
 /// The claims questboard reads from a token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,16 +101,29 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Whether the token grants the operator permission.
-    pub fn is_operator(&self) -> bool {
-        self.permissions
-            .iter()
-            .flatten()
-            .any(|p| p == OPERATOR_PERMISSION)
+    /// Whether the token grants `permission`.
+    fn grants(&self, permission: &str) -> bool {
+        self.permissions.iter().flatten().any(|p| p == permission)
             || self
                 .scope
                 .as_deref()
-                .is_some_and(|s| s.split_whitespace().any(|p| p == OPERATOR_PERMISSION))
+                .is_some_and(|s| s.split_whitespace().any(|p| p == permission))
+    }
+
+    /// Whether the token grants the operator permission.
+    pub fn is_operator(&self) -> bool {
+        self.grants(OPERATOR_PERMISSION)
+    }
+
+    /// What the token lets its bearer do with the operators' routes.
+    pub fn access(&self) -> Access {
+        if self.is_operator() {
+            Access::Operator
+        } else if self.grants(VIEWER_PERMISSION) {
+            Access::Viewer
+        } else {
+            Access::None
+        }
     }
 }
 
@@ -90,8 +132,8 @@ impl Claims {
 pub struct Caller {
     /// Who.
     pub user: UserId,
-    /// Whether they may use the operators' routes.
-    pub operator: bool,
+    /// What they may do with the operators' routes.
+    pub access: Access,
     /// When the token expires (`exp`, seconds since the Unix epoch): a
     /// WebSocket opened with it is closed then (plus [`LEEWAY_SECS`]).
     pub expires_at: u64,
@@ -305,7 +347,7 @@ fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Cal
         })?;
     Ok(Caller {
         user: UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)?,
-        operator: data.claims.is_operator(),
+        access: data.claims.access(),
         expires_at: data.claims.exp,
     })
 }
@@ -439,16 +481,16 @@ impl JwksVerifier {
 /// Mints an HS256 token for `user`, valid for `ttl`, with the configured
 /// issuer and audience. For development and tests.
 pub fn mint(config: &Config, user: &UserId, ttl: Duration) -> Result<String, ConfigError> {
-    mint_with(config, user, ttl, false)
+    mint_with(config, user, ttl, Access::None)
 }
 
-/// Like [`mint`]; with `operator`, the token carries
-/// [`OPERATOR_PERMISSION`] in its `permissions`.
+/// Like [`mint`], the token carrying the permission of `access` (if any)
+/// in its `permissions`.
 pub fn mint_with(
     config: &Config,
     user: &UserId,
     ttl: Duration,
-    operator: bool,
+    access: Access,
 ) -> Result<String, ConfigError> {
     let secret = config.jwt_secret.as_ref().ok_or(ConfigError::NoSecret)?;
     if secret.expose().len() < MIN_SECRET_BYTES {
@@ -461,7 +503,7 @@ pub fn mint_with(
         iat: Some(now),
         iss: config.jwt_issuer.clone(),
         aud: config.jwt_audience.clone(),
-        permissions: operator.then(|| vec![OPERATOR_PERMISSION.to_owned()]),
+        permissions: access.permission().map(|p| vec![p.to_owned()]),
         scope: None,
     };
     Ok(jsonwebtoken::encode(

@@ -243,6 +243,10 @@ pub struct Config {
     #[arg(long, env = "QB_INVITE_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub invite_retention_days: u32,
 
+    /// Days entries of the operators' audit log are kept (`prune`).
+    #[arg(long, env = "QB_AUDIT_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub audit_retention_days: u32,
+
     /// Days a media version is kept after a newer one replaced it (`prune`).
     #[arg(long, env = "QB_MEDIA_VERSION_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub media_version_retention_days: u32,

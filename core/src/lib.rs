@@ -51,6 +51,7 @@
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
 
 pub mod asset_migration;
+pub mod audit;
 pub mod db;
 pub mod events;
 pub mod identity;

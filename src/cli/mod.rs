@@ -8,7 +8,8 @@
 //! - `dev`: migrate, then API, worker and scheduler in one process, for local use.
 //! - `admin`: operators' commands against the database (jobs, queues,
 //!   prune, reconcile, migrations, imports): [`admin`].
-//! - `token`: print a development JWT signed with `QB_JWT_SECRET`.
+//! - `token`: print a development JWT signed with `QB_JWT_SECRET`
+//!   (`--operator` or `--viewer` for the operators' routes).
 //!
 //! The benchmark is its own binary (`questboard-bench`, in `bench/`), so
 //! this one carries no bench code.
@@ -63,8 +64,11 @@ pub enum Command {
         #[arg(long, default_value_t = 24 * 3600)]
         ttl: u64,
         /// Grant the `questboard:operator` permission (the admin routes).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "viewer")]
         operator: bool,
+        /// Grant the `questboard:viewer` permission (read the admin routes, act on nothing).
+        #[arg(long)]
+        viewer: bool,
     },
 }
 
@@ -100,9 +104,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             user,
             ttl,
             operator,
+            viewer,
         } => {
             let user = UserId::parse(&user).context("--user")?;
-            let token = auth::mint_with(&config, &user, Duration::from_secs(ttl), operator)?;
+            let access = match (operator, viewer) {
+                (true, _) => auth::Access::Operator,
+                (false, true) => auth::Access::Viewer,
+                (false, false) => auth::Access::None,
+            };
+            let token = auth::mint_with(&config, &user, Duration::from_secs(ttl), access)?;
             println!("{token}");
             Ok(())
         }

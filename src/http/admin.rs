@@ -1,6 +1,7 @@
-//! `/api/admin`: what operators see and do with the job platform. Every
-//! route requires the `questboard:operator` permission (401 without a
-//! valid token, 403 without the permission).
+//! `/api/admin`: what operators see and do with the job platform. The
+//! routes that read need the `questboard:viewer` or `questboard:operator`
+//! permission, the routes that act need `questboard:operator` (401 without
+//! a valid token, 403 without the permission).
 //!
 //! | route | does |
 //! |---|---|
@@ -30,8 +31,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
+use super::audit::{Action, audited};
 use super::error::{Error, ErrorBody, Result};
-use super::extract::{Json, Operator, Path, Query};
+use super::extract::{Json, Operator, Path, Query, Viewer};
 use super::jobs::JobView;
 
 /// Default page of the job list.
@@ -71,13 +73,13 @@ pub struct QueuesPage {
     pub queues: Vec<QueueView>,
 }
 
-/// Per-kind queue statistics; operators only.
+/// Per-kind queue statistics; viewers and operators.
 #[utoipa::path(get, path = "/api/admin/queues", tag = "admin",
     responses((status = 200, body = QueuesPage), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody)),
-    security(("bearer" = ["questboard:operator"])))]
+    security(("bearer" = ["questboard:viewer"]), ("bearer" = ["questboard:operator"])))]
 pub async fn list_queues(
-    Operator(_operator): Operator,
+    Viewer(_viewer): Viewer,
     State(state): State<AppState>,
 ) -> Result<Json<QueuesPage>> {
     let specs = state.registry.specs();
@@ -143,16 +145,30 @@ async fn set_paused(
     kind: &str,
     paused: bool,
 ) -> Result<Json<KindState>> {
-    let kind = known_kind(&state.registry, kind)?.spec.kind;
-    control::set_paused(&state.pool, kind, paused, user.as_str()).await?;
-    if !paused {
-        state.wake.announce(kind);
-    }
-    tracing::info!(kind, paused, by = %user, "job kind paused or resumed");
-    Ok(Json(KindState {
-        kind: kind.to_owned(),
-        paused,
-    }))
+    let what = if paused {
+        "queue.pause"
+    } else {
+        "queue.resume"
+    };
+    audited(
+        state,
+        user,
+        Action::new(what, kind),
+        async {
+            let kind = known_kind(&state.registry, kind)?.spec.kind;
+            control::set_paused(&state.pool, kind, paused, user.as_str()).await?;
+            if !paused {
+                state.wake.announce(kind);
+            }
+            tracing::info!(kind, paused, by = %user, "job kind paused or resumed");
+            Ok(Json(KindState {
+                kind: kind.to_owned(),
+                paused,
+            }))
+        },
+        |_| None,
+    )
+    .await
 }
 
 /// A job as operators see it.
@@ -226,14 +242,14 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
-/// Lists jobs, newest first; operators only.
+/// Lists jobs, newest first; viewers and operators.
 #[utoipa::path(get, path = "/api/admin/jobs", tag = "admin",
     params(JobParams),
     responses((status = 200, body = JobPage), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = ["questboard:operator"])))]
+    security(("bearer" = ["questboard:viewer"]), ("bearer" = ["questboard:operator"])))]
 pub async fn list_jobs(
-    Operator(_operator): Operator,
+    Viewer(_viewer): Viewer,
     State(state): State<AppState>,
     Query(params): Query<JobParams>,
 ) -> Result<Json<JobPage>> {
@@ -299,14 +315,14 @@ async fn detail(state: &AppState, job_id: &str) -> Result<JobDetail> {
     Ok(JobDetail::of(record, &state.registry, payload))
 }
 
-/// A job in full; operators only.
+/// A job in full; viewers and operators.
 #[utoipa::path(get, path = "/api/admin/jobs/{job_id}", tag = "admin", operation_id = "get_admin_job",
     params(("job_id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobDetail), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = ["questboard:operator"])))]
+    security(("bearer" = ["questboard:viewer"]), ("bearer" = ["questboard:operator"])))]
 pub async fn get_job(
-    Operator(_operator): Operator,
+    Viewer(_viewer): Viewer,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobDetail>> {
@@ -338,11 +354,26 @@ pub async fn retry_job(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobDetail>> {
-    let current = detail(&state, &job_id).await?;
-    if let Some(record) = jobs::fetch(&state.pool, &job_id).await? {
-        not_a_turn(&state, &record)?;
+    audited(
+        &state,
+        &user,
+        Action::new("job.retry", &job_id),
+        retry(&state, &user, &job_id),
+        |_| None,
+    )
+    .await
+}
+
+async fn retry(
+    state: &AppState,
+    user: &questboard_core::identity::UserId,
+    job_id: &str,
+) -> Result<Json<JobDetail>> {
+    let current = detail(state, job_id).await?;
+    if let Some(record) = jobs::fetch(&state.pool, job_id).await? {
+        not_a_turn(state, &record)?;
     }
-    match control::retry(&state.pool, &job_id).await? {
+    match control::retry(&state.pool, job_id).await? {
         None => return Err(Error::NotFound("job")),
         Some(Retry::Queued) => {}
         Some(Retry::NotRetryable(status)) => {
@@ -361,7 +392,7 @@ pub async fn retry_job(
         state.wake.announce(kind.spec.kind);
     }
     tracing::info!(job_id, by = %user, "job retried by an operator");
-    Ok(Json(detail(&state, &job_id).await?))
+    Ok(Json(detail(state, job_id).await?))
 }
 
 /// What a cancellation did.
@@ -387,13 +418,28 @@ pub async fn cancel_job(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<CancelOutcome>> {
+    audited(
+        &state,
+        &user,
+        Action::new("job.cancel", &job_id),
+        cancel(&state, &user, job_id.clone()),
+        |done| Some(serde_json::json!({ "outcome": done.0.outcome })),
+    )
+    .await
+}
+
+async fn cancel(
+    state: &AppState,
+    user: &questboard_core::identity::UserId,
+    job_id: String,
+) -> Result<Json<CancelOutcome>> {
     if !jobs::is_job_id(&job_id) {
         return Err(Error::NotFound("job"));
     }
     let record = jobs::fetch(&state.pool, &job_id)
         .await?
         .ok_or(Error::NotFound("job"))?;
-    not_a_turn(&state, &record)?;
+    not_a_turn(state, &record)?;
     let outcome = match control::cancel(&state.pool, &job_id, user.as_str()).await? {
         None => return Err(Error::NotFound("job")),
         Some(Cancellation::Cancelled) => "cancelled",
@@ -454,6 +500,33 @@ pub async fn start_job(
     State(state): State<AppState>,
     Json(body): Json<StartJob>,
 ) -> Result<Response> {
+    let target = body.kind.clone();
+    let detail = serde_json::json!({
+        "payload": body.payload,
+        "run_at": body.run_at,
+        "unique_key": body.unique_key,
+    });
+    let started = audited(
+        &state,
+        &user,
+        Action::new("job.start", &target).with(detail),
+        start(&state, &user, body),
+        |started| Some(serde_json::json!({ "job_id": started.job_id, "created": started.created })),
+    )
+    .await?;
+    let status = if started.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(started)).into_response())
+}
+
+async fn start(
+    state: &AppState,
+    user: &questboard_core::identity::UserId,
+    body: StartJob,
+) -> Result<StartedJob> {
     let kind = state
         .registry
         .get(&body.kind)
@@ -492,29 +565,20 @@ pub async fn start_job(
         state.wake.announce(kind.spec.kind);
         tracing::info!(job_id = %enqueued.id, kind = kind.spec.kind, by = %user, "job started by an operator");
     }
-    let status = if enqueued.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(StartedJob {
-            job_id: enqueued.id,
-            created: enqueued.created,
-        }),
-    )
-        .into_response())
+    Ok(StartedJob {
+        job_id: enqueued.id,
+        created: enqueued.created,
+    })
 }
 
 /// The schedule: entries, next fire times, last ticks and the leader;
-/// operators only.
+/// viewers and operators.
 #[utoipa::path(get, path = "/api/admin/schedule", tag = "admin",
     responses((status = 200, body = ScheduleView), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody)),
-    security(("bearer" = ["questboard:operator"])))]
+    security(("bearer" = ["questboard:viewer"]), ("bearer" = ["questboard:operator"])))]
 pub async fn get_schedule(
-    Operator(_operator): Operator,
+    Viewer(_viewer): Viewer,
     State(state): State<AppState>,
 ) -> Result<Json<ScheduleView>> {
     Ok(Json(

@@ -1,6 +1,7 @@
 //! Sign-in by user name for `questboard dev`: `POST /dev/token
-//! {"user": "alice"}` answers a token for that user, so the table can be
-//! played locally without an identity provider. The route exists only in a
+//! {"user": "alice"}` answers a token for that user (`"access":
+//! "operator"` or `"viewer"` adds that permission, for the operators'
+//! routes), so the pages can be used locally without an identity provider. The route exists only in a
 //! process started by `questboard dev` (never in `serve`): anyone who can
 //! reach it can be anyone.
 
@@ -54,6 +55,16 @@ pub(super) fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct SignIn {
     user: String,
+    #[serde(default)]
+    access: Option<DevAccess>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DevAccess {
+    Player,
+    Viewer,
+    Operator,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,7 +81,13 @@ async fn dev_token(State(state): State<AppState>, Json(body): Json<SignIn>) -> R
         code: "INVALID_USER",
         message: format!("user: {err}"),
     })?;
-    let token = auth::mint(&dev.config, &user, TTL).map_err(|err| Error::Internal(err.into()))?;
+    let access = match body.access {
+        None | Some(DevAccess::Player) => auth::Access::None,
+        Some(DevAccess::Viewer) => auth::Access::Viewer,
+        Some(DevAccess::Operator) => auth::Access::Operator,
+    };
+    let token = auth::mint_with(&dev.config, &user, TTL, access)
+        .map_err(|err| Error::Internal(err.into()))?;
     Ok(Json(Token {
         token,
         user_id: user.as_str().to_owned(),

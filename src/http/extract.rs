@@ -39,15 +39,48 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = bearer_token(&parts.headers)?;
-        let caller = state.auth.verify_caller(token).await?;
-        if !caller.operator {
-            return Err(Error::Forbidden(format!(
-                "this route needs the {} permission",
-                crate::auth::OPERATOR_PERMISSION
-            )));
-        }
-        Ok(Operator(caller.user))
+        Ok(Operator(
+            caller_with(parts, state, crate::auth::Access::Operator).await?,
+        ))
+    }
+}
+
+/// The caller, if their token grants at least `access` (403 otherwise).
+async fn caller_with(
+    parts: &Parts,
+    state: &AppState,
+    access: crate::auth::Access,
+) -> Result<UserId, Error> {
+    use crate::auth::{OPERATOR_PERMISSION, VIEWER_PERMISSION};
+    let token = bearer_token(&parts.headers)?;
+    let caller = state.auth.verify_caller(token).await?;
+    if caller.access < access {
+        return Err(Error::Forbidden(match access {
+            crate::auth::Access::Operator => {
+                format!("this route needs the {OPERATOR_PERMISSION} permission")
+            }
+            _ => format!(
+                "this route needs the {VIEWER_PERMISSION} or {OPERATOR_PERMISSION} permission"
+            ),
+        }));
+    }
+    Ok(caller.user)
+}
+
+/// The authenticated caller, who must be a viewer or an operator (the
+/// `questboard:viewer` or `questboard:operator` permission), for the
+/// operators' routes that only read: 401 without a valid token, 403 for
+/// anyone else.
+#[derive(Debug, Clone)]
+pub struct Viewer(pub UserId);
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        Ok(Viewer(
+            caller_with(parts, state, crate::auth::Access::Viewer).await?,
+        ))
     }
 }
 

@@ -3,7 +3,7 @@
 //! A job of a campaign session is visible to that session's members only
 //! (an operator who is not a member included: this is the members' view,
 //! scoped by membership like every other session route); a job without a
-//! session (maintenance) only to operators. Anyone else gets 404, exactly
+//! session (maintenance) only to operators and viewers. Anyone else gets 404, exactly
 //! as for an id that does not exist, so job ids cannot be probed.
 //! Operators see every job, with more of it (payload, errors of each run,
 //! the lease holder), through `GET /api/admin/jobs/{id}` (`admin.rs`),
@@ -88,7 +88,7 @@ pub fn kind_name(registry: &Registry, queue: &str) -> String {
 }
 
 /// A job's state: members of its session see a session's job, operators
-/// a job without a session (operators see every job at
+/// and viewers a job without a session (they see every job at
 /// `/api/admin/jobs/{id}`).
 #[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "Job id, as returned when the work was submitted")),
@@ -114,7 +114,7 @@ pub async fn get_job(
                 .await
                 .map_err(|_| Error::NotFound("job"))?;
         }
-        None if caller.operator => {}
+        None if caller.access >= crate::auth::Access::Viewer => {}
         None => return Err(Error::NotFound("job")),
     }
     Ok(Json(JobView::of(&job, &state.registry)))

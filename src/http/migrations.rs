@@ -25,8 +25,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
+use super::audit::{Action, audited};
 use super::error::{Error, ErrorBody, Result};
-use super::extract::{AuthUser, Json, Operator, Path};
+use super::extract::{AuthUser, Json, Operator, Path, Viewer};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -156,6 +157,31 @@ pub async fn start_migration(
     State(state): State<AppState>,
     Json(input): Json<StartMigration>,
 ) -> Result<(StatusCode, Json<MigrationStarted>)> {
+    // Never the source URL (it may carry a password): its shape only.
+    let detail = serde_json::json!({
+        "dry_run": input.dry_run,
+        "campaigns": input.mapping.len(),
+        "keep_source": input.keep_source,
+    });
+    audited(
+        &state,
+        &operator,
+        Action::new("migration.start", "asset_migration").with(detail),
+        start(&state, &operator, input),
+        made,
+    )
+    .await
+}
+
+fn made((_, Json(run)): &(StatusCode, Json<MigrationStarted>)) -> Option<serde_json::Value> {
+    Some(serde_json::json!({ "run_id": run.run_id, "job_id": run.job_id }))
+}
+
+async fn start(
+    state: &AppState,
+    operator: &questboard_core::identity::UserId,
+    input: StartMigration,
+) -> Result<(StatusCode, Json<MigrationStarted>)> {
     let defaults = am::Options::default();
     let options = am::Options {
         tables: input.tables.unwrap_or(defaults.tables),
@@ -190,18 +216,18 @@ pub async fn start_migration(
     )
     .await?;
     tracing::info!(run_id = %run.run.id, by, dry_run = input.dry_run, "asset migration started");
-    Ok(started(&state, run))
+    Ok(started(state, run))
 }
 
-/// An asset migration run; operators only.
+/// An asset migration run; viewers and operators.
 #[utoipa::path(get, path = "/api/admin/migrations/assets/{run_id}", tag = "admin",
     params(("run_id" = Uuid, Path, description = "The run")),
     responses((status = 200, body = MigrationView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = ["questboard:operator"])))]
+    security(("bearer" = ["questboard:viewer"]), ("bearer" = ["questboard:operator"])))]
 pub async fn get_migration(
-    Operator(_operator): Operator,
+    Viewer(_viewer): Viewer,
     State(state): State<AppState>,
     Path(run_id): Path<Uuid>,
 ) -> Result<Json<MigrationView>> {
@@ -238,10 +264,20 @@ pub async fn roll_back_migration(
     State(state): State<AppState>,
     Path(run_id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<MigrationStarted>)> {
-    let by = format!("api:{}", operator.as_str());
-    let run = am::start_rollback(&state.pool, run_id, &by).await?;
-    tracing::info!(%run_id, by, "asset migration rollback started");
-    Ok(started(&state, run))
+    let target = run_id.to_string();
+    audited(
+        &state,
+        &operator,
+        Action::new("migration.rollback", &target),
+        async {
+            let by = format!("api:{}", operator.as_str());
+            let run = am::start_rollback(&state.pool, run_id, &by).await?;
+            tracing::info!(%run_id, by, "asset migration rollback started");
+            Ok(started(&state, run))
+        },
+        made,
+    )
+    .await
 }
 
 /// An asset of the old campaign service, by its source table and id (a map

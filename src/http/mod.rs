@@ -9,6 +9,7 @@
 //! | the game state | [`state`] |
 //! | job status | [`jobs`] |
 //! | operators' controls of the job platform | [`admin`] |
+//! | the operators' audit log | [`audit`] |
 //! | asset migrations | [`migrations`] |
 //! | the old folder layout: imports and the old links' shim | [`legacy`] |
 //! | the session event log | [`events`] |
@@ -32,6 +33,7 @@ use sqlx::PgPool;
 use crate::auth::Verifier;
 
 pub mod admin;
+pub mod audit;
 pub mod dev;
 pub mod download;
 pub mod error;
@@ -139,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .merge(proposals::router())
         .merge(jobs::router())
         .merge(admin::router())
+        .merge(audit::router())
         .merge(migrations::router())
         .merge(legacy::router())
         .merge(events::router())

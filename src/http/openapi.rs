@@ -18,8 +18,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::{
-    admin, download, error, events, health, invites, jobs, legacy, media, migrations, proposals,
-    sessions, state, turns,
+    admin, audit, download, error, events, health, invites, jobs, legacy, media, migrations,
+    proposals, sessions, state, turns,
 };
 
 /// The API description.
@@ -58,6 +58,7 @@ use super::{
         admin::retry_job,
         admin::cancel_job,
         admin::get_schedule,
+        audit::list_audit,
         migrations::start_migration,
         migrations::get_migration,
         migrations::roll_back_migration,

@@ -13,6 +13,7 @@
 mod admin;
 mod ai_authority;
 mod asset_migration;
+mod audit;
 mod auth;
 mod batches;
 mod connections;

@@ -389,6 +389,11 @@ impl Fixture {
             "UPDATE state_proposals SET created_at = now() - interval '50 days'",
         )
         .await;
+        // The operators' audit log: two entries past a year, one of last week.
+        exec(pool, "INSERT INTO operator_audit (id, at, actor, action, target, outcome) VALUES
+            ('00000000-0000-7000-8000-0000000000a1', now() - interval '400 days', 'ops', 'queue.pause', 'turn', 'ok'),
+            ('00000000-0000-7000-8000-0000000000a2', now() - interval '370 days', 'ops', 'queue.resume', 'turn', 'ok'),
+            ('00000000-0000-7000-8000-0000000000a3', now() - interval '7 days', 'ops', 'job.retry', 'x', 'refused')").await;
     }
 
     async fn prune(&self, dry_run: bool) -> Value {
@@ -429,6 +434,14 @@ async fn rows_past_retention_go_and_newer_ones_stay() {
     assert_eq!(report["leases"], 2, "{report:#}");
     assert_eq!(report["state_requests"], 1, "{report:#}");
     assert_eq!(report["proposals"], 1, "{report:#}");
+    assert_eq!(report["audit"], 2, "{report:#}");
+    let audit = ids(&f.pool, "SELECT id::text FROM operator_audit").await;
+    assert!(
+        audit.contains("00000000-0000-7000-8000-0000000000a3"),
+        "{audit:?}"
+    );
+    assert!(!audit.contains("00000000-0000-7000-8000-0000000000a1"));
+    assert!(!audit.contains("00000000-0000-7000-8000-0000000000a2"));
     let proposals = ids(&f.pool, "SELECT id::text FROM state_proposals ORDER BY id").await;
     assert_eq!(
         proposals.len(),

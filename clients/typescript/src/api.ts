@@ -2,6 +2,23 @@
 // GET /api/openapi.json. Do not edit: regenerate.
 
 export interface paths {
+    "/api/admin/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The operators' audit log, newest first; viewers and operators. */
+        get: operations["list_audit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/imports/legacy": {
         parameters: {
             query?: never;
@@ -26,7 +43,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A legacy layout import run; operators only. */
+        /** A legacy layout import run; viewers and operators. */
         get: operations["get_import"];
         put?: never;
         post?: never;
@@ -43,7 +60,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Lists jobs, newest first; operators only. */
+        /** Lists jobs, newest first; viewers and operators. */
         get: operations["list_jobs"];
         put?: never;
         /** Starts a job of a kind operators may start; operators only. */
@@ -61,7 +78,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A job in full; operators only. */
+        /** A job in full; viewers and operators. */
         get: operations["get_admin_job"];
         put?: never;
         post?: never;
@@ -135,7 +152,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** An asset migration run; operators only. */
+        /** An asset migration run; viewers and operators. */
         get: operations["get_migration"];
         put?: never;
         post?: never;
@@ -172,7 +189,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Per-kind queue statistics; operators only. */
+        /** Per-kind queue statistics; viewers and operators. */
         get: operations["list_queues"];
         put?: never;
         post?: never;
@@ -228,7 +245,7 @@ export interface paths {
         };
         /**
          * The schedule: entries, next fire times, last ticks and the leader;
-         *     operators only.
+         *     viewers and operators.
          */
         get: operations["get_schedule"];
         put?: never;
@@ -313,7 +330,7 @@ export interface paths {
         };
         /**
          * A job's state: members of its session see a session's job, operators
-         *     a job without a session (operators see every job at
+         *     and viewers a job without a session (they see every job at
          *     `/api/admin/jobs/{id}`).
          */
         get: operations["get_job"];
@@ -784,6 +801,13 @@ export interface components {
              */
             version?: number | null;
         };
+        /** @description A page of the audit log. */
+        AuditPage: {
+            /** @description Newest first. */
+            entries: components["schemas"]["Entry"][];
+            /** @description Pass as `cursor` for the next page; absent on the last one. */
+            next_cursor?: string | null;
+        };
         /** @description One line of a campaign -> session mapping. */
         CampaignSession: {
             /** @description The old service's campaign id. */
@@ -834,6 +858,43 @@ export interface components {
             role: components["schemas"]["Role"];
             /** @description The secret token to hand to the invitee; not retrievable later. */
             token: string;
+        };
+        /** @description One recorded action. */
+        Entry: {
+            /**
+             * @description What they did: `queue.pause`, `queue.resume`, `job.retry`,
+             *     `job.cancel`, `job.start`, `migration.start`, `migration.rollback`,
+             *     `import.start`.
+             */
+            action: string;
+            /** @description The operator (their user id). */
+            actor: string;
+            /**
+             * Format: date-time
+             * @description When the action began.
+             */
+            at: string;
+            /**
+             * @description What else they sent (a started job's kind and unique key, ...), and
+             *     under `result` what the action made (a job id, a run id).
+             */
+            detail: Record<string, never>;
+            /** @description Why it was refused or failed. */
+            error?: string | null;
+            /**
+             * Format: date-time
+             * @description When it ended.
+             */
+            finished_at?: string | null;
+            /**
+             * Format: uuid
+             * @description The entry (time-ordered).
+             */
+            id: string;
+            /** @description How it ended. */
+            outcome: components["schemas"]["Outcome"];
+            /** @description What it was done to: a kind, a job id, a run id. */
+            target: string;
         };
         /** @description An entry as operators see it. */
         EntryView: {
@@ -1323,6 +1384,11 @@ export interface components {
          * @enum {string}
          */
         Missed: "skip" | "once";
+        /**
+         * @description How an action ended.
+         * @enum {string}
+         */
+        Outcome: "pending" | "ok" | "refused" | "failed";
         /** @description Reported progress of a running job. */
         Progress: {
             /**
@@ -1639,7 +1705,7 @@ export interface components {
                 /** @description Report what would go; change nothing. */
                 dry_run?: boolean;
                 /** @description Only these categories (empty: all). */
-                only?: ("invites" | "jobs" | "events" | "leases" | "state_requests" | "proposals" | "media_versions" | "idle_sessions" | "archived_sessions")[];
+                only?: ("invites" | "jobs" | "events" | "leases" | "state_requests" | "proposals" | "media_versions" | "idle_sessions" | "audit" | "archived_sessions")[];
             } | null;
             /**
              * Format: date-time
@@ -1902,6 +1968,61 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    list_audit: {
+        parameters: {
+            query?: {
+                /** @description Only this action (`queue.pause`, `job.retry`, ...). */
+                action?: string;
+                /** @description Only this operator's actions. */
+                actor?: string;
+                /** @description Where the page starts: the previous page's `next_cursor`. */
+                cursor?: string;
+                /** @description Page size, 1 to 500 (default 50). */
+                limit?: number;
+                /** @description Only actions on this target (a kind, a job id, a run id). */
+                target?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description Bad limit or cursor */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     start_import: {
         parameters: {
             query?: never;

@@ -397,6 +397,13 @@ test("dev sign-in refuses bad names with a clear error and hands out working tok
   assert.equal(user_id, "rita");
   const sessions = await fetch(`${qb.baseUrl}/api/sessions`, { headers: { authorization: `Bearer ${token}` } });
   assert.equal(sessions.status, 200);
+  const queues = (t: string) => fetch(`${qb.baseUrl}/api/admin/queues`, { headers: { authorization: `Bearer ${t}` } });
+  assert.equal((await queues(token)).status, 403, "a player's token reaches no operators' route");
+  for (const access of ["viewer", "operator"]) {
+    const minted = (await (await post({ user: "olga", access })).json()) as { token: string };
+    assert.equal((await queues(minted.token)).status, 200, access);
+  }
+  assert.equal((await post({ user: "olga", access: "root" })).status, 422);
 });
 
 test("an embedding app hands the page a token in the fragment: it leaves the address bar and never reaches localStorage", async () => {

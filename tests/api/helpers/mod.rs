@@ -216,11 +216,16 @@ impl TestApp {
 
     /// A valid token for `user` with the `questboard:operator` permission.
     pub fn operator_token(&self, user: &str) -> String {
+        self.token_with(user, auth::Access::Operator)
+    }
+
+    /// A valid token for `user` with the permission of `access`.
+    pub fn token_with(&self, user: &str, access: auth::Access) -> String {
         auth::mint_with(
             &self.config,
             &UserId::parse(user).expect("user id"),
             Duration::from_secs(600),
-            true,
+            access,
         )
         .expect("mint")
     }

@@ -19,6 +19,8 @@
 //!   deleted sessions go with the session, below);
 //! - `idle_sessions`: active sessions without activity for `session_idle`
 //!   (`QB_SESSION_IDLE_DAYS`) are archived (`session.archived`, reason `idle`);
+//! - `audit`: entries of the operators' audit log older than `audit`
+//!   (`QB_AUDIT_RETENTION_DAYS`);
 //! - `archived_sessions`: sessions archived more than `archived_sessions`
 //!   ago (`QB_RETENTION_DAYS`) are deleted with everything that belongs to
 //!   them: their objects in storage first, then events, turns and jobs in
@@ -43,6 +45,7 @@ use super::{Handler, JobContext, JobError, JobRun};
 use crate::sweep::{Sweeper, Tally};
 
 mod archived_sessions;
+mod audit;
 mod events;
 mod idle_sessions;
 mod invites;
@@ -72,13 +75,15 @@ pub enum Category {
     MediaVersions,
     /// Archive sessions idle too long.
     IdleSessions,
+    /// Old entries of the operators' audit log.
+    Audit,
     /// Delete sessions archived too long, with everything they own.
     ArchivedSessions,
 }
 
 impl Category {
     /// Every category, in the order a full run goes through them.
-    pub const ALL: [Category; 9] = [
+    pub const ALL: [Category; 10] = [
         Category::Invites,
         Category::Leases,
         Category::StateRequests,
@@ -87,6 +92,7 @@ impl Category {
         Category::Jobs,
         Category::Events,
         Category::IdleSessions,
+        Category::Audit,
         Category::ArchivedSessions,
     ];
 }
@@ -139,6 +145,8 @@ pub struct Retention {
     pub session_idle: Duration,
     /// Time archived before a session is deleted.
     pub archived_sessions: Duration,
+    /// Entries of the operators' audit log.
+    pub audit: Duration,
     /// Most rows one statement touches.
     pub batch: i64,
     /// Pause between statements.
@@ -159,6 +167,7 @@ impl Default for Retention {
             media_versions: 30 * DAY,
             session_idle: 90 * DAY,
             archived_sessions: 365 * DAY,
+            audit: 365 * DAY,
             batch: 1000,
             pause: Duration::from_millis(20),
         }
@@ -192,6 +201,8 @@ pub struct Report {
     pub sessions_archived: u64,
     /// Sessions deleted.
     pub sessions_deleted: u64,
+    /// Audit entries deleted.
+    pub audit: u64,
     /// Turns deleted with their sessions.
     pub turns_deleted: u64,
     /// Objects deleted from storage.
@@ -212,7 +223,8 @@ impl Tally for Report {
             + self.proposals
             + self.media_versions
             + self.sessions_archived
-            + self.sessions_deleted) as i64
+            + self.sessions_deleted
+            + self.audit) as i64
     }
 }
 
@@ -269,6 +281,7 @@ impl Handler for Prune {
                 Category::Jobs => sweeper.sweep::<jobs::Jobs>().await?,
                 Category::Events => sweeper.sweep::<events::Events>().await?,
                 Category::IdleSessions => sweeper.sweep::<idle_sessions::IdleSessions>().await?,
+                Category::Audit => sweeper.sweep::<audit::Audit>().await?,
                 Category::ArchivedSessions => {
                     sweeper
                         .sweep::<archived_sessions::ArchivedSessions>()
