@@ -66,8 +66,8 @@ pub struct Entry {
     /// The operator (their user id).
     pub actor: String,
     /// What they did: `queue.pause`, `queue.resume`, `job.retry`,
-    /// `job.cancel`, `job.start`, `migration.start`, `migration.rollback`,
-    /// `import.start`.
+    /// `job.cancel`, `job.start`, `schedule.run`, `migration.start`,
+    /// `migration.rollback`, `import.start`.
     pub action: String,
     /// What it was done to: a kind, a job id, a run id.
     pub target: String,

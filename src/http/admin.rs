@@ -12,6 +12,7 @@
 //! | `POST /api/admin/jobs/{id}/retry`, `/cancel` | queue a failed or cancelled job again; cancel a queued or running one |
 //! | `POST /api/admin/queues/{kind}/pause`, `/resume` | stop or restart claiming a kind |
 //! | `GET /api/admin/schedule` | schedule entries, next fire time, last tick, leader |
+//! | `POST /api/admin/schedule/{name}/run` | fires an entry once now (unique-keyed per minute, like a tick) |
 //!
 //! The same operations, against the database, are `questboard admin ...`.
 
@@ -51,6 +52,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/admin/jobs/{job_id}/retry", post(retry_job))
         .route("/admin/jobs/{job_id}/cancel", post(cancel_job))
         .route("/admin/schedule", get(get_schedule))
+        .route("/admin/schedule/{name}/run", post(run_entry))
 }
 
 /// One kind's queue.
@@ -506,13 +508,26 @@ pub async fn start_job(
         "run_at": body.run_at,
         "unique_key": body.unique_key,
     });
-    let started = audited(
+    started_answer(
         &state,
         &user,
         Action::new("job.start", &target).with(detail),
         start(&state, &user, body),
-        |started| Some(serde_json::json!({ "job_id": started.job_id, "created": started.created })),
     )
+    .await
+}
+
+/// Runs `work`, an operator's start of a job, audited; 201 with the new
+/// job, or 200 with the one holding its unique key.
+async fn started_answer(
+    state: &AppState,
+    user: &questboard_core::identity::UserId,
+    action: Action<'_>,
+    work: impl Future<Output = Result<StartedJob>>,
+) -> Result<Response> {
+    let started = audited(state, user, action, work, |started| {
+        Some(serde_json::json!({ "job_id": started.job_id, "created": started.created }))
+    })
     .await?;
     let status = if started.created {
         StatusCode::CREATED
@@ -520,6 +535,28 @@ pub async fn start_job(
         StatusCode::OK
     };
     Ok((status, Json(started)).into_response())
+}
+
+/// Enqueues an operator's job; counts it and wakes the workers of its kind
+/// when it is new.
+async fn enqueue_started(
+    state: &AppState,
+    spec: &questboard_core::jobs::JobSpec,
+    stored: Vec<u8>,
+    session: Option<Uuid>,
+    options: &jobs::Options,
+) -> Result<StartedJob> {
+    let mut conn = state.pool.acquire().await?;
+    let enqueued = jobs::enqueue_stored(&mut conn, spec, stored, session, options).await?;
+    if enqueued.created {
+        metrics::counter!(questboard_core::metrics::JOBS_ENQUEUED_TOTAL, "kind" => spec.kind)
+            .increment(1);
+        state.wake.announce(spec.kind);
+    }
+    Ok(StartedJob {
+        job_id: enqueued.id,
+        created: enqueued.created,
+    })
 }
 
 async fn start(
@@ -545,9 +582,8 @@ async fn start(
     let (stored, session) = kind
         .validate(payload)
         .map_err(|e| Error::Unprocessable(e.to_string()))?;
-    let mut conn = state.pool.acquire().await?;
-    let enqueued = jobs::enqueue_stored(
-        &mut conn,
+    let started = enqueue_started(
+        state,
         &kind.spec,
         stored,
         session,
@@ -559,16 +595,10 @@ async fn start(
         },
     )
     .await?;
-    if enqueued.created {
-        metrics::counter!(questboard_core::metrics::JOBS_ENQUEUED_TOTAL, "kind" => kind.spec.kind)
-            .increment(1);
-        state.wake.announce(kind.spec.kind);
-        tracing::info!(job_id = %enqueued.id, kind = kind.spec.kind, by = %user, "job started by an operator");
+    if started.created {
+        tracing::info!(job_id = %started.job_id, kind = kind.spec.kind, by = %user, "job started by an operator");
     }
-    Ok(StartedJob {
-        job_id: enqueued.id,
-        created: enqueued.created,
-    })
+    Ok(started)
 }
 
 /// The schedule: entries, next fire times, last ticks and the leader;
@@ -584,4 +614,64 @@ pub async fn get_schedule(
     Ok(Json(
         scheduler::describe(&state.pool, &state.schedule).await?,
     ))
+}
+
+/// Fires a schedule entry once, now: its job with its payload, as a tick
+/// would enqueue it, under the unique key `<name>@run:<minute>` (UTC), so
+/// a double click makes one job (the second answer is that job, 200),
+/// while a run a minute later makes another. Disabled entries run too (an
+/// operator asked). Operators only; recorded in the audit log.
+#[utoipa::path(post, path = "/api/admin/schedule/{name}/run", tag = "admin",
+    params(("name" = String, Path, description = "The entry's name")),
+    responses((status = 201, description = "Enqueued", body = StartedJob),
+              (status = 200, description = "Run already this minute: that job", body = StartedJob),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, description = "No such entry", body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn run_entry(
+    Operator(user): Operator,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    started_answer(
+        &state,
+        &user,
+        Action::new("schedule.run", &name),
+        run_now(&state, &user, &name),
+    )
+    .await
+}
+
+async fn run_now(
+    state: &AppState,
+    user: &questboard_core::identity::UserId,
+    name: &str,
+) -> Result<StartedJob> {
+    let entry = state
+        .schedule
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or(Error::NotFound("schedule entry"))?;
+    let (stored, session) = entry.job();
+    let minute = Utc::now().format("%Y-%m-%dT%H:%MZ");
+    let started = enqueue_started(
+        state,
+        &entry.spec,
+        stored,
+        session,
+        &jobs::Options {
+            unique_key: Some(format!("{}@run:{minute}", entry.name)),
+            metadata: vec![
+                ("enqueued_by".into(), user.as_str().to_owned()),
+                ("schedule_entry".into(), entry.name.clone()),
+                ("run_now".into(), "true".into()),
+            ],
+            ..jobs::Options::default()
+        },
+    )
+    .await?;
+    if started.created {
+        tracing::info!(job_id = %started.job_id, entry = %entry.name, by = %user, "schedule entry run now by an operator");
+    }
+    Ok(started)
 }

@@ -58,6 +58,7 @@ use super::{
         admin::retry_job,
         admin::cancel_job,
         admin::get_schedule,
+        admin::run_entry,
         audit::list_audit,
         migrations::start_migration,
         migrations::get_migration,

@@ -337,3 +337,77 @@ async fn a_bad_schedule_file_is_refused_at_start_with_its_line() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_operator_runs_an_entry_now_and_a_double_click_makes_one_job() {
+    use chrono::Timelike as _;
+    use reqwest::Method;
+    let app = TestApp::spawn().await;
+    // The key is per minute: stay clear of a minute's end.
+    if Utc::now().second() >= 55 {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    let first = app
+        .op(Method::POST, "/api/admin/schedule/reconcile/run", None)
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.body["created"], true);
+    let job = first.body["job_id"].as_str().expect("job_id").to_owned();
+    let again = app
+        .op(Method::POST, "/api/admin/schedule/reconcile/run", None)
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["job_id"], job.as_str(), "the same job");
+    assert_eq!(again.body["created"], false);
+
+    let detail = app.job_detail(&job).await;
+    assert_eq!(detail["kind"], "reconcile");
+    assert_eq!(detail["metadata"]["run_now"], "true", "{detail:#}");
+    assert_eq!(detail["metadata"]["schedule_entry"], "reconcile");
+    assert_eq!(detail["metadata"]["enqueued_by"], "ops");
+    assert!(
+        detail["unique_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("reconcile@run:")),
+        "{detail:#}"
+    );
+
+    let missing = app
+        .op(Method::POST, "/api/admin/schedule/no-such-entry/run", None)
+        .await;
+    assert_eq!(missing.status, 404);
+    let viewer = app.token_with("vera", questboard::auth::Access::Viewer);
+    let forged = app
+        .client
+        .post(app.url("/api/admin/schedule/reconcile/run"))
+        .bearer_auth(viewer)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(forged.status(), 403);
+
+    let log = app
+        .op(Method::GET, "/api/admin/audit?action=schedule.run", None)
+        .await;
+    let outcomes: Vec<(&str, &str)> = log.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["target"].as_str().unwrap_or_default(),
+                e["outcome"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("no-such-entry", "refused"),
+            ("reconcile", "ok"),
+            ("reconcile", "ok")
+        ]
+    );
+    assert_eq!(log.body["entries"][2]["detail"]["result"]["created"], true);
+    assert_eq!(log.body["entries"][1]["detail"]["result"]["created"], false);
+}

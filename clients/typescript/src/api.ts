@@ -256,6 +256,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/schedule/{name}/run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Fires a schedule entry once, now: its job with its payload, as a tick
+         *     would enqueue it, under the unique key `<name>@run:<minute>` (UTC), so
+         *     a double click makes one job (the second answer is that job, 200),
+         *     while a run a minute later makes another. Disabled entries run too (an
+         *     operator asked). Operators only; recorded in the audit log.
+         */
+        post: operations["run_entry"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/assets/{table}/{asset_id}": {
         parameters: {
             query?: never;
@@ -863,8 +886,8 @@ export interface components {
         Entry: {
             /**
              * @description What they did: `queue.pause`, `queue.resume`, `job.retry`,
-             *     `job.cancel`, `job.start`, `migration.start`, `migration.rollback`,
-             *     `import.start`.
+             *     `job.cancel`, `job.start`, `schedule.run`, `migration.start`,
+             *     `migration.rollback`, `import.start`.
              */
             action: string;
             /** @description The operator (their user id). */
@@ -2783,6 +2806,63 @@ export interface operations {
                 };
             };
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    run_entry: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The entry's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Run already this minute: that job */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StartedJob"];
+                };
+            };
+            /** @description Enqueued */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StartedJob"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such entry */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -71,6 +71,12 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Its job as a tick enqueues it: the stored payload and the session
+    /// it names (if any).
+    pub fn job(&self) -> (Vec<u8>, Option<Uuid>) {
+        (self.stored.clone(), self.session)
+    }
+
     /// The first tick strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.schedule
