@@ -227,7 +227,12 @@ async fn every_operator_action_is_recorded_with_its_outcome() {
     let mut both = summary(&first);
     both.extend(summary(&second));
     assert_eq!(both, expected, "the pages follow on, no gap, no repeat");
-    for bad in ["?limit=0", "?limit=501", "?cursor=not-a-cursor"] {
+    assert_eq!(
+        summary(&audit(&app, "?actor=ops%00").await).len(),
+        0,
+        "a NUL matches nothing"
+    );
+    for bad in ["?limit=0", "?limit=501", "?cursor=not-a-cursor", "?cursor="] {
         let refused = app
             .op(Method::GET, &format!("/api/admin/audit{bad}"), None)
             .await;

@@ -828,7 +828,10 @@ export interface components {
         AuditPage: {
             /** @description Newest first. */
             entries: components["schemas"]["Entry"][];
-            /** @description Pass as `cursor` for the next page; absent on the last one. */
+            /**
+             * Format: uuid
+             * @description Pass as `cursor` for the next page; absent on the last one.
+             */
             next_cursor?: string | null;
         };
         /** @description One line of a campaign -> session mapping. */
@@ -1998,7 +2001,10 @@ export interface operations {
                 action?: string;
                 /** @description Only this operator's actions. */
                 actor?: string;
-                /** @description Where the page starts: the previous page's `next_cursor`. */
+                /**
+                 * @description Where the page starts: the previous page's `next_cursor` (the last
+                 *     entry's id).
+                 */
                 cursor?: string;
                 /** @description Page size, 1 to 500 (default 50). */
                 limit?: number;
