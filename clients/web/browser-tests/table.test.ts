@@ -458,7 +458,10 @@ test("the owner renames a session and every page follows; a player who leaves no
   p.page.once("dialog", (d) => void d.accept());
   await p.page.getByRole("button", { name: "Leave session" }).click();
   await p.page.getByText("You left “New Name”.").waitFor();
-  assert.equal(await p.page.getByRole("navigation", { name: "Sessions" }).getByRole("button", { name: /New Name/ }).count(), 0);
+  // The list is read again after the notice shows.
+  await until("the session to leave the player's list", async () =>
+    (await p.page.getByRole("navigation", { name: "Sessions" }).getByRole("button", { name: /New Name/ }).count()) === 0,
+  );
   await o.page.getByRole("tab", { name: "Members" }).click();
   await until("vic to leave the member list", async () => (await o.page.getByRole("list", { name: "Members" }).innerText()).includes("vic") === false);
   await Promise.all([o.context.close(), p.context.close()]);
