@@ -20,6 +20,8 @@ use axum::routing::get;
 use sha2::{Digest as _, Sha256};
 
 use super::AppState;
+use super::error::Error;
+use super::extract::Path;
 
 // The page and its icon need no build; the script and the stylesheet are
 // esbuild's output.
@@ -32,6 +34,8 @@ const TABLE_CSS: &[u8] = include_bytes!("../../clients/web/dist/table.css");
 #[derive(Debug, Clone)]
 pub struct Pages {
     html: axum::body::Bytes,
+    /// The files under `/assets/`, with their ETags (hashed once, here).
+    assets: std::sync::Arc<[Asset]>,
     csp: HeaderValue,
     /// Whether some origins may frame the pages (`QB_TABLE_FRAME_ANCESTORS`).
     framed: bool,
@@ -46,6 +50,12 @@ impl Pages {
     pub fn new(media_origin: Option<&str>, frame_ancestors: &[String]) -> Self {
         Self {
             html: axum::body::Bytes::from(TABLE_HTML.replace("{{dev_sign_in}}", "off")),
+            assets: [
+                Asset::new("table.js", TABLE_JS, "text/javascript; charset=utf-8"),
+                Asset::new("table.css", TABLE_CSS, "text/css; charset=utf-8"),
+                Asset::new("icon.svg", ICON, "image/svg+xml"),
+            ]
+            .into(),
             csp: content_security_policy(media_origin, frame_ancestors),
             framed: !frame_ancestors.is_empty(),
         }
@@ -116,9 +126,7 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(table))
         .route("/join", get(table))
-        .route("/assets/table.js", get(table_js))
-        .route("/assets/table.css", get(table_css))
-        .route("/assets/icon.svg", get(icon))
+        .route("/assets/{file}", get(asset))
 }
 
 fn secured(pages: &Pages, mut response: Response) -> Response {
@@ -154,51 +162,68 @@ async fn table(State(state): State<AppState>) -> Response {
     secured(&state.pages, response)
 }
 
-async fn table_js(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    asset(
-        &state.pages,
-        &headers,
-        TABLE_JS,
-        "text/javascript; charset=utf-8",
-    )
+/// An embedded file under `/assets/`.
+#[derive(Debug)]
+struct Asset {
+    name: &'static str,
+    bytes: &'static [u8],
+    content_type: &'static str,
+    etag: HeaderValue,
 }
 
-async fn table_css(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    asset(&state.pages, &headers, TABLE_CSS, "text/css; charset=utf-8")
-}
-
-async fn icon(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    asset(&state.pages, &headers, ICON, "image/svg+xml")
+impl Asset {
+    fn new(name: &'static str, bytes: &'static [u8], content_type: &'static str) -> Self {
+        let etag = format!("\"{}\"", hex::encode(&Sha256::digest(bytes)[..12]));
+        Self {
+            name,
+            bytes,
+            content_type,
+            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+        }
+    }
 }
 
 /// An embedded file, revalidated by its hash (`no-cache` + `ETag`): a new
 /// binary's assets are fetched at once, an unchanged one answers 304.
-fn asset(
-    pages: &Pages,
-    headers: &HeaderMap,
-    bytes: &'static [u8],
-    content_type: &'static str,
-) -> Response {
-    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(bytes)[..12]));
+async fn asset(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let pages = &state.pages;
+    let asset = pages
+        .assets
+        .iter()
+        .find(|a| a.name == file)
+        .ok_or(Error::NotFound("asset"))?;
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
-    let etag = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().as_bytes() == asset.etag.as_bytes())
+        });
     let response = if matches {
-        (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response()
+        (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, asset.etag.clone())],
+        )
+            .into_response()
     } else {
         (
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(asset.content_type),
+                ),
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-                (header::ETAG, etag),
+                (header::ETAG, asset.etag.clone()),
             ],
-            bytes,
+            asset.bytes,
         )
             .into_response()
     };
-    secured(pages, response)
+    Ok(secured(pages, response))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
  *   bar at once.
  */
 
+import { messageOf } from "./api.js";
+
 const KEY = "questboard.token";
 
 export interface SignedIn {
@@ -69,9 +71,9 @@ export async function devSignIn(user: string): Promise<SignedIn> {
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ user }),
   });
-  const body = (await resp.json().catch(() => ({}))) as { token?: string; error?: { message?: string } };
+  const body = (await resp.json().catch(() => ({}))) as { token?: string };
   if (!resp.ok || typeof body.token !== "string") {
-    throw new Error(body.error?.message ?? `sign-in failed (${resp.status})`);
+    throw new Error(messageOf(body, `sign-in failed (${resp.status})`));
   }
   const who = signedIn(body.token);
   if (!who) throw new Error("the server answered an unreadable token");

@@ -5,7 +5,7 @@
  */
 
 import { useState } from "preact/hooks";
-import type { Api } from "../shared/api.js";
+import { messageOf, type Api } from "../shared/api.js";
 import type { LiveSession, MediaItem } from "./live.js";
 
 export function MapsAndNotes({ live }: { live: LiveSession; api: Api }) {
@@ -81,8 +81,7 @@ function Upload({ live, onError }: { live: LiveSession; onError: (e: string | un
             body: file,
           });
           if (!resp.ok) {
-            const body = (await resp.json().catch(() => ({}))) as { error?: { message?: string } };
-            onError(body.error?.message ?? `Upload failed (${resp.status}).`);
+            onError(messageOf(await resp.json().catch(() => undefined), `Upload failed (${resp.status}).`));
           } else if (input) {
             input.value = "";
           }
