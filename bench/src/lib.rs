@@ -37,6 +37,8 @@
 //! - [`migration`]: an asset migration out of a source database into
 //!   storage (MB/s of 1 MB maps, assets/s of small notes), on the local
 //!   filesystem and on S3 (moto).
+//! - [`console`]: the operators' console's reads (overview, job list with
+//!   its filters) over a million job rows, p50 and p95, with the plans.
 //! - [`processes`]: starting and stopping the processes measured.
 
 use std::collections::HashMap;
@@ -49,6 +51,7 @@ use sqlx::PgPool;
 use questboard::config::Config;
 
 pub mod baseline;
+pub mod console;
 pub mod enqueue;
 pub mod media;
 pub mod migration;
@@ -123,6 +126,9 @@ pub struct BenchArgs {
     /// Finished job rows of the retention scenario.
     #[arg(long, default_value_t = 1_000_000)]
     pub prune_rows: usize,
+    /// Job rows of the console scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub console_rows: usize,
     /// Internal: run as a raw apalis-postgres noop worker with this batch
     /// size against DATABASE_URL until killed (the baseline starts these).
     #[arg(long, hide = true)]
@@ -239,6 +245,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     if args.wants("migration") {
         figures.extend(migration::run(config, args).await?);
     }
+    if args.wants("console") {
+        figures.extend(console::run(config, args).await?);
+    }
     Ok(figures)
 }
 
@@ -352,14 +361,24 @@ pub const SECRET: &str = "bench-secret-bench-secret-bench-secret!";
 
 /// A bearer token for `user`, signed with [`SECRET`].
 pub fn token(config: &Config, user: &str) -> anyhow::Result<String> {
+    minted(config, user, questboard::auth::Access::None)
+}
+
+/// An operator's token for `user` for APIs the benchmark starts.
+pub fn operator_token(config: &Config, user: &str) -> anyhow::Result<String> {
+    minted(config, user, questboard::auth::Access::Operator)
+}
+
+fn minted(config: &Config, user: &str, access: questboard::auth::Access) -> anyhow::Result<String> {
     let mut config = config.clone();
     config.jwt_secret = Some(questboard::config::Secret::new(SECRET));
     config.jwks_url = None;
     let user = questboard_core::identity::UserId::parse(user).map_err(anyhow::Error::msg)?;
-    Ok(questboard::auth::mint(
+    Ok(questboard::auth::mint_with(
         &config,
         &user,
         Duration::from_secs(3600),
+        access,
     )?)
 }
 

@@ -1,5 +1,5 @@
-// Builds the page's script and stylesheet into dist/ (committed: a plain
-// `cargo build` embeds them, with src/table/index.html and icon.svg, which
+// Builds the pages' scripts and stylesheets (the table, the console) into dist/ (committed: a plain
+// `cargo build` embeds them, with src/shared/page.html and icon.svg, which
 // need no build). Deterministic: the same sources and lockfile give the
 // same bytes, which CI checks (scripts/web-check rebuilds and diffs).
 import { build } from "esbuild";
@@ -8,6 +8,8 @@ await build({
   entryPoints: [
     { in: "src/table/main.tsx", out: "table" },
     { in: "src/table/table.css", out: "table" },
+    { in: "src/console/main.tsx", out: "console" },
+    { in: "src/console/console.css", out: "console" },
   ],
   outdir: "dist",
   bundle: true,

@@ -29,6 +29,9 @@
 //! - [`events`]: the durable per-session event log, publishing it on Redis,
 //!   and the relay for what missed Redis (`session_events`).
 //! - [`wakeups`]: waking idle workers through Redis when jobs are enqueued.
+//! - [`heartbeats`]: which worker processes are alive and what they run,
+//!   for operators (`worker_heartbeats`).
+//! - [`audit`]: the operators' audit log (`operator_audit`).
 //! - [`state`]: each session's versioned game state and the game master's
 //!   operations on it (`game_states`, `game_state_requests`).
 //! - [`storage`]: the one abstraction over `object_store` for campaign files,
@@ -54,6 +57,7 @@ pub mod asset_migration;
 pub mod audit;
 pub mod db;
 pub mod events;
+pub mod heartbeats;
 pub mod identity;
 pub mod invites;
 pub mod jobs;

@@ -6,7 +6,8 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /api/admin/queues` | per kind: queued, running, retrying, failed, cancelled, oldest wait, paused, concurrency |
-//! | `GET /api/admin/jobs?kind=&status=&session_id=&limit=&cursor=` | jobs, newest first, keyset paged |
+//! | `GET /api/admin/jobs?kind=&status=&session_id=&unique_key=&from=&to=&q=&limit=&cursor=` | jobs, newest first, keyset paged; `q` is text in the payload or the errors |
+//! | `POST /api/admin/jobs/bulk` | retry or cancel many jobs, by id or by filter (`dry_run` counts them first) |
 //! | `GET /api/admin/jobs/{id}` | a job with payload, errors, result, progress, lease holder |
 //! | `POST /api/admin/jobs` | starts a job of a kind operators may start |
 //! | `POST /api/admin/jobs/{id}/retry`, `/cancel` | queue a failed or cancelled job again; cancel a queued or running one |
@@ -48,6 +49,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/admin/queues/{kind}/pause", post(pause_kind))
         .route("/admin/queues/{kind}/resume", post(resume_kind))
         .route("/admin/jobs", get(list_jobs).post(start_job))
+        .route("/admin/jobs/bulk", post(bulk_jobs))
         .route("/admin/jobs/{job_id}", get(get_job))
         .route("/admin/jobs/{job_id}/retry", post(retry_job))
         .route("/admin/jobs/{job_id}/cancel", post(cancel_job))
@@ -66,6 +68,11 @@ pub struct QueueView {
     pub concurrency: usize,
     /// Whether operators may start jobs of the kind.
     pub operator_may_start: bool,
+    /// For kinds operators may start: the JSON Schema of the payload (the
+    /// console builds its start form from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload_schema: Option<Value>,
 }
 
 /// Every kind's queue.
@@ -86,17 +93,28 @@ pub async fn list_queues(
 ) -> Result<Json<QueuesPage>> {
     let specs = state.registry.specs();
     let stats = control::queue_stats(&state.pool, &specs).await?;
-    Ok(Json(QueuesPage {
-        queues: specs
+    Ok(Json(queues_page(&state.registry, stats)))
+}
+
+/// The queues page of the registry's kinds and their `stats` (in the
+/// registry's order).
+pub(super) fn queues_page(registry: &Registry, stats: Vec<QueueStats>) -> QueuesPage {
+    QueuesPage {
+        queues: registry
+            .kinds()
             .iter()
             .zip(stats)
-            .map(|(spec, stats)| QueueView {
+            .map(|(kind, stats)| QueueView {
                 stats,
-                concurrency: spec.concurrency,
-                operator_may_start: spec.operator_may_start,
+                concurrency: kind.spec.concurrency,
+                operator_may_start: kind.spec.operator_may_start,
+                payload_schema: kind
+                    .spec
+                    .operator_may_start
+                    .then(|| serde_json::to_value(kind.payload_schema()).unwrap_or_default()),
             })
             .collect(),
-    }))
+    }
 }
 
 /// A kind's state after pausing or resuming it.
@@ -183,7 +201,8 @@ pub struct JobDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub payload: Option<Value>,
-    /// The errors of its last failed runs, oldest first: `[{attempt, at, error}]`.
+    /// The errors of its last failed runs (ten), oldest first: `[{attempt, at, error,
+    /// worker, started_at}]` (the worker that ran the attempt and when it began).
     #[schema(value_type = Vec<Object>)]
     pub errors: Value,
     /// Its unique key, if it was enqueued with one.
@@ -217,7 +236,97 @@ impl JobDetail {
     }
 }
 
-/// Query of the job list.
+/// Which jobs: the filter of the job list and of bulk actions.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    /// Only this kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only this status: queued, running, succeeded, failed, retrying, cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Only this session's jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<Uuid>,
+    /// Only jobs holding (or, failed or cancelled, having held) this unique key.
+    #[schema(min_length = 1, max_length = 255)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// Only jobs created at or after this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<DateTime<Utc>>,
+    /// Only jobs created before this time (a `to` before `from` matches nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<DateTime<Utc>>,
+    /// Only jobs whose payload contains this text (exact case), or whose
+    /// errors contain it (any case).
+    #[schema(min_length = 1, max_length = 200)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+}
+
+/// Longest `q`, in characters.
+pub const MAX_TEXT_CHARS: usize = 200;
+
+impl JobFilter {
+    /// The core filter (None: nothing can match, e.g. a NUL in a text, which
+    /// no stored text holds), or a 400 naming what is wrong.
+    fn resolve(&self, registry: &Registry) -> Result<Option<ListFilter>> {
+        let bad = |message: String| Error::bad_request("invalid_query", message);
+        let queue = match &self.kind {
+            Some(kind) => Some(
+                registry
+                    .get(kind)
+                    .ok_or_else(|| bad("kind is not a known job kind".into()))?
+                    .spec
+                    .queue
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let status = match &self.status {
+            Some(status) => Some(JobStatus::parse(status).ok_or_else(|| {
+                bad(
+                    "status must be one of queued, running, succeeded, failed, retrying, cancelled"
+                        .into(),
+                )
+            })?),
+            None => None,
+        };
+        if let Some(key) = &self.unique_key
+            && (key.is_empty() || key.chars().count() > jobs::MAX_UNIQUE_KEY_BYTES)
+        {
+            return Err(bad(format!(
+                "unique_key must be 1 to {} characters",
+                jobs::MAX_UNIQUE_KEY_BYTES
+            )));
+        }
+        if let Some(q) = &self.q
+            && (q.is_empty() || q.chars().count() > MAX_TEXT_CHARS)
+        {
+            return Err(bad(format!("q must be 1 to {MAX_TEXT_CHARS} characters")));
+        }
+        let nul = |t: &Option<String>| t.as_deref().is_some_and(|t| t.contains('\0'));
+        if nul(&self.unique_key) || nul(&self.q) {
+            return Ok(None);
+        }
+        Ok(Some(ListFilter {
+            queue,
+            status,
+            session: self.session_id,
+            unique_key: self.unique_key.clone(),
+            from: self.from,
+            to: self.to,
+            text: self.q.clone(),
+            ..ListFilter::default()
+        }))
+    }
+}
+
+/// Query of the job list: the fields of [`JobFilter`], and the page.
+/// (Flat, not `#[serde(flatten)]`: query strings carry only text, and a
+/// flattened number would not parse.)
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobParams {
@@ -227,12 +336,37 @@ pub struct JobParams {
     pub status: Option<String>,
     /// Only this session's jobs.
     pub session_id: Option<Uuid>,
+    /// Only jobs holding (or, failed or cancelled, having held) this unique key.
+    #[param(min_length = 1, max_length = 255)]
+    pub unique_key: Option<String>,
+    /// Only jobs created at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Only jobs whose payload contains this text (exact case), or whose
+    /// errors contain it (any case).
+    #[param(min_length = 1, max_length = 200)]
+    pub q: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Where the page starts: the previous page's `next_cursor`.
-    #[param(min_length = 1)]
+    #[param(pattern = "^[0-9A-Za-z]{26}$")]
     pub cursor: Option<String>,
+}
+
+impl JobParams {
+    fn filter(&self) -> JobFilter {
+        JobFilter {
+            kind: self.kind.clone(),
+            status: self.status.clone(),
+            session_id: self.session_id,
+            unique_key: self.unique_key.clone(),
+            from: self.from,
+            to: self.to,
+            q: self.q.clone(),
+        }
+    }
 }
 
 /// A page of jobs.
@@ -244,7 +378,7 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
-/// Lists jobs, newest first; viewers and operators.
+/// Lists jobs, newest first, keyset paged; viewers and operators.
 #[utoipa::path(get, path = "/api/admin/jobs", tag = "admin",
     params(JobParams),
     responses((status = 200, body = JobPage), (status = 400, body = ErrorBody),
@@ -260,40 +394,23 @@ pub async fn list_jobs(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad(format!("limit must be between 1 and {MAX_PAGE}")));
     }
-    let queue = match &params.kind {
-        Some(kind) => Some(
-            state
-                .registry
-                .get(kind)
-                .ok_or_else(|| bad("kind is not a known job kind".into()))?
-                .spec
-                .queue
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let status = match &params.status {
-        Some(status) => Some(JobStatus::parse(status).ok_or_else(|| {
-            bad(
-                "status must be one of queued, running, succeeded, failed, retrying, cancelled"
-                    .into(),
-            )
-        })?),
-        None => None,
-    };
     if let Some(cursor) = &params.cursor
         && !jobs::is_job_id(cursor)
     {
         return Err(bad("cursor is not valid".into()));
     }
+    let Some(filter) = params.filter().resolve(&state.registry)? else {
+        return Ok(Json(JobPage {
+            jobs: Vec::new(),
+            next_cursor: None,
+        }));
+    };
     let (records, next) = control::list(
         &state.pool,
         &ListFilter {
-            queue,
-            status,
-            session: params.session_id,
             before: params.cursor.clone(),
             limit,
+            ..filter
         },
     )
     .await?;
@@ -304,6 +421,231 @@ pub async fn list_jobs(
             .collect(),
         next_cursor: next,
     }))
+}
+
+/// Most jobs one bulk action touches; the answer says when more matched.
+pub const BULK_MAX: i64 = 10_000;
+/// Most ids a bulk action may name.
+pub const BULK_MAX_IDS: usize = 500;
+
+/// What a bulk action does.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// Queue failed or cancelled jobs again.
+    Retry,
+    /// Cancel waiting jobs, ask running ones to stop.
+    Cancel,
+}
+
+/// Body of `POST /api/admin/jobs/bulk`: the action and either the jobs by
+/// id or a filter (every matching job, up to 10,000 per call).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// Retry or cancel.
+    pub action: BulkAction,
+    /// These jobs (1 to 500 ids), or:
+    #[schema(max_items = 500, min_items = 1)]
+    pub job_ids: Option<Vec<String>>,
+    /// Every job matching this filter.
+    pub filter: Option<JobFilter>,
+    /// Only count what would be acted on (the console shows the count and
+    /// asks for a confirmation before the real call).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A job a bulk action left alone.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkSkip {
+    /// The job.
+    pub job_id: String,
+    /// Why (a turn, already finished, not failed, its key is taken, ...).
+    pub reason: String,
+}
+
+/// What a bulk action did (or, dry, would act on).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkOutcome {
+    /// The action.
+    pub action: BulkAction,
+    /// Jobs selected (by id: the ids that exist; by filter: the matches, at most 10,000).
+    pub matched: i64,
+    /// Jobs retried or cancelled (0 in a dry run).
+    pub done: i64,
+    /// Jobs left alone, and why (the first 50).
+    pub skipped: Vec<BulkSkip>,
+    /// How many were left alone in all.
+    pub skipped_count: i64,
+    /// More than 10,000 matched: call again for the rest.
+    pub more: bool,
+    /// It was a dry run.
+    pub dry_run: bool,
+}
+
+/// Retries or cancels many jobs at once, by id or by filter; operators
+/// only, recorded in the audit log as one action. Turn jobs are never
+/// touched (they follow their session's order) and are reported as
+/// skipped, as are jobs the action does not apply to.
+#[utoipa::path(post, path = "/api/admin/jobs/bulk", tag = "admin",
+    request_body = BulkRequest,
+    responses((status = 200, body = BulkOutcome), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody),
+              (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+              (status = 422, body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn bulk_jobs(
+    Operator(user): Operator,
+    State(state): State<AppState>,
+    Json(body): Json<BulkRequest>,
+) -> Result<Json<BulkOutcome>> {
+    let what = match body.action {
+        BulkAction::Retry => "jobs.bulk_retry",
+        BulkAction::Cancel => "jobs.bulk_cancel",
+    };
+    // The ids as sent (at most the first 500 are kept: the log records
+    // what was asked, not an unbounded body).
+    let detail = serde_json::json!({
+        "job_ids": body.job_ids.as_ref().map(|ids| ids.iter().take(BULK_MAX_IDS).collect::<Vec<_>>()),
+        "job_id_count": body.job_ids.as_ref().map(Vec::len),
+        "filter": body.filter,
+    });
+    let target = if body.job_ids.is_some() {
+        "ids"
+    } else {
+        "filter"
+    };
+    if body.dry_run {
+        return bulk(&state, &user, body).await.map(Json);
+    }
+    audited(
+        &state,
+        &user,
+        Action::new(what, target).with(detail),
+        bulk(&state, &user, body),
+        |done: &BulkOutcome| {
+            Some(serde_json::json!({
+                "matched": done.matched, "done": done.done,
+                "skipped": done.skipped_count, "more": done.more
+            }))
+        },
+    )
+    .await
+    .map(Json)
+}
+
+async fn bulk(
+    state: &AppState,
+    user: &questboard_core::identity::UserId,
+    body: BulkRequest,
+) -> Result<BulkOutcome> {
+    let selected: Vec<(String, String)> = match (&body.job_ids, &body.filter) {
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > BULK_MAX_IDS {
+                return Err(Error::Unprocessable(format!(
+                    "job_ids must name 1 to {BULK_MAX_IDS} jobs"
+                )));
+            }
+            let ids: Vec<String> = ids
+                .iter()
+                .filter(|id| jobs::is_job_id(id))
+                .cloned()
+                .collect();
+            sqlx::query_as(
+                "SELECT id, job_type FROM apalis.jobs WHERE id = ANY($1) ORDER BY id DESC",
+            )
+            .bind(&ids)
+            .fetch_all(&state.pool)
+            .await?
+        }
+        (None, Some(filter)) => match filter.resolve(&state.registry)? {
+            Some(filter) => control::matching(&state.pool, &filter, BULK_MAX + 1).await?,
+            None => Vec::new(),
+        },
+        _ => {
+            return Err(Error::Unprocessable(
+                "give either job_ids or filter, not both".into(),
+            ));
+        }
+    };
+    let more = selected.len() as i64 > BULK_MAX;
+    let selected = &selected[..selected.len().min(BULK_MAX as usize)];
+    let mut outcome = BulkOutcome {
+        action: body.action,
+        matched: selected.len() as i64,
+        done: 0,
+        skipped: Vec::new(),
+        skipped_count: 0,
+        more,
+        dry_run: body.dry_run,
+    };
+    let skip = |outcome: &mut BulkOutcome, id: &str, reason: String| {
+        outcome.skipped_count += 1;
+        if outcome.skipped.len() < 50 {
+            outcome.skipped.push(BulkSkip {
+                job_id: id.to_owned(),
+                reason,
+            });
+        }
+    };
+    let mut woken = std::collections::HashSet::new();
+    for (id, queue) in selected {
+        let Some(kind) = state.registry.by_queue(queue) else {
+            skip(&mut outcome, id, "not a kind this build knows".into());
+            continue;
+        };
+        if kind.spec.session_serial {
+            skip(
+                &mut outcome,
+                id,
+                "a turn: turns follow their session's order".into(),
+            );
+            continue;
+        }
+        if body.dry_run {
+            continue;
+        }
+        match body.action {
+            BulkAction::Retry => match control::retry(&state.pool, id).await? {
+                Some(Retry::Queued) => {
+                    outcome.done += 1;
+                    woken.insert(kind.spec.kind);
+                }
+                Some(Retry::NotRetryable(status)) => {
+                    skip(&mut outcome, id, format!("it is {}", status.as_str()))
+                }
+                Some(Retry::KeyTaken(holder)) => skip(
+                    &mut outcome,
+                    id,
+                    format!("its unique key is held by job {holder}"),
+                ),
+                None => skip(&mut outcome, id, "it is gone".into()),
+            },
+            BulkAction::Cancel => match control::cancel(&state.pool, id, user.as_str()).await? {
+                Some(Cancellation::Cancelled) => outcome.done += 1,
+                Some(Cancellation::Requested) => {
+                    state.wake.cancel(id);
+                    outcome.done += 1;
+                }
+                Some(Cancellation::AlreadyFinished(status)) => skip(
+                    &mut outcome,
+                    id,
+                    format!("it already ended: {}", status.as_str()),
+                ),
+                None => skip(&mut outcome, id, "it is gone".into()),
+            },
+        }
+    }
+    for kind in woken {
+        state.wake.announce(kind);
+    }
+    if !body.dry_run {
+        tracing::info!(action = ?body.action, done = outcome.done, skipped = outcome.skipped_count,
+            by = %user, "bulk job action by an operator");
+    }
+    Ok(outcome)
 }
 
 async fn detail(state: &AppState, job_id: &str) -> Result<JobDetail> {

@@ -89,6 +89,19 @@ pub async fn list_events(
     Query(params): Query<EventParams>,
 ) -> Result<Json<EventPage>> {
     sessions::require_member(&state.pool, session_id, &user).await?;
+    let page = page_of(&state, session_id, &params).await?;
+    metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => "rest")
+        .increment(page.events.len() as u64);
+    Ok(Json(page))
+}
+
+/// Session `session_id`'s events as `params` ask (its callers check who may
+/// read them): a page, or the reset when they were pruned.
+pub(super) async fn page_of(
+    state: &AppState,
+    session_id: Uuid,
+    params: &EventParams,
+) -> Result<EventPage> {
     let after = params.after_seq.unwrap_or(0);
     let limit = params.limit.unwrap_or(100);
     if after < 0 || !(1..=MAX_PAGE).contains(&limit) {
@@ -103,14 +116,13 @@ pub async fn list_events(
         return Err(Error::NotFound("session"));
     };
     if horizon.must_reset(after) {
-        return Ok(Json(EventPage {
+        return Ok(EventPage {
             events: Vec::new(),
             reset: Some(Reset::pruned(horizon)),
-        }));
+        });
     }
-    metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "reason" => "rest").increment(events.len() as u64);
-    Ok(Json(EventPage {
+    Ok(EventPage {
         events,
         reset: None,
-    }))
+    })
 }

@@ -8,6 +8,7 @@
 //! | `POST /api/admin/migrations/assets` | records a run and enqueues its job: 202 `{run_id, job_id, status}` |
 //! | `GET /api/admin/migrations/assets/{run_id}` | the run: status, options, checkpoint, counts, report (the source URL without its password) |
 //! | `POST /api/admin/migrations/assets/{run_id}/rollback` | puts back what an ended run moved: 202; 409 for a run that is running, a dry run, or one rolled back |
+//! | `POST /api/admin/migrations/assets/{run_id}/resume` | enqueues an unfinished run's (or rollback's) job again after it failed: it goes on from its checkpoint; 202; 409 for an ended run |
 //! | `GET /api/assets/{table}/{asset_id}` | an old asset by its table and id, from wherever it is now: storage once moved, the source row before (and after a rollback); members of its session only |
 
 use axum::Router;
@@ -37,6 +38,10 @@ pub(super) fn router() -> Router<AppState> {
         .route(
             "/admin/migrations/assets/{run_id}/rollback",
             post(roll_back_migration),
+        )
+        .route(
+            "/admin/migrations/assets/{run_id}/resume",
+            post(resume_migration),
         )
 }
 
@@ -264,20 +269,64 @@ pub async fn roll_back_migration(
     State(state): State<AppState>,
     Path(run_id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<MigrationStarted>)> {
+    run_again(&state, &operator, run_id, Again::Rollback).await
+}
+
+/// What to start again for an existing run.
+#[derive(Clone, Copy)]
+enum Again {
+    Rollback,
+    Resume,
+}
+
+/// Starts `again` for run `run_id`, recorded in the audit log: 202 with
+/// the run and its job.
+async fn run_again(
+    state: &AppState,
+    operator: &questboard_core::identity::UserId,
+    run_id: Uuid,
+    again: Again,
+) -> Result<(StatusCode, Json<MigrationStarted>)> {
     let target = run_id.to_string();
+    let what = match again {
+        Again::Rollback => "migration.rollback",
+        Again::Resume => "migration.resume",
+    };
     audited(
-        &state,
-        &operator,
-        Action::new("migration.rollback", &target),
+        state,
+        operator,
+        Action::new(what, &target),
         async {
             let by = format!("api:{}", operator.as_str());
-            let run = am::start_rollback(&state.pool, run_id, &by).await?;
-            tracing::info!(%run_id, by, "asset migration rollback started");
-            Ok(started(&state, run))
+            let run = match again {
+                Again::Rollback => am::start_rollback(&state.pool, run_id, &by).await?,
+                Again::Resume => am::resume(&state.pool, run_id, &by).await?,
+            };
+            tracing::info!(%run_id, by, what, "asset migration started again");
+            Ok(started(state, run))
         },
         made,
     )
     .await
+}
+
+/// Resumes an unfinished run (or rollback) whose job failed for good (the
+/// source was down, say): its job is enqueued again and goes on from the
+/// run's checkpoint; while its job is still queued or running, that job is
+/// returned. Operators only.
+#[utoipa::path(post, path = "/api/admin/migrations/assets/{run_id}/resume", tag = "admin",
+    params(("run_id" = Uuid, Path, description = "The run")),
+    responses((status = 202, body = MigrationStarted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The run ended: nothing to resume", body = ErrorBody)),
+    security(("bearer" = ["questboard:operator"])))]
+pub async fn resume_migration(
+    Operator(operator): Operator,
+    State(state): State<AppState>,
+    Path(run_id): Path<Uuid>,
+) -> Result<(StatusCode, Json<MigrationStarted>)> {
+    run_again(&state, &operator, run_id, Again::Resume).await
 }
 
 /// An asset of the old campaign service, by its source table and id (a map

@@ -32,6 +32,7 @@ use sqlx::PgPool;
 
 use crate::auth::Verifier;
 
+pub mod activity;
 pub mod admin;
 pub mod audit;
 pub mod dev;
@@ -42,12 +43,15 @@ pub mod extract;
 pub mod health;
 pub mod invites;
 pub mod jobs;
+pub mod lanes;
 pub mod legacy;
+pub mod live;
 pub mod media;
 pub mod migrations;
 pub mod openapi;
 pub mod pages;
 pub mod proposals;
+pub mod runs;
 pub mod server;
 pub mod sessions;
 pub mod state;
@@ -142,6 +146,10 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(admin::router())
         .merge(audit::router())
+        .merge(activity::router())
+        .merge(lanes::router())
+        .merge(live::router())
+        .merge(runs::router())
         .merge(migrations::router())
         .merge(legacy::router())
         .merge(events::router())

@@ -18,8 +18,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::{
-    admin, audit, download, error, events, health, invites, jobs, legacy, media, migrations,
-    proposals, sessions, state, turns,
+    activity, admin, audit, download, error, events, health, invites, jobs, lanes, legacy, live,
+    media, migrations, proposals, runs, sessions, state, turns,
 };
 
 /// The API description.
@@ -53,6 +53,7 @@ use super::{
         admin::pause_kind,
         admin::resume_kind,
         admin::list_jobs,
+        admin::bulk_jobs,
         admin::get_job,
         admin::start_job,
         admin::retry_job,
@@ -60,6 +61,14 @@ use super::{
         admin::get_schedule,
         admin::run_entry,
         audit::list_audit,
+        activity::activity,
+        lanes::list_lanes,
+        lanes::get_lane,
+        lanes::session_events,
+        live::live,
+        live::reply,
+        runs::list_runs,
+        migrations::resume_migration,
         migrations::start_migration,
         migrations::get_migration,
         migrations::roll_back_migration,
@@ -91,7 +100,7 @@ use super::{
         (name = "state", description = "Each session's versioned game state: members read it, game masters (the owner and `gm` members) change it with operations against its version (see docs/architecture.md for the operations table)"),
         (name = "turns", description = "Player turns and the game master's replies"),
         (name = "jobs", description = "Durable job status"),
-        (name = "admin", description = "Operators' controls of the job platform: queues, jobs, the schedule. Every route needs a token with the `questboard:operator` permission (in `permissions`, or in a space-separated `scope`)"),
+        (name = "admin", description = "Operators' controls of the job platform: queues, jobs, session lanes, the schedule, runs, the audit log, live feeds. Reads need a token with the `questboard:viewer` or `questboard:operator` permission, actions `questboard:operator` (in `permissions`, or in a space-separated `scope`)"),
         (name = "events", description = "The session event log (the WebSocket `/ws/sessions/{session_id}?after_seq=N` delivers the same events live)"),
         (name = "media", description = "A session's images, audio, maps and notes: uploaded by game masters, served to members (docs/architecture.md, Media)"),
         (name = "health", description = "Liveness and readiness")

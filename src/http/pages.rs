@@ -1,5 +1,6 @@
 //! The pages the binary serves itself: the table at `/` (and `/join`,
-//! where share links land), with its script and style under `/assets/`.
+//! where share links land) and the operators' console at `/console`, with
+//! their scripts and styles under `/assets/`.
 //!
 //! The script and stylesheet are built from `clients/web` (Preact, bundled
 //! by esbuild) and committed in `clients/web/dist`; they, the HTML page and
@@ -8,7 +9,8 @@
 //! no CDN. Every page answer carries a strict Content-Security-Policy (no
 //! inline script or style, nothing from another origin but the media
 //! store's signed links when storage presigns them), `no-referrer`, and
-//! refuses framing. An invite token in a share link travels in the URL
+//! refuses framing (the table may be framed by the apps named in
+//! `QB_TABLE_FRAME_ANCESTORS`; the console never is). An invite token in a share link travels in the URL
 //! fragment (`/join#<token>`), which browsers never send to a server, so it
 //! cannot reach a log or a Referer.
 
@@ -23,21 +25,27 @@ use super::AppState;
 use super::error::Error;
 use super::extract::Path;
 
-// The page and its icon need no build; the script and the stylesheet are
+// The page and its icon need no build; the scripts and the stylesheets are
 // esbuild's output.
-const TABLE_HTML: &str = include_str!("../../clients/web/src/table/index.html");
-const ICON: &[u8] = include_bytes!("../../clients/web/src/table/icon.svg");
+// One HTML page for both (`{{page}}`: `table` or `console`).
+const PAGE_HTML: &str = include_str!("../../clients/web/src/shared/page.html");
+const ICON: &[u8] = include_bytes!("../../clients/web/src/shared/icon.svg");
 const TABLE_JS: &[u8] = include_bytes!("../../clients/web/dist/table.js");
 const TABLE_CSS: &[u8] = include_bytes!("../../clients/web/dist/table.css");
+const CONSOLE_JS: &[u8] = include_bytes!("../../clients/web/dist/console.js");
+const CONSOLE_CSS: &[u8] = include_bytes!("../../clients/web/dist/console.css");
 
 /// What the pages need to know about this process, built once at start.
 #[derive(Debug, Clone)]
 pub struct Pages {
     html: axum::body::Bytes,
+    console_html: axum::body::Bytes,
     /// The files under `/assets/`, with their ETags (hashed once, here).
     assets: std::sync::Arc<[Asset]>,
     csp: HeaderValue,
-    /// Whether some origins may frame the pages (`QB_TABLE_FRAME_ANCESTORS`).
+    /// The console's: the table's without any other origin, never framed.
+    console_csp: HeaderValue,
+    /// Whether some origins may frame the table (`QB_TABLE_FRAME_ANCESTORS`).
     framed: bool,
 }
 
@@ -49,14 +57,18 @@ impl Pages {
     /// a frame.
     pub fn new(media_origin: Option<&str>, frame_ancestors: &[String]) -> Self {
         Self {
-            html: axum::body::Bytes::from(TABLE_HTML.replace("{{dev_sign_in}}", "off")),
+            html: page_html("table", false),
+            console_html: page_html("console", false),
             assets: [
                 Asset::new("table.js", TABLE_JS, "text/javascript; charset=utf-8"),
                 Asset::new("table.css", TABLE_CSS, "text/css; charset=utf-8"),
+                Asset::new("console.js", CONSOLE_JS, "text/javascript; charset=utf-8"),
+                Asset::new("console.css", CONSOLE_CSS, "text/css; charset=utf-8"),
                 Asset::new("icon.svg", ICON, "image/svg+xml"),
             ]
             .into(),
             csp: content_security_policy(media_origin, frame_ancestors),
+            console_csp: content_security_policy(None, &[]),
             framed: !frame_ancestors.is_empty(),
         }
     }
@@ -85,10 +97,21 @@ impl Pages {
     /// `POST /dev/token` exists).
     pub fn with_dev_sign_in(self) -> Self {
         Self {
-            html: axum::body::Bytes::from(TABLE_HTML.replace("{{dev_sign_in}}", "on")),
+            html: page_html("table", true),
+            console_html: page_html("console", true),
             ..self
         }
     }
+}
+
+/// The HTML of `page` (`table`, `console`), saying whether this server
+/// offers sign-in by name.
+fn page_html(page: &str, dev_sign_in: bool) -> axum::body::Bytes {
+    axum::body::Bytes::from(
+        PAGE_HTML
+            .replace("{{page}}", page)
+            .replace("{{dev_sign_in}}", if dev_sign_in { "on" } else { "off" }),
+    )
 }
 
 /// The policy of every page and asset answer.
@@ -126,12 +149,17 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(table))
         .route("/join", get(table))
+        .route("/console", get(console))
         .route("/assets/{file}", get(asset))
 }
 
-fn secured(pages: &Pages, mut response: Response) -> Response {
+fn secured(pages: &Pages, response: Response) -> Response {
+    with_policy(response, pages.csp.clone(), pages.framed)
+}
+
+fn with_policy(mut response: Response, csp: HeaderValue, framed: bool) -> Response {
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, pages.csp.clone());
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -141,14 +169,14 @@ fn secured(pages: &Pages, mut response: Response) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     // Browsers that know `frame-ancestors` ignore this; older ones obey it.
-    if !pages.framed {
+    if !framed {
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     response
 }
 
-async fn table(State(state): State<AppState>) -> Response {
-    let response = (
+fn html(body: axum::body::Bytes) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -156,10 +184,24 @@ async fn table(State(state): State<AppState>) -> Response {
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
-        state.pages.html.clone(),
+        body,
     )
-        .into_response();
-    secured(&state.pages, response)
+        .into_response()
+}
+
+async fn table(State(state): State<AppState>) -> Response {
+    secured(&state.pages, html(state.pages.html.clone()))
+}
+
+/// The operators' console: the same policy as the table, but never framed
+/// and loading nothing from another origin.
+async fn console(State(state): State<AppState>) -> Response {
+    let pages = &state.pages;
+    with_policy(
+        html(pages.console_html.clone()),
+        pages.console_csp.clone(),
+        false,
+    )
 }
 
 /// An embedded file under `/assets/`.

@@ -328,6 +328,35 @@ async fn the_command_line_mints_operators_and_runs_the_same_controls() {
         "{out}"
     );
     let (ok, _, _) = cli(&app, &["admin", "queues", "resume", "reconcile"]).await;
+    // Every command that acted is in the audit log, as `cli:$USER`; the
+    // ones that only read are not.
+    let audit = app.op(Method::GET, "/api/admin/audit?limit=50", None).await;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let mut acted: Vec<(String, String, String)> = audit.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["actor"] == format!("cli:{user}"))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                e["target"].as_str().unwrap_or_default().to_owned(),
+                e["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    acted.reverse();
+    let want: Vec<(String, String, String)> = [
+        ("job.cancel", job.as_str(), "ok"),
+        ("job.cancel", job.as_str(), "failed"),
+        ("job.retry", job.as_str(), "ok"),
+        ("queue.pause", "reconcile", "ok"),
+        ("queue.resume", "reconcile", "ok"),
+    ]
+    .iter()
+    .map(|(a, t, o)| ((*a).to_owned(), (*t).to_owned(), (*o).to_owned()))
+    .collect();
+    assert!(acted.ends_with(&want), "{acted:?}");
     assert!(ok);
     let (ok, out, err) = cli(&app, &["admin", "schedule"]).await;
     assert!(ok, "{err}");

@@ -796,6 +796,31 @@ async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
     };
     assert_eq!(done["counts"]["migrated"], 20, "{done:#}");
     assert_eq!(done["report"]["outcome"], "completed");
+    // The console's runs list shows both runs, newest first; an ended run
+    // does not resume.
+    let runs = app.op(Method::GET, "/api/admin/runs", None).await;
+    assert_eq!(runs.status, 200, "{}", runs.text);
+    let listed: Vec<(&str, &str, bool)> = runs.body["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            (
+                r["run_id"].as_str().unwrap_or_default(),
+                r["kind"].as_str().unwrap_or_default(),
+                r["dry_run"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 2, "{}", runs.text);
+    assert_eq!(listed[0], (run_id.as_str(), "asset_migration", false));
+    assert!(listed[1].2, "the dry run is the older one");
+    app.op(Method::POST, &format!("{path}/resume"), None)
+        .await
+        .assert_error(409, "conflict");
+    app.op(Method::GET, "/api/admin/runs?limit=0", None)
+        .await
+        .assert_error(400, "invalid_query");
     assert!(!done["source"].as_str().unwrap_or_default().is_empty());
     let listed = app
         .get("bob", &format!("/api/sessions/{session}/media?kind=map"))

@@ -17,6 +17,7 @@ mod audit;
 mod auth;
 mod batches;
 mod connections;
+mod console;
 mod dashboards;
 mod fake_llm;
 mod health;

@@ -2,6 +2,23 @@
 // GET /api/openapi.json. Do not edit: regenerate.
 
 export interface paths {
+    "/api/admin/activity": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Throughput per kind and the workers alive; viewers and operators. */
+        get: operations["activity"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/audit": {
         parameters: {
             query?: never;
@@ -60,7 +77,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Lists jobs, newest first; viewers and operators. */
+        /** Lists jobs, newest first, keyset paged; viewers and operators. */
         get: operations["list_jobs"];
         put?: never;
         /** Starts a job of a kind operators may start; operators only. */
@@ -108,6 +125,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/jobs/{job_id}/reply": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A turn job's reply as it streams; viewers and operators. 404 for a job
+         *     that is not a turn's. Chunks streamed before the feed opened are not
+         *     repeated (the first `turn` event has what is recorded).
+         */
+        get: operations["reply"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/jobs/{job_id}/retry": {
         parameters: {
             query?: never;
@@ -122,6 +160,85 @@ export interface paths {
          *     operators only.
          */
         post: operations["retry_job"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/jobs/bulk": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Retries or cancels many jobs at once, by id or by filter; operators
+         *     only, recorded in the audit log as one action. Turn jobs are never
+         *     touched (they follow their session's order) and are reported as
+         *     skipped, as are jobs the action does not apply to.
+         */
+        post: operations["bulk_jobs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/lanes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sessions with unfinished turns, the longest-waiting head turn first;
+         *     viewers and operators.
+         */
+        get: operations["list_lanes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/lanes/{session_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A session's lane and its unfinished turns; viewers and operators. 404
+         *     when the session has no unfinished turn.
+         */
+        get: operations["get_lane"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/live": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The queues' statistics whenever they change; viewers and operators. */
+        get: operations["live"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -156,6 +273,28 @@ export interface paths {
         get: operations["get_migration"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/migrations/assets/{run_id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resumes an unfinished run (or rollback) whose job failed for good (the
+         *     source was down, say): its job is enqueued again and goes on from the
+         *     run's checkpoint; while its job is still queued or running, that job is
+         *     returned. Operators only.
+         */
+        post: operations["resume_migration"];
         delete?: never;
         options?: never;
         head?: never;
@@ -236,6 +375,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Asset migrations and legacy imports, newest first; viewers and operators. */
+        get: operations["list_runs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/schedule": {
         parameters: {
             query?: never;
@@ -273,6 +429,26 @@ export interface paths {
          *     operator asked). Operators only; recorded in the audit log.
          */
         post: operations["run_entry"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/sessions/{session_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A session's events after `after_seq`, as its members read them;
+         *     viewers and operators.
+         */
+        get: operations["admin_session_events"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -791,6 +967,13 @@ export interface components {
             /** @description The invite token. */
             token: string;
         };
+        /** @description Throughput and workers. */
+        Activity: {
+            /** @description Jobs that ended, per kind, over the last hour and day. */
+            throughput: components["schemas"]["Throughput"];
+            /** @description Worker processes seen in the last day, alive first. */
+            workers: components["schemas"]["WorkerView"][];
+        };
         /**
          * @description What the AI game master may change on its own in a session (its
          *     replies' state changes and images), set by the owner.
@@ -833,6 +1016,60 @@ export interface components {
              * @description Pass as `cursor` for the next page; absent on the last one.
              */
             next_cursor?: string | null;
+        };
+        /**
+         * @description What a bulk action does.
+         * @enum {string}
+         */
+        BulkAction: "retry" | "cancel";
+        /** @description What a bulk action did (or, dry, would act on). */
+        BulkOutcome: {
+            /** @description The action. */
+            action: components["schemas"]["BulkAction"];
+            /**
+             * Format: int64
+             * @description Jobs retried or cancelled (0 in a dry run).
+             */
+            done: number;
+            /** @description It was a dry run. */
+            dry_run: boolean;
+            /**
+             * Format: int64
+             * @description Jobs selected (by id: the ids that exist; by filter: the matches, at most 10,000).
+             */
+            matched: number;
+            /** @description More than 10,000 matched: call again for the rest. */
+            more: boolean;
+            /** @description Jobs left alone, and why (the first 50). */
+            skipped: components["schemas"]["BulkSkip"][];
+            /**
+             * Format: int64
+             * @description How many were left alone in all.
+             */
+            skipped_count: number;
+        };
+        /**
+         * @description Body of `POST /api/admin/jobs/bulk`: the action and either the jobs by
+         *     id or a filter (every matching job, up to 10,000 per call).
+         */
+        BulkRequest: {
+            /** @description Retry or cancel. */
+            action: components["schemas"]["BulkAction"];
+            /**
+             * @description Only count what would be acted on (the console shows the count and
+             *     asks for a confirmation before the real call).
+             */
+            dry_run?: boolean;
+            filter?: null | components["schemas"]["JobFilter"];
+            /** @description These jobs (1 to 500 ids), or: */
+            job_ids?: string[] | null;
+        };
+        /** @description A job a bulk action left alone. */
+        BulkSkip: {
+            /** @description The job. */
+            job_id: string;
+            /** @description Why (a turn, already finished, not failed, its key is taken, ...). */
+            reason: string;
         };
         /** @description One line of a campaign -> session mapping. */
         CampaignSession: {
@@ -932,6 +1169,7 @@ export interface components {
             kind: string;
             /** @description The job its last tick enqueued. */
             last_job_id?: string | null;
+            last_job_status?: null | components["schemas"]["JobStatus"];
             /**
              * Format: date-time
              * @description The last tick fired (or when the entry was first seen).
@@ -1037,6 +1275,23 @@ export interface components {
             checks?: components["schemas"]["Check"][];
             /** @description `ok` or `unavailable`. */
             status: string;
+        };
+        /** @description A lease a worker holds: what it is running. */
+        Holding: {
+            /** @description The session id or the job id. */
+            key: string;
+            /** @description `session` (draining a session's turns) or `job` (running a job). */
+            scope: string;
+            /**
+             * Format: date-time
+             * @description Since when it holds it.
+             */
+            since: string;
+            /**
+             * Format: int64
+             * @description The lease's fencing token.
+             */
+            token: number;
         };
         /** @description An import run started. */
         ImportStarted: {
@@ -1162,7 +1417,10 @@ export interface components {
              * @description When an operator asked it to stop, while it still runs.
              */
             cancel_requested_at?: string | null;
-            /** @description The errors of its last failed runs, oldest first: `[{attempt, at, error}]`. */
+            /**
+             * @description The errors of its last failed runs (ten), oldest first: `[{attempt, at, error,
+             *     worker, started_at}]` (the worker that ran the attempt and when it began).
+             */
             errors: Record<string, never>[];
             /**
              * Format: date-time
@@ -1181,6 +1439,35 @@ export interface components {
              */
             priority?: number | null;
             /** @description Its unique key, if it was enqueued with one. */
+            unique_key?: string | null;
+        };
+        /** @description Which jobs: the filter of the job list and of bulk actions. */
+        JobFilter: {
+            /**
+             * Format: date-time
+             * @description Only jobs created at or after this time.
+             */
+            from?: string | null;
+            /** @description Only this kind. */
+            kind?: string | null;
+            /**
+             * @description Only jobs whose payload contains this text (exact case), or whose
+             *     errors contain it (any case).
+             */
+            q?: string | null;
+            /**
+             * Format: uuid
+             * @description Only this session's jobs.
+             */
+            session_id?: string | null;
+            /** @description Only this status: queued, running, succeeded, failed, retrying, cancelled. */
+            status?: string | null;
+            /**
+             * Format: date-time
+             * @description Only jobs created before this time.
+             */
+            to?: string | null;
+            /** @description Only jobs holding (or, failed or cancelled, having held) this unique key. */
             unique_key?: string | null;
         };
         /** @description A page of jobs. */
@@ -1244,12 +1531,139 @@ export interface components {
          * @enum {string}
          */
         Kind: "set" | "unset" | "inc" | "push" | "pull";
+        /** @description One kind's ended jobs per bucket. */
+        KindSeries: {
+            /** @description Failed for good per bucket (cancelled ones are not failures). */
+            failed: number[];
+            /** @description The kind. */
+            kind: string;
+            /** @description Succeeded per bucket. */
+            succeeded: number[];
+        };
         /** @description A kind's state after pausing or resuming it. */
         KindState: {
             /** @description The kind. */
             kind: string;
             /** @description Whether workers skip it. */
             paused: boolean;
+        };
+        /** @description One session's lane. */
+        Lane: {
+            /**
+             * Format: int64
+             * @description That lease's fencing token.
+             */
+            fencing_token?: number | null;
+            /**
+             * Format: int32
+             * @description Runs it started.
+             */
+            head_attempts: number;
+            /**
+             * Format: date-time
+             * @description When it was submitted.
+             */
+            head_created_at: string;
+            /** @description Its last failure (sanitised), if a run failed. */
+            head_error?: string | null;
+            /** @description Its job. */
+            head_job_id: string;
+            /**
+             * Format: int64
+             * @description Its number in the session.
+             */
+            head_seq: number;
+            /** @description `queued` or `running`. */
+            head_status: string;
+            /**
+             * Format: uuid
+             * @description The head turn: the next to run, or running.
+             */
+            head_turn_id: string;
+            /**
+             * Format: double
+             * @description How long it has waited since, in seconds.
+             */
+            head_wait_seconds: number;
+            /**
+             * Format: date-time
+             * @description When that lease lapses unless renewed.
+             */
+            lease_expires_at?: string | null;
+            /** @description The worker holding the session's lease. */
+            lease_holder?: string | null;
+            /**
+             * Format: date-time
+             * @description When a failed run's retry is due.
+             */
+            retry_at?: string | null;
+            /**
+             * Format: uuid
+             * @description The session.
+             */
+            session_id: string;
+            /** @description Its name (as its owner typed it: show as text). */
+            session_name: string;
+            /**
+             * Format: int64
+             * @description Unfinished turns (queued or running).
+             */
+            unfinished: number;
+            /** @description Why it is not running (or that it is). */
+            waiting: components["schemas"]["Waiting"];
+        };
+        /** @description One session's lane. */
+        LaneDetail: {
+            /** @description The lane. */
+            lane: components["schemas"]["Lane"];
+            /** @description Its unfinished turns in order (the first 500). */
+            turns: components["schemas"]["LaneTurn"][];
+        };
+        /** @description The lanes. */
+        LanesPage: {
+            /** @description The head turn that waited longest first. */
+            lanes: components["schemas"]["Lane"][];
+            /**
+             * Format: int64
+             * @description Sessions with unfinished turns in all.
+             */
+            total: number;
+        };
+        /** @description A turn waiting in a lane. */
+        LaneTurn: {
+            /**
+             * Format: int32
+             * @description Runs started.
+             */
+            attempts: number;
+            /** @description Who played it. */
+            author_user_id: string;
+            /**
+             * Format: date-time
+             * @description Submitted.
+             */
+            created_at: string;
+            /** @description Its last failure. */
+            error?: string | null;
+            /** @description Its job. */
+            job_id: string;
+            /**
+             * Format: date-time
+             * @description Not before.
+             */
+            run_at: string;
+            /**
+             * Format: int64
+             * @description Its number.
+             */
+            seq: number;
+            /** @description `queued` or `running`. */
+            status: string;
+            /**
+             * Format: uuid
+             * @description The turn.
+             */
+            turn_id: string;
         };
         /**
          * @description What a media item is.
@@ -1549,6 +1963,11 @@ export interface components {
             concurrency: number;
             /** @description Whether operators may start jobs of the kind. */
             operator_may_start: boolean;
+            /**
+             * @description For kinds operators may start: the JSON Schema of the payload (the
+             *     console builds its start form from it).
+             */
+            payload_schema?: Record<string, never> | null;
         };
         /** @description Why a turn's state change was refused. */
         Refusal: {
@@ -1587,6 +2006,51 @@ export interface components {
          * @enum {string}
          */
         Role: "owner" | "gm" | "player";
+        /** @description A run as the list shows it. */
+        RunRow: {
+            /**
+             * Format: date-time
+             * @description When.
+             */
+            created_at: string;
+            /** @description Who started it. */
+            created_by: string;
+            /** @description It checks only. */
+            dry_run: boolean;
+            /**
+             * Format: date-time
+             * @description When it ended.
+             */
+            finished_at?: string | null;
+            /** @description Its latest job. */
+            job_id?: string | null;
+            /** @description `asset_migration` or `legacy_import`. */
+            kind: string;
+            /**
+             * Format: int64
+             * @description That job's progress: done.
+             */
+            progress_done?: number | null;
+            /** @description What it is doing. */
+            progress_message?: string | null;
+            /**
+             * Format: int64
+             * @description Of.
+             */
+            progress_total?: number | null;
+            /**
+             * Format: uuid
+             * @description The run.
+             */
+            run_id: string;
+            /** @description `running`, `completed`, `failed`, `aborted`, `rolling_back`, `rolled_back`. */
+            status: string;
+        };
+        /** @description The runs. */
+        RunsPage: {
+            /** @description Newest first. */
+            runs: components["schemas"]["RunRow"][];
+        };
         /** @description The schedule as operators see it, and who leads. */
         ScheduleView: {
             /** @description The entries. */
@@ -1925,6 +2389,21 @@ export interface components {
              */
             turn_id: string;
         };
+        /**
+         * @description Jobs that ended, per kind, over the last hour (twelve five-minute
+         *     buckets) and the last day (twenty-four hours), oldest bucket first.
+         */
+        Throughput: {
+            /** @description Per kind, hourly buckets of the last day. */
+            day: components["schemas"]["KindSeries"][];
+            /** @description Per kind, five-minute buckets of the last hour. */
+            hour: components["schemas"]["KindSeries"][];
+            /**
+             * Format: date-time
+             * @description When the last bucket ends (now).
+             */
+            until: string;
+        };
         /** @description Body of `POST /api/sessions/{id}/turns`. */
         TurnInput: {
             /**
@@ -1985,6 +2464,39 @@ export interface components {
              */
             turn_id: string;
         };
+        /**
+         * @description Why a lane's head turn is where it is.
+         * @enum {string}
+         */
+        Waiting: "running" | "lease_held" | "retry_due" | "kind_paused" | "ready";
+        /** @description A worker process as operators see it. */
+        WorkerView: {
+            /** @description False once three heartbeats are missed (it crashed or hangs). */
+            alive: boolean;
+            /** @description The machine. */
+            host: string;
+            /** @description Its id (what its leases name as holder). */
+            id: string;
+            /** @description The kinds it serves. */
+            kinds: string[];
+            /**
+             * Format: int32
+             * @description The process.
+             */
+            pid: number;
+            /** @description The session and job leases it holds now. */
+            running: components["schemas"]["Holding"][];
+            /**
+             * Format: date-time
+             * @description Its last heartbeat.
+             */
+            seen_at: string;
+            /**
+             * Format: date-time
+             * @description When it started.
+             */
+            started_at: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -1994,6 +2506,41 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    activity: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Activity"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_audit: {
         parameters: {
             query?: {
@@ -2183,14 +2730,25 @@ export interface operations {
             query?: {
                 /** @description Where the page starts: the previous page's `next_cursor`. */
                 cursor?: string;
+                /** @description Only jobs created at or after this time. */
+                from?: string;
                 /** @description Only this kind. */
                 kind?: "turn" | "prune" | "reconcile" | "media" | "asset_migration" | "legacy_import";
                 /** @description Page size, 1 to 500 (default 50). */
                 limit?: number;
+                /**
+                 * @description Only jobs whose payload contains this text (exact case), or whose
+                 *     errors contain it (any case).
+                 */
+                q?: string;
                 /** @description Only this session's jobs. */
                 session_id?: string;
                 /** @description Only this status: queued, running, succeeded, failed, retrying, cancelled. */
                 status?: "queued" | "running" | "succeeded" | "failed" | "retrying" | "cancelled";
+                /** @description Only jobs created before this time. */
+                to?: string;
+                /** @description Only jobs holding (or, failed or cancelled, having held) this unique key. */
+                unique_key?: string;
             };
             header?: never;
             path?: never;
@@ -2415,6 +2973,54 @@ export interface operations {
             };
         };
     };
+    reply: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A turn's job id */
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `text/event-stream`: `turn` (the turn now, and when it ends) and `delta` (`{attempt, index, text}`) events */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": unknown;
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such job, or not a turn's */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     retry_job: {
         parameters: {
             query?: never;
@@ -2461,6 +3067,207 @@ export interface operations {
             };
             /** @description Not failed or cancelled, a turn, or its unique key is held by a newer job */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    bulk_jobs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BulkRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BulkOutcome"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_lanes: {
+        parameters: {
+            query?: {
+                /** @description Lanes to return, 1 to 500 (default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LanesPage"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_lane: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Session id */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LaneDetail"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No unfinished turn in that session */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    live: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `text/event-stream`: `queues` events carrying a QueuesPage */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": unknown;
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2587,6 +3394,69 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    resume_migration: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The run */
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MigrationStarted"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run ended: nothing to resume */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2786,6 +3656,52 @@ export interface operations {
             };
         };
     };
+    list_runs: {
+        parameters: {
+            query?: {
+                /** @description Runs to return, 1 to 200 (default 50). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunsPage"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     get_schedule: {
         parameters: {
             query?: never;
@@ -2868,6 +3784,65 @@ export interface operations {
                 };
             };
             /** @description No such entry */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    admin_session_events: {
+        parameters: {
+            query?: {
+                /** @description Only events with a larger `seq` (default 0). */
+                after_seq?: number;
+                /** @description Page size, 1 to 1000 (default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description Session id */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventPage"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;

@@ -93,20 +93,28 @@ export class Questboard {
     return qb;
   }
 
-  /** A token for `user`, minted by the binary with the dev secret. */
-  token(user: string): string {
-    return execFileSync(this.bin, ["token", "--user", user], {
+  /** A token for `user` (with `access`: a console's operator or viewer),
+   * minted by the binary with the dev secret. */
+  token(user: string, access?: "operator" | "viewer"): string {
+    const flags = access ? [`--${access}`] : [];
+    return execFileSync(this.bin, ["token", "--user", user, ...flags], {
       env: { ...process.env, QB_JWT_SECRET: SECRET },
     })
       .toString()
       .trim();
   }
 
-  async call(user: string, method: string, route: string, body?: unknown): Promise<Response> {
+  async call(
+    user: string,
+    method: string,
+    route: string,
+    body?: unknown,
+    access?: "operator" | "viewer",
+  ): Promise<Response> {
     const init: RequestInit = {
       method,
       headers: {
-        authorization: `Bearer ${this.token(user)}`,
+        authorization: `Bearer ${this.token(user, access)}`,
         ...(body === undefined ? {} : { "content-type": "application/json" }),
       },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),

@@ -3,8 +3,8 @@
  * default `/usr/bin/chromium`) under playwright-core, headless, with the
  * flags this machine's closed network needs (no background fetches, no
  * updates, no QUIC) and a fresh profile per launch. Screenshots of each
- * step go to `QB_SCREENSHOTS` (default `target/screenshots/table` in the
- * workspace), kept by CI as artifacts.
+ * step go to `QB_SCREENSHOTS/<page>` (default `target/screenshots/table`
+ * and `.../console` in the workspace), kept by CI as artifacts.
  */
 
 import { mkdirSync, rmSync } from "node:fs";
@@ -16,10 +16,13 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 // build/web/browser-tests -> clients/web -> the workspace
 const workspace = path.resolve(here, "../../../../..");
 
-export const screenshots = process.env["QB_SCREENSHOTS"] ?? path.join(workspace, "target/screenshots/table");
+let screenshots = "";
 
-/** Empties the screenshot folder: it keeps only this run's steps. */
-export function freshScreenshots(): void {
+/** Empties the screenshot folder of this test file's page (`table`,
+ * `console`: under `QB_SCREENSHOTS`, default `target/screenshots`): it
+ * keeps only this run's steps. */
+export function freshScreenshots(pageName = "table"): void {
+  screenshots = path.join(process.env["QB_SCREENSHOTS"] ?? path.join(workspace, "target/screenshots"), pageName);
   rmSync(screenshots, { recursive: true, force: true });
   mkdirSync(screenshots, { recursive: true });
 }

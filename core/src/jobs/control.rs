@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{JobRecord, JobSpec, JobStatus, RECORD_SELECT, Result};
@@ -39,34 +39,35 @@ pub struct QueueStats {
     pub paused: bool,
 }
 
+/// Waiting jobs per queue, from apalis's fetch index (its predicate is
+/// the filter). (The statements of [`queue_stats`] are public so the
+/// benchmark can show their plans.)
+pub const STATS_WAITING_SQL: &str = "SELECT job_type,
+        count(*) FILTER (WHERE status = 'Pending' AND attempts = 0),
+        count(*) FILTER (WHERE (status = 'Pending' AND attempts > 0)
+                            OR (status = 'Failed' AND attempts < max_attempts)),
+        min(run_at) FILTER (WHERE run_at <= now())
+ FROM apalis.jobs
+ WHERE status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)
+ GROUP BY job_type";
+
+/// Running plain jobs per queue (a partial index of running jobs).
+pub const STATS_RUNNING_SQL: &str =
+    "SELECT job_type, count(*) FROM apalis.jobs WHERE status = 'Running' GROUP BY job_type";
+
+/// Failed and cancelled jobs per queue (the partial index of dead jobs).
+pub const STATS_DEAD_SQL: &str = "SELECT job_type,
+        count(*) FILTER (WHERE NOT coalesce(metadata ? 'cancelled_at', false)),
+        count(*) FILTER (WHERE coalesce(metadata ? 'cancelled_at', false))
+ FROM apalis.jobs WHERE status = 'Killed' GROUP BY job_type";
+
 /// Statistics of every kind in `specs`.
 pub async fn queue_stats(pool: &PgPool, specs: &[JobSpec]) -> Result<Vec<QueueStats>> {
     // Waiting jobs, from apalis's fetch index (its predicate is the filter).
-    let waiting: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT job_type,
-                count(*) FILTER (WHERE status = 'Pending' AND attempts = 0),
-                count(*) FILTER (WHERE (status = 'Pending' AND attempts > 0)
-                                    OR (status = 'Failed' AND attempts < max_attempts)),
-                min(run_at) FILTER (WHERE run_at <= now())
-         FROM apalis.jobs
-         WHERE status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)
-         GROUP BY job_type",
-    )
-    .fetch_all(pool)
-    .await?;
-    let running: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT job_type, count(*) FROM apalis.jobs WHERE status = 'Running' GROUP BY job_type",
-    )
-    .fetch_all(pool)
-    .await?;
-    let dead: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT job_type,
-                count(*) FILTER (WHERE NOT coalesce(metadata ? 'cancelled_at', false)),
-                count(*) FILTER (WHERE coalesce(metadata ? 'cancelled_at', false))
-         FROM apalis.jobs WHERE status = 'Killed' GROUP BY job_type",
-    )
-    .fetch_all(pool)
-    .await?;
+    let waiting: Vec<(String, i64, i64, Option<DateTime<Utc>>)> =
+        sqlx::query_as(STATS_WAITING_SQL).fetch_all(pool).await?;
+    let running: Vec<(String, i64)> = sqlx::query_as(STATS_RUNNING_SQL).fetch_all(pool).await?;
+    let dead: Vec<(String, i64, i64)> = sqlx::query_as(STATS_DEAD_SQL).fetch_all(pool).await?;
     let paused: Vec<String> = paused_kinds(pool).await?;
     // Session-serial kinds (turns): a running job's row stays Pending; the sessions being
     // worked on are the held session leases, and the oldest wait is the
@@ -157,32 +158,108 @@ pub struct ListFilter {
     pub status: Option<JobStatus>,
     /// Only this session's jobs.
     pub session: Option<Uuid>,
+    /// Only jobs holding (or, once failed or cancelled, having held) this
+    /// unique key.
+    pub unique_key: Option<String>,
+    /// Only jobs created at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Only jobs whose stored payload contains this text (as bytes), or
+    /// whose last error or earlier errors contain it (any case).
+    pub text: Option<String>,
     /// Only jobs older than this id (the previous page's last).
     pub before: Option<String>,
     /// Page size.
     pub limit: i64,
 }
 
+impl ListFilter {
+    /// Appends the filter's conditions on `apalis.jobs j` (joined with
+    /// `job_runs r`) to `query`, binding its values. Only the conditions
+    /// asked for are written, each in a form an index can serve (a
+    /// condition such as `($1 IS NULL OR j.id < $1)` cannot use one, and a
+    /// prepared statement's generic plan would then walk the whole table).
+    fn push_conditions(&self, query: &mut QueryBuilder<Postgres>) {
+        query.push(" WHERE true");
+        if let Some(queue) = &self.queue {
+            // Queue names are fixed text from the registry; written as a
+            // literal, the planner matches them to the partial indexes.
+            if queue
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_')
+            {
+                query.push(format!(" AND j.job_type = '{queue}'"));
+            } else {
+                query.push(" AND j.job_type = ").push_bind(queue.clone());
+            }
+        }
+        if let Some(status) = self.status {
+            query.push(" AND ").push(status.condition());
+        }
+        if let Some(session) = self.session {
+            query
+                .push(" AND j.id IN (SELECT s.job_id FROM serial_job_state s WHERE s.session_id = ")
+                .push_bind(session)
+                .push(
+                    " UNION ALL SELECT m.id FROM apalis.jobs m \
+                     WHERE m.metadata ? 'session_id' AND (m.metadata -> 'session_id') = ",
+                )
+                .push_bind(session.to_string())
+                .push(")");
+        }
+        if let Some(before) = &self.before {
+            query.push(" AND j.id < ").push_bind(before.clone());
+        }
+        if let Some(key) = &self.unique_key {
+            // Two index lookups: apalis's partial index of held keys, and
+            // the one of keys given up (migration 17).
+            query
+                .push(" AND j.id IN (SELECT k.id FROM apalis.jobs k WHERE k.idempotency_key = ")
+                .push_bind(key.clone())
+                .push(
+                    " UNION ALL SELECT g.id FROM apalis.jobs g \
+                     WHERE g.metadata ? 'unique_key' AND (g.metadata -> 'unique_key') = ",
+                )
+                .push_bind(key.clone())
+                .push(")");
+        }
+        // Job ids are ULIDs: their first characters are the creation time,
+        // so a time range is a range of the primary key.
+        let bound = |at: DateTime<Utc>| {
+            ulid::Ulid::from_parts(at.timestamp_millis().max(0) as u64, 0).to_string()
+        };
+        if let Some(from) = self.from {
+            query.push(" AND j.id >= ").push_bind(bound(from));
+        }
+        if let Some(to) = self.to {
+            query.push(" AND j.id < ").push_bind(bound(to));
+        }
+        if let Some(text) = &self.text {
+            query
+                .push(" AND (position(convert_to(")
+                .push_bind(text.clone())
+                .push(", 'UTF8') IN j.job) > 0 OR strpos(lower(j.last_result ->> 'Err'), lower(")
+                .push_bind(text.clone())
+                .push(")) > 0 OR strpos(lower(r.errors::text), lower(")
+                .push_bind(text.clone())
+                .push(")) > 0)");
+        }
+    }
+
+    /// `head`, the filter's conditions, newest first, at most `limit` rows.
+    fn query(&self, head: &str, limit: i64) -> QueryBuilder<Postgres> {
+        let mut query = QueryBuilder::new(head.to_owned());
+        self.push_conditions(&mut query);
+        query.push(" ORDER BY j.id DESC LIMIT ").push_bind(limit);
+        query
+    }
+}
+
 /// A page of jobs, newest first, and the cursor of the next page.
 pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<(Vec<JobRecord>, Option<String>)> {
-    let status = filter.status.map_or("true", JobStatus::condition);
-    let mut rows: Vec<JobRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{RECORD_SELECT}
-         WHERE ($1::text IS NULL OR j.job_type = $1)
-           AND {status}
-           AND ($2::uuid IS NULL
-                OR j.id IN (SELECT s.job_id FROM serial_job_state s WHERE s.session_id = $2)
-                OR (j.metadata ? 'session_id' AND (j.metadata -> 'session_id') = $2::text))
-           AND ($3::text IS NULL OR j.id < $3)
-         ORDER BY j.id DESC
-         LIMIT $4"
-    )))
-    .bind(filter.queue.as_deref())
-    .bind(filter.session)
-    .bind(filter.before.as_deref())
-    .bind(filter.limit + 1)
-    .fetch_all(pool)
-    .await?;
+    let mut query = filter.query(RECORD_SELECT, filter.limit + 1);
+    let mut rows: Vec<JobRecord> = query.build_query_as().fetch_all(pool).await?;
     let next = if rows.len() as i64 > filter.limit {
         rows.truncate(filter.limit.max(0) as usize);
         rows.last().map(|r| r.id.clone())
@@ -190,6 +267,116 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<(Vec<JobRecord>,
         None
     };
     Ok((rows, next))
+}
+
+/// The plan of [`list`] for `filter`, as `EXPLAIN (ANALYZE, BUFFERS)`
+/// prints it: what BENCHMARKS.md shows for the console's job list.
+pub async fn explain_list(pool: &PgPool, filter: &ListFilter) -> Result<String> {
+    let head = format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) {RECORD_SELECT}");
+    let mut query = filter.query(&head, filter.limit + 1);
+    let lines: Vec<(String,)> = query.build_query_as().fetch_all(pool).await?;
+    Ok(lines
+        .into_iter()
+        .map(|l| l.0)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// The ids and queues of up to `cap` jobs matching `filter` (its page
+/// size and cursor included), newest first: what a bulk action acts on.
+pub async fn matching(
+    pool: &PgPool,
+    filter: &ListFilter,
+    cap: i64,
+) -> Result<Vec<(String, String)>> {
+    let mut query = filter.query(
+        "SELECT j.id, j.job_type FROM apalis.jobs j LEFT JOIN job_runs r ON r.job_id = j.id",
+        cap,
+    );
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// Jobs that ended, per kind, over the last hour (twelve five-minute
+/// buckets) and the last day (twenty-four hours), oldest bucket first.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Throughput {
+    /// When the last bucket ends (now).
+    pub until: DateTime<Utc>,
+    /// Per kind, five-minute buckets of the last hour.
+    pub hour: Vec<KindSeries>,
+    /// Per kind, hourly buckets of the last day.
+    pub day: Vec<KindSeries>,
+}
+
+/// One kind's ended jobs per bucket.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct KindSeries {
+    /// The kind.
+    pub kind: String,
+    /// Succeeded per bucket.
+    pub succeeded: Vec<i64>,
+    /// Failed for good per bucket (cancelled ones are not failures).
+    pub failed: Vec<i64>,
+}
+
+/// Ended jobs per queue and bucket: `$1` the lowest job id read, `$2`
+/// the window's start, `$3` the bucket in seconds, `$4` the buckets.
+pub const THROUGHPUT_SQL: &str = "SELECT j.job_type,
+        least(floor(extract(epoch FROM (j.done_at - $2)) / $3)::int, $4 - 1),
+        count(*) FILTER (WHERE j.status = 'Done'),
+        count(*) FILTER (WHERE j.status = 'Killed'
+                           AND NOT coalesce(j.metadata ? 'cancelled_at', false))
+ FROM apalis.jobs j
+ WHERE j.id >= $1 AND j.status IN ('Done', 'Killed') AND j.done_at >= $2
+ GROUP BY 1, 2";
+
+/// Ended jobs of every kind in `specs` over the last hour and day, from
+/// `apalis.jobs` (so the console needs no Prometheus). Reads the jobs
+/// created since a day before the window (a range of the ULID primary
+/// key), so its cost follows a day or two of jobs, not the whole table; a
+/// job that ran for more than a day before ending is not counted.
+pub async fn throughput(pool: &PgPool, specs: &[JobSpec]) -> Result<Throughput> {
+    const FIVE_MINUTES: i64 = 300;
+    const BUCKETS: usize = 288;
+    let until = Utc::now();
+    let start = until - chrono::Duration::seconds(FIVE_MINUTES * BUCKETS as i64);
+    let lower = ulid::Ulid::from_parts(
+        (start - chrono::Duration::days(1))
+            .timestamp_millis()
+            .max(0) as u64,
+        0,
+    )
+    .to_string();
+    let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(THROUGHPUT_SQL)
+        .bind(&lower)
+        .bind(start)
+        .bind(FIVE_MINUTES as f64)
+        .bind(BUCKETS as i32)
+        .fetch_all(pool)
+        .await?;
+    let mut hour = Vec::with_capacity(specs.len());
+    let mut day = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut ok = vec![0i64; BUCKETS];
+        let mut bad = vec![0i64; BUCKETS];
+        for (_, bucket, succeeded, failed) in rows.iter().filter(|r| r.0 == spec.queue) {
+            let b = (*bucket).clamp(0, BUCKETS as i32 - 1) as usize;
+            ok[b] += succeeded;
+            bad[b] += failed;
+        }
+        let hourly = |v: &[i64]| v.chunks(12).map(|c| c.iter().sum()).collect::<Vec<i64>>();
+        day.push(KindSeries {
+            kind: spec.kind.to_owned(),
+            succeeded: hourly(&ok),
+            failed: hourly(&bad),
+        });
+        hour.push(KindSeries {
+            kind: spec.kind.to_owned(),
+            succeeded: ok[BUCKETS - 12..].to_vec(),
+            failed: bad[BUCKETS - 12..].to_vec(),
+        });
+    }
+    Ok(Throughput { until, hour, day })
 }
 
 /// What a cancellation did.

@@ -261,15 +261,16 @@ static SETTLE_SQL: LazyLock<String> = LazyLock::new(|| {
             AS i(id, token, outcome, result, error, delay_ms)
     ),
     fenced AS (
-        SELECT i.*, j.attempts, j.job_ctid, fence.lease_ctid FROM input i
+        SELECT i.*, j.attempts, j.lock_at, j.job_ctid, fence.lease_ctid, fence.holder
+        FROM input i
         CROSS JOIN LATERAL (
-            SELECT l.ctid AS lease_ctid FROM leases l
+            SELECT l.ctid AS lease_ctid, l.holder FROM leases l
             WHERE l.scope = 'job' AND l.key = i.id AND l.token = i.token
               AND l.holder IS NOT NULL AND l.expires_at > clock_timestamp()
             FOR UPDATE
         ) fence
         CROSS JOIN LATERAL (
-            SELECT j.attempts, j.status, j.ctid AS job_ctid FROM apalis.jobs j
+            SELECT j.attempts, j.status, j.lock_at, j.ctid AS job_ctid FROM apalis.jobs j
             WHERE j.id = i.id LIMIT 1 FOR UPDATE
         ) j
         WHERE j.status = 'Running'
@@ -302,7 +303,8 @@ static SETTLE_SQL: LazyLock<String> = LazyLock::new(|| {
     runs AS (
         INSERT INTO job_runs AS r (job_id, errors)
         SELECT f.id, jsonb_build_array(jsonb_build_object('attempt', f.attempts, 'at', now(),
-                                                          'error', f.error))
+                                                          'error', f.error, 'worker', f.holder,
+                                                          'started_at', f.lock_at))
         FROM fenced f WHERE f.outcome IN ('retrying', 'failed')
         {keep_last_errors}
     ),
@@ -397,7 +399,10 @@ pub async fn rescue(pool: &PgPool, queues: &[&str]) -> Result<Vec<Rescued>> {
     static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH lost AS (
-             SELECT j.id, j.attempts, j.attempts >= j.max_attempts AS dead FROM apalis.jobs j
+             SELECT j.id, j.attempts, j.attempts >= j.max_attempts AS dead, j.lock_at,
+                    (SELECT w.holder FROM leases w WHERE w.scope = 'job' AND w.key = j.id)
+                        AS holder
+             FROM apalis.jobs j
              WHERE j.status = 'Running' AND j.job_type = ANY($1)
                AND NOT EXISTS (
                    SELECT 1 FROM leases l
@@ -427,7 +432,8 @@ pub async fn rescue(pool: &PgPool, queues: &[&str]) -> Result<Vec<Rescued>> {
              INSERT INTO job_runs AS r (job_id, errors)
              SELECT l.id, jsonb_build_array(jsonb_build_object(
                  'attempt', l.attempts, 'at', now(),
-                 'error', 'the worker running it stopped responding'))
+                 'error', 'the worker running it stopped responding',
+                 'worker', l.holder, 'started_at', l.lock_at))
              FROM lost l
              {keep_last_errors}
          )

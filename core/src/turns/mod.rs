@@ -8,6 +8,8 @@
 //! fenced writes ([`steps`]): every write checks the session's lease token,
 //! and a settling write only applies to an unfinished turn, so a reply is
 //! recorded exactly once however many times the model was asked.
+//! Operators see the lanes (sessions with unfinished turns, and why each
+//! waits) through [`lanes`].
 
 use std::str::FromStr;
 
@@ -23,6 +25,7 @@ use crate::leases;
 use crate::sessions::{self, UnknownValue};
 
 pub mod intake;
+pub mod lanes;
 pub mod queue;
 pub mod steps;
 pub mod submit;
@@ -272,6 +275,16 @@ impl Job for TurnJob {
     fn session(&self) -> Option<Uuid> {
         Some(self.session_id)
     }
+}
+
+/// The turn processed by job `job_id`, if that job is a turn's.
+pub async fn by_job(pool: &PgPool, job_id: &str) -> Result<Option<Turn>> {
+    Ok(sqlx::query_as::<_, Turn>(sqlx::AssertSqlSafe(format!(
+        "SELECT {TURN_COLUMNS} FROM turns WHERE job_id = $1"
+    )))
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Turns of a session with `seq > after_seq`, in order.

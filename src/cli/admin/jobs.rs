@@ -89,8 +89,8 @@ pub(super) async fn run(
                     queue,
                     status,
                     session,
-                    before: None,
                     limit: limit.clamp(1, 500),
+                    ..ListFilter::default()
                 },
             )
             .await?;

@@ -54,7 +54,7 @@ pub struct ImportArgs {
     mapping: PathBuf,
     /// Read and check everything, change nothing.
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
     /// Largest file copied (at most 1 GiB); larger ones are reported.
     #[arg(long, default_value_t = li::DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,

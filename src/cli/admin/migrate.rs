@@ -77,7 +77,7 @@ pub struct MigrateArgs {
     tables: Option<PathBuf>,
     /// Check everything, change nothing.
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
     /// Leave the blobs in the source rows (only write the references).
     #[arg(long)]
     keep_source: bool,

@@ -1,5 +1,6 @@
 //! `questboard admin`: what the `/api/admin` routes do, from the command
-//! line, against the database in `DATABASE_URL`.
+//! line, against the database in `DATABASE_URL`. Every command that acts
+//! is recorded in the operators' audit log as `cli:$USER`.
 //!
 //! - `admin jobs list [--kind K] [--status S] [--session ID] [--limit N]`,
 //!   `admin jobs show ID`, `admin jobs retry ID`, `admin jobs cancel ID`;
@@ -23,9 +24,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use questboard_core::db;
 use questboard_core::jobs::control;
 use questboard_core::wakeups::Publisher;
+use questboard_core::{audit, db};
 use questboard_workers::jobs::{prune, reconcile, registry};
 use serde_json::json;
 
@@ -109,11 +110,83 @@ fn operator() -> String {
     format!("cli:{user}")
 }
 
-/// Runs an admin command.
+/// The audit record of a command that acts (`None`: it only reads):
+/// action, target and detail, named as the HTTP routes name them.
+fn audit_record(command: &AdminCommand) -> Option<(&'static str, String, serde_json::Value)> {
+    let none = || json!({});
+    Some(match command {
+        AdminCommand::Jobs(JobsCommand::Retry { id }) => ("job.retry", id.clone(), none()),
+        AdminCommand::Jobs(JobsCommand::Cancel { id }) => ("job.cancel", id.clone(), none()),
+        AdminCommand::Jobs(_) | AdminCommand::Schedule => return None,
+        AdminCommand::Queues { action: None } => return None,
+        AdminCommand::Queues {
+            action: Some(QueuesCommand::Pause { kind }),
+        } => ("queue.pause", kind.clone(), none()),
+        AdminCommand::Queues {
+            action: Some(QueuesCommand::Resume { kind }),
+        } => ("queue.resume", kind.clone(), none()),
+        AdminCommand::Prune { dry_run, only, .. } => (
+            "job.start",
+            "prune".into(),
+            json!({ "payload": { "dry_run": dry_run, "only": only } }),
+        ),
+        AdminCommand::Reconcile { repair, .. } => (
+            "job.start",
+            "reconcile".into(),
+            json!({ "payload": { "repair": repair } }),
+        ),
+        AdminCommand::MigrateAssets(MigrateCommand::Run(args)) => (
+            "migration.start",
+            "asset_migration".into(),
+            json!({ "dry_run": args.dry_run }),
+        ),
+        AdminCommand::MigrateAssets(MigrateCommand::Rollback { run, .. }) => {
+            ("migration.rollback", run.to_string(), none())
+        }
+        AdminCommand::MigrateAssets(MigrateCommand::Resume { run, .. }) => {
+            ("migration.resume", run.to_string(), none())
+        }
+        AdminCommand::MigrateAssets(MigrateCommand::Show { .. }) => return None,
+        AdminCommand::ImportLegacy(legacy::ImportCommand::Run(args)) => (
+            "import.start",
+            "legacy_import".into(),
+            json!({ "dry_run": args.dry_run }),
+        ),
+        AdminCommand::ImportLegacy(legacy::ImportCommand::Rollback { run, force }) => (
+            "import.rollback",
+            run.to_string(),
+            json!({ "force": force }),
+        ),
+        AdminCommand::ImportLegacy(legacy::ImportCommand::Show { .. }) => return None,
+    })
+}
+
+/// Runs an admin command; one that acts is recorded in the operators'
+/// audit log (as `cli:$USER`), before (if that fails, nothing is done) and
+/// after, with its outcome, as the HTTP routes record theirs.
 pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
     let pool = db::connect(config.database_url.expose(), 2)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
+    let Some((action, target, detail)) = audit_record(&command) else {
+        return act(config, &pool, command).await;
+    };
+    let id = audit::begin(&pool, &operator(), action, &target, &detail)
+        .await
+        .context("the audit log cannot be written; nothing was done")?;
+    let result = act(config, &pool, command).await;
+    let (outcome, error) = match &result {
+        Ok(()) => (audit::Outcome::Ok, None),
+        Err(err) => (audit::Outcome::Failed, Some(format!("{err:#}"))),
+    };
+    if let Err(err) = audit::finish(&pool, id, outcome, error.as_deref(), None).await {
+        eprintln!("warning: the audit record {id} could not be finished: {err}");
+    }
+    result
+}
+
+async fn act(config: &Config, pool: &sqlx::PgPool, command: AdminCommand) -> anyhow::Result<()> {
+    let pool = pool.clone();
     let wake = match redis::Client::open(config.redis_url.expose()) {
         Ok(client) => Publisher::new(client),
         Err(_) => Publisher::disabled(),

@@ -6,7 +6,8 @@
 //! the provider's `Retry-After`; on the last attempt, or on a fatal failure
 //! (a refused request, a reply that is not the type it claims), the item is
 //! marked `failed`
-//! with a reason safe to show (`media.failed`). A run that finds the item
+//! with a reason safe to show (`media.failed`). An operator's cancel stops
+//! waiting for the provider at once and fails the item the same way. A run that finds the item
 //! gone or no longer pending does nothing.
 
 use std::time::Instant;
@@ -48,28 +49,40 @@ impl Handler for GenerateMedia {
                 .unwrap_or_else(|| default.to_owned())
         };
         let started = Instant::now();
-        let generated = match kind {
-            MediaKind::Image => {
-                let size = option("size", "1024x1024");
-                ctx.media
-                    .image(ImageAsk {
-                        prompt: &prompt,
-                        size: &size,
-                    })
-                    .await
+        let generating = async {
+            match kind {
+                MediaKind::Image => {
+                    let size = option("size", "1024x1024");
+                    ctx.media
+                        .image(ImageAsk {
+                            prompt: &prompt,
+                            size: &size,
+                        })
+                        .await
+                }
+                MediaKind::Audio => {
+                    let voice = option("voice", "alloy");
+                    ctx.media
+                        .speech(SpeechAsk {
+                            text: &prompt,
+                            voice: &voice,
+                        })
+                        .await
+                }
+                MediaKind::Map | MediaKind::Note => Err(ProviderError::Fatal {
+                    reason: "maps and notes are uploaded, not generated".into(),
+                }),
             }
-            MediaKind::Audio => {
-                let voice = option("voice", "alloy");
-                ctx.media
-                    .speech(SpeechAsk {
-                        text: &prompt,
-                        voice: &voice,
-                    })
-                    .await
+        };
+        // A provider call may hang for minutes: an operator's cancel stops
+        // waiting for it (nothing is written before the reply arrives).
+        let generated = tokio::select! {
+            generated = generating => generated,
+            () = run.cancelled() => {
+                // The item fails with the job, so its members stop waiting.
+                let err = ProviderError::Fatal { reason: "cancelled by an operator".into() };
+                return Err(failed(&self, ctx, run, kind, err).await);
             }
-            MediaKind::Map | MediaKind::Note => Err(ProviderError::Fatal {
-                reason: "maps and notes are uploaded, not generated".into(),
-            }),
         };
         let outcome = match &generated {
             Ok(_) => "ok",

@@ -270,6 +270,11 @@ impl Worker {
                 cancel_tx.clone(),
             ))
         });
+        let beating = tokio::spawn(heartbeat(
+            self.ctx.pool.clone(),
+            self.id.clone(),
+            served.clone(),
+        ));
         let sampling = tokio::spawn(sample_queues(
             self.ctx.pool.clone(),
             self.registry.clone(),
@@ -293,8 +298,26 @@ impl Worker {
             listening.abort();
         }
         sampling.abort();
+        beating.abort();
+        if let Err(err) = questboard_core::heartbeats::gone(&self.ctx.pool, &self.id).await {
+            tracing::warn!(worker = %self.id, error = %err, "removing this worker's heartbeat failed; it shows as dead");
+        }
         tracing::info!(worker = %self.id, "worker stopped");
         Ok(())
+    }
+}
+
+/// Says every [`questboard_core::heartbeats::BEAT`] that this worker is
+/// alive, for operators; a failed beat is logged and the next one tried.
+async fn heartbeat(pool: sqlx::PgPool, id: String, kinds: Vec<&'static str>) {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+    let mut every = tokio::time::interval(questboard_core::heartbeats::BEAT);
+    loop {
+        every.tick().await;
+        let beat = questboard_core::heartbeats::beat(&pool, &id, &host, std::process::id(), &kinds);
+        if let Err(err) = beat.await {
+            tracing::debug!(worker = %id, error = %err, "heartbeat failed");
+        }
     }
 }
 

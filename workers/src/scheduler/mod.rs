@@ -245,6 +245,8 @@ pub struct EntryView {
     pub last_tick: Option<DateTime<Utc>>,
     /// The job its last tick enqueued.
     pub last_job_id: Option<String>,
+    /// That job's status now (`succeeded`, `failed`, ...; absent once pruned).
+    pub last_job_status: Option<questboard_core::jobs::JobStatus>,
 }
 
 /// The schedule as operators see it, and who leads.
@@ -267,7 +269,7 @@ pub async fn describe(pool: &PgPool, entries: &[Entry]) -> sqlx::Result<Schedule
         .collect();
     let leader = schedule::leader(pool).await?;
     let now = Utc::now();
-    Ok(ScheduleView {
+    let mut view = ScheduleView {
         entries: entries
             .iter()
             .map(|e| {
@@ -283,10 +285,19 @@ pub async fn describe(pool: &PgPool, entries: &[Entry]) -> sqlx::Result<Schedule
                     next_fire: e.enabled.then(|| e.next_after(now)).flatten(),
                     last_tick: state.map(|s| s.last_tick),
                     last_job_id: state.and_then(|s| s.job_id.clone()),
+                    last_job_status: None,
                 }
             })
             .collect(),
         leader: leader.as_ref().map(|(holder, _)| holder.clone()),
         leader_lease_expires_at: leader.map(|(_, at)| at),
-    })
+    };
+    for entry in &mut view.entries {
+        if let Some(id) = &entry.last_job_id
+            && let Ok(Some(job)) = questboard_core::jobs::fetch(pool, id).await
+        {
+            entry.last_job_status = Some(job.client_status());
+        }
+    }
+    Ok(view)
 }

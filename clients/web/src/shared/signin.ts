@@ -14,26 +14,36 @@
 
 import { messageOf } from "./api.js";
 
-const KEY = "questboard.token";
+/** Where a page keeps its token in `sessionStorage`: the table and the
+ * console keep theirs apart (one tab may hold a player's and an
+ * operator's). */
+export const TABLE_KEY = "questboard.token";
+export const CONSOLE_KEY = "questboard.console.token";
 
 export interface SignedIn {
   token: string;
   user: string;
 }
 
-/** The `sub` of a JWT (not verified: the server does that). */
-export function subjectOf(token: string): string | undefined {
+/** The claims of a JWT (not verified: the server does that). */
+function claimsOf(token: string): Record<string, unknown> | undefined {
   const part = token.split(".")[1];
   if (part === undefined) return undefined;
   try {
     const bytes = Uint8Array.from(atob(part.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
-    const json = new TextDecoder().decode(bytes);
-    const claims = JSON.parse(json) as { sub?: unknown; exp?: unknown };
-    if (typeof claims.exp === "number" && claims.exp * 1000 < Date.now()) return undefined;
-    return typeof claims.sub === "string" ? claims.sub : undefined;
+    const claims: unknown = JSON.parse(new TextDecoder().decode(bytes));
+    return typeof claims === "object" && claims !== null ? (claims as Record<string, unknown>) : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** The `sub` of a JWT that has not expired (not verified: the server does that). */
+export function subjectOf(token: string): string | undefined {
+  const claims = claimsOf(token);
+  if (!claims) return undefined;
+  if (typeof claims["exp"] === "number" && claims["exp"] * 1000 < Date.now()) return undefined;
+  return typeof claims["sub"] === "string" ? claims["sub"] : undefined;
 }
 
 function signedIn(token: string): SignedIn | undefined {
@@ -42,7 +52,7 @@ function signedIn(token: string): SignedIn | undefined {
 }
 
 /** Takes a token handed over in the fragment (`#token=`), else the tab's. */
-export function restore(): SignedIn | undefined {
+export function restore(key = TABLE_KEY): SignedIn | undefined {
   const fragment = new URLSearchParams(location.hash.slice(1));
   const handed = fragment.get("token");
   if (handed) {
@@ -51,11 +61,11 @@ export function restore(): SignedIn | undefined {
     history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
     const user = signedIn(handed);
     if (user) {
-      sessionStorage.setItem(KEY, handed);
+      sessionStorage.setItem(key, handed);
       return user;
     }
   }
-  const kept = sessionStorage.getItem(KEY);
+  const kept = sessionStorage.getItem(key);
   return kept ? signedIn(kept) : undefined;
 }
 
@@ -64,12 +74,16 @@ export function devSignInOffered(): boolean {
   return document.querySelector('meta[name="questboard-dev-sign-in"]')?.getAttribute("content") === "on";
 }
 
-/** Signs in by user name through the dev server. */
-export async function devSignIn(user: string): Promise<SignedIn> {
+/** What a dev token may do besides playing. */
+export type Access = "player" | "viewer" | "operator";
+
+/** Signs in by user name through the dev server (with `access`: a
+ * console's viewer or operator). */
+export async function devSignIn(user: string, access?: Access, key = TABLE_KEY): Promise<SignedIn> {
   const resp = await fetch("/dev/token", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ user }),
+    body: JSON.stringify(access ? { user, access } : { user }),
   });
   const body = (await resp.json().catch(() => ({}))) as { token?: string };
   if (!resp.ok || typeof body.token !== "string") {
@@ -77,10 +91,22 @@ export async function devSignIn(user: string): Promise<SignedIn> {
   }
   const who = signedIn(body.token);
   if (!who) throw new Error("the server answered an unreadable token");
-  sessionStorage.setItem(KEY, body.token);
+  sessionStorage.setItem(key, body.token);
   return who;
 }
 
-export function signOut(): void {
-  sessionStorage.removeItem(KEY);
+export function signOut(key = TABLE_KEY): void {
+  sessionStorage.removeItem(key);
+}
+
+/** The permissions a JWT claims (`permissions`, or a space-separated
+ * `scope`); not verified (the server does that): the console uses it only
+ * to leave out buttons a viewer could not use. */
+export function permissionsOf(token: string): string[] {
+  const claims = claimsOf(token) ?? {};
+  const listed = Array.isArray(claims["permissions"])
+    ? claims["permissions"].filter((p): p is string => typeof p === "string")
+    : [];
+  const scoped = typeof claims["scope"] === "string" ? claims["scope"].split(" ") : [];
+  return [...listed, ...scoped];
 }
