@@ -35,7 +35,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         .map(|(name, _)| {
             (
                 Figure::new(format!("console, {rows} job rows: {name} p50"), "ms"),
-                Figure::new(format!("  ... p95"), "ms"),
+                Figure::new("  ... p95", "ms"),
             )
         })
         .collect();
