@@ -1464,7 +1464,7 @@ export interface components {
             status?: string | null;
             /**
              * Format: date-time
-             * @description Only jobs created before this time.
+             * @description Only jobs created before this time (a `to` before `from` matches nothing).
              */
             to?: string | null;
             /** @description Only jobs holding (or, failed or cancelled, having held) this unique key. */
