@@ -124,10 +124,10 @@ pub async fn begin(
         "INSERT INTO operator_audit (id, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
-    .bind(actor)
+    .bind(storable_text(actor))
     .bind(action)
-    .bind(target)
-    .bind(detail)
+    .bind(storable_text(target))
+    .bind(storable(detail))
     .execute(pool)
     .await?;
     Ok(id)
@@ -142,7 +142,8 @@ pub async fn finish(
     error: Option<&str>,
     result: Option<&Value>,
 ) -> Result<()> {
-    let error = error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect::<String>());
+    let error = error.map(|e| storable_text(&e.chars().take(MAX_ERROR_CHARS).collect::<String>()));
+    let result = result.map(storable);
     sqlx::query(
         "UPDATE operator_audit
          SET outcome = $2, error = $3, finished_at = now(),
@@ -157,6 +158,27 @@ pub async fn finish(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// `text` as Postgres can store it: a NUL (which neither `text` nor `jsonb`
+/// holds, and which a hostile body may carry in an id or a filter) becomes
+/// U+FFFD, so recording what was asked never fails on what was asked.
+fn storable_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// `value` with every string (keys too) made [`storable_text`].
+fn storable(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(storable_text(s)),
+        Value::Array(items) => Value::Array(items.iter().map(storable).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (storable_text(k), storable(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// What to list.

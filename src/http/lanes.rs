@@ -92,7 +92,9 @@ pub struct LaneDetail {
 /// when the session has no unfinished turn.
 #[utoipa::path(get, path = "/api/admin/lanes/{session_id}", tag = "admin",
     params(("session_id" = Uuid, Path, description = "Session id")),
-    responses((status = 200, body = LaneDetail), (status = 401, body = ErrorBody),
+    responses((status = 200, body = LaneDetail),
+              (status = 400, description = "The session id is not a UUID", body = ErrorBody),
+              (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody),
               (status = 404, description = "No unfinished turn in that session", body = ErrorBody)),
     security(("bearer" = ["questboard:viewer"]), ("bearer" = ["questboard:operator"])))]

@@ -222,28 +222,53 @@ async fn bulk_actions_by_filter_and_by_ids_are_counted_confirmed_and_audited() {
     // Every bulk action asked for is recorded (a dry run is not: it
     // changes nothing), refusals with their reason; the one that acted
     // with what it did.
-    let audit = app
-        .op(Method::GET, "/api/admin/audit?action=jobs.bulk_retry", None)
-        .await;
-    let all = audit.body["entries"].as_array().expect("entries");
-    assert_eq!(all.len(), 6, "{}", audit.text);
+    let audit = audit_of(&app, "jobs.bulk_retry").await;
+    let all = audit["entries"].as_array().expect("entries");
+    assert_eq!(all.len(), 6, "{audit}");
     let refused = all.iter().filter(|e| e["outcome"] == "refused").count();
-    assert_eq!(refused, 5, "{}", audit.text);
+    assert_eq!(refused, 5, "{audit}");
     let entries: Vec<&Value> = all.iter().filter(|e| e["outcome"] == "ok").collect();
-    assert_eq!(entries.len(), 1, "{}", audit.text);
+    assert_eq!(entries.len(), 1, "{audit}");
     assert_eq!(entries[0]["actor"], "ops");
     assert_eq!(entries[0]["outcome"], "ok");
-    assert_eq!(entries[0]["detail"]["result"]["done"], 3, "{}", audit.text);
-    let audit = app
+    assert_eq!(entries[0]["detail"]["result"]["done"], 3, "{audit}");
+    let audit = audit_of(&app, "jobs.bulk_cancel").await;
+    assert_eq!(audit["entries"][0]["target"], "ids");
+    assert_eq!(audit["entries"][0]["detail"]["result"]["done"], 2);
+
+    // A NUL in an id or a filter's text (which Postgres stores in neither
+    // text nor jsonb) matches nothing and is still recorded, as U+FFFD.
+    let hostile = bulk(
+        &app,
+        json!({ "action": "cancel", "job_ids": ["a\u{0}b", ""], "filter": null }),
+    )
+    .await;
+    assert_eq!(hostile["matched"], 0, "{hostile:#}");
+    let hostile = bulk(
+        &app,
+        json!({ "action": "retry", "filter": { "q": "x\u{0}y" } }),
+    )
+    .await;
+    assert_eq!(hostile["matched"], 0, "{hostile:#}");
+    let audit = audit_of(&app, "jobs.bulk_cancel").await;
+    assert_eq!(
+        audit["entries"][0]["detail"]["job_ids"][0], "a\u{FFFD}b",
+        "{audit}"
+    );
+    worker.stop().await;
+}
+
+/// The audit list of one action, newest first.
+async fn audit_of(app: &TestApp, action: &str) -> Value {
+    let resp = app
         .op(
             Method::GET,
-            "/api/admin/audit?action=jobs.bulk_cancel",
+            &format!("/api/admin/audit?action={action}"),
             None,
         )
         .await;
-    assert_eq!(audit.body["entries"][0]["target"], "ids");
-    assert_eq!(audit.body["entries"][0]["detail"]["result"]["done"], 2);
-    worker.stop().await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    resp.body
 }
 
 #[tokio::test]

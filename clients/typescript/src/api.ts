@@ -3214,6 +3214,15 @@ export interface operations {
                     "application/json": components["schemas"]["LaneDetail"];
                 };
             };
+            /** @description The session id is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
