@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use questboard_core::bus::Bus;
 use questboard_core::db;
 use questboard_core::events::EventPublisher;
 use questboard_core::storage::Storage;
@@ -26,29 +27,33 @@ use crate::bridge::Bridge;
 use crate::config::{Config, LlmProvider};
 use crate::http::{self, AppState, TurnSettings};
 
-/// Connects to everything the API needs. Fails fast on bad configuration;
-/// Redis being down is not fatal here (readiness reports it).
-pub async fn api_state(config: &Config) -> anyhow::Result<AppState> {
-    api_state_with(config, jobs::registry()).await
+/// Connects to everything the API needs, publishing on `bus`. Fails fast
+/// on bad configuration; Redis being down is not fatal here (readiness
+/// reports it).
+pub async fn api_state(config: &Config, bus: &Bus) -> anyhow::Result<AppState> {
+    api_state_with(config, bus, jobs::registry()).await
 }
 
 /// Like [`api_state`], knowing the kinds of `registry` (tests register
 /// kinds of their own).
-pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Result<AppState> {
+pub async fn api_state_with(
+    config: &Config,
+    bus: &Bus,
+    registry: Registry,
+) -> anyhow::Result<AppState> {
     let auth = Verifier::from_config(config).context("bearer token configuration")?;
     auth.prefetch().await;
     let pool = db::connect_waiting(
-        config.database_url.expose(),
+        config.database_url(),
         config.db_max_connections,
         Duration::from_millis(config.db_acquire_timeout_ms),
     )
     .await
     .context("connecting to Postgres (DATABASE_URL)")?;
-    let redis = redis::Client::open(config.redis_url.expose()).context("REDIS_URL")?;
-    let wake = Publisher::new(redis.clone());
-    let events = EventPublisher::start(redis.clone(), pool.clone());
+    let wake = Publisher::new(bus.clone());
+    let events = EventPublisher::start(bus.clone(), pool.clone());
     let intake = Intake::start(pool.clone(), events.clone(), wake.clone());
-    let bridge = Bridge::start(redis.clone());
+    let bridge = Bridge::start(bus.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
     let schedule = Arc::new(schedule(config, &registry)?);
@@ -72,7 +77,7 @@ pub async fn api_state_with(config: &Config, registry: Registry) -> anyhow::Resu
         asset_sources: questboard_core::asset_migration::Sources::new(sources.clone()),
         sources,
         pool,
-        redis,
+        bus: bus.clone(),
         intake,
         wake,
         registry: Arc::new(registry),
@@ -169,21 +174,16 @@ pub async fn shutdown_signal() {
 }
 
 /// Builds a worker for every registered kind from the configuration, on
-/// an existing pool.
-pub fn worker(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<Worker> {
-    worker_with(config, pool, jobs::registry())
+/// an existing pool and `bus`.
+pub fn worker(config: &Config, pool: sqlx::PgPool, bus: &Bus) -> anyhow::Result<Worker> {
+    worker_with(config, pool, bus, jobs::registry())
 }
 
 /// What every job handler of this process can use.
-pub fn job_context(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<JobContext> {
+pub fn job_context(config: &Config, pool: sqlx::PgPool, bus: &Bus) -> anyhow::Result<JobContext> {
     let provider = providers::build(&provider_settings(config)).map_err(anyhow::Error::msg)?;
-    let (events, wake) = match redis::Client::open(config.redis_url.expose()) {
-        Ok(client) => (
-            EventPublisher::start(client.clone(), pool.clone()),
-            Publisher::new(client),
-        ),
-        Err(_) => (EventPublisher::disabled(), Publisher::disabled()),
-    };
+    let events = EventPublisher::start(bus.clone(), pool.clone());
+    let wake = Publisher::new(bus.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     let day = |days: u32| Duration::from_secs(u64::from(days) * 24 * 3600);
     Ok(JobContext {
@@ -259,9 +259,10 @@ fn media_provider(
 pub fn worker_with(
     config: &Config,
     pool: sqlx::PgPool,
+    bus: &Bus,
     registry: Registry,
 ) -> anyhow::Result<Worker> {
-    let ctx = job_context(config, pool)?;
+    let ctx = job_context(config, pool, bus)?;
     let kinds: Vec<&str> = registry.kinds().iter().map(|k| k.spec.kind).collect();
     questboard_core::metrics::register_known(&questboard_core::metrics::Known {
         kinds: &kinds,
@@ -293,9 +294,7 @@ pub fn worker_with(
             state_limits: config.state_limits(),
             ..CommitSettings::default()
         },
-        wakeups: redis::Client::open(config.redis_url.expose())
-            .inspect_err(|e| tracing::warn!(error = %e, "REDIS_URL unusable: workers will poll"))
-            .ok(),
+        wakeups: Some(bus.clone()),
         ..WorkerSettings::default()
     };
     Ok(Worker::new(ctx, registry, settings)?)
@@ -310,12 +309,15 @@ pub fn schedule(config: &Config, registry: &Registry) -> anyhow::Result<Vec<Entr
     )?)
 }
 
-/// The cron scheduler for `entries`, on an existing pool.
-pub fn scheduler(config: &Config, pool: sqlx::PgPool, entries: Arc<Vec<Entry>>) -> Scheduler {
-    let wake = match redis::Client::open(config.redis_url.expose()) {
-        Ok(client) => Publisher::new(client),
-        Err(_) => Publisher::disabled(),
-    };
+/// The cron scheduler for `entries`, on an existing pool, announcing the
+/// jobs it enqueues on `bus`.
+pub fn scheduler(
+    config: &Config,
+    pool: sqlx::PgPool,
+    bus: &Bus,
+    entries: Arc<Vec<Entry>>,
+) -> Scheduler {
+    let wake = Publisher::new(bus.clone());
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     questboard_core::metrics::register_known(&questboard_core::metrics::Known {
         schedule_entries: &names,
@@ -354,15 +356,14 @@ pub fn provider_settings(config: &Config) -> ProviderSettings {
     }
 }
 
-/// Starts the event relay in the background (see `questboard_core::events::run_relay`).
-pub fn spawn_relay(config: &Config, pool: sqlx::PgPool, holder: String) {
-    if let Ok(client) = redis::Client::open(config.redis_url.expose()) {
-        tokio::spawn(questboard_core::events::run_relay(
-            pool,
-            client,
-            holder,
-            Duration::from_millis(config.relay_interval_ms),
-            Duration::from_millis(config.relay_interval_ms),
-        ));
-    }
+/// Starts the event relay on `bus` in the background (see
+/// `questboard_core::events::run_relay`).
+pub fn spawn_relay(config: &Config, pool: sqlx::PgPool, bus: &Bus, holder: String) {
+    tokio::spawn(questboard_core::events::run_relay(
+        pool,
+        bus.clone(),
+        holder,
+        Duration::from_millis(config.relay_interval_ms),
+        Duration::from_millis(config.relay_interval_ms),
+    ));
 }

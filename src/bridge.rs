@@ -1,25 +1,26 @@
-//! The Redis pub/sub bridge: delivers session channels to this API
-//! process's WebSockets.
+//! The bridge: delivers session channels of the bus (Redis pub/sub, or in
+//! process under `questboard dev`) to this API process's WebSockets.
 //!
-//! One shared Redis connection per process. A session's channel
+//! One bus subscriber per process. A session's channel
 //! (`questboard:session:<id>:events`) is subscribed while at least one
 //! local socket watches that session (reference-counted) and unsubscribed
 //! when the last one leaves. Messages fan out to the session's sockets
 //! through a bounded broadcast channel; a socket that falls behind it is
 //! told so (and closed by its handler).
 //!
-//! Redis pub/sub is at-most-once: after every (re)subscription the bridge
+//! The bus is at-most-once: after every (re)subscription the bridge
 //! sends each affected socket a [`Live::Resync`], and the socket reads
 //! whatever it may have missed from Postgres, so a Redis restart or a
 //! message published before the subscription took effect costs latency,
-//! never an event. After a lost connection the resync says so
+//! never an event. After a lost connection (or, in process, a subscriber
+//! that fell behind) the resync says so
 //! (`interrupted`), and the socket tells its client (a `resync` notice).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use questboard_core::bus::Bus;
 use questboard_core::events::{self, Message};
 use questboard_core::metrics as m;
 use tokio::sync::{broadcast, mpsc};
@@ -88,14 +89,14 @@ impl std::fmt::Debug for Bridge {
 }
 
 impl Bridge {
-    /// Starts the bridge's connection task (inside a Tokio runtime).
-    pub fn start(client: redis::Client) -> Self {
+    /// Starts the bridge's subscriber task on `bus` (inside a Tokio runtime).
+    pub fn start(bus: Bus) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             topics: Mutex::new(HashMap::new()),
             commands,
         });
-        tokio::spawn(run(client, inner.clone(), rx));
+        tokio::spawn(run(bus, inner.clone(), rx));
         Self { inner }
     }
 
@@ -153,21 +154,20 @@ fn session_of(channel: &str) -> Option<Uuid> {
         .ok()
 }
 
-async fn run(
-    client: redis::Client,
-    inner: Arc<Inner>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
+async fn run(bus: Bus, inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     loop {
-        match client.get_async_pubsub().await {
-            Ok(pubsub) => {
-                let (mut sink, mut stream) = pubsub.split();
+        match bus.subscriber().await {
+            Ok(mut subscriber) => {
                 let watched = inner.watched();
                 let mut subscribed = true;
                 for session in &watched {
-                    if sink.subscribe(events::channel(*session)).await.is_err() {
+                    if subscriber
+                        .subscribe(&events::channel(*session))
+                        .await
+                        .is_err()
+                    {
                         subscribed = false;
                         break;
                     }
@@ -176,7 +176,11 @@ async fn run(
                     let interrupted = connected_before;
                     if connected_before {
                         metrics::counter!(m::REDIS_RECONNECTS_TOTAL).increment(1);
-                        tracing::info!(sessions = watched.len(), "bridge reconnected to Redis");
+                        tracing::info!(
+                            sessions = watched.len(),
+                            bus = bus.kind(),
+                            "bridge subscribed again"
+                        );
                     }
                     connected_before = true;
                     backoff = Duration::from_millis(100);
@@ -188,24 +192,24 @@ async fn run(
                             command = commands.recv() => match command {
                                 None => return,
                                 Some(Command::Subscribe(session)) => {
-                                    if sink.subscribe(events::channel(session)).await.is_err() {
+                                    if subscriber.subscribe(&events::channel(session)).await.is_err() {
                                         break;
                                     }
                                     inner.send(session, Live::Resync { interrupted: false });
                                 }
                                 Some(Command::Unsubscribe(session)) => {
                                     if !inner.is_watched(session)
-                                        && sink.unsubscribe(events::channel(session)).await.is_err()
+                                        && subscriber.unsubscribe(&events::channel(session)).await.is_err()
                                     {
                                         break;
                                     }
                                 }
                             },
-                            message = stream.next() => match message {
+                            message = subscriber.next() => match message {
                                 None => break,
                                 Some(message) => {
-                                    let Some(session) = session_of(message.get_channel_name()) else { continue };
-                                    match serde_json::from_slice::<Message>(message.get_payload_bytes()) {
+                                    let Some(session) = session_of(&message.channel) else { continue };
+                                    match serde_json::from_slice::<Message>(&message.payload) {
                                         Ok(parsed) => inner.send(session, Live::Message(Arc::new(parsed))),
                                         Err(err) => tracing::warn!(error = %err, "unreadable message on a session channel"),
                                     }
@@ -214,9 +218,12 @@ async fn run(
                         }
                     }
                 }
-                tracing::warn!("bridge lost its Redis connection; reconnecting");
+                tracing::warn!(
+                    bus = bus.kind(),
+                    "bridge lost messages from the bus; subscribing again"
+                );
             }
-            Err(err) => tracing::warn!(error = %err, "bridge cannot reach Redis; retrying"),
+            Err(err) => tracing::warn!(error = %err, "bridge cannot reach the bus; retrying"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use anyhow::Context as _;
 use url::Url;
 
 /// A value that must not appear in logs or debug output.
@@ -52,15 +53,11 @@ pub enum LogFormat {
 /// Configuration shared by every subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Postgres connection string.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/questboard",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub database_url: Secret,
+    /// Postgres connection string. Unset: `serve`, `work`, `schedule`,
+    /// `migrate` and `admin` use `postgres://postgres@127.0.0.1:5432/questboard`;
+    /// `dev` runs a private Postgres of its own (`QB_DEV_DATA_DIR`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
 
     /// Most Postgres connections this process opens.
     #[arg(long, env = "QB_DB_MAX_CONNECTIONS", default_value_t = 20)]
@@ -72,15 +69,12 @@ pub struct Config {
     #[arg(long, env = "QB_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_acquire_timeout_ms: u64,
 
-    /// Redis connection string (pub/sub bridge, readiness).
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub redis_url: Secret,
+    /// Redis connection string: the bus between processes (session events
+    /// to every API process, wake-ups and cancellations to workers).
+    /// Required by `serve`, `work` and `schedule`; unset, `dev` uses an
+    /// in-process bus.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
 
     /// Address the HTTP API listens on.
     #[arg(long, env = "QB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -368,7 +362,43 @@ pub enum LlmProvider {
     Openai,
 }
 
+/// The Postgres URL every role but `dev` uses when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/questboard";
+
 impl Config {
+    /// `DATABASE_URL`, else [`DEFAULT_DATABASE_URL`].
+    pub fn database_url(&self) -> &str {
+        self.database_url
+            .as_ref()
+            .map_or(DEFAULT_DATABASE_URL, Secret::expose)
+    }
+
+    /// The bus of a process that shares it with others: Redis at
+    /// `REDIS_URL`, which `serve`, `work` and `schedule` cannot run
+    /// without (see [`questboard_core::bus`]).
+    pub fn shared_bus(&self) -> anyhow::Result<questboard_core::bus::Bus> {
+        let Some(url) = &self.redis_url else {
+            anyhow::bail!(
+                "REDIS_URL is not set. `serve`, `work` and `schedule` are separate processes and \
+                 reach each other through Redis (session events to every API process, wake-ups \
+                 and cancellations to workers); only `questboard dev`, which runs them all in one \
+                 process, can do without it"
+            );
+        };
+        let client = redis::Client::open(url.expose()).context("REDIS_URL")?;
+        questboard_core::bus::Bus::redis(client).context("REDIS_URL")
+    }
+
+    /// The bus of `questboard dev`: Redis at `REDIS_URL` when set, else
+    /// one inside this process.
+    pub fn dev_bus(&self) -> anyhow::Result<questboard_core::bus::Bus> {
+        if self.redis_url.is_some() {
+            return self.shared_bus();
+        }
+        tracing::info!("REDIS_URL unset: using the in-process bus (one process only)");
+        Ok(questboard_core::bus::Bus::in_process())
+    }
+
     /// The allowlist of `QB_MIGRATION_SOURCES`.
     pub fn source_allowlist(&self) -> anyhow::Result<questboard_core::sources::Allowlist> {
         questboard_core::sources::Allowlist::parse(&self.migration_sources)

@@ -11,7 +11,9 @@
 //! - [`cli`]: the subcommands and what each one starts; [`cli::admin`] is
 //!   `questboard admin`, operators' commands against the database (the
 //!   HTTP admin routes are [`http::admin`]).
-//! - [`bridge`]: Redis session channels delivered to this process's WebSockets.
+//! - [`bridge`]: the bus's session channels delivered to this process's WebSockets.
+//! - [`private_postgres`]: the Postgres `questboard dev` runs for itself
+//!   when `DATABASE_URL` is unset.
 //! - [`config`]: the one typed configuration, read from the environment.
 //! - [`telemetry`]: logging, the Prometheus recorder and the `/metrics` listener.
 //! - [`auth`]: verifying bearer JWTs (HS256 secret or RS256 JWKS) and minting
@@ -31,4 +33,5 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod private_postgres;
 pub mod telemetry;

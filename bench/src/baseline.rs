@@ -71,7 +71,7 @@ pub async fn serve_noop_worker(
     batch: usize,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let pool = db::connect(config.database_url.expose(), 8).await?;
+    let pool = db::connect(config.database_url(), 8).await?;
     let backend = PostgresStorage::<u64>::new(&pool).with_config(
         apalis_postgres::Config::default()
             .queue(QUEUE)

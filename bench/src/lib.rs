@@ -269,7 +269,7 @@ pub struct Scratch {
 impl Scratch {
     /// Creates and migrates a scratch database.
     pub async fn create(config: &Config) -> anyhow::Result<Self> {
-        let admin_url = config.database_url.expose().to_owned();
+        let admin_url = config.database_url().to_owned();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -304,7 +304,7 @@ impl Scratch {
     /// Drops scratch databases left behind by runs that were killed (older
     /// than six hours, so a run going on in parallel keeps its own).
     pub async fn drop_stale(config: &Config) {
-        let Ok(pool) = db::connect(config.database_url.expose(), 1).await else {
+        let Ok(pool) = db::connect(config.database_url(), 1).await else {
             return;
         };
         let now = std::time::SystemTime::now()

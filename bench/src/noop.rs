@@ -42,10 +42,12 @@ impl Handler for Noop {
 /// Runs a questboard worker serving only [`Noop`] against `DATABASE_URL`
 /// until the process is killed.
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
-    let pool = db::connect(config.database_url.expose(), config.db_max_connections)
+    let pool = db::connect(config.database_url(), config.db_max_connections)
         .await
         .context("connecting to Postgres")?;
-    let worker = questboard::app::worker_with(config, pool, Registry::new().register::<Noop>())?;
+    let bus = config.shared_bus()?;
+    let worker =
+        questboard::app::worker_with(config, pool, &bus, Registry::new().register::<Noop>())?;
     worker.run(std::future::pending()).await?;
     Ok(())
 }

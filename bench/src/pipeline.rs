@@ -225,7 +225,7 @@ async fn pickup(scratch: &Scratch, config: &Config, samples: usize) -> anyhow::R
     let ids = make_sessions(&scratch.pool, 1).await?;
     let author = UserId::parse("bench").map_err(anyhow::Error::msg)?;
     let worker = Processes::workers(scratch, config, &WorkerOptions::turns(1, 8))?;
-    let wake = Publisher::new(redis::Client::open(config.redis_url.expose())?);
+    let wake = Publisher::new(config.shared_bus()?);
     // Let the worker connect and subscribe to wake-ups.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut waits = Vec::with_capacity(samples);

@@ -79,7 +79,10 @@ impl Processes {
         let mut command = Command::new(program);
         command
             .env("DATABASE_URL", &scratch.url)
-            .env("REDIS_URL", config.redis_url.expose())
+            .env(
+                "REDIS_URL",
+                config.redis_url.as_ref().map_or("", |url| url.expose()),
+            )
             .env("QB_METRICS_ADDR", "127.0.0.1:0")
             .env("QB_JWT_SECRET", SECRET)
             .env_remove("QB_JWKS_URL")

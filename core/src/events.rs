@@ -1,36 +1,38 @@
-//! The durable event log of a campaign session, and how events reach Redis.
+//! The durable event log of a campaign session, and how events reach the
+//! bus ([`crate::bus`]: Redis in production, in process under `dev`).
 //!
 //! Every change to a session appends an [`Event`] in the same transaction as
 //! the change, numbered per session (`seq` = previous + 1, allocated under
 //! the session row's lock). A statement trigger copies the key of every new
 //! event into `event_outbox` in that same transaction (migration
 //! `..._event_outbox`). After commit the writer hands the event to an
-//! [`EventPublisher`], which PUBLISHes it on the session's Redis channel
+//! [`EventPublisher`], which publishes it on the session's bus channel
 //! ([`channel`]) and then deletes its outbox key. If Redis is down, or the
 //! writer dies between commit and publish, the change is committed anyway
 //! and its key stays in the outbox: the relay ([`relay_once`], run under a
 //! lease by one process) publishes whatever stayed there longer than its
 //! grace period, so no committed event is lost to subscribers. Subscribers
-//! treat Redis as an at-most-once transport: they detect gaps by `seq` and
+//! treat the bus as an at-most-once transport: they detect gaps by `seq` and
 //! read missing events from Postgres, which is the source of truth.
 //!
-//! Streamed model output travels as ephemeral [`Delta`]s through Redis
+//! Streamed model output travels as ephemeral [`Delta`]s through the bus
 //! only: not stored, no `seq`.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::bus::{Bus, BusError};
 use crate::leases::Lease;
 use crate::metrics as m;
 
-/// The Redis channel of a session's events and deltas.
+/// The bus channel of a session's events and deltas.
 pub fn channel(session_id: Uuid) -> String {
     format!("questboard:session:{session_id}:events")
 }
@@ -328,7 +330,7 @@ pub async fn delete_session_chunk(
     Ok(count as u64)
 }
 
-/// Publishes events and deltas on Redis from a background task, in the
+/// Publishes events and deltas on the bus from a background task, in the
 /// order handed over, and clears published events from the outbox in
 /// batches. Never blocks or fails its caller: what cannot be published is
 /// left to the relay.
@@ -337,28 +339,17 @@ pub struct EventPublisher {
     tx: Option<mpsc::UnboundedSender<Outgoing>>,
 }
 
-/// A message on its way to Redis.
+/// A message on its way to the bus.
 #[derive(Debug)]
 struct Outgoing {
     message: Message,
 }
 
 impl EventPublisher {
-    /// Starts the publishing task (inside a Tokio runtime).
-    pub fn start(client: redis::Client, pool: PgPool) -> Self {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1);
-        let conn = match ConnectionManager::new_lazy_with_config(client, config) {
-            Ok(conn) => conn,
-            Err(err) => {
-                tracing::warn!(error = %err, "event publishing disabled; the relay will publish");
-                return Self { tx: None };
-            }
-        };
+    /// Starts the publishing task on `bus` (inside a Tokio runtime).
+    pub fn start(bus: Bus, pool: PgPool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_loop(conn, pool, rx));
+        tokio::spawn(publish_loop(bus, pool, rx));
         Self { tx: Some(tx) }
     }
 
@@ -398,11 +389,7 @@ impl EventPublisher {
 /// interval instead of one per publish batch.
 const MARK_EVERY: Duration = Duration::from_millis(100);
 
-async fn publish_loop(
-    mut conn: ConnectionManager,
-    pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-) {
+async fn publish_loop(bus: Bus, pool: PgPool, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut batch = Vec::new();
     let mut published: (Vec<Uuid>, Vec<i64>) = (Vec::new(), Vec::new());
     let mut mark = tokio::time::interval(MARK_EVERY);
@@ -412,7 +399,7 @@ async fn publish_loop(
                 if received == 0 {
                     break;
                 }
-                publish_batch(&mut conn, &batch, &mut published).await;
+                publish_batch(&bus, &batch, &mut published).await;
                 batch.clear();
             }
             _ = mark.tick(), if !published.0.is_empty() => {
@@ -428,26 +415,19 @@ async fn publish_loop(
     }
 }
 
-async fn publish_batch(
-    conn: &mut ConnectionManager,
-    batch: &[Outgoing],
-    published: &mut (Vec<Uuid>, Vec<i64>),
-) {
-    let mut pipe = redis::pipe();
+async fn publish_batch(bus: &Bus, batch: &[Outgoing], published: &mut (Vec<Uuid>, Vec<i64>)) {
+    let mut messages = Vec::with_capacity(batch.len());
     for Outgoing { message, .. } in batch {
         let session = match message {
             Message::Event(e) => e.session_id,
             Message::Delta(d) => d.session_id,
         };
-        let Ok(payload) = serde_json::to_string(message) else {
+        let Ok(payload) = serde_json::to_vec(message) else {
             continue;
         };
-        pipe.cmd("PUBLISH")
-            .arg(channel(session))
-            .arg(payload)
-            .ignore();
+        messages.push((channel(session), Bytes::from(payload)));
     }
-    match pipe.query_async::<()>(conn).await {
+    match bus.publish(&messages).await {
         Ok(()) => {
             let mut events = 0;
             for outgoing in batch {
@@ -501,13 +481,13 @@ async fn clear_ranges(
 }
 
 /// Publishes, in order, the events of up to `limit` outbox ranges written
-/// more than `grace` ago and still there (Redis was down, or a process died
+/// more than `grace` ago and still there (the bus was down, or a process died
 /// between commit and publish), then clears those ranges. Returns how many
 /// events were published. Run by one process at a time, under the
 /// `relay/events` leader lease `lease`, which fences the clearing.
 pub async fn relay_once(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    bus: &Bus,
     lease: &Lease,
     grace: Duration,
     limit: i64,
@@ -551,16 +531,13 @@ pub async fn relay_once(
     if ranges.is_empty() {
         return Ok(0);
     }
-    let mut pipe = redis::pipe();
+    let mut messages = Vec::with_capacity(backlog.len());
     for event in &backlog {
-        let payload = serde_json::to_string(&Message::Event(event.clone()))?;
-        pipe.cmd("PUBLISH")
-            .arg(channel(event.session_id))
-            .arg(payload)
-            .ignore();
+        let payload = serde_json::to_vec(&Message::Event(event.clone()))?;
+        messages.push((channel(event.session_id), Bytes::from(payload)));
     }
-    if !backlog.is_empty() {
-        pipe.query_async::<()>(conn).await?;
+    if !messages.is_empty() {
+        bus.publish(&messages).await?;
     }
     let (sessions, ends): (Vec<Uuid>, Vec<i64>) = ranges.into_iter().unzip();
     clear_ranges(pool, &sessions, &ends, Some(lease)).await?;
@@ -574,9 +551,9 @@ pub enum RelayError {
     /// Postgres failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    /// Redis failed.
+    /// The bus failed.
     #[error(transparent)]
-    Redis(#[from] redis::RedisError),
+    Bus(#[from] BusError),
     /// Serialising failed.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
@@ -593,19 +570,11 @@ pub const RELAY_LEASE: (&str, &str) = ("relay", "events");
 /// seen, but wasteful).
 pub async fn run_relay(
     pool: PgPool,
-    client: redis::Client,
+    bus: Bus,
     holder: String,
     interval: Duration,
     grace: Duration,
 ) {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1);
-    let Ok(mut conn) = ConnectionManager::new_lazy_with_config(client, config) else {
-        tracing::warn!("event relay disabled: REDIS_URL unusable");
-        return;
-    };
     let leadership = crate::leases::Leadership::start(
         pool.clone(),
         RELAY_LEASE.0,
@@ -618,11 +587,11 @@ pub async fn run_relay(
         let Some(lease) = leadership.current() else {
             continue;
         };
-        match relay_once(&pool, &mut conn, &lease, grace, 1000).await {
+        match relay_once(&pool, &bus, &lease, grace, 1000).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 published = n,
-                "relay published events that had missed Redis"
+                "relay published events that had missed the bus"
             ),
             Err(err) => tracing::debug!(error = %err, "relay pass failed; will retry"),
         }

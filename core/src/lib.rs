@@ -26,9 +26,11 @@
 //! - [`leases`]: time-bounded, fenced ownership of a key (a session, a
 //!   job's run, a singleton role through [`leases::Leadership`]) on the
 //!   database clock (`leases`).
-//! - [`events`]: the durable per-session event log, publishing it on Redis,
-//!   and the relay for what missed Redis (`session_events`).
-//! - [`wakeups`]: waking idle workers through Redis when jobs are enqueued.
+//! - [`bus`]: publish/subscribe between processes (Redis) or inside one
+//!   (`questboard dev`); every message on it is a hint over Postgres.
+//! - [`events`]: the durable per-session event log, publishing it on the
+//!   bus, and the relay for what missed it (`session_events`).
+//! - [`wakeups`]: waking idle workers through the bus when jobs are enqueued.
 //! - [`heartbeats`]: which worker processes are alive and what they run,
 //!   for operators (`worker_heartbeats`).
 //! - [`audit`]: the operators' audit log (`operator_audit`).
@@ -55,6 +57,7 @@
 
 pub mod asset_migration;
 pub mod audit;
+pub mod bus;
 pub mod db;
 pub mod events;
 pub mod heartbeats;

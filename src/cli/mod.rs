@@ -5,7 +5,9 @@
 //! - `serve`: the HTTP API, plus `/metrics` on its own listener.
 //! - `work`: a worker: runs durable jobs of every kind (or `QB_WORKER_KINDS`).
 //! - `schedule`: the cron scheduler (one leader at a time fires ticks).
-//! - `dev`: migrate, then API, worker and scheduler in one process, for local use.
+//! - `dev`: migrate, then API, worker and scheduler in one process, for
+//!   local use; on a private Postgres and the in-process bus when
+//!   `DATABASE_URL` and `REDIS_URL` are unset.
 //! - `admin`: operators' commands against the database (jobs, queues,
 //!   prune, reconcile, migrations, imports): [`admin`].
 //! - `token`: print a development JWT signed with `QB_JWT_SECRET`
@@ -120,7 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let url = config.database_url.expose();
+    let url = config.database_url();
     db::create_database_if_missing(url)
         .await
         .context("creating the database")?;
@@ -134,10 +136,12 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     telemetry::serve_metrics(config.metrics_addr)
         .await
         .context("binding QB_METRICS_ADDR")?;
-    let state = app::api_state(config).await?;
+    let bus = config.shared_bus()?;
+    let state = app::api_state(config, &bus).await?;
     app::spawn_relay(
         config,
         state.pool.clone(),
+        &bus,
         format!("api-{}", std::process::id()),
     );
     let listener = TcpListener::bind(config.http_addr)
@@ -153,11 +157,12 @@ async fn work(config: &Config) -> anyhow::Result<()> {
     telemetry::serve_metrics(config.metrics_addr)
         .await
         .context("binding QB_METRICS_ADDR")?;
-    let pool = db::connect(config.database_url.expose(), config.db_max_connections)
+    let bus = config.shared_bus()?;
+    let pool = db::connect(config.database_url(), config.db_max_connections)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
-    let worker = app::worker(config, pool.clone())?;
-    app::spawn_relay(config, pool, worker.id().to_owned());
+    let worker = app::worker(config, pool.clone(), &bus)?;
+    app::spawn_relay(config, pool, &bus, worker.id().to_owned());
     worker.run(app::shutdown_signal()).await?;
     Ok(())
 }
@@ -168,21 +173,39 @@ async fn schedule(config: &Config) -> anyhow::Result<()> {
         .context("binding QB_METRICS_ADDR")?;
     let registry = questboard_workers::jobs::registry();
     let entries = std::sync::Arc::new(app::schedule(config, &registry)?);
-    let pool = db::connect(config.database_url.expose(), 4)
+    let bus = config.shared_bus()?;
+    let pool = db::connect(config.database_url(), 4)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
-    app::scheduler(config, pool, entries)
+    app::scheduler(config, pool, &bus, entries)
         .run(app::shutdown_signal())
         .await;
     Ok(())
 }
 
+/// `dev`: without `DATABASE_URL`, on a private Postgres of its own
+/// (started first, stopped last, see [`crate::private_postgres`]);
+/// without `REDIS_URL`, on the in-process bus.
 async fn dev(config: &Config) -> anyhow::Result<()> {
+    use crate::private_postgres::{Places, PrivatePostgres};
+    if config.database_url.is_some() {
+        return run_dev(config).await;
+    }
+    let server = PrivatePostgres::start(&Places::from_env()?).await?;
+    let mut config = config.clone();
+    config.database_url = Some(crate::config::Secret::new(server.url.clone()));
+    let result = run_dev(&config).await;
+    server.stop().await;
+    result
+}
+
+async fn run_dev(config: &Config) -> anyhow::Result<()> {
     migrate(config).await?;
     telemetry::serve_metrics(config.metrics_addr)
         .await
         .context("binding QB_METRICS_ADDR")?;
-    let mut state = app::api_state(config).await?;
+    let bus = config.dev_bus()?;
+    let mut state = app::api_state(config, &bus).await?;
     match crate::http::dev::DevTokens::new(config) {
         Ok(tokens) => {
             state.dev_tokens = Some(tokens);
@@ -191,9 +214,9 @@ async fn dev(config: &Config) -> anyhow::Result<()> {
         }
         Err(err) => tracing::warn!(error = %err, "no sign-in by name on the table"),
     }
-    let worker = app::worker(config, state.pool.clone())?;
-    let scheduler = app::scheduler(config, state.pool.clone(), state.schedule.clone());
-    app::spawn_relay(config, state.pool.clone(), worker.id().to_owned());
+    let worker = app::worker(config, state.pool.clone(), &bus)?;
+    let scheduler = app::scheduler(config, state.pool.clone(), &bus, state.schedule.clone());
+    app::spawn_relay(config, state.pool.clone(), &bus, worker.id().to_owned());
     let listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding QB_HTTP_ADDR {}", config.http_addr))?;

@@ -65,8 +65,8 @@ pub use error::{Error, Result};
 pub struct AppState {
     /// Postgres.
     pub pool: PgPool,
-    /// Redis (readiness now; the realtime bridge later).
-    pub redis: redis::Client,
+    /// The bus (Redis, or in process under `dev`): readiness.
+    pub bus: questboard_core::bus::Bus,
     /// Commits turn submissions of concurrent requests together.
     pub intake: questboard_core::turns::Intake,
     /// Wakes workers when operators start, retry or resume jobs; tells

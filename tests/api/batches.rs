@@ -410,9 +410,7 @@ async fn committed_events_stay_in_the_outbox_until_published_then_are_cleared() 
     assert_eq!(to - from, 2, "one range of three events");
 
     // Nobody published them (as if the API died after commit): the relay does.
-    let mut conn = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .expect("redis");
+    let bus = questboard_core::bus::Bus::redis(client.clone()).expect("redis");
     // The relay acts only under its leader lease, which fences its writes.
     let (lease, _) = questboard_core::leases::try_acquire(
         &db.pool,
@@ -424,7 +422,7 @@ async fn committed_events_stay_in_the_outbox_until_published_then_are_cleared() 
     .await
     .expect("lease")
     .expect("free");
-    let published = events::relay_once(&db.pool, &mut conn, &lease, Duration::ZERO, 100)
+    let published = events::relay_once(&db.pool, &bus, &lease, Duration::ZERO, 100)
         .await
         .expect("relay");
     assert_eq!(published, 3);
@@ -444,14 +442,14 @@ async fn committed_events_stay_in_the_outbox_until_published_then_are_cleared() 
     drop(messages);
     // Nothing left: a second relay pass publishes nothing.
     assert_eq!(
-        events::relay_once(&db.pool, &mut conn, &lease, Duration::ZERO, 100)
+        events::relay_once(&db.pool, &bus, &lease, Duration::ZERO, 100)
             .await
             .expect("relay"),
         0
     );
 
     // Events the publisher sends after commit leave the outbox without the relay.
-    let publisher = EventPublisher::start(client, db.pool.clone());
+    let publisher = EventPublisher::start(bus, db.pool.clone());
     let submitted = turns::submit(&db.pool, new(s, &alice, "d"))
         .await
         .expect("submit");

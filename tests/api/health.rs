@@ -24,13 +24,50 @@ async fn health_and_readiness_report_dependencies() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(names, BTreeSet::from(["postgres", "redis", "storage"]));
+
+    // On the in-process bus (`dev` without REDIS_URL) the bus is listed as such.
+    let local = TestApp::spawn_with(|c| c.redis_url = None).await;
+    let ready = local.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(
+        ready.body["checks"][1]["name"], "in-process",
+        "{}",
+        ready.text
+    );
+}
+
+#[tokio::test]
+async fn serve_work_and_schedule_refuse_to_start_without_redis_and_say_why() {
+    let app = TestApp::spawn().await;
+    for role in ["serve", "work", "schedule"] {
+        let url = app.db.url.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_questboard"))
+                .arg(role)
+                .env("DATABASE_URL", url)
+                .env_remove("REDIS_URL")
+                .env("QB_METRICS_ADDR", "127.0.0.1:0")
+                .env("QB_HTTP_ADDR", "127.0.0.1:0")
+                .env("QB_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
+                .output()
+                .expect("questboard")
+        })
+        .await
+        .expect("join");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{role} started without REDIS_URL");
+        assert!(
+            stderr.contains("REDIS_URL is not set") && stderr.contains("questboard dev"),
+            "{role}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn readiness_fails_when_redis_is_unreachable() {
     // Port 1 on loopback: nothing listens, the connection is refused at once.
     let app = TestApp::spawn_with(|c| {
-        c.redis_url = questboard::config::Secret::new("redis://127.0.0.1:1")
+        c.redis_url = Some(questboard::config::Secret::new("redis://127.0.0.1:1"))
     })
     .await;
     let ready = app.call(Method::GET, "/readyz", None, None).await;

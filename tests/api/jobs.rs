@@ -564,14 +564,23 @@ async fn a_worker_serves_only_the_kinds_it_is_told_to() {
     // Unknown kinds are refused at start.
     let mut config = app.config.clone();
     config.worker_kinds = Some(vec!["nope".into()]);
-    let refused =
-        questboard::app::worker_with(&config, app.db.pool.clone(), crate::kinds::test_registry());
+    let refused = questboard::app::worker_with(
+        &config,
+        app.db.pool.clone(),
+        &app.bus,
+        crate::kinds::test_registry(),
+    );
     assert!(refused.is_err());
     config.worker_kinds = None;
     config.jobs_concurrency = "sleepy=0".into();
     assert!(
-        questboard::app::worker_with(&config, app.db.pool.clone(), crate::kinds::test_registry())
-            .is_err()
+        questboard::app::worker_with(
+            &config,
+            app.db.pool.clone(),
+            &app.bus,
+            crate::kinds::test_registry(),
+        )
+        .is_err()
     );
 }
 

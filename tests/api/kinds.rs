@@ -116,10 +116,12 @@ async fn child_worker_entry_point() {
     }
     questboard::telemetry::init_logging(questboard::config::LogFormat::Text);
     let config = questboard::config::Config::from_env().expect("config");
-    let pool = questboard_core::db::connect(config.database_url.expose(), 5)
+    let pool = questboard_core::db::connect(config.database_url(), 5)
         .await
         .expect("pool");
-    let worker = questboard::app::worker_with(&config, pool, test_registry()).expect("worker");
+    let bus = config.shared_bus().expect("REDIS_URL");
+    let worker =
+        questboard::app::worker_with(&config, pool, &bus, test_registry()).expect("worker");
     worker
         .run(std::future::pending())
         .await

@@ -19,6 +19,7 @@ mod batches;
 mod connections;
 mod console;
 mod dashboards;
+mod dev_probe;
 mod fake_llm;
 mod health;
 mod helpers;

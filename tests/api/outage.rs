@@ -20,7 +20,7 @@ async fn a_database_outage_answers_503_with_retry_after_and_the_api_recovers() {
     let (postgres, through) = Proxy::to(&app.db.url).await;
     let api = app
         .another_api(|c| {
-            c.database_url = Secret::new(through);
+            c.database_url = Some(Secret::new(through));
             c.db_acquire_timeout_ms = 500;
         })
         .await;
@@ -92,7 +92,7 @@ async fn a_socket_whose_live_feed_broke_is_told_and_gets_what_it_missed() {
     let session = app.create_session("alice", "Blip").await;
     let (redis, through) = Proxy::to(&redis_url()).await;
     let api = app
-        .another_api(|c| c.redis_url = Secret::new(through))
+        .another_api(|c| c.redis_url = Some(Secret::new(through)))
         .await;
     let mut socket = api.ws("alice", &session, None).await.expect("socket");
     // Live through the proxy first.

@@ -1,6 +1,8 @@
 //! Realtime delivery end to end: the durable event log, the Redis bridge
 //! between API processes, session-scoped WebSockets that resume without
-//! gaps, a Redis restart, and removal of a member's socket.
+//! gaps, a Redis restart, and removal of a member's socket. What one API
+//! process can show runs twice ([`on_both_buses`]): on Redis and on the
+//! in-process bus of `questboard dev`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,6 +13,64 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use crate::helpers::{TestApp, WsItem, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Tests `$name::redis` and `$name::in_process`: the async fn `$name`
+/// (taking the app) run on an app whose bus is Redis, then on one whose bus
+/// is inside the test process (`REDIS_URL` unset, as under `questboard dev`).
+macro_rules! on_both_buses {
+    ($name:ident) => {
+        mod $name {
+            use crate::helpers::TestApp;
+
+            #[tokio::test]
+            async fn redis() {
+                super::$name(TestApp::spawn().await).await;
+            }
+
+            #[tokio::test]
+            async fn in_process() {
+                let app = TestApp::spawn_with(|c| c.redis_url = None).await;
+                assert_eq!(app.bus.kind(), "in-process");
+                super::$name(app).await;
+            }
+        }
+    };
+}
+
+on_both_buses!(a_member_sees_turns_live_with_deltas_and_idle_workers_wake_at_once);
+on_both_buses!(reconnecting_with_after_seq_gets_exactly_the_missed_events_then_live_ones);
+on_both_buses!(a_removed_members_socket_is_closed_at_once);
+on_both_buses!(a_client_that_cannot_keep_up_is_closed_with_4008);
+on_both_buses!(a_client_reconnecting_every_second_or_two_assembles_the_whole_log);
+
+/// One API process, one worker that polls only once a minute: the turns
+/// start at once only if the wake-up reaches it over the bus, and the
+/// socket sees every event and the streamed chunks over the bus.
+async fn a_member_sees_turns_live_with_deltas_and_idle_workers_wake_at_once(app: TestApp) {
+    let session = app.session_with("alice", &["bob"]).await;
+    let worker = app
+        .worker(|c| {
+            c.scripted_latency_ms = 20;
+            c.worker_poll_ms = 60_000;
+        })
+        .await;
+    let mut socket = app.ws("alice", &session, None).await.expect("socket");
+    // The worker subscribes, then polls once at start: let it, so the
+    // turns below can only be found through their wake-ups.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..2 {
+        let resp = app.submit("bob", &session, &format!("turn {i}")).await;
+        assert_eq!(resp.status, 202, "{}", resp.text);
+    }
+    let received = socket
+        .collect_until(WAIT, |m| completed_turns(m) == 2)
+        .await;
+    let events = durable(&received);
+    assert_gap_free(&events, 1);
+    assert_chunks_spell_the_replies(&received, &events);
+    assert_eq!(app.events("alice", &session, 0).await, events);
+    worker.stop().await;
+}
 
 fn durable(messages: &[Value]) -> Vec<Value> {
     messages
@@ -25,6 +85,22 @@ fn completed_turns(messages: &[Value]) -> usize {
         .iter()
         .filter(|m| m["type"] == "turn.completed")
         .count()
+}
+
+/// Each completed turn among `events` streamed several chunks in
+/// `received`, which joined by index spell its recorded reply.
+fn assert_chunks_spell_the_replies(received: &[Value], events: &[Value]) {
+    for done in events.iter().filter(|e| e["type"] == "turn.completed") {
+        let id = &done["data"]["turn_id"];
+        let mut deltas: Vec<&Value> = received
+            .iter()
+            .filter(|m| m["type"] == "turn.delta" && &m["turn_id"] == id)
+            .collect();
+        assert!(deltas.len() > 1, "expected several chunks for turn {id}");
+        deltas.sort_by_key(|d| d["index"].as_u64());
+        let text: String = deltas.iter().filter_map(|d| d["text"].as_str()).collect();
+        assert_eq!(Some(text.as_str()), done["data"]["output"].as_str());
+    }
 }
 
 /// Every durable event is the next seq: no gap, no duplicate.
@@ -200,21 +276,7 @@ async fn a_member_on_one_api_sees_turns_submitted_through_another_in_order_with_
         }
     }
     // Streamed chunks arrived too, and spell out the recorded replies.
-    let completed: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["type"] == "turn.completed")
-        .collect();
-    for done in completed {
-        let id = &done["data"]["turn_id"];
-        let mut deltas: Vec<&Value> = received
-            .iter()
-            .filter(|m| m["type"] == "turn.delta" && &m["turn_id"] == id)
-            .collect();
-        assert!(deltas.len() > 1, "expected several chunks for turn {id}");
-        deltas.sort_by_key(|d| d["index"].as_u64());
-        let text: String = deltas.iter().filter_map(|d| d["text"].as_str()).collect();
-        assert_eq!(Some(text.as_str()), done["data"]["output"].as_str());
-    }
+    assert_chunks_spell_the_replies(&received, &events);
     // The REST replay matches what the socket delivered.
     let replay = api2.events("alice", &watched, 0).await;
     assert_eq!(replay[..events.len()], events[..]);
@@ -231,9 +293,7 @@ async fn a_member_on_one_api_sees_turns_submitted_through_another_in_order_with_
     worker.stop().await;
 }
 
-#[tokio::test]
-async fn reconnecting_with_after_seq_gets_exactly_the_missed_events_then_live_ones() {
-    let app = TestApp::spawn().await;
+async fn reconnecting_with_after_seq_gets_exactly_the_missed_events_then_live_ones(app: TestApp) {
     let session = app.create_session("alice", "Resume").await;
     let worker = app.worker(|_| {}).await;
     let mut socket = app.ws("alice", &session, None).await.expect("socket");
@@ -345,7 +405,8 @@ async fn every_durable_event_reaches_the_client_across_a_redis_restart() {
     redis.wait_ready().await;
     let url = redis.url();
     let app =
-        TestApp::spawn_with(|c| c.redis_url = questboard::config::Secret::new(url.clone())).await;
+        TestApp::spawn_with(|c| c.redis_url = Some(questboard::config::Secret::new(url.clone())))
+            .await;
     let session = app.create_session("alice", "Outage").await;
     let worker = app.worker(|c| c.scripted_latency_ms = 50).await;
     let mut socket = app.ws("alice", &session, None).await.expect("socket");
@@ -409,9 +470,7 @@ async fn every_durable_event_reaches_the_client_across_a_redis_restart() {
     worker.stop().await;
 }
 
-#[tokio::test]
-async fn a_removed_members_socket_is_closed_at_once() {
-    let app = TestApp::spawn().await;
+async fn a_removed_members_socket_is_closed_at_once(app: TestApp) {
     let session = app.session_with("alice", &["bob"]).await;
     let mut bobs = app.ws("bob", &session, None).await.expect("socket");
     bobs.collect_until(WAIT, |m| !m.is_empty()).await;
@@ -441,9 +500,7 @@ async fn a_removed_members_socket_is_closed_at_once() {
     assert_eq!(app.ws("bob", &session, None).await.err(), Some(404));
 }
 
-#[tokio::test]
-async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
-    let app = TestApp::spawn().await;
+async fn a_client_that_cannot_keep_up_is_closed_with_4008(app: TestApp) {
     let session = app.create_session("alice", "Firehose").await;
     let mut slow = app.ws("alice", &session, None).await.expect("socket");
     // Let the bridge subscribe before flooding the channel.
@@ -451,26 +508,24 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4008() {
 
     // Flood the session's channel with streamed chunks (as a worker would)
     // while the client reads nothing: the socket's buffer overflows.
-    let client = redis::Client::open(crate::helpers::redis_url()).expect("redis");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
     let session_id: uuid::Uuid = session.parse().expect("uuid");
     let chunk = "x".repeat(1024);
     for batch in 0..20 {
-        let mut pipe = redis::pipe();
+        let mut messages = Vec::new();
         for index in 0..1000u32 {
             let delta = serde_json::json!({
                 "type": "turn.delta", "session_id": session_id, "turn_id": session_id,
                 "attempt": 1, "started_seq": 0, "index": batch * 1000 + index, "text": chunk,
             });
-            pipe.cmd("PUBLISH")
-                .arg(questboard_core::events::channel(session_id))
-                .arg(delta.to_string())
-                .ignore();
+            messages.push((
+                questboard_core::events::channel(session_id),
+                bytes::Bytes::from(delta.to_string()),
+            ));
         }
-        pipe.query_async::<()>(&mut conn).await.expect("publish");
+        app.bus.publish(&messages).await.expect("publish");
+        // Let the bridge take them off the bus (in process, the test's
+        // own runtime runs it) so the socket, not the bridge, falls behind.
+        tokio::task::yield_now().await;
     }
 
     // Reading now: whatever was buffered, then the close code.
@@ -556,10 +611,8 @@ async fn a_socket_that_breaks_the_protocol_is_closed_with_the_standard_code() {
     }
 }
 
-#[tokio::test]
-async fn a_client_reconnecting_every_second_or_two_assembles_the_whole_log() {
+async fn a_client_reconnecting_every_second_or_two_assembles_the_whole_log(app: TestApp) {
     const TURNS: usize = 40;
-    let app = TestApp::spawn().await;
     let session = app.create_session("alice", "Flaky").await;
     let worker = app.worker(|c| c.scripted_latency_ms = 40).await;
     let submit = async {

@@ -936,7 +936,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: Postgres, Redis and storage all answer. */
+        /** Readiness: Postgres, the bus (Redis) and storage all answer. */
         get: operations["readyz"];
         put?: never;
         post?: never;
@@ -1095,7 +1095,10 @@ export interface components {
         Check: {
             /** @description What failed, if anything. */
             error?: string | null;
-            /** @description `postgres`, `redis` or `storage`. */
+            /**
+             * @description `postgres`, `redis` (`in-process` under `questboard dev` without
+             *     Redis: the bus, which always answers) or `storage`.
+             */
             name: string;
             /** @description `ok` or `error`. */
             status: string;

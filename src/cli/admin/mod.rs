@@ -165,7 +165,7 @@ fn audit_record(command: &AdminCommand) -> Option<(&'static str, String, serde_j
 /// audit log (as `cli:$USER`), before (if that fails, nothing is done) and
 /// after, with its outcome, as the HTTP routes record theirs.
 pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
-    let pool = db::connect(config.database_url.expose(), 2)
+    let pool = db::connect(config.database_url(), 2)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
     let Some((action, target, detail)) = audit_record(&command) else {
@@ -187,9 +187,11 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
 
 async fn act(config: &Config, pool: &sqlx::PgPool, command: AdminCommand) -> anyhow::Result<()> {
     let pool = pool.clone();
-    let wake = match redis::Client::open(config.redis_url.expose()) {
-        Ok(client) => Publisher::new(client),
-        Err(_) => Publisher::disabled(),
+    // Without REDIS_URL (a `dev` setup) nothing is announced: workers
+    // find the jobs on their next poll.
+    let wake = match config.redis_url {
+        Some(_) => Publisher::new(config.shared_bus()?),
+        None => Publisher::disabled(),
     };
     let registry = registry();
     match command {

@@ -94,6 +94,9 @@ pub struct TestApp {
     pub config: Config,
     pub db: std::sync::Arc<TestDb>,
     pub client: reqwest::Client,
+    /// The bus of this app and of its in-process workers: Redis, or (with
+    /// `redis_url` set to None) one inside the test process.
+    pub bus: questboard_core::bus::Bus,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -148,8 +151,8 @@ impl TestApp {
         storage: Option<questboard_core::storage::Storage>,
     ) -> TestApp {
         let mut config = Config::from_env().expect("config from env");
-        config.database_url = Secret::new(db.url.clone());
-        config.redis_url = Secret::new(redis_url());
+        config.database_url = Some(Secret::new(db.url.clone()));
+        config.redis_url = Some(Secret::new(redis_url()));
         config.jwt_secret = Some(Secret::new(TEST_SECRET));
         config.jwks_url = None;
         config.jwt_issuer = None;
@@ -163,7 +166,8 @@ impl TestApp {
         let metrics_addr = telemetry::serve_metrics("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("metrics listener");
-        let mut state = app::api_state_with(&config, crate::kinds::test_registry())
+        let bus = config.dev_bus().expect("bus");
+        let mut state = app::api_state_with(&config, &bus, crate::kinds::test_registry())
             .await
             .expect("api state");
         if let Some(storage) = storage {
@@ -174,6 +178,7 @@ impl TestApp {
         app::spawn_relay(
             &config,
             state.pool.clone(),
+            &bus,
             format!("test-api-{}", uuid::Uuid::new_v4()),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -198,6 +203,7 @@ impl TestApp {
                 .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .expect("client"),
+            bus,
             shutdown: Some(tx),
         }
     }

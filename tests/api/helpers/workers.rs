@@ -65,7 +65,7 @@ impl TestApp {
         let pool = questboard_core::db::connect(&self.db.url, 10)
             .await
             .expect("worker pool");
-        let worker = app::worker_with(&config, pool, registry).expect("worker");
+        let worker = app::worker_with(&config, pool, &self.bus, registry).expect("worker");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             worker
@@ -123,6 +123,7 @@ impl TestApp {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_questboard"));
         cmd.arg("work")
             .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", redis_url())
             .env("QB_METRICS_ADDR", "127.0.0.1:0")
             .env("QB_DB_MAX_CONNECTIONS", "5")
             .env("QB_WORKER_POLL_MS", "50")

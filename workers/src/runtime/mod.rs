@@ -28,7 +28,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use questboard_core::jobs::control;
 use questboard_core::metrics as m;
 use questboard_core::wakeups;
@@ -69,8 +68,9 @@ pub struct WorkerSettings {
     pub sample_interval: Duration,
     /// How turn steps are batched into statements.
     pub commit: CommitSettings,
-    /// Redis, for wake-ups when jobs are enqueued (None: poll only).
-    pub wakeups: Option<redis::Client>,
+    /// The bus, for wake-ups when jobs are enqueued and cancellations
+    /// (None: poll only).
+    pub wakeups: Option<questboard_core::bus::Bus>,
 }
 
 impl Default for WorkerSettings {
@@ -262,9 +262,9 @@ impl Worker {
             };
             lanes.spawn(lane.run(plain_wake.clone(), cancel_rx, signals.clone()));
         }
-        let listening = self.settings.wakeups.clone().map(|client| {
+        let listening = self.settings.wakeups.clone().map(|bus| {
             tokio::spawn(forward_wakeups(
-                client,
+                bus,
                 session_wake.clone(),
                 plain_wake.clone(),
                 cancel_tx.clone(),
@@ -353,9 +353,9 @@ pub fn parse_kind_concurrency(text: &str) -> Result<Vec<(String, usize)>, String
 
 /// Turns wake-up messages into wake-ups of the lane serving the kind
 /// announced, and cancellation messages into requests to the plain lane,
-/// resubscribing with backoff whenever the Redis connection drops.
+/// subscribing again with backoff whenever the bus loses messages.
 async fn forward_wakeups(
-    client: redis::Client,
+    bus: questboard_core::bus::Bus,
     session_wake: Arc<Notify>,
     plain_wake: Arc<Notify>,
     cancels: mpsc::UnboundedSender<String>,
@@ -363,40 +363,40 @@ async fn forward_wakeups(
     let turn = <questboard_core::turns::TurnJob as questboard_core::jobs::Job>::SPEC.kind;
     let mut delay = Duration::from_millis(100);
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                match pubsub
-                    .subscribe(&[wakeups::CHANNEL, wakeups::CANCEL_CHANNEL])
-                    .await
-                {
-                    Ok(()) => {
-                        delay = Duration::from_millis(100);
-                        // Anything enqueued while we were away: look now.
+        match subscribe_wakeups(&bus).await {
+            Ok(mut subscriber) => {
+                delay = Duration::from_millis(100);
+                // Anything enqueued while we were away: look now.
+                session_wake.notify_one();
+                plain_wake.notify_one();
+                while let Some(message) = subscriber.next().await {
+                    let text = String::from_utf8_lossy(&message.payload);
+                    if &*message.channel == wakeups::CANCEL_CHANNEL {
+                        let _ = cancels.send(text.into_owned());
+                    } else if text == turn {
                         session_wake.notify_one();
+                    } else {
                         plain_wake.notify_one();
-                        let mut messages = pubsub.on_message();
-                        while let Some(message) = messages.next().await {
-                            let text: String = message.get_payload().unwrap_or_default();
-                            if message.get_channel_name() == wakeups::CANCEL_CHANNEL {
-                                let _ = cancels.send(text);
-                            } else if text == turn {
-                                session_wake.notify_one();
-                            } else {
-                                plain_wake.notify_one();
-                            }
-                        }
-                        tracing::warn!("wake-up subscription ended; resubscribing");
                     }
-                    Err(err) => tracing::warn!(error = %err, "subscribing to wake-ups failed"),
                 }
+                tracing::warn!("wake-up subscription ended; resubscribing");
             }
             Err(err) => {
-                tracing::warn!(error = %err, "connecting to Redis for wake-ups failed; polling meanwhile")
+                tracing::warn!(error = %err, bus = bus.kind(), "subscribing to wake-ups failed; polling meanwhile")
             }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+async fn subscribe_wakeups(
+    bus: &questboard_core::bus::Bus,
+) -> Result<questboard_core::bus::Subscriber, questboard_core::bus::BusError> {
+    let mut subscriber = bus.subscriber().await?;
+    subscriber.subscribe(wakeups::CHANNEL).await?;
+    subscriber.subscribe(wakeups::CANCEL_CHANNEL).await?;
+    Ok(subscriber)
 }
 
 /// Samples every kind's queue into metrics: jobs by state
