@@ -352,6 +352,7 @@ pub fn provider_settings(config: &Config) -> ProviderSettings {
             api_key: config.llm_api_key.as_ref().map(|k| k.expose().to_owned()),
             timeout: Duration::from_millis(config.llm_timeout_ms),
             tools: config.llm_tools,
+            max_tokens: config.llm_max_tokens,
         }),
     }
 }

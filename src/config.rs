@@ -307,6 +307,11 @@ pub struct Config {
     )]
     pub llm_tools: bool,
 
+    /// The longest reply asked of the model, in tokens (`max_tokens` of
+    /// every request): a reply cannot run on for minutes.
+    #[arg(long, env = "QB_LLM_MAX_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_max_tokens: u32,
+
     /// Earlier exchanges included in a turn's prompt.
     #[arg(long, env = "QB_LLM_HISTORY_TURNS", default_value_t = 20)]
     pub llm_history_turns: u32,

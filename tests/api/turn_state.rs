@@ -316,6 +316,13 @@ async fn the_openai_game_master_changes_the_state_through_a_streamed_tool_call()
     let messages = second["messages"].as_array().expect("messages");
     let call = &messages[messages.len() - 2];
     assert_eq!(call["role"], "assistant");
+    // An empty text, not null (which llama-cpp-python's server refuses).
+    assert_eq!(call["content"], "");
+    // Every request bounds the reply.
+    assert!(
+        requests.iter().all(|r| r.body["max_tokens"] == 1024),
+        "{requests:?}"
+    );
     assert_eq!(call["tool_calls"][0]["id"], "call_1");
     assert_eq!(
         call["tool_calls"][0]["function"]["name"],

@@ -1,7 +1,8 @@
 //! Any OpenAI-compatible chat-completions server (OpenAI, Ollama, vLLM,
 //! llama.cpp's server), streamed.
 //!
-//! `POST {base_url}/chat/completions` with `"stream": true`; the reply
+//! `POST {base_url}/chat/completions` with `"stream": true` and
+//! `max_tokens` (`QB_LLM_MAX_TOKENS`, always sent: a reply is bounded); the reply
 //! arrives as server-sent events (`data: {json}` lines, `choices[0].delta
 //! .content` carrying text, `data: [DONE]` at the end). HTTP 429 and 5xx,
 //! timeouts and dropped connections are retryable (honouring `Retry-After`);
@@ -15,7 +16,8 @@
 //! name, then the JSON `arguments` a piece at a time), which are put back
 //! together here. A model that calls the tool without saying anything is
 //! answered as the protocol wants, with the assistant's `tool_calls`
-//! message and a `tool` result, and asked once more, with `tool_choice:
+//! message (its `content` an empty text: the common servers accept that,
+//! while llama-cpp-python's answers `null` with 500) and a `tool` result, and asked once more, with `tool_choice:
 //! "none"`, for the narration. The operations become the reply's
 //! [`Proposal`]; arguments that are not the JSON asked for, or a call to a
 //! tool that was not offered, become a proposal refused with why. A second
@@ -56,6 +58,8 @@ pub struct OpenAiSettings {
     pub timeout: Duration,
     /// Offer the model the `update_game_state` tool.
     pub tools: bool,
+    /// `max_tokens` of every request: the longest reply asked for.
+    pub max_tokens: u32,
 }
 
 impl std::fmt::Debug for OpenAiSettings {
@@ -66,6 +70,7 @@ impl std::fmt::Debug for OpenAiSettings {
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("timeout", &self.timeout)
             .field("tools", &self.tools)
+            .field("max_tokens", &self.max_tokens)
             .finish()
     }
 }
@@ -118,10 +123,12 @@ impl OpenAi {
                 text: first.text,
             });
         }
-        // Only the tool was called: answer it and ask for the words.
+        // Only the tool was called: answer it and ask for the words. The
+        // call goes back with an empty text, not `null`, which some
+        // servers (llama-cpp-python's) answer with 500.
         messages.push(json!({
             "role": "assistant",
-            "content": null,
+            "content": "",
             "tool_calls": first.calls.iter().map(|c| json!({
                 "id": c.id, "type": "function",
                 "function": { "name": c.name, "arguments": c.arguments },
@@ -155,6 +162,7 @@ impl OpenAi {
             "model": self.settings.model,
             "messages": messages,
             "stream": true,
+            "max_tokens": self.settings.max_tokens,
         });
         if self.settings.tools {
             body["tools"] = json!([state_tool(), image_tool()]);
