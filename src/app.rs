@@ -197,6 +197,7 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool, bus: &Bus) -> anyhow::Re
         events,
         system_prompt: config.llm_system_prompt.as_str().into(),
         history_window: i64::from(config.llm_history_turns),
+        context: config.context_budget()?,
         backoff_base: Duration::from_millis(config.job_backoff_ms),
         retention: prune::Retention {
             invites: day(config.invite_retention_days),
@@ -268,6 +269,11 @@ pub fn worker_with(
         kinds: &kinds,
         storage_backend: ctx.storage.backend(),
         provider: ctx.provider.name(),
+        model: ctx.provider.model(),
+        media: Some({
+            let [image, speech] = ctx.media.models();
+            (ctx.media.name(), image, speech)
+        }),
         ..Default::default()
     });
     let kind_concurrency = runtime::parse_kind_concurrency(&config.jobs_concurrency)

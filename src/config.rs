@@ -312,6 +312,12 @@ pub struct Config {
     #[arg(long, env = "QB_LLM_MAX_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_max_tokens: u32,
 
+    /// The model's context window, in tokens: a turn's prompt is trimmed
+    /// (oldest exchanges first) to fit it with room for `QB_LLM_MAX_TOKENS`
+    /// of reply; must exceed that.
+    #[arg(long, env = "QB_LLM_CONTEXT_TOKENS", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(2..))]
+    pub llm_context_tokens: u32,
+
     /// Earlier exchanges included in a turn's prompt.
     #[arg(long, env = "QB_LLM_HISTORY_TURNS", default_value_t = 20)]
     pub llm_history_turns: u32,
@@ -376,6 +382,23 @@ impl Config {
         self.database_url
             .as_ref()
             .map_or(DEFAULT_DATABASE_URL, Secret::expose)
+    }
+
+    /// What a turn's prompt may hold: `QB_LLM_CONTEXT_TOKENS`, less
+    /// `QB_LLM_MAX_TOKENS` for the reply, which must leave room.
+    pub fn context_budget(&self) -> anyhow::Result<questboard_workers::providers::ContextBudget> {
+        if self.llm_context_tokens <= self.llm_max_tokens {
+            anyhow::bail!(
+                "QB_LLM_CONTEXT_TOKENS ({}) must be larger than QB_LLM_MAX_TOKENS ({}): \
+                 the reply needs its share of the context and the prompt the rest",
+                self.llm_context_tokens,
+                self.llm_max_tokens
+            );
+        }
+        Ok(questboard_workers::providers::ContextBudget {
+            context_tokens: u64::from(self.llm_context_tokens),
+            max_tokens: u64::from(self.llm_max_tokens),
+        })
     }
 
     /// The bus of a process that shares it with others: Redis at

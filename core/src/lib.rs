@@ -53,6 +53,8 @@
 //! - [`sources`]: where operators may point migrations and imports (the
 //!   `QB_MIGRATION_SOURCES` allowlist), with bounded connections and
 //!   stable error codes.
+//! - [`usage`]: what the providers were paid for: each turn's token counts
+//!   and the sums per day, session, user and model (`usage_daily`).
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
 
 pub mod asset_migration;
@@ -76,4 +78,5 @@ pub mod state;
 pub mod storage;
 pub mod text;
 pub mod turns;
+pub mod usage;
 pub mod wakeups;

@@ -94,6 +94,12 @@ pub const FENCING_REJECTIONS_TOTAL: &str = "questboard_fencing_rejections_total"
 pub const PROVIDER_REQUEST_SECONDS: &str = "questboard_provider_request_seconds";
 /// Model provider errors, by `provider` and `kind` (`retryable`, `fatal`).
 pub const PROVIDER_ERRORS_TOTAL: &str = "questboard_provider_errors_total";
+/// Tokens the model providers counted for completed replies, by
+/// `provider`, `model` and `kind` (`prompt`, `completion`).
+pub const MODEL_TOKENS_TOTAL: &str = "questboard_model_tokens_total";
+/// Generated media units, by `provider`, `model` and `unit` (`images`,
+/// `speech_characters`).
+pub const MEDIA_UNITS_TOTAL: &str = "questboard_media_units_total";
 /// Reply chunks streamed out of providers.
 pub const TURN_CHUNKS_TOTAL: &str = "questboard_turn_chunks_total";
 /// Worker slots busy right now, by `kind` (for turns: sessions).
@@ -204,6 +210,8 @@ pub const ALL: &[&str] = &[
     FENCING_REJECTIONS_TOTAL,
     PROVIDER_REQUEST_SECONDS,
     PROVIDER_ERRORS_TOTAL,
+    MODEL_TOKENS_TOTAL,
+    MEDIA_UNITS_TOTAL,
     TURN_CHUNKS_TOTAL,
     WORKER_BUSY_SLOTS,
     COMMIT_SECONDS,
@@ -372,6 +380,14 @@ pub fn describe() {
         "Model provider errors, by provider and kind."
     );
     describe_counter!(
+        MODEL_TOKENS_TOTAL,
+        "Tokens the model providers counted for completed replies, by provider, model and kind."
+    );
+    describe_counter!(
+        MEDIA_UNITS_TOTAL,
+        "Generated media units (images, characters of speech), by provider, model and unit."
+    );
+    describe_counter!(
         TURN_CHUNKS_TOTAL,
         "Reply chunks streamed out of model providers."
     );
@@ -504,6 +520,11 @@ pub struct Known<'a> {
     pub storage_backend: &'a str,
     /// Its model provider's name.
     pub provider: &'a str,
+    /// Its model provider's model.
+    pub model: &'a str,
+    /// Its media provider's name, and the models it makes images and
+    /// narration with.
+    pub media: Option<(&'a str, &'a str, &'a str)>,
     /// Its schedule's entries.
     pub schedule_entries: &'a [&'a str],
 }
@@ -698,6 +719,18 @@ pub fn register_known(known: &Known<'_>) {
         for kind in ["retryable", "fatal"] {
             metrics::counter!(PROVIDER_ERRORS_TOTAL, "provider" => known.provider.to_owned(),
                 "kind" => kind)
+            .increment(0);
+        }
+        for kind in ["prompt", "completion"] {
+            metrics::counter!(MODEL_TOKENS_TOTAL, "provider" => known.provider.to_owned(),
+                "model" => known.model.to_owned(), "kind" => kind)
+            .increment(0);
+        }
+    }
+    if let Some((provider, image_model, speech_model)) = known.media {
+        for (model, unit) in [(image_model, "images"), (speech_model, "speech_characters")] {
+            metrics::counter!(MEDIA_UNITS_TOTAL, "provider" => provider.to_owned(),
+                "model" => model.to_owned(), "unit" => unit)
             .increment(0);
         }
     }

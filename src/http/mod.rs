@@ -8,6 +8,7 @@
 //! | turns | [`turns`] |
 //! | the game state | [`state`] |
 //! | job status | [`jobs`] |
+//! | what the providers were paid for | [`usage`] |
 //! | operators' controls of the job platform | [`admin`] |
 //! | the operators' audit log | [`audit`] |
 //! | asset migrations | [`migrations`] |
@@ -56,6 +57,7 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod turns;
+pub mod usage;
 pub mod ws;
 
 pub use error::{Error, Result};
@@ -141,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::router())
         .merge(invites::router())
         .merge(turns::router())
+        .merge(usage::router())
         .merge(state::router())
         .merge(proposals::router())
         .merge(jobs::router())

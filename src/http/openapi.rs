@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
 use super::AppState;
 use super::{
     activity, admin, audit, download, error, events, health, invites, jobs, lanes, legacy, live,
-    media, migrations, proposals, runs, sessions, state, turns,
+    media, migrations, proposals, runs, sessions, state, turns, usage,
 };
 
 /// The API description.
@@ -49,6 +49,8 @@ use super::{
         turns::submit_turn,
         turns::list_turns,
         jobs::get_job,
+        usage::session_usage,
+        usage::admin_usage,
         admin::list_queues,
         admin::pause_kind,
         admin::resume_kind,
@@ -100,6 +102,7 @@ use super::{
         (name = "state", description = "Each session's versioned game state: members read it, game masters (the owner and `gm` members) change it with operations against its version (see docs/architecture.md for the operations table)"),
         (name = "turns", description = "Player turns and the game master's replies"),
         (name = "jobs", description = "Durable job status"),
+        (name = "usage", description = "What the model and media providers were paid for: tokens per turn as the provider counted them, images, characters of narration; summed per UTC day (docs/architecture.md, Usage)"),
         (name = "admin", description = "Operators' controls of the job platform: queues, jobs, session lanes, the schedule, runs, the audit log, live feeds. Reads need a token with the `questboard:viewer` or `questboard:operator` permission, actions `questboard:operator` (in `permissions`, or in a space-separated `scope`)"),
         (name = "events", description = "The session event log (the WebSocket `/ws/sessions/{session_id}?after_seq=N` delivers the same events live)"),
         (name = "media", description = "A session's images, audio, maps and notes: uploaded by game masters, served to members (docs/architecture.md, Media)"),

@@ -18,6 +18,7 @@ use questboard_core::metrics as m;
 use questboard_core::sessions;
 use questboard_core::state::StateChange;
 use questboard_core::turns::{self, NewTurn, Turn, TurnStatus};
+use questboard_core::usage::TokenUsage;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -82,6 +83,10 @@ pub struct TurnView {
     /// applied (the version it made) or refused (why; the reply stands).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_change: Option<StateChange>,
+    /// The tokens its reply cost, as the provider that answered counted
+    /// them (absent until completed, or when the provider reported none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
     /// Its job.
     pub job_id: String,
     /// Submitted.
@@ -103,6 +108,7 @@ impl From<Turn> for TurnView {
             output: t.output,
             error: t.error,
             state_change: t.state_change.map(|c| c.0),
+            usage: t.usage.map(|u| u.0),
             job_id: t.job_id,
             created_at: t.created_at,
             started_at: t.started_at,

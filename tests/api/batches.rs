@@ -13,6 +13,7 @@ use questboard_core::identity::UserId;
 use questboard_core::leases;
 use questboard_core::sessions::{self, SessionName};
 use questboard_core::turns::{self, NewTurn, Release, Settle, Step, TurnStatus};
+use questboard_core::usage::TokenUsage;
 use uuid::Uuid;
 
 use crate::helpers::{TestDb, redis_url};
@@ -218,6 +219,12 @@ async fn a_batch_of_steps_applies_the_live_ones_and_nothing_of_a_fenced_out_one(
                 output: output.to_owned(),
                 state: None,
                 images: Vec::new(),
+                usage: Some(TokenUsage {
+                    provider: "openai".into(),
+                    model: "m".into(),
+                    prompt_tokens: 120,
+                    completion_tokens: 30,
+                }),
             },
         )),
         ..Step::new(b, &lb)
@@ -237,6 +244,33 @@ async fn a_batch_of_steps_applies_the_live_ones_and_nothing_of_a_fenced_out_one(
         .await
         .expect("turn");
     assert_eq!(output.as_deref(), Some("the reply"));
+    // Its usage is on the turn and counted once in the day's sums, under
+    // the turn's author.
+    let usage: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT usage FROM turns WHERE id = $1")
+            .bind(tb.id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("turn");
+    assert_eq!(
+        usage,
+        Some(serde_json::json!({"provider": "openai", "model": "m",
+                                "prompt_tokens": 120, "completion_tokens": 30}))
+    );
+    let counted: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT u.user_id, u.turns, u.prompt_tokens, u.completion_tokens
+         FROM usage_daily u WHERE u.session_id = $1",
+    )
+    .bind(b)
+    .fetch_all(&db.pool)
+    .await
+    .expect("usage");
+    let author: String = sqlx::query_scalar("SELECT author_user_id FROM turns WHERE id = $1")
+        .bind(tb.id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("author");
+    assert_eq!(counted, [(author, 1, 120, 30)]);
     let job: String = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
         .bind(&tb.job_id)
         .fetch_one(&db.pool)
@@ -291,6 +325,7 @@ async fn a_release_racing_a_submission_keeps_the_session_in_line() {
                     output: "answer".to_owned(),
                     state: None,
                     images: Vec::new(),
+                    usage: None,
                 },
             )),
             release: Some(Release {

@@ -46,3 +46,4 @@ mod state;
 mod storage;
 mod turn_state;
 mod turns;
+mod usage;

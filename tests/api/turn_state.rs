@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use questboard::config::LlmProvider;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -246,15 +245,6 @@ async fn a_paused_worker_that_lost_its_lease_writes_neither_its_reply_nor_its_ch
     assert_eq!(completed, 1);
 }
 
-fn openai(fake: &FakeLlm) -> impl FnOnce(&mut questboard::config::Config) + '_ {
-    move |c| {
-        c.llm_provider = LlmProvider::Openai;
-        c.llm_base_url = fake.base_url.clone();
-        c.llm_model = "gm-test".into();
-        c.job_max_attempts = 3;
-    }
-}
-
 /// A streamed `update_game_state` call, its arguments split in pieces.
 fn tool_call(id: &str, arguments: &str) -> Vec<Value> {
     let (a, b) = arguments.split_at(arguments.len() / 2);
@@ -271,10 +261,7 @@ async fn the_openai_game_master_changes_the_state_through_a_streamed_tool_call()
     // First request: only the tool call. Second (after the tool result):
     // the narration. A turn saying "garbled" gets arguments that are not JSON.
     let fake = FakeLlm::start(|body, _| {
-        let tool_answered = body["messages"]
-            .as_array()
-            .is_some_and(|m| m.last().is_some_and(|m| m["role"] == "tool"));
-        if tool_answered {
+        if FakeLlm::tool_answered(body) {
             return Reply::Stream(vec!["The ogre ".into(), "staggers.".into()]);
         }
         let args = if FakeLlm::last_user_message(body).contains("garbled") {
@@ -289,9 +276,9 @@ async fn the_openai_game_master_changes_the_state_through_a_streamed_tool_call()
         Reply::Deltas(tool_call("call_1", &args))
     })
     .await;
-    let app = TestApp::spawn_with(openai(&fake)).await;
+    let app = TestApp::spawn_with(fake.config()).await;
     let session = app.ai_gm_session("alice", &["bob"]).await;
-    let worker = app.worker(openai(&fake)).await;
+    let worker = app.worker(fake.config()).await;
     app.submit("bob", &session, "I strike the ogre").await;
     let turns = app.wait_finished("bob", &session, 1).await;
     assert_eq!(turns[0]["output"], "The ogre staggers.", "{}", turns[0]);
@@ -375,9 +362,9 @@ async fn replies_with_text_and_a_tool_call_need_one_request_and_tools_can_be_tur
         Reply::Deltas(deltas)
     })
     .await;
-    let app = TestApp::spawn_with(openai(&fake)).await;
+    let app = TestApp::spawn_with(fake.config()).await;
     let session = app.ai_gm_session("alice", &["bob"]).await;
-    let worker = app.worker(openai(&fake)).await;
+    let worker = app.worker(fake.config()).await;
     app.submit("bob", &session, "I take the gem").await;
     let turns = app.wait_finished("bob", &session, 1).await;
     assert_eq!(turns[0]["output"], "Done. ");
@@ -387,7 +374,7 @@ async fn replies_with_text_and_a_tool_call_need_one_request_and_tools_can_be_tur
 
     let worker = app
         .worker(|c| {
-            openai(&fake)(c);
+            fake.config()(c);
             c.llm_tools = false;
         })
         .await;

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use questboard::config::LlmProvider;
 use serde_json::{Value, json};
 
-use crate::fake_llm::{FakeLlm, Reply};
+use crate::fake_llm::{FakeLlm, Reply, state_call};
 use crate::helpers::{TestApp, signal, wait_log};
 
 fn ts(turn: &Value, field: &str) -> DateTime<Utc> {
@@ -522,6 +522,97 @@ async fn the_openai_provider_streams_replies_and_sends_the_history() {
     worker.stop().await;
 }
 
+/// The estimate questboard trims prompts by: a token per four characters,
+/// rounded up, and four per message.
+fn estimated(body: &Value) -> u64 {
+    body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| (m["content"].as_str().unwrap_or_default().chars().count() as u64).div_ceil(4) + 4)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_long_history_is_trimmed_to_the_context_and_a_turn_too_long_fails_at_once() {
+    let fake = FakeLlm::start(|body, _| {
+        let said = FakeLlm::last_user_message(body);
+        Reply::Stream(vec!["You said: ".into(), said])
+    })
+    .await;
+    let small = |c: &mut questboard::config::Config| {
+        openai(&fake)(c);
+        c.llm_context_tokens = 300;
+        c.llm_max_tokens = 100;
+    };
+    let app = TestApp::spawn_with(small).await;
+    // On purpose: the turn too long for the context fails.
+    app.db.expect_failed_jobs();
+    let session = app.create_session("alice", "Long").await;
+    let worker = app.worker(small).await;
+    for n in 0..8 {
+        app.submit(
+            "alice",
+            &session,
+            &format!("exchange number {n}, a few more words"),
+        )
+        .await;
+    }
+    app.wait_finished("alice", &session, 8).await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 8);
+    let last = &requests[7].body;
+    assert_eq!(last["max_tokens"], 100);
+    assert!(
+        estimated(last) <= 200,
+        "{} tokens: {last:#}",
+        estimated(last)
+    );
+    let messages = last["messages"].as_array().expect("messages");
+    let users: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    // Some history is kept, the oldest is gone, the newest kept in order,
+    // the instructions first and the turn last.
+    assert!(users.len() > 1 && users.len() < 8, "{users:?}");
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(
+        users.last().copied(),
+        Some("exchange number 7, a few more words")
+    );
+    assert_eq!(
+        users[users.len() - 2],
+        "exchange number 6, a few more words"
+    );
+    assert!(!users.contains(&"exchange number 0, a few more words"));
+    // Earlier requests that fitted were sent whole.
+    assert_eq!(
+        requests[1].body["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .count(),
+        2
+    );
+
+    // The instructions and a turn that cannot fit however much history is
+    // dropped: failed at once, the provider never asked.
+    let huge = "a very long turn ".repeat(60);
+    app.submit("alice", &session, &huge).await;
+    let turns = app.wait_finished("alice", &session, 9).await;
+    assert_eq!(turns[8]["status"], "failed");
+    let error = turns[8]["error"].as_str().expect("error");
+    assert!(
+        error.contains("more than the 200 the model's context leaves"),
+        "{error}"
+    );
+    assert_eq!(fake.requests().len(), 8);
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn retryable_failures_back_off_then_fail_and_the_session_moves_on() {
     // Turns saying "doomed" always meet a 500; others succeed.
@@ -641,6 +732,135 @@ async fn a_rejected_request_fails_at_once() {
         (Some("failed"), Some(1))
     );
     assert_eq!(fake.requests().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn failures_certain_to_repeat_fail_at_once_and_say_why() {
+    // "empty": an empty stream (tools off); "silent": [DONE] with no text;
+    // "long": a llama.cpp-style context refusal.
+    let fake = FakeLlm::start(|body, _| {
+        let said = FakeLlm::last_user_message(body);
+        if said.contains("empty") {
+            Reply::EmptyStream
+        } else if said.contains("silent") {
+            Reply::Stream(vec!["  ".into()])
+        } else if said.contains("long") {
+            Reply::Refuse(
+                400,
+                r#"{"error": {"message": "Requested tokens (3120) exceed context window of 2048"}}"#,
+            )
+        } else {
+            Reply::Stream(vec!["fine".into()])
+        }
+    })
+    .await;
+    let no_tools = |c: &mut questboard::config::Config| {
+        openai(&fake)(c);
+        c.llm_tools = false;
+    };
+    let app = TestApp::spawn_with(no_tools).await;
+    // On purpose: three turns fail for good.
+    app.db.expect_failed_jobs();
+    let session = app.create_session("alice", "Certain").await;
+    for text in [
+        "an empty answer",
+        "a silent answer",
+        "a long story",
+        "a fine turn",
+    ] {
+        app.submit("alice", &session, text).await;
+    }
+    let worker = app.worker(no_tools).await;
+    let turns = app.wait_finished("alice", &session, 4).await;
+    let errors: Vec<(&str, &str)> = turns
+        .iter()
+        .map(|t| {
+            (
+                t["status"].as_str().unwrap_or_default(),
+                t["error"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "failed",
+                "the model provider ended the stream without sending anything"
+            ),
+            ("failed", "the model answered with an empty reply"),
+            (
+                "failed",
+                "the prompt is longer than the model's context (HTTP 400)"
+            ),
+            ("completed", ""),
+        ]
+    );
+    // One request each: no attempt was spent on a certain repeat.
+    assert_eq!(fake.requests().len(), 4);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_will_not_stream_tool_calls_is_asked_without_streaming() {
+    // Like llama-cpp-python's function-calling chat format: a streamed
+    // request with `tool_choice: "auto"` gets 200 and an empty stream.
+    let fake = FakeLlm::start(|body, _| {
+        if body["stream"] == true && body["tool_choice"] == "auto" {
+            return Reply::EmptyStream;
+        }
+        if FakeLlm::tool_answered(body) {
+            return Reply::Stream(vec!["The lock ".into(), "clicks open.".into()]);
+        }
+        let said = FakeLlm::last_user_message(body);
+        if said.contains("lock") {
+            return state_call(
+                json!([{"path": "items", "operation": "push", "value": "lockpick"}]),
+            );
+        }
+        Reply::Stream(vec!["You ".into(), "said: ".into(), said])
+    })
+    .await;
+    let app = TestApp::spawn_with(openai(&fake)).await;
+    let session = app.ai_gm_session("alice", &["bob"]).await;
+    let worker = app.worker(openai(&fake)).await;
+    app.submit("bob", &session, "I pick the lock").await;
+    app.wait_finished("bob", &session, 1).await;
+    app.submit("bob", &session, "hello there").await;
+    let turns = app.wait_finished("bob", &session, 2).await;
+    assert_eq!(turns[0]["status"], "completed", "{}", turns[0]);
+    assert_eq!(turns[0]["output"], "The lock clicks open.");
+    assert_eq!(turns[0]["state_change"]["applied"], true, "{}", turns[0]);
+    assert_eq!(turns[1]["output"], "You said: hello there");
+    let requests = fake.requests();
+    let shape: Vec<(bool, &str)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.body["stream"] == true,
+                r.body["tool_choice"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    // The refused stream, the same round unstreamed, the narration
+    // streamed (no tools called there); then tool rounds go unstreamed.
+    assert_eq!(
+        shape,
+        [
+            (true, "auto"),
+            (false, "auto"),
+            (true, "none"),
+            (false, "auto")
+        ]
+    );
+    // Usage comes from both kinds of answer.
+    let (a, b) = (
+        requests[1].usage.expect("usage"),
+        requests[2].usage.expect("usage"),
+    );
+    assert_eq!(turns[0]["usage"]["prompt_tokens"], a.0 + b.0);
+    assert_eq!(turns[0]["usage"]["completion_tokens"], a.1 + b.1);
     worker.stop().await;
 }
 

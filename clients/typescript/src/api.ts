@@ -455,6 +455,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Usage of every session, or of one user or session, over days; viewers
+         *     and operators.
+         */
+        get: operations["admin_usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/assets/{table}/{asset_id}": {
         parameters: {
             query?: never;
@@ -912,6 +932,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/sessions/{session_id}/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What a session's game master and media cost: totals, by UTC day and by
+         *     provider and model; members only.
+         */
+        get: operations["session_usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -973,6 +1013,13 @@ export interface components {
             throughput: components["schemas"]["Throughput"];
             /** @description Worker processes seen in the last day, alive first. */
             workers: components["schemas"]["WorkerView"][];
+        };
+        /** @description The operators' usage report. */
+        AdminUsage: components["schemas"]["Report"] & {
+            /** @description The sessions that spent the most (at most 100), most tokens first. */
+            sessions: components["schemas"]["Share"][];
+            /** @description The users who spent the most (at most 100), most tokens first. */
+            users: components["schemas"]["Share"][];
         };
         /**
          * @description What the AI game master may change on its own in a session (its
@@ -1124,6 +1171,14 @@ export interface components {
             role: components["schemas"]["Role"];
             /** @description The secret token to hand to the invitee; not retrievable later. */
             token: string;
+        };
+        /** @description Usage on one UTC day. */
+        Day: components["schemas"]["Totals"] & {
+            /**
+             * Format: date
+             * @description The day (UTC).
+             */
+            day: string;
         };
         /** @description One recorded action. */
         Entry: {
@@ -1827,6 +1882,13 @@ export interface components {
          * @enum {string}
          */
         Missed: "skip" | "once";
+        /** @description Usage of one provider's model. */
+        Model: components["schemas"]["Totals"] & {
+            /** @description The model. */
+            model: string;
+            /** @description The provider. */
+            provider: string;
+        };
         /**
          * @description How an action ended.
          * @enum {string}
@@ -1989,6 +2051,18 @@ export interface components {
             /** @description Why (at most 500 characters, shown to members in the event). */
             reason?: string | null;
         };
+        /**
+         * @description A usage report: totals, by day, by model, and (operators) by user and
+         *     by session.
+         */
+        Report: {
+            /** @description By UTC day, oldest first. */
+            days: components["schemas"]["Day"][];
+            /** @description By provider and model. */
+            models: components["schemas"]["Model"][];
+            /** @description Everything the filter selects. */
+            totals: components["schemas"]["Totals"];
+        };
         /** @description Tells a client that the events it asked for no longer exist. */
         Reset: {
             /**
@@ -2111,6 +2185,14 @@ export interface components {
          * @enum {string}
          */
         SessionStatus: "active" | "archived";
+        /** @description A session's usage. */
+        SessionUsage: components["schemas"]["Report"] & {
+            /**
+             * Format: uuid
+             * @description The session.
+             */
+            session_id: string;
+        };
         /** @description A campaign session as one of its members sees it. */
         SessionView: {
             /** @description What the AI game master may change on its own (see `PATCH`). */
@@ -2143,6 +2225,11 @@ export interface components {
              * @description Metadata last changed.
              */
             updated_at: string;
+        };
+        /** @description Usage of one user or one session (the operators' report). */
+        Share: components["schemas"]["Totals"] & {
+            /** @description The user id, or the session id. */
+            id: string;
         };
         /** @description One source table and its columns. */
         SourceTable: {
@@ -2407,6 +2494,51 @@ export interface components {
              */
             until: string;
         };
+        /** @description The token counts of one completed reply. */
+        TokenUsage: {
+            /**
+             * Format: int64
+             * @description Tokens of the reply, as the provider counted them.
+             */
+            completion_tokens: number;
+            /** @description The model it ran. */
+            model: string;
+            /**
+             * Format: int64
+             * @description Tokens of the request, as the provider counted them.
+             */
+            prompt_tokens: number;
+            /** @description Which provider answered (`openai`, `scripted`, ...). */
+            provider: string;
+        };
+        /** @description Sums of usage. */
+        Totals: {
+            /**
+             * Format: int64
+             * @description Tokens of the replies.
+             */
+            completion_tokens: number;
+            /**
+             * Format: int64
+             * @description Images generated.
+             */
+            images: number;
+            /**
+             * Format: int64
+             * @description Tokens of the requests.
+             */
+            prompt_tokens: number;
+            /**
+             * Format: int64
+             * @description Characters of narration generated.
+             */
+            speech_characters: number;
+            /**
+             * Format: int64
+             * @description Completed turns.
+             */
+            turns: number;
+        };
         /** @description Body of `POST /api/sessions/{id}/turns`. */
         TurnInput: {
             /**
@@ -2466,6 +2598,7 @@ export interface components {
              * @description The turn.
              */
             turn_id: string;
+            usage?: null | components["schemas"]["TokenUsage"];
         };
         /**
          * @description Why a lane's head turn is where it is.
@@ -3856,6 +3989,59 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    admin_usage: {
+        parameters: {
+            query?: {
+                /** @description From this UTC day (`YYYY-MM-DD`), kept. */
+                from?: string;
+                /** @description Only this session's usage. */
+                session?: string;
+                /** @description Up to this UTC day, kept. */
+                to?: string;
+                /** @description Only this user's usage (turns they played, media they asked for). */
+                user?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminUsage"];
+                };
+            };
+            /** @description Bad days or session id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6051,6 +6237,59 @@ export interface operations {
                 };
             };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    session_usage: {
+        parameters: {
+            query?: {
+                /** @description From this UTC day (`YYYY-MM-DD`), kept; default: the first. */
+                from?: string;
+                /** @description Up to this UTC day, kept; default: today. */
+                to?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Session id */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionUsage"];
+                };
+            };
+            /** @description Bad days */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such session, or not a member */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -269,11 +269,14 @@ async fn ready_event(tx: &mut sqlx::PgConnection, media: &Media) -> Result<Event
 
 /// Records the stored object of a pending generated item and appends
 /// `media.ready`; None if the item is gone or no longer pending (a run
-/// that finished first, a deletion).
+/// that finished first, a deletion). What it cost (one image, or the
+/// characters of a narration) is added to the usage of whoever asked for
+/// it, under `provider` and `model`, in the same transaction.
 pub async fn record_generated(
     pool: &PgPool,
     id: Uuid,
     provider: &str,
+    model: &str,
     object: &StoredObject,
 ) -> Result<Option<(Media, Event)>> {
     let mut tx = pool.begin().await?;
@@ -299,6 +302,26 @@ pub async fn record_generated(
     };
     let user = UserId::parse(&media.created_by).map_err(|e| Error::Invalid(e.to_string()))?;
     insert_version(&mut tx, &media, &user).await?;
+    let units = crate::usage::MediaUnits {
+        images: i64::from(media.kind == MediaKind::Image),
+        speech_characters: if media.kind == MediaKind::Audio {
+            media
+                .prompt
+                .as_deref()
+                .map_or(0, |p| p.chars().count() as i64)
+        } else {
+            0
+        },
+    };
+    crate::usage::add_media(
+        &mut tx,
+        media.session_id,
+        &media.created_by,
+        provider,
+        model,
+        units,
+    )
+    .await?;
     let event = ready_event(&mut tx, &media).await?;
     tx.commit().await?;
     Ok(Some((media, event)))

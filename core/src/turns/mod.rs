@@ -102,6 +102,8 @@ pub struct Turn {
     pub error: Option<String>,
     /// What the reply did to the game state, if it asked for a change.
     pub state_change: Option<sqlx::types::Json<crate::state::StateChange>>,
+    /// The tokens its reply cost, once completed, if the provider said.
+    pub usage: Option<sqlx::types::Json<crate::usage::TokenUsage>>,
     /// The job processing it.
     pub job_id: String,
     /// The idempotency key it was submitted with.
@@ -243,7 +245,7 @@ pub fn validate_idempotency_key(key: &str) -> Result<()> {
 }
 
 pub(crate) const TURN_COLUMNS: &str = "id, session_id, seq, author_user_id, status, input, output, error, \
-     state_change, job_id, idempotency_key, created_at, started_at, completed_at";
+     state_change, usage, job_id, idempotency_key, created_at, started_at, completed_at";
 
 /// The payload of a turn job, and the turn kind's declaration.
 ///

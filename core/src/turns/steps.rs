@@ -29,6 +29,7 @@ use crate::jobs;
 use crate::leases::{self, Lease, SESSION_SCOPE};
 use crate::sessions::{AiAuthority, AiVerdict, Role};
 use crate::state::{self, Proposal, Resolved, proposal, review};
+use crate::usage::TokenUsage;
 
 /// How a run of a turn ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,9 @@ pub enum Settle {
         /// Prompts of the images it asks to show (generated after the
         /// reply is recorded; see `workers::committer`).
         images: Vec<String>,
+        /// The tokens the provider counted for it, if it reported them
+        /// (recorded on the turn and added to `usage_daily`).
+        usage: Option<TokenUsage>,
     },
     /// Failed for good; the session goes on with its next turn.
     Failed {
@@ -87,6 +91,14 @@ impl Settle {
     pub fn proposal(&self) -> Option<&Proposal> {
         match self {
             Settle::Completed { state, .. } => state.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The token counts of a completed reply.
+    pub fn usage(&self) -> Option<&TokenUsage> {
+        match self {
+            Settle::Completed { usage, .. } => usage.as_ref(),
             _ => None,
         }
     }
@@ -179,7 +191,9 @@ pub struct StepOutcome {
 /// Parameters are parallel arrays, one element per step:
 /// `$1` session, `$2` token, `$3` settled turn, `$4` its job, `$5` settle
 /// kind, `$6` text (reply or error), `$7` retry delay in ms, `$8` started
-/// turn, `$9` its job, `$10` release, `$11` done_through, `$12` ready_at.
+/// turn, `$9` its job, `$10` release, `$11` done_through, `$12` ready_at,
+/// `$13` the reply's token usage (`{provider, model, prompt_tokens,
+/// completion_tokens}`, or null).
 ///
 /// Shape, for a cost linear in the number of steps: `plan` decides what
 /// applies (fence, turn states) by index lookups; `seqs` locks each
@@ -210,7 +224,10 @@ pub struct StepOutcome {
 ///
 /// Starting a run writes only the turn (status, attempt: one HOT update);
 /// settling writes the turn and its job row in `apalis.jobs` (see
-/// [`jobs::sql::settle`]).
+/// [`jobs::sql::settle`]), and a completed reply with usage adds it to its
+/// day's row of `usage_daily` (one row per session, day, author, provider
+/// and model: a batch holds one step per session, so no two of its
+/// upserts meet the same row).
 ///
 /// Result: one row per step that was fenced in (`row = 'step'`), then one
 /// per appended event (`row = 'event'`).
@@ -218,8 +235,8 @@ pub struct StepOutcome {
 /// [`ADVANCE_WITH_STATE_SQL`] is the same statement for steps whose reply
 /// changes the game state ([`super::super::state::proposal`]), run alone in
 /// a transaction that has locked the session's state row: three more
-/// parameters, `$13` the turn's `state_change` record, `$14` the new
-/// document (null: refused, nothing to write) and `$15` the
+/// parameters, `$14` the turn's `state_change` record, `$15` the new
+/// document (null: refused, nothing to write) and `$16` the
 /// `state.updated` event's data. The state is written only if the reply
 /// is (`do_state` needs `do_settle`): a reply and its change are recorded
 /// together, once, or not at all. `state.updated` comes first, so a member
@@ -232,7 +249,7 @@ static ADVANCE_WITH_STATE_SQL: LazyLock<String> = LazyLock::new(|| advance_sql(t
 fn advance_sql(with_state: bool) -> String {
     let (state_input, state_names, do_state, state_write, state_event) = if with_state {
         (
-            ", $13::jsonb[], $14::text[], $15::jsonb[]",
+            ", $14::jsonb[], $15::text[], $16::jsonb[]",
             ", state_change, state_doc, state_event",
             "(st.seq IS NOT NULL AND i.settle_kind = 'completed' AND i.state_doc IS NOT NULL)
                         AS do_state",
@@ -258,13 +275,15 @@ fn advance_sql(with_state: bool) -> String {
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[],
                                   $6::text[], $7::float8[], $8::uuid[], $9::text[], $10::bool[],
-                                  $11::bigint[], $12::timestamptz[]{state_input})
+                                  $11::bigint[], $12::timestamptz[], $13::jsonb[]{state_input})
                  AS i(session_id, token, settle_turn, settle_job, settle_kind, settle_text,
-                      delay_ms, start_turn, start_job, release, done_through, ready_at{state_names})
+                      delay_ms, start_turn, start_job, release, done_through, ready_at,
+                      usage{state_names})
          ),
          plan AS (
              SELECT i.*,
                     st.seq IS NOT NULL AS do_settle, st.seq AS settle_seq,
+                    st.author_user_id AS settle_author,
                     CASE WHEN i.settle_kind = 'requeued' THEN greatest(st.attempts - 1, 0)
                          ELSE st.attempts END AS settle_attempts,
                     tt.seq IS NOT NULL AS do_start, tt.seq AS start_seq,
@@ -279,7 +298,7 @@ fn advance_sql(with_state: bool) -> String {
                  SELECT c.id FROM campaign_sessions c WHERE c.id = i.session_id FOR NO KEY UPDATE
              ) locked
              LEFT JOIN LATERAL (
-                 SELECT t.seq, t.attempts FROM turns t
+                 SELECT t.seq, t.attempts, t.author_user_id FROM turns t
                  WHERE t.id = i.settle_turn
                    AND (t.status = 'running'
                         OR (t.status = 'queued' AND i.settle_kind <> 'requeued'))
@@ -307,6 +326,7 @@ fn advance_sql(with_state: bool) -> String {
                                             WHEN 'requeued' THEN t.error ELSE s.settle_text END,
                  state_change = CASE s.settle_kind WHEN 'completed' THEN s.state_change
                                                    ELSE t.state_change END,
+                 usage = CASE s.settle_kind WHEN 'completed' THEN s.usage ELSE t.usage END,
                  completed_at = CASE WHEN s.settle_kind IN ('completed', 'failed')
                                      THEN s.at END,
                  fence_token = CASE WHEN s.settle_kind IN ('completed', 'failed')
@@ -317,6 +337,20 @@ fn advance_sql(with_state: bool) -> String {
              WHERE s.do_settle AND t.id = s.settle_turn
          ),
          settled_jobs AS ({settle_jobs}),
+         counted AS (
+             INSERT INTO usage_daily AS u (session_id, day, user_id, provider, model, turns,
+                                           prompt_tokens, completion_tokens)
+             SELECT s.session_id, (s.at AT TIME ZONE 'UTC')::date, s.settle_author,
+                    s.usage ->> 'provider', s.usage ->> 'model', 1,
+                    greatest((s.usage ->> 'prompt_tokens')::bigint, 0),
+                    greatest((s.usage ->> 'completion_tokens')::bigint, 0)
+             FROM seqs s
+             WHERE s.do_settle AND s.settle_kind = 'completed' AND s.usage IS NOT NULL
+             ON CONFLICT (session_id, day, user_id, provider, model) DO UPDATE
+             SET turns = u.turns + 1,
+                 prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+                 completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens
+         ),
          {state_write}
          started AS (
              UPDATE turns t
@@ -602,6 +636,7 @@ where
     let mut releases = Vec::with_capacity(steps.len());
     let mut done_through = Vec::with_capacity(steps.len());
     let mut ready_at = Vec::with_capacity(steps.len());
+    let mut usage = Vec::with_capacity(steps.len());
     for step in sorted {
         if !seen.insert(step.session_id) {
             return Err(Error::Invalid(format!(
@@ -628,6 +663,12 @@ where
         releases.push(step.release.is_some());
         done_through.push(step.release.map(|r| r.done_through));
         ready_at.push(step.release.and_then(|r| r.ready_at));
+        usage.push(
+            settle
+                .and_then(Settle::usage)
+                .map(|u| serde_json::to_value(u).map_err(|e| Error::Invalid(e.to_string())))
+                .transpose()?,
+        );
     }
     let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&sessions)
@@ -641,7 +682,8 @@ where
         .bind(&start_jobs)
         .bind(&releases)
         .bind(&done_through)
-        .bind(&ready_at);
+        .bind(&ready_at)
+        .bind(&usage);
     if let Some(state) = state {
         query = query
             .bind([state.change])
@@ -747,6 +789,7 @@ pub async fn complete(
             output: output.to_owned(),
             state: None,
             images: Vec::new(),
+            usage: None,
         },
     )
     .await?;

@@ -471,6 +471,7 @@ fn queued_turn(
         output: None,
         error: None,
         state_change: None,
+        usage: None,
         job_id,
         idempotency_key: new.idempotency_key.map(str::to_owned),
         created_at,

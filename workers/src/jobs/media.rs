@@ -115,6 +115,7 @@ impl Handler for GenerateMedia {
             content_type: &generated.content_type,
             limit: u64::MAX,
         };
+        let model = generated.model;
         let object = match ingest.store_bytes(Bytes::from(generated.bytes)).await {
             Ok(object) => object,
             Err(media::ingest::Error::Refused(_)) => {
@@ -127,9 +128,16 @@ impl Handler for GenerateMedia {
         };
         let size = object.byte_size;
         run.checkpoint()?;
-        match media::record_generated(&ctx.pool, item.id, ctx.media.name(), &object).await {
+        match media::record_generated(&ctx.pool, item.id, ctx.media.name(), &model, &object).await {
             Ok(Some((_, event))) => {
                 ctx.events.events([event]);
+                let (unit, amount) = match kind {
+                    MediaKind::Audio => ("speech_characters", prompt.chars().count() as u64),
+                    _ => ("images", 1),
+                };
+                metrics::counter!(m::MEDIA_UNITS_TOTAL, "provider" => ctx.media.name(),
+                    "model" => model.clone(), "unit" => unit)
+                .increment(amount);
                 metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "ready").increment(1);
             }
             Ok(None) => {}

@@ -319,6 +319,8 @@ pub struct JobContext {
     pub system_prompt: Arc<str>,
     /// How many earlier exchanges a turn's prompt carries.
     pub history_window: i64,
+    /// What a turn's prompt may hold (trimmed to fit before each call).
+    pub context: crate::providers::ContextBudget,
     /// First retry delay of turns; doubles per attempt, with jitter.
     pub backoff_base: Duration,
     /// What `prune` keeps, and for how long.

@@ -151,6 +151,20 @@ pub async fn run(
     mut sink: Box<dyn ChunkSink>,
     interrupted: impl Future<Output = ()>,
 ) -> Settle {
+    let mut prompt = prompt;
+    match prompt.fit(ctx.context) {
+        Ok(trimmed) if trimmed != Default::default() => {
+            tracing::debug!(turn_id = %turn.id, dropped_exchanges = trimmed.exchanges,
+                state_left_out = trimmed.state, "prompt trimmed to the model's context");
+        }
+        Ok(_) => {}
+        // Certain to happen again: no attempt is spent on it.
+        Err(too_long) => {
+            return Settle::Failed {
+                reason: too_long.to_string(),
+            };
+        }
+    }
     let asked = Instant::now();
     let provider = ctx.provider.name();
     let result = tokio::select! {
@@ -168,10 +182,20 @@ pub async fn run(
         .record(asked.elapsed().as_secs_f64());
     let err = match result {
         Ok(reply) => {
+            if let Some(usage) = &reply.usage {
+                let (provider, model) = (usage.provider.clone(), usage.model.clone());
+                metrics::counter!(m::MODEL_TOKENS_TOTAL, "provider" => provider.clone(),
+                    "model" => model.clone(), "kind" => "prompt")
+                .increment(usage.prompt_tokens.max(0) as u64);
+                metrics::counter!(m::MODEL_TOKENS_TOTAL, "provider" => provider,
+                    "model" => model, "kind" => "completion")
+                .increment(usage.completion_tokens.max(0) as u64);
+            }
             return Settle::Completed {
                 output: reply.text,
                 state: reply.state,
                 images: reply.images,
+                usage: reply.usage,
             };
         }
         Err(err) => err,

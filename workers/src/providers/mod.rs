@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use questboard_core::state::Proposal;
+pub use questboard_core::usage::TokenUsage;
 
 pub mod media;
 pub mod openai;
@@ -105,6 +106,15 @@ impl Prompt {
         self
     }
 
+    /// What the prompt costs in tokens, by [`estimate_tokens`] per message
+    /// plus [`TOKENS_PER_MESSAGE`] for each message's framing.
+    pub fn estimated_tokens(&self) -> u64 {
+        self.messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content) + TOKENS_PER_MESSAGE)
+            .sum()
+    }
+
     /// The earlier exchanges the prompt carries.
     pub fn history_len(&self) -> usize {
         self.messages
@@ -112,6 +122,136 @@ impl Prompt {
             .filter(|m| m.role == Speaker::Assistant)
             .count()
     }
+}
+
+/// How much a request may hold: the model's context window, of which the
+/// reply (`max_tokens`) keeps its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextBudget {
+    /// The model's context window, in tokens (`QB_LLM_CONTEXT_TOKENS`).
+    pub context_tokens: u64,
+    /// The longest reply asked for (`QB_LLM_MAX_TOKENS`).
+    pub max_tokens: u64,
+}
+
+impl ContextBudget {
+    /// The tokens a prompt may take.
+    pub fn for_prompt(self) -> u64 {
+        self.context_tokens.saturating_sub(self.max_tokens)
+    }
+}
+
+/// What [`Prompt::fit`] left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Earlier exchanges dropped, oldest first.
+    pub exchanges: usize,
+    /// The game state was replaced by a note.
+    pub state: bool,
+}
+
+/// A prompt that cannot fit however much is left out: the instructions and
+/// the turn alone take more than the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the instructions and the turn take about {needed} tokens, more than the {available} \
+     the model's context leaves for a prompt"
+)]
+pub struct TooLong {
+    /// Tokens the instructions and the turn are estimated to take.
+    pub needed: u64,
+    /// Tokens a prompt may take.
+    pub available: u64,
+}
+
+impl Prompt {
+    /// Trims the prompt to fit `budget` (by [`estimate_tokens`]): the
+    /// instructions and the turn are always kept; the game state keeps at
+    /// most half of what is left after them (a larger one is replaced by a
+    /// note); earlier exchanges fill the rest, newest first, so the oldest
+    /// are dropped. Returns what was left out.
+    pub fn fit(&mut self, budget: ContextBudget) -> Result<Trimmed, TooLong> {
+        let available = budget.for_prompt();
+        let cost = |m: &Message| estimate_tokens(&m.content) + TOKENS_PER_MESSAGE;
+        let mut trimmed = Trimmed::default();
+        let total: u64 = self.messages.iter().map(cost).sum();
+        if total <= available {
+            return Ok(trimmed);
+        }
+        let last = self.messages.len().saturating_sub(1);
+        // The instructions (first) and the turn (last) are kept whole.
+        let fixed: u64 = self
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i == 0 || *i == last)
+            .map(|(_, m)| cost(m))
+            .sum();
+        if fixed > available {
+            return Err(TooLong {
+                needed: fixed,
+                available,
+            });
+        }
+        let mut left = available - fixed;
+        // The game state: other system messages, within half of the rest.
+        let state_share = left / 2;
+        for (i, message) in self.messages.iter_mut().enumerate() {
+            if i == 0 || i == last || message.role != Speaker::System {
+                continue;
+            }
+            if cost(message) > state_share {
+                message.content = format!(
+                    "The game state (about {} tokens) is too large to show within this                      model's context; change it only where you are sure of the path.",
+                    estimate_tokens(&message.content)
+                );
+                trimmed.state = true;
+            }
+            left = left.saturating_sub(cost(message));
+        }
+        // Earlier exchanges, newest first, while they fit; the rest (the
+        // oldest) are dropped whole, a question with its answer.
+        let mut keep = vec![true; self.messages.len()];
+        let mut full = false;
+        let mut i = last;
+        while i > 1 {
+            let (said, answered) = (i - 2, i - 1);
+            if self.messages[said].role != Speaker::User
+                || self.messages[answered].role != Speaker::Assistant
+            {
+                break;
+            }
+            let pair = cost(&self.messages[said]) + cost(&self.messages[answered]);
+            if full || pair > left {
+                full = true;
+                keep[said] = false;
+                keep[answered] = false;
+                trimmed.exchanges += 1;
+            } else {
+                left -= pair;
+            }
+            i -= 2;
+        }
+        let mut index = 0;
+        self.messages.retain(|_| {
+            index += 1;
+            keep[index - 1]
+        });
+        Ok(trimmed)
+    }
+}
+
+/// Tokens a chat message's framing (its role, separators) costs on top of
+/// its text, as OpenAI documents for its chat models.
+pub const TOKENS_PER_MESSAGE: u64 = 4;
+
+/// The tokens a text is estimated to cost before a provider counts it:
+/// one per four characters, rounded up (the usual rule of thumb for
+/// English with the common tokenizers). Limits charge this before a call
+/// and correct it with the provider's count after; the scripted game
+/// master reports it as its count.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
 }
 
 /// The largest game state a prompt carries, in bytes of JSON.
@@ -175,6 +315,9 @@ pub struct Reply {
     /// generated image of the session, `media.requested` then
     /// `media.ready`), at most [`MAX_IMAGES_PER_REPLY`] kept.
     pub images: Vec<String>,
+    /// The tokens the provider counted for it (all its requests), if it
+    /// reported them.
+    pub usage: Option<TokenUsage>,
 }
 
 pub use questboard_core::media::MAX_IMAGES_PER_REPLY;
@@ -186,6 +329,7 @@ impl Reply {
             text: text.into(),
             state: None,
             images: Vec::new(),
+            usage: None,
         }
     }
 }
@@ -194,6 +338,9 @@ impl Reply {
 pub trait ModelProvider: Send + Sync {
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// The model it asks (recorded with each reply's usage).
+    fn model(&self) -> &str;
 
     /// Whether its prompts should carry the session's game state (it can
     /// change the state and needs to see it to do so sensibly).
@@ -228,4 +375,101 @@ pub fn build(settings: &ProviderSettings) -> Result<Arc<dyn ModelProvider>, Stri
         ProviderSettings::Scripted { latency } => Arc::new(scripted::Scripted::new(*latency)),
         ProviderSettings::OpenAi(settings) => Arc::new(openai::OpenAi::new(settings.clone())?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(context_tokens: u64, max_tokens: u64) -> ContextBudget {
+        ContextBudget {
+            context_tokens,
+            max_tokens,
+        }
+    }
+
+    fn history(n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("turn {i} {}", "x".repeat(36)),
+                    format!("reply {i} {}", "y".repeat(36)),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_prompt_that_fits_is_left_alone() {
+        let h = history(3);
+        let mut prompt =
+            Prompt::for_turn("sys", h.iter().map(|(a, b)| (a.as_str(), b.as_str())), "go");
+        let before = prompt.messages.clone();
+        assert_eq!(prompt.fit(budget(10_000, 1_000)), Ok(Trimmed::default()));
+        assert_eq!(prompt.messages, before);
+    }
+
+    #[test]
+    fn the_oldest_exchanges_go_first_and_the_rest_fits() {
+        let h = history(10);
+        let mut prompt =
+            Prompt::for_turn("sys", h.iter().map(|(a, b)| (a.as_str(), b.as_str())), "go")
+                .with_state(3, &serde_json::json!({"items": ["lamp"]}));
+        // Each exchange costs 2 * (ceil(44 / 4) + 4) = 30 tokens.
+        let b = budget(200, 50);
+        let trimmed = prompt.fit(b).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            prompt.estimated_tokens() <= b.for_prompt(),
+            "{}",
+            prompt.estimated_tokens()
+        );
+        assert!(!trimmed.state);
+        assert_eq!(trimmed.exchanges + prompt.history_len(), 10);
+        assert!(trimmed.exchanges > 0 && prompt.history_len() > 0);
+        // The newest exchanges are the ones kept, in order, after the
+        // instructions and the state; the turn is last.
+        assert_eq!(prompt.messages[0].content, "sys");
+        assert!(
+            prompt.messages[1]
+                .content
+                .starts_with("The game state now (version 3)")
+        );
+        let kept: Vec<&str> = prompt
+            .messages
+            .iter()
+            .filter(|m| m.role == Speaker::User)
+            .map(|m| m.content.split(' ').nth(1).unwrap_or_default())
+            .collect();
+        let first_kept = 10 - prompt.history_len();
+        let expected: Vec<String> = (first_kept..10).map(|i| i.to_string()).collect();
+        assert_eq!(
+            kept[..kept.len() - 1],
+            expected.iter().map(String::as_str).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(
+            prompt.messages.last().map(|m| m.content.as_str()),
+            Some("go")
+        );
+    }
+
+    #[test]
+    fn a_large_state_becomes_a_note_and_a_turn_too_long_is_refused() {
+        let big = serde_json::json!({"notes": "z".repeat(2_000)});
+        let mut prompt = Prompt::for_turn("sys", [], "go").with_state(1, &big);
+        let trimmed = prompt
+            .fit(budget(600, 100))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(trimmed.state);
+        assert!(prompt.messages[1].content.contains("too large"));
+        assert!(prompt.estimated_tokens() <= 500);
+
+        let mut long = Prompt::for_turn("sys", [], &"w".repeat(4_000));
+        assert_eq!(
+            long.fit(budget(600, 100)),
+            Err(TooLong {
+                needed: 1_000 + 4 + 1 + 4,
+                available: 500
+            })
+        );
+    }
 }

@@ -4,7 +4,10 @@
 //! `POST {base_url}/chat/completions` with `"stream": true` and
 //! `max_tokens` (`QB_LLM_MAX_TOKENS`, always sent: a reply is bounded); the reply
 //! arrives as server-sent events (`data: {json}` lines, `choices[0].delta
-//! .content` carrying text, `data: [DONE]` at the end). HTTP 429 and 5xx,
+//! .content` carrying text, `data: [DONE]` at the end), asking for the
+//! token counts (`stream_options: {"include_usage": true}`: a last chunk
+//! carries `usage`, which becomes the reply's [`Reply::usage`], summed over
+//! both requests of a tool round). HTTP 429 and 5xx,
 //! timeouts and dropped connections are retryable (honouring `Retry-After`);
 //! other 4xx are fatal. Response bodies are logged for operators but never
 //! put into the error a player sees.
@@ -25,7 +28,19 @@
 //! reply ([`Reply::images`]; calls without a usable prompt are dropped).
 //! Servers that reject `tools` can be told not to get them
 //! (`QB_LLM_TOOLS=false`).
+//!
+//! Failures are classified by whether asking again could help. A stream
+//! that ends without a single chunk while tools were offered is a server
+//! that cannot stream tool calls (llama-cpp-python's function-calling chat
+//! format answers 200 and closes): the same round is asked again at once
+//! without streaming, and from then on this process asks tool rounds that
+//! way (the reply then arrives in one piece). A stream that ends with
+//! nothing without tools, an empty reply, a 400 or 422 (a context-length
+//! refusal named as such) are certain to repeat: the turn fails at once
+//! instead of spending its attempts. Every refusal is logged with the
+//! provider's status and the start of its body.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -37,7 +52,7 @@ use serde::Deserialize;
 use questboard_core::state::Proposal;
 use serde_json::{Value, json};
 
-use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Reply};
+use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Reply, TokenUsage};
 
 /// The state tool's name.
 pub const STATE_TOOL: &str = "update_game_state";
@@ -76,11 +91,14 @@ impl std::fmt::Debug for OpenAiSettings {
 }
 
 /// The provider.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OpenAi {
     settings: OpenAiSettings,
     client: reqwest::Client,
     url: String,
+    /// The server answered a streamed request offering tools with an empty
+    /// stream: tool rounds are asked without streaming from then on.
+    tools_unstreamed: AtomicBool,
 }
 
 impl OpenAi {
@@ -99,6 +117,7 @@ impl OpenAi {
             settings,
             client,
             url,
+            tools_unstreamed: AtomicBool::new(false),
         })
     }
 
@@ -115,11 +134,16 @@ impl OpenAi {
             .map(|m| json!({ "role": m.role, "content": m.content }))
             .collect();
         let mut index = 0u32;
-        let first = self.stream(&messages, true, sink, &mut index).await?;
+        let first = self.round(&messages, true, sink, &mut index).await?;
+        if first.calls.is_empty() && first.text.trim().is_empty() {
+            // Asked the same, a model answers the same.
+            return Err(empty_reply());
+        }
         if first.calls.is_empty() || !first.text.trim().is_empty() {
             return Ok(Reply {
                 state: proposal(&first.calls),
                 images: images(&first.calls),
+                usage: self.usage([first.usage]),
                 text: first.text,
             });
         }
@@ -141,14 +165,139 @@ impl OpenAi {
                 "content": "{\"status\": \"received; checked and applied with your reply\"}",
             }));
         }
-        let second = self.stream(&messages, false, sink, &mut index).await?;
+        let second = self.round(&messages, false, sink, &mut index).await?;
         let mut calls = first.calls;
         calls.extend(second.calls);
         Ok(Reply {
             state: proposal(&calls),
             images: images(&calls),
+            usage: self.usage([first.usage, second.usage]),
             text: second.text,
         })
+    }
+
+    /// The reply's usage: the sum of what its requests reported; None if
+    /// none did.
+    fn usage(&self, rounds: impl IntoIterator<Item = Option<Counted>>) -> Option<TokenUsage> {
+        rounds.into_iter().flatten().fold(None, |sum, counted| {
+            let mut sum = sum.unwrap_or_else(|| TokenUsage {
+                provider: "openai".into(),
+                model: self.settings.model.clone(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            });
+            sum.prompt_tokens += counted.prompt_tokens;
+            sum.completion_tokens += counted.completion_tokens;
+            Some(sum)
+        })
+    }
+
+    /// One request of a reply: streamed, unless tool rounds must not be
+    /// (see the module's notes on classification).
+    async fn round(
+        &self,
+        messages: &[Value],
+        may_call: bool,
+        sink: &mut dyn ChunkSink,
+        index: &mut u32,
+    ) -> Result<Round, ProviderError> {
+        let tools = self.settings.tools && may_call;
+        if tools && self.tools_unstreamed.load(Ordering::Relaxed) {
+            return self.whole(messages, may_call, sink, index).await;
+        }
+        match self.stream(messages, may_call, sink, index).await? {
+            Streamed::Round(round) => Ok(round),
+            Streamed::Nothing if tools => {
+                if !self.tools_unstreamed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(model = %self.settings.model,
+                        "the model provider answered a streamed request offering tools with an \
+                         empty stream; tool rounds are asked without streaming from now on");
+                }
+                self.whole(messages, may_call, sink, index).await
+            }
+            Streamed::Nothing => Err(ProviderError::Fatal {
+                reason: "the model provider ended the stream without sending anything".into(),
+            }),
+        }
+    }
+
+    /// The request body of a round.
+    fn body(&self, messages: &[Value], may_call: bool, stream: bool) -> Value {
+        let mut body = json!({
+            "model": self.settings.model,
+            "messages": messages,
+            "max_tokens": self.settings.max_tokens,
+        });
+        if stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        if self.settings.tools {
+            body["tools"] = json!([state_tool(), image_tool()]);
+            body["tool_choice"] = json!(if may_call { "auto" } else { "none" });
+        }
+        body
+    }
+
+    /// Sends `body`; a refusal becomes the error it is classified as.
+    async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
+        let mut request = self.client.post(&self.url).json(body);
+        if let Some(key) = &self.settings.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = retry_after(response.headers());
+        let detail: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(500)
+            .collect();
+        tracing::warn!(%status, detail, model = %self.settings.model,
+            "model provider refused the request");
+        Err(refusal(status, retry_after, &detail))
+    }
+
+    /// One round without streaming: the reply's text arrives as one chunk.
+    async fn whole(
+        &self,
+        messages: &[Value],
+        may_call: bool,
+        sink: &mut dyn ChunkSink,
+        index: &mut u32,
+    ) -> Result<Round, ProviderError> {
+        let response = self.send(&self.body(messages, may_call, false)).await?;
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        let completion: Completion =
+            serde_json::from_slice(&bytes).map_err(|_| ProviderError::Retryable {
+                reason: "the model provider sent a malformed reply".into(),
+                retry_after: None,
+            })?;
+        let mut round = Round {
+            usage: completion.usage,
+            ..Round::default()
+        };
+        if let Some(choice) = completion.choices.into_iter().next() {
+            let text = choice.message.content.unwrap_or_default();
+            if !text.is_empty() {
+                sink.chunk(*index, &text);
+                *index += 1;
+                round.text = text;
+            }
+            for (i, call) in choice.message.tool_calls.into_iter().enumerate() {
+                round.add(CallFragment {
+                    index: i as u64,
+                    id: call.id,
+                    function: call.function,
+                });
+            }
+        }
+        Ok(round)
     }
 
     async fn stream(
@@ -157,36 +306,10 @@ impl OpenAi {
         may_call: bool,
         sink: &mut dyn ChunkSink,
         index: &mut u32,
-    ) -> Result<Round, ProviderError> {
-        let mut body = json!({
-            "model": self.settings.model,
-            "messages": messages,
-            "stream": true,
-            "max_tokens": self.settings.max_tokens,
-        });
-        if self.settings.tools {
-            body["tools"] = json!([state_tool(), image_tool()]);
-            body["tool_choice"] = json!(if may_call { "auto" } else { "none" });
-        }
-        let mut request = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.settings.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.map_err(transport_error)?;
-        let status = response.status();
-        if !status.is_success() {
-            let retry_after = retry_after(response.headers());
-            let detail: String = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(500)
-                .collect();
-            tracing::warn!(%status, detail, "model provider refused the request");
-            return Err(status_error(status, retry_after));
-        }
+    ) -> Result<Streamed, ProviderError> {
+        let response = self.send(&self.body(messages, may_call, true)).await?;
         let mut round = Round::default();
+        let mut saw_data = false;
         let mut buffer: Vec<u8> = Vec::new();
         let mut body = response.bytes_stream();
         while let Some(bytes) = body.next().await {
@@ -194,8 +317,13 @@ impl OpenAi {
             while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line);
-                match parse_line(line.trim_end_matches(['\r', '\n']))? {
-                    Event::Delta { text, calls } => {
+                let event = parse_line(line.trim_end_matches(['\r', '\n']))?;
+                saw_data |= !matches!(event, Event::Nothing);
+                match event {
+                    Event::Delta { text, calls, usage } => {
+                        if usage.is_some() {
+                            round.usage = usage;
+                        }
                         if !text.is_empty() {
                             sink.chunk(*index, &text);
                             *index += 1;
@@ -205,10 +333,13 @@ impl OpenAi {
                             round.add(fragment);
                         }
                     }
-                    Event::Done => return Ok(round),
+                    Event::Done => return Ok(Streamed::Round(round)),
                     Event::Nothing => {}
                 }
             }
+        }
+        if !saw_data {
+            return Ok(Streamed::Nothing);
         }
         Err(ProviderError::Retryable {
             reason: "the model provider closed the stream before it finished".into(),
@@ -220,6 +351,10 @@ impl OpenAi {
 impl ModelProvider for OpenAi {
     fn name(&self) -> &'static str {
         "openai"
+    }
+
+    fn model(&self) -> &str {
+        &self.settings.model
     }
 
     fn sees_state(&self) -> bool {
@@ -309,6 +444,46 @@ fn images(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
+/// How a streamed round ended.
+enum Streamed {
+    /// With `[DONE]`.
+    Round(Round),
+    /// Without a single chunk: the server would not stream this request.
+    Nothing,
+}
+
+fn empty_reply() -> ProviderError {
+    ProviderError::Fatal {
+        reason: "the model answered with an empty reply".into(),
+    }
+}
+
+/// A non-streamed chat completion.
+#[derive(Deserialize)]
+struct Completion {
+    #[serde(default)]
+    choices: Vec<WholeChoice>,
+    usage: Option<Counted>,
+}
+
+#[derive(Deserialize)]
+struct WholeChoice {
+    message: WholeMessage,
+}
+
+#[derive(Deserialize)]
+struct WholeMessage {
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WholeCall>,
+}
+
+#[derive(Deserialize)]
+struct WholeCall {
+    id: Option<String>,
+    function: Option<FunctionFragment>,
+}
+
 /// One tool call, put back together from its fragments.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Call {
@@ -324,6 +499,8 @@ struct Round {
     /// By the call's `index` in the stream.
     calls: Vec<Call>,
     indexes: Vec<u64>,
+    /// The token counts it reported (its last `usage`).
+    usage: Option<Counted>,
 }
 
 impl Round {
@@ -388,6 +565,7 @@ enum Event {
     Delta {
         text: String,
         calls: Vec<CallFragment>,
+        usage: Option<Counted>,
     },
     Done,
     Nothing,
@@ -398,6 +576,16 @@ struct StreamChunk {
     #[serde(default)]
     choices: Vec<Choice>,
     error: Option<serde_json::Value>,
+    usage: Option<Counted>,
+}
+
+/// A response's `usage` (other fields, such as `total_tokens`, ignored).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct Counted {
+    #[serde(default)]
+    prompt_tokens: i64,
+    #[serde(default)]
+    completion_tokens: i64,
 }
 
 #[derive(Deserialize)]
@@ -455,7 +643,11 @@ fn parse_line(line: &str) -> Result<Event, ProviderError> {
         text = choice.delta.content.unwrap_or_default();
         calls = choice.delta.tool_calls;
     }
-    Ok(Event::Delta { text, calls })
+    let usage = chunk.usage.map(|u| Counted {
+        prompt_tokens: u.prompt_tokens.max(0),
+        completion_tokens: u.completion_tokens.max(0),
+    });
+    Ok(Event::Delta { text, calls, usage })
 }
 
 pub(crate) fn transport_error(err: reqwest::Error) -> ProviderError {
@@ -471,6 +663,22 @@ pub(crate) fn transport_error(err: reqwest::Error) -> ProviderError {
         reason: reason.into(),
         retry_after: None,
     }
+}
+
+/// A refused request's error: [`status_error`], with a context-length
+/// refusal (a 400 whose body says so) named as such.
+fn refusal(status: StatusCode, retry_after: Option<Duration>, body: &str) -> ProviderError {
+    let body = body.to_ascii_lowercase();
+    let context = body.contains("context")
+        && ["length", "window", "exceed", "too long", "maximum"]
+            .iter()
+            .any(|w| body.contains(w));
+    if status == StatusCode::BAD_REQUEST && context {
+        return ProviderError::Fatal {
+            reason: "the prompt is longer than the model's context (HTTP 400)".into(),
+        };
+    }
+    status_error(status, retry_after)
 }
 
 pub(crate) fn status_error(status: StatusCode, retry_after: Option<Duration>) -> ProviderError {
@@ -515,9 +723,24 @@ mod tests {
         assert!(matches!(parse_line(""), Ok(Event::Nothing)));
         assert!(matches!(parse_line("data: [DONE]"), Ok(Event::Done)));
         match parse_line(r#"data: {"choices":[{"delta":{"content":"Hel"}}]}"#) {
-            Ok(Event::Delta { text, calls }) => {
-                assert_eq!((text.as_str(), calls.len()), ("Hel", 0))
+            Ok(Event::Delta { text, calls, usage }) => {
+                assert_eq!((text.as_str(), calls.len(), usage), ("Hel", 0, None))
             }
+            _ => panic!("expected text"),
+        }
+        match parse_line(
+            r#"data: {"choices":[],"usage":{"prompt_tokens":31,"completion_tokens":7,"total_tokens":38}}"#,
+        ) {
+            Ok(Event::Delta { text, usage, .. }) => assert_eq!(
+                (text.as_str(), usage),
+                (
+                    "",
+                    Some(Counted {
+                        prompt_tokens: 31,
+                        completion_tokens: 7
+                    })
+                )
+            ),
             _ => panic!("expected text"),
         }
         match parse_line(r#"data:{"choices":[{"delta":{"role":"assistant"}}]}"#) {

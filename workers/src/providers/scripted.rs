@@ -44,7 +44,9 @@ use super::DiscardChunks;
 use questboard_core::state::Proposal;
 use serde_json::{Value, json};
 
-use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Reply, Speaker};
+use super::{
+    ChunkSink, ModelProvider, Prompt, ProviderError, Reply, Speaker, TokenUsage, estimate_tokens,
+};
 
 const OPENINGS: [&str; 6] = [
     "The torches gutter as",
@@ -118,10 +120,20 @@ impl Scripted {
             ));
         }
         text.push_str(" What do you do next?");
+        // The scripted game master counts its own tokens by the estimate
+        // every provider's limits use (`estimate_tokens`), so usage, budgets
+        // and limits run offline exactly as with a paid model.
+        let usage = TokenUsage {
+            provider: "scripted".into(),
+            model: "scripted".into(),
+            prompt_tokens: prompt.estimated_tokens() as i64,
+            completion_tokens: estimate_tokens(&text) as i64,
+        };
         Reply {
             text,
             state: (!operations.is_empty()).then_some(Proposal::Operations(operations)),
             images,
+            usage: Some(usage),
         }
     }
 }
@@ -164,6 +176,10 @@ fn fnv(text: &str) -> u64 {
 
 impl ModelProvider for Scripted {
     fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn model(&self) -> &str {
         "scripted"
     }
 

@@ -24,12 +24,17 @@ impl MediaProvider for Builtin {
         "builtin"
     }
 
+    fn models(&self) -> [&str; 2] {
+        ["builtin", "builtin"]
+    }
+
     fn image<'a>(&'a self, ask: ImageAsk<'a>) -> BoxFuture<'a, Result<Generated, ProviderError>> {
         Box::pin(async move {
             let (width, height) = side(ask.size);
             Ok(Generated {
                 bytes: picture(ask.prompt, width, height)?,
                 content_type: "image/png".into(),
+                model: "builtin".into(),
             })
         })
     }
@@ -39,6 +44,7 @@ impl MediaProvider for Builtin {
             Ok(Generated {
                 bytes: tones(&format!("{}\0{}", ask.voice, ask.text)),
                 content_type: "audio/wav".into(),
+                model: "builtin".into(),
             })
         })
     }

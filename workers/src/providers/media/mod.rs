@@ -26,6 +26,8 @@ pub struct Generated {
     pub bytes: Vec<u8>,
     /// What they claim to be (`image/png`, `audio/wav`, ...).
     pub content_type: String,
+    /// The model that made them (recorded with the item's usage).
+    pub model: String,
 }
 
 /// An image request.
@@ -50,6 +52,9 @@ pub struct SpeechAsk<'a> {
 pub trait MediaProvider: Send + Sync {
     /// Its name, recorded with what it makes.
     fn name(&self) -> &'static str;
+
+    /// The models it makes images and narration with, in that order.
+    fn models(&self) -> [&str; 2];
 
     /// Draws an image.
     fn image<'a>(&'a self, ask: ImageAsk<'a>) -> BoxFuture<'a, Result<Generated, ProviderError>>;

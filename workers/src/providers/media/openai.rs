@@ -89,6 +89,10 @@ impl MediaProvider for OpenAiMedia {
         "openai"
     }
 
+    fn models(&self) -> [&str; 2] {
+        [&self.settings.image_model, &self.settings.speech_model]
+    }
+
     fn image<'a>(&'a self, ask: ImageAsk<'a>) -> BoxFuture<'a, Result<Generated, ProviderError>> {
         Box::pin(async move {
             let body = json!({
@@ -123,6 +127,7 @@ impl MediaProvider for OpenAiMedia {
             Ok(Generated {
                 bytes,
                 content_type: content_type.into(),
+                model: self.settings.image_model.clone(),
             })
         })
     }
@@ -144,6 +149,7 @@ impl MediaProvider for OpenAiMedia {
             Ok(Generated {
                 bytes: bytes.to_vec(),
                 content_type: "audio/wav".into(),
+                model: self.settings.speech_model.clone(),
             })
         })
     }
