@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use questboard_core::bus::Bus;
 use questboard_core::db;
 use questboard_core::events::EventPublisher;
+use questboard_core::provider_limits::{Limiter, Limits};
 use questboard_core::storage::Storage;
 use questboard_core::turns::Intake;
 use questboard_core::wakeups::Publisher;
@@ -186,12 +187,35 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool, bus: &Bus) -> anyhow::Re
     let wake = Publisher::new(bus.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     let day = |days: u32| Duration::from_secs(u64::from(days) * 24 * 3600);
+    let media = media_provider(config)?;
+    // One limiter row per provider kind and name: every worker of this
+    // deployment charges the same rows.
+    let limiter = Limiter::new(
+        pool.clone(),
+        Some(bus.clone()),
+        &format!("llm:{}", provider.name()),
+        Limits {
+            requests_per_minute: config.llm_requests_per_minute,
+            tokens_per_minute: config.llm_tokens_per_minute,
+        },
+    );
+    let media_limiter = Limiter::new(
+        pool.clone(),
+        Some(bus.clone()),
+        &format!("media:{}", media.name()),
+        Limits {
+            requests_per_minute: config.media_requests_per_minute,
+            tokens_per_minute: None,
+        },
+    );
     Ok(JobContext {
         pool,
         storage,
         wake,
         provider,
-        media: media_provider(config)?,
+        media,
+        limiter,
+        media_limiter,
         media_limits: upload_limits(config),
         sinks: Arc::new(PublishDeltas(events.clone())),
         events,

@@ -318,6 +318,22 @@ pub struct Config {
     #[arg(long, env = "QB_LLM_CONTEXT_TOKENS", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(2..))]
     pub llm_context_tokens: u32,
 
+    /// Requests per minute to the model provider, across every worker
+    /// together (unset: unlimited).
+    #[arg(long, env = "QB_LLM_REQUESTS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_requests_per_minute: Option<u32>,
+
+    /// Tokens (prompt and reply, as the provider counts them) per minute
+    /// to the model provider, across every worker together (unset:
+    /// unlimited).
+    #[arg(long, env = "QB_LLM_TOKENS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_tokens_per_minute: Option<u32>,
+
+    /// Requests per minute to the media provider (images, narration),
+    /// across every worker together (unset: unlimited).
+    #[arg(long, env = "QB_MEDIA_REQUESTS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub media_requests_per_minute: Option<u32>,
+
     /// Earlier exchanges included in a turn's prompt.
     #[arg(long, env = "QB_LLM_HISTORY_TURNS", default_value_t = 20)]
     pub llm_history_turns: u32,

@@ -53,6 +53,9 @@
 //! - [`sources`]: where operators may point migrations and imports (the
 //!   `QB_MIGRATION_SOURCES` allowlist), with bounded connections and
 //!   stable error codes.
+//! - [`provider_limits`]: requests and tokens per minute against a
+//!   provider, shared by every worker, and the pauses a provider asks for
+//!   (`provider_limits`).
 //! - [`usage`]: what the providers were paid for: each turn's token counts
 //!   and the sums per day, session, user and model (`usage_daily`).
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
@@ -71,6 +74,7 @@ pub mod legacy_import;
 pub mod media;
 pub mod metrics;
 pub mod operator_run;
+pub mod provider_limits;
 pub mod schedule;
 pub mod sessions;
 pub mod sources;

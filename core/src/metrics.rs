@@ -100,6 +100,12 @@ pub const MODEL_TOKENS_TOTAL: &str = "questboard_model_tokens_total";
 /// Generated media units, by `provider`, `model` and `unit` (`images`,
 /// `speech_characters`).
 pub const MEDIA_UNITS_TOTAL: &str = "questboard_media_units_total";
+/// Time a call waited for its provider's limits (and pauses), by
+/// `provider`.
+pub const LIMITER_WAIT_SECONDS: &str = "questboard_limiter_wait_seconds";
+/// Pauses a provider asked for (429 or 503 with a time to wait), by
+/// `provider`.
+pub const PROVIDER_PAUSES_TOTAL: &str = "questboard_provider_pauses_total";
 /// Reply chunks streamed out of providers.
 pub const TURN_CHUNKS_TOTAL: &str = "questboard_turn_chunks_total";
 /// Worker slots busy right now, by `kind` (for turns: sessions).
@@ -212,6 +218,8 @@ pub const ALL: &[&str] = &[
     PROVIDER_ERRORS_TOTAL,
     MODEL_TOKENS_TOTAL,
     MEDIA_UNITS_TOTAL,
+    LIMITER_WAIT_SECONDS,
+    PROVIDER_PAUSES_TOTAL,
     TURN_CHUNKS_TOTAL,
     WORKER_BUSY_SLOTS,
     COMMIT_SECONDS,
@@ -378,6 +386,15 @@ pub fn describe() {
     describe_counter!(
         PROVIDER_ERRORS_TOTAL,
         "Model provider errors, by provider and kind."
+    );
+    describe_histogram!(
+        LIMITER_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a call waited for its provider's limits and pauses, by provider."
+    );
+    describe_counter!(
+        PROVIDER_PAUSES_TOTAL,
+        "Pauses a provider asked for (429 or 503 with a time to wait), by provider."
     );
     describe_counter!(
         MODEL_TOKENS_TOTAL,
@@ -721,6 +738,8 @@ pub fn register_known(known: &Known<'_>) {
                 "kind" => kind)
             .increment(0);
         }
+        metrics::counter!(PROVIDER_PAUSES_TOTAL, "provider" => known.provider.to_owned())
+            .increment(0);
         for kind in ["prompt", "completion"] {
             metrics::counter!(MODEL_TOKENS_TOTAL, "provider" => known.provider.to_owned(),
                 "model" => known.model.to_owned(), "kind" => kind)

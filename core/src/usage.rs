@@ -32,6 +32,14 @@ pub struct TokenUsage {
     pub prompt_tokens: i64,
     /// Tokens of the reply, as the provider counted them.
     pub completion_tokens: i64,
+    /// How long the call waited for the provider's limits (shared by every
+    /// worker) and pauses, in milliseconds; absent when it did not wait.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limiter_wait_ms: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl TokenUsage {
@@ -233,12 +241,14 @@ mod tests {
             model: "m".into(),
             prompt_tokens: 10,
             completion_tokens: 2,
+            limiter_wait_ms: 0,
         };
         usage.add(&TokenUsage {
             provider: "openai".into(),
             model: "m".into(),
             prompt_tokens: 15,
             completion_tokens: 7,
+            limiter_wait_ms: 0,
         });
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (25, 9));
         assert_eq!(usage.provider, "openai");

@@ -29,6 +29,7 @@ mod jobs;
 mod kinds;
 mod leases;
 mod legacy_import;
+mod limits;
 mod media;
 mod media_generation;
 mod outage;

@@ -2501,6 +2501,12 @@ export interface components {
              * @description Tokens of the reply, as the provider counted them.
              */
             completion_tokens: number;
+            /**
+             * Format: int64
+             * @description How long the call waited for the provider's limits (shared by every
+             *     worker) and pauses, in milliseconds; absent when it did not wait.
+             */
+            limiter_wait_ms?: number;
             /** @description The model it ran. */
             model: string;
             /**

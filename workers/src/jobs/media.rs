@@ -49,7 +49,7 @@ impl Handler for GenerateMedia {
                 .unwrap_or_else(|| default.to_owned())
         };
         let started = Instant::now();
-        let generating = async {
+        let generate = || async {
             match kind {
                 MediaKind::Image => {
                     let size = option("size", "1024x1024");
@@ -72,6 +72,32 @@ impl Handler for GenerateMedia {
                 MediaKind::Map | MediaKind::Note => Err(ProviderError::Fatal {
                     reason: "maps and notes are uploaded, not generated".into(),
                 }),
+            }
+        };
+        // Within the media provider's limits, shared by every worker; a
+        // provider that asks everyone to wait is paused for all and asked
+        // again after, within this run.
+        let generating = async {
+            loop {
+                if let Err(err) = ctx.media_limiter.acquire(0).await {
+                    break Err(ProviderError::Retryable {
+                        reason: format!("the provider limits could not be read: {err}"),
+                        retry_after: None,
+                    });
+                }
+                match generate().await {
+                    Err(ProviderError::Limited {
+                        reason,
+                        retry_after,
+                    }) => {
+                        tracing::info!(?retry_after, reason, "media provider paused");
+                        if let Err(err) = ctx.media_limiter.pause(retry_after, &reason).await {
+                            tracing::warn!(error = %err, "the pause could not be recorded");
+                            tokio::time::sleep(retry_after).await;
+                        }
+                    }
+                    other => break other,
+                }
             }
         };
         // A provider call may hang for minutes: an operator's cancel stops
@@ -163,11 +189,11 @@ async fn failed(
     err: ProviderError,
 ) -> JobError {
     let last = run.attempt() >= run.max_attempts();
+    let retry_after = err.retry_after();
     match err {
-        ProviderError::Retryable {
-            reason,
-            retry_after,
-        } if !last => {
+        ProviderError::Retryable { reason, .. } | ProviderError::Limited { reason, .. }
+            if !last =>
+        {
             metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "retried")
                 .increment(1);
             JobError::Retryable {
@@ -175,7 +201,9 @@ async fn failed(
                 retry_after,
             }
         }
-        ProviderError::Retryable { reason, .. } | ProviderError::Fatal { reason } => {
+        ProviderError::Retryable { reason, .. }
+        | ProviderError::Limited { reason, .. }
+        | ProviderError::Fatal { reason } => {
             metrics::counter!(m::MEDIA_JOBS_TOTAL, "kind" => kind.as_str(), "outcome" => "failed")
                 .increment(1);
             match media::record_failure(&ctx.pool, job.media_id, &reason).await {

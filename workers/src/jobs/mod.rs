@@ -319,6 +319,10 @@ pub struct JobContext {
     pub system_prompt: Arc<str>,
     /// How many earlier exchanges a turn's prompt carries.
     pub history_window: i64,
+    /// The model provider's limits, shared by every worker.
+    pub limiter: Arc<questboard_core::provider_limits::Limiter>,
+    /// The media provider's limits, shared by every worker.
+    pub media_limiter: Arc<questboard_core::provider_limits::Limiter>,
     /// What a turn's prompt may hold (trimmed to fit before each call).
     pub context: crate::providers::ContextBudget,
     /// First retry delay of turns; doubles per attempt, with jitter.

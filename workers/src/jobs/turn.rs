@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use questboard_core::metrics as m;
 use questboard_core::turns::{Exchange, Pending, Settle};
@@ -23,6 +23,10 @@ use super::JobContext;
 use crate::providers::{ChunkSink, Prompt, ProviderError};
 
 const KIND: &str = "turn";
+
+/// How often one attempt waits out a provider's pause before it counts as
+/// a failed attempt.
+const MAX_PAUSES_PER_ATTEMPT: u32 = 10;
 
 /// Why `turn` must fail without being run, if it must: every allowed run
 /// started and none finished (the workers running it died: a turn that
@@ -165,23 +169,78 @@ pub async fn run(
             };
         }
     }
-    let asked = Instant::now();
     let provider = ctx.provider.name();
-    let result = tokio::select! {
-        result = ctx.provider.complete(&prompt, sink.as_mut()) => result,
-        () = interrupted => {
-            tracing::info!(turn_id = %turn.id, "worker stopping: handing the turn back");
-            return Settle::HandedBack;
+    // What the call may cost, charged to the tokens-per-minute limit before
+    // it and corrected by the provider's count after.
+    let estimate = prompt.estimated_tokens() + ctx.context.max_tokens;
+    tokio::pin!(interrupted);
+    let mut waited = Duration::ZERO;
+    let mut pauses = 0;
+    let result = loop {
+        // The provider's limits, shared by every worker.
+        let acquired = tokio::select! {
+            acquired = ctx.limiter.acquire(estimate) => acquired,
+            () = &mut interrupted => {
+                tracing::info!(turn_id = %turn.id, "worker stopping: handing the turn back");
+                return Settle::HandedBack;
+            }
+        };
+        match acquired {
+            Ok(wait) => {
+                waited += wait;
+                metrics::histogram!(m::LIMITER_WAIT_SECONDS, "provider" => provider)
+                    .record(wait.as_secs_f64());
+            }
+            Err(err) => {
+                tracing::warn!(turn_id = %turn.id, error = %err, "provider limits unreadable");
+                break Err(ProviderError::Retryable {
+                    reason: "the provider's limits could not be read".into(),
+                    retry_after: None,
+                });
+            }
+        }
+        let asked = Instant::now();
+        let result = tokio::select! {
+            result = ctx.provider.complete(&prompt, sink.as_mut()) => result,
+            () = &mut interrupted => {
+                tracing::info!(turn_id = %turn.id, "worker stopping: handing the turn back");
+                return Settle::HandedBack;
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        metrics::histogram!(m::PROVIDER_REQUEST_SECONDS, "provider" => provider, "outcome" => outcome)
+            .record(asked.elapsed().as_secs_f64());
+        match result {
+            // The provider asked everyone to wait: paused for every worker,
+            // and asked again after, within this attempt (at most
+            // MAX_PAUSES_PER_ATTEMPT times: then it is a failed attempt).
+            Err(ProviderError::Limited {
+                reason,
+                retry_after,
+            }) if pauses < MAX_PAUSES_PER_ATTEMPT => {
+                pauses += 1;
+                metrics::counter!(m::PROVIDER_PAUSES_TOTAL, "provider" => provider).increment(1);
+                tracing::info!(turn_id = %turn.id, ?retry_after, reason, "provider paused");
+                if let Err(err) = ctx.limiter.pause(retry_after, &reason).await {
+                    tracing::warn!(error = %err, "the pause could not be recorded");
+                    tokio::time::sleep(retry_after).await;
+                }
+            }
+            other => break other,
         }
     };
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.kind(),
-    };
-    metrics::histogram!(m::PROVIDER_REQUEST_SECONDS, "provider" => provider, "outcome" => outcome)
-        .record(asked.elapsed().as_secs_f64());
     let err = match result {
-        Ok(reply) => {
+        Ok(mut reply) => {
+            if let Some(usage) = &mut reply.usage {
+                usage.limiter_wait_ms = waited.as_millis().min(i64::MAX as u128) as i64;
+                let counted = (usage.prompt_tokens + usage.completion_tokens).max(0) as u64;
+                if let Err(err) = ctx.limiter.correct(estimate, counted).await {
+                    tracing::warn!(error = %err, "the token charge could not be corrected");
+                }
+            }
             if let Some(usage) = &reply.usage {
                 let (provider, model) = (usage.provider.clone(), usage.model.clone());
                 metrics::counter!(m::MODEL_TOKENS_TOTAL, "provider" => provider.clone(),
@@ -212,9 +271,18 @@ pub async fn run(
             tracing::info!(turn_id = %turn.id, attempt, ?delay, reason, "turn will be retried");
             Settle::Retrying { reason, delay }
         }
-        ProviderError::Retryable { reason, .. } => Settle::Failed {
-            reason: format!("{reason} (gave up after {attempt} attempts)"),
+        ProviderError::Limited {
+            reason,
+            retry_after,
+        } if attempt < turn.max_attempts => Settle::Retrying {
+            reason,
+            delay: retry_after,
         },
+        ProviderError::Retryable { reason, .. } | ProviderError::Limited { reason, .. } => {
+            Settle::Failed {
+                reason: format!("{reason} (gave up after {attempt} attempts)"),
+            }
+        }
         ProviderError::Fatal { reason } => Settle::Failed { reason },
     }
 }

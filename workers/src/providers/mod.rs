@@ -286,6 +286,17 @@ pub enum ProviderError {
         /// How long the provider asked us to wait.
         retry_after: Option<Duration>,
     },
+    /// The provider asked every caller to wait `retry_after` (429 or 503
+    /// with `Retry-After` or `x-ratelimit-reset-*`): the provider is paused
+    /// for every worker and the call asked again after it, without
+    /// spending an attempt.
+    #[error("{reason}")]
+    Limited {
+        /// What happened (safe to show).
+        reason: String,
+        /// How long the provider asked everyone to wait.
+        retry_after: Duration,
+    },
     /// Retrying will not help: the request itself was refused.
     #[error("{reason}")]
     Fatal {
@@ -295,10 +306,20 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// How long the provider asked to wait before the next call, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Retryable { retry_after, .. } => *retry_after,
+            ProviderError::Limited { retry_after, .. } => Some(*retry_after),
+            ProviderError::Fatal { .. } => None,
+        }
+    }
+
     /// A label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderError::Retryable { .. } => "retryable",
+            ProviderError::Limited { .. } => "limited",
             ProviderError::Fatal { .. } => "fatal",
         }
     }

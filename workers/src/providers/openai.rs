@@ -185,6 +185,7 @@ impl OpenAi {
                 model: self.settings.model.clone(),
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                limiter_wait_ms: 0,
             });
             sum.prompt_tokens += counted.prompt_tokens;
             sum.completion_tokens += counted.completion_tokens;
@@ -682,6 +683,14 @@ fn refusal(status: StatusCode, retry_after: Option<Duration>, body: &str) -> Pro
 }
 
 pub(crate) fn status_error(status: StatusCode, retry_after: Option<Duration>) -> ProviderError {
+    let slow_down =
+        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    if let (true, Some(retry_after)) = (slow_down, retry_after) {
+        return ProviderError::Limited {
+            reason: format!("the model provider answered HTTP {}", status.as_u16()),
+            retry_after,
+        };
+    }
     if status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
@@ -700,17 +709,55 @@ pub(crate) fn status_error(status: StatusCode, retry_after: Option<Duration>) ->
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare for model APIs and
-/// is treated as absent).
+/// How long the provider asks callers to wait: `Retry-After` in seconds
+/// (the HTTP-date form is rare for model APIs and is treated as absent),
+/// else the later of OpenAI's `x-ratelimit-reset-requests` and
+/// `x-ratelimit-reset-tokens` (durations such as `1s`, `6m0s`, `20ms`).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: f64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(secs) = header(RETRY_AFTER.as_str())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(secs.min(3600.0)));
+    }
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .into_iter()
+        .filter_map(|name| header(name).and_then(go_duration))
+        .max()
+        .map(|d| d.min(Duration::from_secs(3600)))
+}
+
+/// A Go-style duration (`1h2m3.5s`, `20ms`, `6m0s`), as OpenAI's rate-limit
+/// headers write them.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += number * scale;
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total.min(86_400.0)))
 }
 
 #[cfg(test)]
@@ -845,5 +892,25 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, "2".parse().unwrap_or_else(|_| unreachable!()));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        assert!(matches!(
+            status_error(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(2))),
+            ProviderError::Limited { .. }
+        ));
+        assert!(matches!(
+            status_error(StatusCode::BAD_GATEWAY, Some(Duration::from_secs(2))),
+            ProviderError::Retryable { .. }
+        ));
+        let mut openai = HeaderMap::new();
+        for (name, value) in [
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-reset-tokens", "6m0.5s"),
+        ] {
+            openai.insert(name, value.parse().unwrap_or_else(|_| unreachable!()));
+        }
+        assert_eq!(retry_after(&openai), Some(Duration::from_millis(360_500)));
+        assert_eq!(go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(go_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(go_duration("soon"), None);
+        assert_eq!(go_duration("5"), None);
     }
 }

@@ -128,6 +128,7 @@ impl Scripted {
             model: "scripted".into(),
             prompt_tokens: prompt.estimated_tokens() as i64,
             completion_tokens: estimate_tokens(&text) as i64,
+            limiter_wait_ms: 0,
         };
         Reply {
             text,
