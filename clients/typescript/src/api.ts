@@ -4030,7 +4030,7 @@ export interface operations {
                     "application/json": components["schemas"]["AdminUsage"];
                 };
             };
-            /** @description Bad days or session id */
+            /** @description Not a date, or not a session id */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6257,7 +6257,7 @@ export interface operations {
             query?: {
                 /** @description From this UTC day (`YYYY-MM-DD`), kept; default: the first. */
                 from?: string;
-                /** @description Up to this UTC day, kept; default: today. */
+                /** @description Up to this UTC day, kept; default: today. Before `from`: nothing. */
                 to?: string;
             };
             header?: never;
@@ -6277,7 +6277,7 @@ export interface operations {
                     "application/json": components["schemas"]["SessionUsage"];
                 };
             };
-            /** @description Bad days */
+            /** @description Not a date */
             400: {
                 headers: {
                     [name: string]: unknown;
