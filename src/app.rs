@@ -53,7 +53,11 @@ pub async fn api_state_with(
     .context("connecting to Postgres (DATABASE_URL)")?;
     let wake = Publisher::new(bus.clone());
     let events = EventPublisher::start(bus.clone(), pool.clone());
-    let intake = Intake::start(pool.clone(), events.clone(), wake.clone());
+    let quotas = questboard_core::quotas::Quotas::load(&pool, config.quota_defaults())
+        .await
+        .context("reading the quota settings (are the migrations applied?)")?;
+    let intake = Intake::start(pool.clone(), events.clone(), wake.clone(), quotas.clone());
+    let sockets = questboard_core::quotas::sockets::Sockets::start(pool.clone());
     let bridge = Bridge::start(bus.clone());
     let storage = Storage::from_url(&config.storage_url).context("QB_STORAGE_URL")?;
     tracing::info!(storage = storage.describe(), "storage configured");
@@ -80,6 +84,8 @@ pub async fn api_state_with(
         pool,
         bus: bus.clone(),
         intake,
+        quotas,
+        sockets,
         wake,
         registry: Arc::new(registry),
         schedule,
@@ -208,7 +214,9 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool, bus: &Bus) -> anyhow::Re
             tokens_per_minute: None,
         },
     );
+    let quotas = questboard_core::quotas::Quotas::start(&pool, config.quota_defaults());
     Ok(JobContext {
+        quotas,
         pool,
         storage,
         wake,

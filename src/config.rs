@@ -329,6 +329,42 @@ pub struct Config {
     #[arg(long, env = "QB_LLM_TOKENS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_tokens_per_minute: Option<u32>,
 
+    /// Turns one user may submit per minute, across sessions (0: no
+    /// limit). Operators may override it at run time (`/api/admin/quotas`).
+    #[arg(long, env = "QB_USER_TURNS_PER_MINUTE", default_value_t = 60)]
+    pub user_turns_per_minute: u64,
+
+    /// Turns waiting or running in one session (0: no limit).
+    #[arg(long, env = "QB_SESSION_MAX_QUEUED_TURNS", default_value_t = 100)]
+    pub session_max_queued_turns: u64,
+
+    /// Generated images and narrations one user may ask for per hour,
+    /// including those a reply to their turn asks for (0: no limit).
+    #[arg(long, env = "QB_USER_MEDIA_PER_HOUR", default_value_t = 120)]
+    pub user_media_per_hour: u64,
+
+    /// Sessions one user may create per day (0: no limit).
+    #[arg(long, env = "QB_USER_SESSIONS_PER_DAY", default_value_t = 50)]
+    pub user_sessions_per_day: u64,
+
+    /// Open invites (not used, revoked or expired) per session (0: no
+    /// limit).
+    #[arg(long, env = "QB_SESSION_MAX_INVITES", default_value_t = 100)]
+    pub session_max_invites: u64,
+
+    /// Session sockets one user may hold open at once, across API
+    /// processes (0: no limit).
+    #[arg(long, env = "QB_USER_MAX_SOCKETS", default_value_t = 20)]
+    pub user_max_sockets: u64,
+
+    /// Model tokens one session may spend per UTC day (0: no limit).
+    #[arg(long, env = "QB_SESSION_DAILY_TOKENS", default_value_t = 2_000_000)]
+    pub session_daily_tokens: u64,
+
+    /// Model tokens one user's turns may spend per UTC day (0: no limit).
+    #[arg(long, env = "QB_USER_DAILY_TOKENS", default_value_t = 5_000_000)]
+    pub user_daily_tokens: u64,
+
     /// Requests per minute to the media provider (images, narration),
     /// across every worker together (unset: unlimited).
     #[arg(long, env = "QB_MEDIA_REQUESTS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
@@ -398,6 +434,26 @@ impl Config {
         self.database_url
             .as_ref()
             .map_or(DEFAULT_DATABASE_URL, Secret::expose)
+    }
+
+    /// Members' quotas and budgets as the environment sets them (the
+    /// defaults operators may override).
+    pub fn quota_defaults(&self) -> questboard_core::quotas::Values {
+        use questboard_core::quotas::{Quota, Values};
+        let mut values = Values::default();
+        for (quota, value) in [
+            (Quota::UserTurnsPerMinute, self.user_turns_per_minute),
+            (Quota::SessionMaxQueuedTurns, self.session_max_queued_turns),
+            (Quota::UserMediaPerHour, self.user_media_per_hour),
+            (Quota::UserSessionsPerDay, self.user_sessions_per_day),
+            (Quota::SessionMaxInvites, self.session_max_invites),
+            (Quota::UserMaxSockets, self.user_max_sockets),
+            (Quota::SessionDailyTokens, self.session_daily_tokens),
+            (Quota::UserDailyTokens, self.user_daily_tokens),
+        ] {
+            values.set(quota, value);
+        }
+        values
     }
 
     /// What a turn's prompt may hold: `QB_LLM_CONTEXT_TOKENS`, less

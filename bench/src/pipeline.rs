@@ -164,7 +164,7 @@ pub async fn submit_batch(
             max_attempts: 5,
         })
         .collect();
-    for outcome in turns::submit_many(pool, &news).await? {
+    for outcome in turns::submit_many(pool, &news, Default::default()).await? {
         outcome?;
     }
     Ok(())

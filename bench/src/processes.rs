@@ -89,6 +89,16 @@ impl Processes {
             .env("QB_STORAGE_URL", "memory://")
             .env("QB_SCRIPTED_LATENCY_MS", "0")
             .env("QB_LLM_PROVIDER", "scripted")
+            // Members' quotas on (their checks are part of what is
+            // measured) but far above what a benchmark's users ask for.
+            .env("QB_USER_TURNS_PER_MINUTE", "100000000")
+            .env("QB_SESSION_MAX_QUEUED_TURNS", "100000000")
+            .env("QB_USER_MEDIA_PER_HOUR", "100000000")
+            .env("QB_USER_SESSIONS_PER_DAY", "100000000")
+            .env("QB_SESSION_MAX_INVITES", "100000000")
+            .env("QB_USER_MAX_SOCKETS", "100000000")
+            .env("QB_SESSION_DAILY_TOKENS", "1000000000000")
+            .env("QB_USER_DAILY_TOKENS", "1000000000000")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -26,8 +26,6 @@ pub const DEFAULT_TTL: Duration = Duration::days(7);
 pub const MAX_TTL: Duration = Duration::days(90);
 /// Most uses one invite may allow.
 pub const MAX_USES: i32 = 1000;
-/// Most live invites (not revoked, expired or used up) one session holds.
-pub const MAX_LIVE: i64 = 100;
 
 /// What an owner asks for when creating an invite.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +160,9 @@ pub enum Error {
     /// The input is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The session's invite quota refused it.
+    #[error(transparent)]
+    Quota(#[from] crate::quotas::Refusal),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -188,6 +189,7 @@ pub async fn create(
     session_id: Uuid,
     actor: &UserId,
     new: NewInvite,
+    max_live: Option<u64>,
 ) -> Result<CreatedInvite> {
     // Who may act, then what they asked for, then what the session allows.
     let membership =
@@ -201,10 +203,14 @@ pub async fn create(
     // Counted and written under the session row's lock: two owners'
     // requests at once cannot both take the last place.
     let mut tx = pool.begin().await?;
-    let live: i64 = sqlx::query_scalar(
+    // The session's quota of live invites (`QB_SESSION_MAX_INVITES`); a
+    // refusal's wait is until the first of them expires.
+    let (live, first_expiry): (i64, f64) = sqlx::query_as(
         r#"
         WITH locked AS (SELECT id FROM campaign_sessions WHERE id = $1 FOR NO KEY UPDATE)
-        SELECT count(*) FROM campaign_session_invites i, locked
+        SELECT count(*),
+               coalesce(extract(epoch FROM min(i.expires_at) - now()), 0)::float8
+        FROM campaign_session_invites i, locked
         WHERE i.session_id = locked.id AND i.revoked_at IS NULL
           AND i.expires_at > now() AND i.uses < i.max_uses
         "#,
@@ -212,9 +218,14 @@ pub async fn create(
     .bind(session_id)
     .fetch_one(&mut *tx)
     .await?;
-    if live >= MAX_LIVE {
-        return Err(sessions::Error::Conflict(
-            "the session already has the most live invites (100): revoke some first",
+    if let Some(max) = max_live
+        && live >= i64::try_from(max).unwrap_or(i64::MAX)
+    {
+        let wait = std::time::Duration::from_secs_f64(first_expiry.max(1.0));
+        return Err(crate::quotas::Refusal::new(
+            crate::quotas::Quota::SessionMaxInvites,
+            max,
+            wait,
         )
         .into());
     }

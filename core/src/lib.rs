@@ -56,6 +56,10 @@
 //! - [`provider_limits`]: requests and tokens per minute against a
 //!   provider, shared by every worker, and the pauses a provider asks for
 //!   (`provider_limits`).
+//! - [`quotas`]: members' quotas and budgets (turns, queued turns, media,
+//!   sessions, invites, sockets, daily tokens), their defaults and the
+//!   operators' overrides (`quota_settings`, `quota_buckets`,
+//!   `live_sockets`).
 //! - [`usage`]: what the providers were paid for: each turn's token counts
 //!   and the sums per day, session, user and model (`usage_daily`).
 //! - [`metrics`]: the name, unit and help text of every metric questboard emits.
@@ -75,6 +79,7 @@ pub mod media;
 pub mod metrics;
 pub mod operator_run;
 pub mod provider_limits;
+pub mod quotas;
 pub mod schedule;
 pub mod sessions;
 pub mod sources;

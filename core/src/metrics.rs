@@ -106,6 +106,14 @@ pub const LIMITER_WAIT_SECONDS: &str = "questboard_limiter_wait_seconds";
 /// Pauses a provider asked for (429 or 503 with a time to wait), by
 /// `provider`.
 pub const PROVIDER_PAUSES_TOTAL: &str = "questboard_provider_pauses_total";
+/// Requests members' quotas and budgets refused, by `quota`.
+pub const QUOTA_REFUSALS_TOTAL: &str = "questboard_quota_refusals_total";
+/// Turns accepted from a session or user past 80 % of its daily token
+/// budget, by `scope` (`session`, `user`).
+pub const BUDGET_WARNINGS_TOTAL: &str = "questboard_budget_warnings_total";
+/// Images a reply asked for and did not get because its author's media
+/// quota was spent.
+pub const MEDIA_SKIPPED_TOTAL: &str = "questboard_media_skipped_total";
 /// Reply chunks streamed out of providers.
 pub const TURN_CHUNKS_TOTAL: &str = "questboard_turn_chunks_total";
 /// Worker slots busy right now, by `kind` (for turns: sessions).
@@ -220,6 +228,9 @@ pub const ALL: &[&str] = &[
     MEDIA_UNITS_TOTAL,
     LIMITER_WAIT_SECONDS,
     PROVIDER_PAUSES_TOTAL,
+    QUOTA_REFUSALS_TOTAL,
+    BUDGET_WARNINGS_TOTAL,
+    MEDIA_SKIPPED_TOTAL,
     TURN_CHUNKS_TOTAL,
     WORKER_BUSY_SLOTS,
     COMMIT_SECONDS,
@@ -393,6 +404,18 @@ pub fn describe() {
         "Time a call waited for its provider's limits and pauses, by provider."
     );
     describe_counter!(
+        QUOTA_REFUSALS_TOTAL,
+        "Requests members' quotas and budgets refused (429), by quota."
+    );
+    describe_counter!(
+        BUDGET_WARNINGS_TOTAL,
+        "Turns accepted from a session or user past 80% of its daily token budget, by scope."
+    );
+    describe_counter!(
+        MEDIA_SKIPPED_TOTAL,
+        "Images replies asked for and did not get: their authors' media quota was spent."
+    );
+    describe_counter!(
         PROVIDER_PAUSES_TOTAL,
         "Pauses a provider asked for (429 or 503 with a time to wait), by provider."
     );
@@ -548,6 +571,7 @@ pub struct Known<'a> {
 
 /// Counters of one label set each, by name.
 const UNLABELLED: &[&str] = &[
+    MEDIA_SKIPPED_TOTAL,
     REDIS_RECONNECTS_TOTAL,
     EVENTS_PUBLISH_FAILURES_TOTAL,
     HTTP_CONNECTIONS_REFUSED_TOTAL,
@@ -560,6 +584,7 @@ const UNLABELLED: &[&str] = &[
 
 /// Counters with one label of a fixed set of values: (name, label, values).
 const FIXED: &[(&str, &str, &[&str])] = &[
+    (BUDGET_WARNINGS_TOTAL, "scope", &["session", "user"]),
     (FENCING_REJECTIONS_TOTAL, "scope", &["session", "job"]),
     (LEASES_LOST_TOTAL, "scope", &["session", "job"]),
     (
@@ -696,6 +721,11 @@ const BY_KIND: &[&str] = &[
 /// Storage operations, as `storage_errors_total{operation}` names them.
 const STORAGE_OPERATIONS: &[&str] = &["put", "read", "head", "delete", "upload", "upload_begin"];
 
+/// Counts a refusal of `quota` (by name).
+pub fn quota_refused(quota: &'static str) {
+    metrics::counter!(QUOTA_REFUSALS_TOTAL, "quota" => quota).increment(1);
+}
+
 /// Registers, at 0, every counter series whose labels this process knows
 /// ahead: Prometheus takes a series' first sample as its baseline, so a
 /// counter that first appears at 1 (the first failed import, the first
@@ -707,6 +737,9 @@ const STORAGE_OPERATIONS: &[&str] = &["put", "read", "head", "delete", "upload",
 pub fn register_known(known: &Known<'_>) {
     for name in UNLABELLED {
         metrics::counter!(*name).increment(0);
+    }
+    for quota in crate::quotas::Quota::ALL {
+        metrics::counter!(QUOTA_REFUSALS_TOTAL, "quota" => quota.name()).increment(0);
     }
     for (name, label, values) in FIXED {
         for value in *values {

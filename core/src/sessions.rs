@@ -300,6 +300,9 @@ pub enum Error {
     /// The input is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// A member's quota refused it.
+    #[error(transparent)]
+    Quota(#[from] crate::quotas::Refusal),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -317,6 +320,28 @@ pub fn storage_prefix_for(id: Uuid) -> String {
 /// `owner`. Session and membership are written by one statement, so neither
 /// exists without the other.
 pub async fn create(pool: &PgPool, owner: &UserId, name: &SessionName) -> Result<Membership> {
+    create_within(pool, owner, name, None).await
+}
+
+/// [`create`], charged to the owner's sessions-per-day quota (`per_day`,
+/// None: no limit) in the same transaction: a refused creation writes
+/// nothing, a failed one costs nothing.
+pub async fn create_within(
+    pool: &PgPool,
+    owner: &UserId,
+    name: &SessionName,
+    per_day: Option<u64>,
+) -> Result<Membership> {
+    let mut tx = pool.begin().await?;
+    if let Some(limit) = per_day {
+        crate::quotas::take(
+            &mut tx,
+            crate::quotas::Quota::UserSessionsPerDay,
+            limit,
+            owner.as_str(),
+        )
+        .await??;
+    }
     let id = Uuid::now_v7();
     let membership = sqlx::query_as::<_, Membership>(
         r#"
@@ -336,8 +361,9 @@ pub async fn create(pool: &PgPool, owner: &UserId, name: &SessionName) -> Result
     .bind(name.as_str())
     .bind(owner.as_str())
     .bind(storage_prefix_for(id))
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(membership)
 }
 

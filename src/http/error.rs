@@ -89,6 +89,11 @@ pub enum Error {
     /// 503: a dependency is down.
     #[error("{0}")]
     Unavailable(String),
+    /// 429: a member's quota or budget; the code says which kind
+    /// (`rate_limited`, `queue_full`, `budget_exhausted`,
+    /// `limit_reached`), `Retry-After` when to ask again.
+    #[error(transparent)]
+    Quota(#[from] questboard_core::quotas::Refusal),
     /// An operator's source: 422 when the request named one it may not
     /// use, 503 when the source is unwell; the code is the source's.
     #[error(transparent)]
@@ -121,6 +126,15 @@ pub struct ErrorDetail {
     /// Game-state `VALIDATION_ERROR` only: the index of the operation refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<usize>,
+    /// 429 only: which quota refused (`user_turns_per_minute`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<questboard_core::quotas::Quota>,
+    /// 429 only: the quota's limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// 429 only: seconds until asking again may succeed (as `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl Error {
@@ -145,6 +159,7 @@ impl Error {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Source(source) if source.is_request() => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Source(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -170,6 +185,7 @@ impl Error {
             Error::RangeNotSatisfiable(_) => "range_not_satisfiable",
             Error::Unprocessable(_) => "validation_failed",
             Error::Unavailable(_) => "unavailable",
+            Error::Quota(refusal) => refusal.quota.code(),
             Error::Source(source) => source.code(),
             Error::Internal(_) => "internal_error",
         }
@@ -188,6 +204,18 @@ impl Error {
             },
             operation: match self {
                 Error::InvalidUpdate { operation, .. } => *operation,
+                _ => None,
+            },
+            quota: match self {
+                Error::Quota(r) => Some(r.quota),
+                _ => None,
+            },
+            limit: match self {
+                Error::Quota(r) => Some(r.limit),
+                _ => None,
+            },
+            retry_after: match self {
+                Error::Quota(r) => Some(r.retry_after_secs()),
                 _ => None,
             },
         }
@@ -238,6 +266,11 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Error::Quota(refusal) = &self
+            && let Ok(value) = HeaderValue::from_str(&refusal.retry_after_secs().to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -261,6 +294,7 @@ impl From<sessions::Error> for Error {
             sessions::Error::Forbidden(why) => Error::Forbidden(why.into()),
             sessions::Error::Conflict(why) => Error::Conflict(why.into()),
             sessions::Error::Invalid(why) => Error::Unprocessable(why),
+            sessions::Error::Quota(refusal) => Error::Quota(refusal),
             sessions::Error::Database(err) => Error::database(err),
         }
     }
@@ -276,6 +310,7 @@ impl From<invites::Error> for Error {
             },
             invites::Error::Session(err) => err.into(),
             invites::Error::Invalid(why) => Error::Unprocessable(why),
+            invites::Error::Quota(refusal) => Error::Quota(refusal),
             invites::Error::Database(err) => Error::database(err),
         }
     }
@@ -337,6 +372,7 @@ impl From<turns::Error> for Error {
             turns::Error::Invalid(why) => Error::Unprocessable(why),
             turns::Error::Unavailable(why) => Error::Unavailable(why.into()),
             turns::Error::KeyReused => Error::Conflict(err.to_string()),
+            turns::Error::Quota(refusal) => Error::Quota(refusal),
             turns::Error::Database(err) => Error::database(err),
             turns::Error::Job(err) => err.into(),
             turns::Error::Fenced(_) => Error::internal(err),

@@ -146,7 +146,8 @@ pub struct AcceptedView {
         (status = 413, body = ErrorBody), (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The session is archived", body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "`limit_reached`: the session's quota of live invites (`Retry-After`: until the first expires)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_invite(
     AuthUser(user): AuthUser,
@@ -164,7 +165,10 @@ pub async fn create_invite(
         },
         max_uses: input.max_uses.unwrap_or(defaults.max_uses),
     };
-    let created = invites::create(&state.pool, session_id, &user, new).await?;
+    let max_live = state
+        .quotas
+        .limit(questboard_core::quotas::Quota::SessionMaxInvites);
+    let created = invites::create(&state.pool, session_id, &user, new, max_live).await?;
     metrics::counter!(m::INVITES_CREATED_TOTAL).increment(1);
     tracing::info!(%session_id, invite_id = %created.id, by = %user, "invite created");
     Ok((

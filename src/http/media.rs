@@ -391,7 +391,8 @@ pub struct GenerationAccepted {
         (status = 404, description = "No such session, or not a member", body = ErrorBody),
         (status = 409, description = "The session is archived, or the key was used for another request", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, description = "Type, prompt, size or voice not acceptable", body = ErrorBody)),
+        (status = 422, description = "Type, prompt, size or voice not acceptable", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the caller's media-per-hour quota (`Retry-After`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn generate_media(
     AuthUser(user): AuthUser,
@@ -461,6 +462,20 @@ pub async fn generate_media(
     let (item, replayed) = match asked {
         media::Asked::Earlier(item) => (item, true),
         media::Asked::New(item) => {
+            // Charged in the transaction that records the item: a refusal
+            // writes nothing, a replay above costs nothing.
+            if let Some(limit) = state
+                .quotas
+                .limit(questboard_core::quotas::Quota::UserMediaPerHour)
+            {
+                questboard_core::quotas::take(
+                    &mut tx,
+                    questboard_core::quotas::Quota::UserMediaPerHour,
+                    limit,
+                    user.as_str(),
+                )
+                .await??;
+            }
             let job = media::GenerateMedia {
                 media_id: item.id,
                 session_id,

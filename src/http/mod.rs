@@ -52,6 +52,7 @@ pub mod migrations;
 pub mod openapi;
 pub mod pages;
 pub mod proposals;
+pub mod quotas;
 pub mod runs;
 pub mod server;
 pub mod sessions;
@@ -71,6 +72,11 @@ pub struct AppState {
     pub bus: questboard_core::bus::Bus,
     /// Commits turn submissions of concurrent requests together.
     pub intake: questboard_core::turns::Intake,
+    /// Members' quotas and budgets in force (defaults and operators'
+    /// overrides).
+    pub quotas: questboard_core::quotas::Quotas,
+    /// This process's open session sockets, for the per-user quota.
+    pub sockets: questboard_core::quotas::sockets::Sockets,
     /// Wakes workers when operators start, retry or resume jobs; tells
     /// them to stop a cancelled one.
     pub wake: questboard_core::wakeups::Publisher,
@@ -144,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .merge(invites::router())
         .merge(turns::router())
         .merge(usage::router())
+        .merge(quotas::router())
         .merge(state::router())
         .merge(proposals::router())
         .merge(jobs::router())

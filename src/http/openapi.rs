@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
 use super::AppState;
 use super::{
     activity, admin, audit, download, error, events, health, invites, jobs, lanes, legacy, live,
-    media, migrations, proposals, runs, sessions, state, turns, usage,
+    media, migrations, proposals, quotas, runs, sessions, state, turns, usage,
 };
 
 /// The API description.
@@ -51,6 +51,9 @@ use super::{
         jobs::get_job,
         usage::session_usage,
         usage::admin_usage,
+        quotas::list_quotas,
+        quotas::set_quota,
+        quotas::reset_quota,
         admin::list_queues,
         admin::pause_kind,
         admin::resume_kind,

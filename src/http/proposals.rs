@@ -249,7 +249,12 @@ pub async fn approve(
         user,
         proposal_id,
         version,
-        state.state_limits,
+        review::Allowance {
+            state: state.state_limits,
+            media_per_hour: state
+                .quotas
+                .limit(questboard_core::quotas::Quota::UserMediaPerHour),
+        },
     )
     .await?;
     if let Some(event) = approved.applied.as_ref().and_then(|a| a.event.clone()) {

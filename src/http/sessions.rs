@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use questboard_core::metrics as m;
+use questboard_core::quotas::Quota;
 use questboard_core::sessions::{
     self, AiAuthority, Cursor, Member, Membership, Role, SessionName, SessionStatus,
 };
@@ -169,7 +170,8 @@ pub struct SessionPage {
         (status = 201, description = "Created; the caller is its owner", body = SessionView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the caller's sessions-per-day quota (`Retry-After`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_session(
     AuthUser(user): AuthUser,
@@ -177,7 +179,8 @@ pub async fn create_session(
     Json(input): Json<SessionInput>,
 ) -> Result<(StatusCode, Json<SessionView>)> {
     let name = SessionName::parse(&input.name)?;
-    let created = sessions::create(&state.pool, &user, &name).await?;
+    let per_day = state.quotas.limit(Quota::UserSessionsPerDay);
+    let created = sessions::create_within(&state.pool, &user, &name, per_day).await?;
     metrics::counter!(m::SESSIONS_CREATED_TOTAL).increment(1);
     tracing::info!(session_id = %created.session.id, owner = %user, "session created");
     // The manifest makes the session's storage prefix exist. Storage being

@@ -149,7 +149,8 @@ pub struct TurnPage {
         (status = 404, body = ErrorBody),
         (status = 409, description = "Archived session, or the key was used for a different text", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "A member's quota, with `Retry-After`: `rate_limited` (the caller's turns per minute), `queue_full` (the session's turns waiting or running), `budget_exhausted` (the session's or the caller's tokens today; renews at midnight UTC). `error.quota` names it. A replay of an accepted turn is never refused", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn submit_turn(
     AuthUser(user): AuthUser,

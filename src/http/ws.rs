@@ -185,6 +185,17 @@ async fn ws_session(
             format!("expected a WebSocket upgrade: {rejection}"),
         )
     })?;
+    // The user's sockets across API processes (`user_max_sockets`),
+    // refused before the upgrade: a plain 429 with Retry-After.
+    let slot = state
+        .sockets
+        .open(
+            user.as_str(),
+            state
+                .quotas
+                .limit(questboard_core::quotas::Quota::UserMaxSockets),
+        )
+        .await??;
     Ok(upgrade
         .protocols([BEARER_PROTOCOL])
         // tungstenite's defaults (128 KiB read buffer, 128 KiB write
@@ -195,6 +206,7 @@ async fn ws_session(
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
+            let _slot = slot;
             metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
             Socket {
                 state,

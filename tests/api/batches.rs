@@ -73,7 +73,9 @@ async fn a_submission_batch_refuses_items_one_by_one_and_numbers_the_rest_in_ord
         new(Uuid::new_v4(), &alice, "no such session"),
         new(open, &alice, "third"),
     ];
-    let outcomes = turns::submit_many(&db.pool, &batch).await.expect("batch");
+    let outcomes = turns::submit_many(&db.pool, &batch, Default::default())
+        .await
+        .expect("batch");
     assert_eq!(outcomes.len(), batch.len());
 
     let accepted = |i: usize| outcomes[i].as_ref().expect("accepted");
@@ -136,7 +138,7 @@ async fn a_submission_batch_refuses_items_one_by_one_and_numbers_the_rest_in_ord
     assert_eq!(untouched, 0);
 
     // Replaying the whole batch creates nothing new.
-    let again = turns::submit_many(&db.pool, &batch[1..2])
+    let again = turns::submit_many(&db.pool, &batch[1..2], Default::default())
         .await
         .expect("batch");
     let replay = again[0].as_ref().expect("replay");
@@ -437,7 +439,10 @@ async fn committed_events_stay_in_the_outbox_until_published_then_are_cleared() 
         .into_iter()
         .map(|input| new(s, &author, input))
         .collect();
-    for outcome in turns::submit_many(&db.pool, &batch).await.expect("batch") {
+    for outcome in turns::submit_many(&db.pool, &batch, Default::default())
+        .await
+        .expect("batch")
+    {
         outcome.expect("accepted");
     }
     let pending = outbox(&db).await;

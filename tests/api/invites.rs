@@ -320,7 +320,8 @@ async fn invite_tokens_appear_nowhere_in_the_database_in_clear() {
 }
 
 /// The invite list is paged, and a session holds at most 100 live
-/// invites (the probe listed 3,000 in one 651 KB body).
+/// invites by default (`session_max_invites`; the probe listed 3,000 in
+/// one 651 KB body).
 #[tokio::test]
 async fn invites_are_paged_and_capped() {
     let app = TestApp::spawn().await;
@@ -331,9 +332,12 @@ async fn invites_are_paged_and_capped() {
         created.push(id);
     }
     let path = format!("/api/sessions/{session}/invites");
-    app.post("alice", &path, json!({}))
-        .await
-        .assert_error(409, "conflict");
+    let refused = app.post("alice", &path, json!({})).await;
+    refused.assert_error(429, "limit_reached");
+    assert_eq!(refused.body["error"]["quota"], "session_max_invites");
+    // Until the first of them expires (7 days).
+    let wait: u64 = refused.header("retry-after").parse().expect("Retry-After");
+    assert!((7 * 86_400 - 120..=7 * 86_400).contains(&wait), "{wait}");
     // Pages of 40, newest first, every invite once.
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;

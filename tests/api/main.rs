@@ -36,6 +36,7 @@ mod outage;
 mod pages;
 mod proxy;
 mod prune;
+mod quotas;
 mod realtime;
 mod reconcile;
 mod restart;

@@ -173,6 +173,8 @@ async fn a_postgres_restart_under_load_loses_and_duplicates_no_turn() {
     let app = Arc::new(
         TestApp::spawn_on(db, |c| {
             c.db_acquire_timeout_ms = 1000;
+            // One user submits 50 turns a second here: no per-user limit.
+            c.user_turns_per_minute = 0;
         })
         .await,
     );

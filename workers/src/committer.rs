@@ -86,9 +86,10 @@ impl Committer {
         events: EventPublisher,
         wake: wakeups::Publisher,
         settings: CommitSettings,
+        quotas: questboard_core::quotas::Quotas,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, events, wake, settings, rx));
+        tokio::spawn(run(pool, events, wake, settings, quotas, rx));
         Self { tx }
     }
 
@@ -111,6 +112,7 @@ async fn run(
     events: EventPublisher,
     wake: wakeups::Publisher,
     settings: CommitSettings,
+    quotas: questboard_core::quotas::Quotas,
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.in_flight.max(1)));
@@ -138,8 +140,11 @@ async fn run(
             .partition(|r| sessions.insert(r.step.session_id));
         held_back = later;
         let (pool, events, wake) = (pool.clone(), events.clone(), wake.clone());
+        // The images a reply asks for are charged to its turn's author.
+        let media_per_hour = quotas.limit(questboard_core::quotas::Quota::UserMediaPerHour);
+        let state_limits = settings.state_limits;
         tokio::spawn(async move {
-            apply(&pool, &events, &wake, batch, settings.state_limits).await;
+            apply(&pool, &events, &wake, batch, state_limits, media_per_hour).await;
             drop(permit);
         });
     }
@@ -151,11 +156,14 @@ async fn apply(
     wake: &wakeups::Publisher,
     batch: Vec<Request>,
     state_limits: questboard_core::state::Limits,
+    media_per_hour: Option<u64>,
 ) {
     let (alone, batch): (Vec<Request>, Vec<Request>) =
         batch.into_iter().partition(|r| r.step.runs_alone());
     let alone = alone.into_iter().map(|request| async move {
-        let applied = turns::retrying(|| advance_alone(pool, &request.step, state_limits)).await;
+        let applied =
+            turns::retrying(|| advance_alone(pool, &request.step, state_limits, media_per_hour))
+                .await;
         if let Ok((_, images)) = &applied
             && *images > 0
         {
@@ -185,6 +193,7 @@ async fn advance_alone(
     pool: &PgPool,
     step: &Step,
     state_limits: questboard_core::state::Limits,
+    media_per_hour: Option<u64>,
 ) -> turns::Result<(StepOutcome, usize)> {
     let mut tx = pool.begin().await?;
     let mut outcome = turns::advance_alone(&mut tx, step, state_limits).await?;
@@ -192,14 +201,22 @@ async fn advance_alone(
     if outcome.images
         && let Some((turn_id, _, settle)) = &step.settle
     {
-        let requested =
-            media::ask_for_turn_images(&mut tx, step.session_id, *turn_id, settle.images())
-                .await
-                .map_err(|e| match e {
-                    media::Error::Database(e) => turns::Error::Database(e),
-                    other => turns::Error::Invalid(other.to_string()),
-                })?;
-        asked = requested.len();
+        let requested = media::ask_for_turn_images(
+            &mut tx,
+            step.session_id,
+            *turn_id,
+            settle.images(),
+            media_per_hour,
+        )
+        .await
+        .map_err(|e| match e {
+            media::Error::Database(e) => turns::Error::Database(e),
+            other => turns::Error::Invalid(other.to_string()),
+        })?;
+        asked = requested
+            .iter()
+            .filter(|e| e.kind == "media.requested")
+            .count();
         outcome.events.extend(requested);
     }
     tx.commit().await?;

@@ -375,6 +375,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/quotas": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Members' quotas and budgets in force, with their defaults and who
+         *     changed them; viewers and operators.
+         */
+        get: operations["list_quotas"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/quotas/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Sets a quota (0: no limit) without a restart; operators only,
+         *     recorded in the audit log (`quota.set`).
+         */
+        put: operations["set_quota"];
+        post?: never;
+        /**
+         * Puts a quota back to its default (the environment's); operators only,
+         *     recorded in the audit log (`quota.reset`).
+         */
+        delete: operations["reset_quota"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/runs": {
         parameters: {
             query?: never;
@@ -1261,10 +1305,21 @@ export interface components {
              * @description `VERSION_CONFLICT` only: the game state's current version.
              */
             current_version?: number | null;
+            /**
+             * Format: int64
+             * @description 429 only: the quota's limit.
+             */
+            limit?: number | null;
             /** @description Human-readable explanation, safe to show. */
             message: string;
             /** @description Game-state `VALIDATION_ERROR` only: the index of the operation refused. */
             operation?: number | null;
+            quota?: null | components["schemas"]["Quota"];
+            /**
+             * Format: int64
+             * @description 429 only: seconds until asking again may succeed (as `Retry-After`).
+             */
+            retry_after?: number | null;
         };
         /** @description A durable session event. */
         Event: {
@@ -2034,6 +2089,29 @@ export interface components {
              */
             payload_schema?: Record<string, never> | null;
         };
+        /**
+         * @description What a member may ask of the platform.
+         * @enum {string}
+         */
+        Quota: "user_turns_per_minute" | "session_max_queued_turns" | "user_media_per_hour" | "user_sessions_per_day" | "session_max_invites" | "user_max_sockets" | "session_daily_tokens" | "user_daily_tokens";
+        /** @description A new value for a quota. */
+        QuotaInput: {
+            /**
+             * Format: int64
+             * @description The limit (0: no limit).
+             */
+            value: number;
+        };
+        /** @description Every quota in force. */
+        QuotasPage: {
+            /** @description In the order of the configuration table. */
+            quotas: components["schemas"]["Setting"][];
+            /**
+             * Format: int64
+             * @description Seconds within which a change reaches every process.
+             */
+            refresh_seconds: number;
+        };
         /** @description Why a turn's state change was refused. */
         Refusal: {
             /**
@@ -2225,6 +2303,36 @@ export interface components {
              * @description Metadata last changed.
              */
             updated_at: string;
+        };
+        /** @description One quota as operators see it. */
+        Setting: {
+            /** @description The error code of its refusals. */
+            code: string;
+            /**
+             * Format: int64
+             * @description The default from the environment (or built in).
+             */
+            default: number;
+            /** @description What it limits. */
+            description: string;
+            /** @description The variable that sets the default. */
+            env: string;
+            /** @description The quota. */
+            name: components["schemas"]["Quota"];
+            /** @description Whether an operator overrode the default. */
+            overridden: boolean;
+            /**
+             * Format: date-time
+             * @description When.
+             */
+            updated_at?: string | null;
+            /** @description Who overrode it. */
+            updated_by?: string | null;
+            /**
+             * Format: int64
+             * @description In force (0: no limit).
+             */
+            value: number;
         };
         /** @description Usage of one user or one session (the operators' report). */
         Share: components["schemas"]["Totals"] & {
@@ -3807,6 +3915,169 @@ export interface operations {
             };
         };
     };
+    list_quotas: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotasPage"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    set_quota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The quota (`user_turns_per_minute`, ...) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["QuotaInput"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotasPage"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reset_quota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The quota */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotasPage"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_runs: {
         parameters: {
             query?: {
@@ -4665,6 +4936,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `rate_limited`: the caller's sessions-per-day quota (`Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     get_session: {
@@ -5286,6 +5566,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `limit_reached`: the session's quota of live invites (`Retry-After`: until the first expires) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     revoke_invite: {
@@ -5479,6 +5768,15 @@ export interface operations {
             };
             /** @description Type, prompt, size or voice not acceptable */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `rate_limited`: the caller's media-per-hour quota (`Retry-After`) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6243,6 +6541,15 @@ export interface operations {
                 };
             };
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A member's quota, with `Retry-After`: `rate_limited` (the caller's turns per minute), `queue_full` (the session's turns waiting or running), `budget_exhausted` (the session's or the caller's tokens today; renews at midnight UTC). `error.quota` names it. A replay of an accepted turn is never refused */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -30,6 +30,9 @@ export interface TranscriptTurn {
   error?: string;
   /** What the reply changed in the game state, as `turn.completed` says. */
   stateChange?: JsonObject;
+  /** Why images the reply asked for were not made (`media.skipped`: the
+   * author's media quota was spent; the reply goes on in text). */
+  mediaNote?: string;
 }
 
 interface Chunks {
@@ -71,6 +74,12 @@ export class Transcript {
   event(event: SessionEvent): boolean {
     const d = event.data;
     const id = typeof d["turn_id"] === "string" ? d["turn_id"] : undefined;
+    if (id !== undefined && event.type === "media.skipped") {
+      const turn = this.byId.get(id);
+      if (turn === undefined) return false;
+      turn.mediaNote = String(d["message"] ?? "Images are off for this reply.");
+      return true;
+    }
     if (id === undefined || !event.type.startsWith("turn.")) return false;
     if (event.type === "turn.queued") {
       this.byId.set(id, {

@@ -73,3 +73,14 @@ test("turns read over REST are the start events continue from", () => {
     [["alice", "I wait.", "running", "Time passes."]],
   );
 });
+
+test("a reply whose images were skipped for the media quota says so", () => {
+  const t = new Transcript();
+  t.event(ev("turn.queued", { turn_id: "a", seq: 1, author_user_id: "alice", input: "I look." }));
+  t.event(ev("turn.completed", { turn_id: "a", seq: 1, output: "A hall." }));
+  const note = "Images are off for this reply: you may ask for 2 images or narrations an hour.";
+  assert.equal(t.event(ev("media.skipped", { turn_id: "a", skipped: 1, message: note })), true);
+  assert.equal(t.turns[0]!.mediaNote, note);
+  assert.equal(t.event(ev("media.skipped", { turn_id: "unknown", skipped: 1, message: note })), false);
+  assert.equal(t.event(ev("media.requested", { turn_id: "a", media_id: "m" })), false);
+});

@@ -53,23 +53,74 @@ impl Job for GenerateMedia {
 /// Records, in `tx`, a pending image and its `media` job for each of the
 /// `prompts` the reply to `turn_id` asked for (at most
 /// [`MAX_IMAGES_PER_REPLY`], empty prompts dropped), each with its
-/// `media.requested` event. Returns the events, in order.
+/// `media.requested` event. Each is charged to the turn's author's
+/// `media_per_hour` quota (None: not limited); once it is spent the rest
+/// are not asked for and one `media.skipped` event says so (the reply goes
+/// on in text). Returns the events, in order.
 pub async fn ask_for_turn_images(
     tx: &mut sqlx::PgConnection,
     session_id: Uuid,
     turn_id: Uuid,
     prompts: &[String],
+    media_per_hour: Option<u64>,
 ) -> Result<Vec<Event>> {
     if prompts.len() > MAX_IMAGES_PER_REPLY {
         tracing::info!(%turn_id, asked = prompts.len(), kept = MAX_IMAGES_PER_REPLY,
             "the reply asked for more images than a reply may; the rest are dropped");
     }
     let mut events = Vec::new();
-    for prompt in prompts.iter().take(MAX_IMAGES_PER_REPLY) {
-        let Some(prompt) = turn_prompt(prompt) else {
-            tracing::info!(%turn_id, "an image prompt of the reply was empty; dropped");
-            continue;
-        };
+    let wanted: Vec<String> = prompts
+        .iter()
+        .take(MAX_IMAGES_PER_REPLY)
+        .filter_map(|p| {
+            let kept = turn_prompt(p);
+            if kept.is_none() {
+                tracing::info!(%turn_id, "an image prompt of the reply was empty; dropped");
+            }
+            kept
+        })
+        .collect();
+    let author: Option<String> = match (media_per_hour, wanted.is_empty()) {
+        (Some(_), false) => {
+            sqlx::query_scalar("SELECT author_user_id FROM turns WHERE id = $1")
+                .bind(turn_id)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        _ => None,
+    };
+    for (n, prompt) in wanted.iter().enumerate() {
+        if let (Some(limit), Some(author)) = (media_per_hour, &author)
+            && let Err(refusal) = crate::quotas::take(
+                &mut *tx,
+                crate::quotas::Quota::UserMediaPerHour,
+                limit,
+                author,
+            )
+            .await?
+        {
+            let skipped = wanted.len() - n;
+            metrics::counter!(crate::metrics::MEDIA_SKIPPED_TOTAL).increment(skipped as u64);
+            tracing::info!(%turn_id, skipped, "the author's media quota is spent: the reply goes on in text");
+            events.push(
+                events::append(
+                    &mut *tx,
+                    session_id,
+                    "media.skipped",
+                    serde_json::json!({
+                        "turn_id": turn_id,
+                        "skipped": skipped,
+                        "quota": refusal.quota,
+                        "retry_after": refusal.retry_after_secs(),
+                        "message": format!(
+                            "Images are off for this reply: {}.", refusal.message
+                        ),
+                    }),
+                )
+                .await?,
+            );
+            break;
+        }
         let job = GenerateMedia {
             media_id: Uuid::now_v7(),
             session_id,
@@ -85,7 +136,7 @@ pub async fn ask_for_turn_images(
             job.media_id,
             session_id,
             turn_id,
-            &prompt,
+            prompt,
             &enqueued.id,
         )
         .await?;

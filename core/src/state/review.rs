@@ -235,6 +235,16 @@ async fn decidable(pool: &PgPool, session_id: Uuid, actor: &UserId, id: Uuid) ->
 }
 
 /// Approves a proposal (see the module docs). `version` is the state's
+/// What approving a proposal may spend: the game state's size limits, and
+/// the turn author's media quota for the images the reply asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Allowance {
+    /// The game state's size limits.
+    pub state: Limits,
+    /// Images per hour of the turn's author (None: not limited).
+    pub media_per_hour: Option<u64>,
+}
+
 /// version the approver saw; needed when the proposal has operations.
 pub async fn approve(
     pool: &PgPool,
@@ -243,8 +253,12 @@ pub async fn approve(
     actor: &UserId,
     id: Uuid,
     version: Option<i64>,
-    limits: Limits,
+    allowance: Allowance,
 ) -> Result<Approved> {
+    let Allowance {
+        state: limits,
+        media_per_hour,
+    } = allowance;
     let held = decidable(pool, session_id, actor, id).await?;
     let operations: Vec<Value> =
         serde_json::from_value(held.operations.clone()).unwrap_or_default();
@@ -291,16 +305,25 @@ pub async fn approve(
     // Another game master decided meanwhile (an approval of theirs made
     // the same update, under the same id: nothing applied twice).
     .ok_or(Error::Decided("decided"))?;
-    let mut events = crate::media::ask_for_turn_images(&mut tx, session_id, held.turn_id, &images)
-        .await
-        .map_err(|e| match e {
-            crate::media::Error::Database(e) => Error::Database(e),
-            other => Error::Invalid {
-                index: None,
-                message: other.to_string(),
-            },
-        })?;
-    let asked = events.len();
+    let mut events = crate::media::ask_for_turn_images(
+        &mut tx,
+        session_id,
+        held.turn_id,
+        &images,
+        media_per_hour,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::media::Error::Database(e) => Error::Database(e),
+        other => Error::Invalid {
+            index: None,
+            message: other.to_string(),
+        },
+    })?;
+    let asked = events
+        .iter()
+        .filter(|e| e.kind == "media.requested")
+        .count();
     events.push(
         events::append(
             &mut tx,

@@ -10,7 +10,9 @@
 //! through [`super::submit_many`] together. Each request gets its own
 //! answer; a refusal (not a member, archived, key reused) affects only its
 //! request. After commit the intake publishes the new `turn.queued` events
-//! and wakes the workers, once per batch.
+//! and wakes the workers, once per batch. Members' quotas are checked in
+//! the batch's transaction (`submit_many`), so a lone submission takes the
+//! one-statement path only when every turn quota is off.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use super::{Error, NewTurn, Result, Submitted, TurnJob};
 use crate::events::{Event, EventPublisher};
 use crate::identity::UserId;
 use crate::jobs::Job as _;
+use crate::quotas::Quotas;
 use crate::wakeups;
 
 /// Most submissions in one transaction.
@@ -53,9 +56,15 @@ pub struct Intake {
 impl Intake {
     /// Starts the batching task (inside a Tokio runtime). It stops when the
     /// last clone is dropped.
-    pub fn start(pool: sqlx::PgPool, events: EventPublisher, wake: wakeups::Publisher) -> Self {
+    /// Members' `quotas` are checked where each turn is written.
+    pub fn start(
+        pool: sqlx::PgPool,
+        events: EventPublisher,
+        wake: wakeups::Publisher,
+        quotas: Quotas,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, events, wake, rx));
+        tokio::spawn(run(pool, events, wake, quotas, rx));
         Self {
             tx,
             closed: Arc::default(),
@@ -93,6 +102,7 @@ async fn run(
     pool: sqlx::PgPool,
     events: EventPublisher,
     wake: wakeups::Publisher,
+    quotas: Quotas,
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -105,8 +115,9 @@ async fn run(
             return;
         }
         let (pool, events, wake) = (pool.clone(), events.clone(), wake.clone());
+        let limits = quotas.values().turns();
         tokio::spawn(async move {
-            commit(&pool, &events, &wake, batch).await;
+            commit(&pool, &events, &wake, limits, batch).await;
             drop(permit);
         });
     }
@@ -116,6 +127,7 @@ async fn commit(
     pool: &sqlx::PgPool,
     events: &EventPublisher,
     wake: &wakeups::Publisher,
+    limits: crate::quotas::TurnQuotas,
     batch: Vec<Request>,
 ) {
     let outcomes = {
@@ -129,10 +141,11 @@ async fn commit(
                 max_attempts: r.max_attempts,
             })
             .collect();
-        if let [one] = news.as_slice() {
+        // A lone submission is one statement when no limit needs reading.
+        if let ([one], false) = (news.as_slice(), limits.any()) {
             vec![super::retrying(|| super::submit(pool, *one)).await]
         } else {
-            match super::retrying(|| super::submit_many(pool, &news)).await {
+            match super::retrying(|| super::submit_many(pool, &news, limits)).await {
                 Ok(outcomes) => outcomes,
                 Err(err) => {
                     tracing::warn!(error = %err, turns = news.len(), "a batch of submissions failed");

@@ -157,6 +157,9 @@ pub enum Error {
     /// The idempotency key was used before with a different input.
     #[error("this Idempotency-Key was already used for a different turn")]
     KeyReused,
+    /// A member's quota or budget refused it.
+    #[error(transparent)]
+    Quota(#[from] crate::quotas::Refusal),
     /// The lease was lost: the write was refused.
     #[error(transparent)]
     Fenced(#[from] leases::Error),

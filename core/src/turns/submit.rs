@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::{Error, NewTurn, Result, Submitted, TURN_COLUMNS, Turn, TurnJob, TurnStatus};
 use crate::events::Event;
 use crate::jobs::{self, Job as _};
+use crate::quotas::{self, Bucket, Quota, TurnQuotas};
 use crate::sessions::{self, SessionStatus};
 
 /// The unique constraint that makes idempotency keys race-free.
@@ -184,17 +185,24 @@ enum Plan {
 /// Submits `batch` in one transaction and returns one outcome per turn, in
 /// order: the turn (new, or the original for a reused idempotency key), or
 /// why it was refused (not a member, archived, key reused with another
-/// text) without affecting the others. Turns of one session are numbered in
-/// batch order. Fails as a whole only if the database does.
-pub async fn submit_many(pool: &PgPool, batch: &[NewTurn<'_>]) -> Result<Vec<Result<Submitted>>> {
+/// text, one of the `limits`: [`Error::Quota`]) without affecting the
+/// others. Turns of one session are numbered in batch order. A replayed
+/// turn is never refused by a limit nor charged to one. Fails as a whole
+/// only if the database does.
+pub async fn submit_many(
+    pool: &PgPool,
+    batch: &[NewTurn<'_>],
+    limits: TurnQuotas,
+) -> Result<Vec<Result<Submitted>>> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
     let mut tx = pool.begin().await?;
-    let mut counters = lock_sessions(&mut tx, batch).await?;
+    let mut counters = lock_sessions(&mut tx, batch, limits).await?;
     let stored = earlier_with_keys(&mut tx, batch).await?;
-    let plans = plan(batch, &mut counters, &stored);
-    let created = insert(&mut tx, batch, &plans, &counters).await?;
+    let mut users = authors(&mut tx, batch, limits).await?;
+    let plans = plan(batch, &mut counters, &stored, &mut users, limits);
+    let created = insert(&mut tx, batch, &plans, &counters, &users).await?;
     tx.commit().await?;
     Ok(answer(batch, plans, created))
 }
@@ -207,45 +215,209 @@ struct Counters {
     next_turn: i64,
     next_event: i64,
     members: Vec<String>,
+    /// Turns waiting or running (counted only under a queue limit).
+    queued: i64,
+    /// Tokens spent today (read only under a session budget).
+    spent: i64,
+    /// The database's clock.
+    now: DateTime<Utc>,
 }
 
 /// Locks the batch's sessions (in id order, so concurrent batches cannot
 /// deadlock) and reads their counters, status and members among the
-/// authors.
+/// authors, and what the `limits` need: turns waiting or running, tokens
+/// spent today. Unfinished turns are those from the session's `from_seq`
+/// on, counted on the (session_id, seq) index, and only up to the limit:
+/// at most that many rows.
 async fn lock_sessions(
     tx: &mut sqlx::PgConnection,
     batch: &[NewTurn<'_>],
+    limits: TurnQuotas,
 ) -> Result<HashMap<Uuid, Counters>> {
     let mut session_ids: Vec<Uuid> = batch.iter().map(|n| n.session_id).collect();
     session_ids.sort_unstable();
     session_ids.dedup();
     let authors: Vec<&str> = batch.iter().map(|n| n.author.as_str()).collect();
-    type SessionRow = (Uuid, String, i64, i64, Vec<String>);
+    type SessionRow = (Uuid, String, i64, i64, Vec<String>, i64, i64, DateTime<Utc>);
     let rows: Vec<SessionRow> = sqlx::query_as(
         "SELECT c.id, c.status, c.next_turn_seq, c.next_event_seq,
                 array(SELECT m.user_id FROM campaign_session_members m
-                      WHERE m.session_id = c.id AND m.user_id = ANY($2)) AS members
+                      WHERE m.session_id = c.id AND m.user_id = ANY($2)) AS members,
+                CASE WHEN $3 > 0 THEN (
+                    SELECT count(*) FROM (
+                        SELECT 1 FROM session_queue q
+                        JOIN turns t ON t.session_id = q.session_id AND t.seq >= q.from_seq
+                        WHERE q.session_id = c.id AND t.status IN ('queued', 'running')
+                        LIMIT $3) u)
+                ELSE 0 END AS queued,
+                CASE WHEN $4 THEN (
+                    SELECT coalesce(sum(d.prompt_tokens + d.completion_tokens), 0)::bigint
+                    FROM usage_daily d
+                    WHERE d.session_id = c.id AND d.day = (now() AT TIME ZONE 'UTC')::date)
+                ELSE 0 END AS spent,
+                now()
          FROM campaign_sessions c WHERE c.id = ANY($1)
          ORDER BY c.id FOR NO KEY UPDATE OF c",
     )
     .bind(&session_ids)
     .bind(&authors)
+    .bind(
+        limits
+            .queued
+            .map_or(0, |max| i64::try_from(max).unwrap_or(i64::MAX)),
+    )
+    .bind(limits.session_tokens.is_some())
     .fetch_all(tx)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, status, next_turn, next_event, members)| {
-            (
-                id,
-                Counters {
-                    archived: status == SessionStatus::Archived.as_str(),
-                    next_turn,
-                    next_event,
-                    members,
-                },
-            )
-        })
+        .map(
+            |(id, status, next_turn, next_event, members, queued, spent, now)| {
+                (
+                    id,
+                    Counters {
+                        archived: status == SessionStatus::Archived.as_str(),
+                        next_turn,
+                        next_event,
+                        members,
+                        queued,
+                        spent,
+                        now,
+                    },
+                )
+            },
+        )
         .collect())
+}
+
+/// An author of a batch, as the per-user limits see them.
+struct Author {
+    /// Their turns-per-minute bucket, locked (under that limit).
+    bucket: Bucket,
+    /// Whether the bucket moved.
+    charged: bool,
+    /// Tokens their turns spent today (under a user budget).
+    spent: i64,
+}
+
+/// Reads the per-user state the `limits` need for the batch's authors,
+/// locking their turn buckets (in user order: no deadlock between
+/// batches). A bucket used for the first time is created first.
+async fn authors(
+    tx: &mut sqlx::PgConnection,
+    batch: &[NewTurn<'_>],
+    limits: TurnQuotas,
+) -> Result<HashMap<String, Author>> {
+    let mut users = HashMap::new();
+    if limits.per_minute.is_none() && limits.user_tokens.is_none() {
+        return Ok(users);
+    }
+    let mut ids: Vec<&str> = batch.iter().map(|n| n.author.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let prefix = format!("{}:", Quota::UserTurnsPerMinute.name());
+    for first in [true, false] {
+        let rows: Vec<(String, Option<DateTime<Utc>>, bool, i64)> = sqlx::query_as(
+            "SELECT u.user_id, b.tat, b.key IS NOT NULL,
+                    CASE WHEN $3 THEN (
+                        SELECT coalesce(sum(d.prompt_tokens + d.completion_tokens), 0)::bigint
+                        FROM usage_daily d
+                        WHERE d.user_id = u.user_id AND d.day = (now() AT TIME ZONE 'UTC')::date)
+                    ELSE 0 END
+             FROM unnest($1::text[]) WITH ORDINALITY AS u(user_id, n)
+             LEFT JOIN LATERAL (
+                 SELECT key, tat FROM quota_buckets
+                 WHERE $2 AND key = $4 || u.user_id FOR UPDATE
+             ) b ON true
+             ORDER BY u.n",
+        )
+        .bind(&ids)
+        .bind(limits.per_minute.is_some())
+        .bind(limits.user_tokens.is_some())
+        .bind(&prefix)
+        .fetch_all(&mut *tx)
+        .await?;
+        let missing: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.2)
+            .map(|r| format!("{prefix}{}", r.0))
+            .collect();
+        if first && limits.per_minute.is_some() && !missing.is_empty() {
+            sqlx::query(
+                "INSERT INTO quota_buckets (key, tat)
+                 SELECT k, now() - interval '1 day' FROM unnest($1::text[]) AS k
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&missing)
+            .execute(&mut *tx)
+            .await?;
+            continue;
+        }
+        for (user, tat, _, spent) in rows {
+            users.insert(
+                user,
+                Author {
+                    bucket: Bucket { tat },
+                    charged: false,
+                    spent,
+                },
+            );
+        }
+        break;
+    }
+    Ok(users)
+}
+
+/// Whether the `limits` let `new` in; charges its author's bucket when
+/// they do. Counts turns accepted past 80 % of a budget.
+fn admit(
+    new: &NewTurn<'_>,
+    session: &Counters,
+    users: &mut HashMap<String, Author>,
+    limits: TurnQuotas,
+) -> std::result::Result<(), quotas::Refusal> {
+    let now = session.now;
+    if let Some(max) = limits.queued
+        && session.queued >= i64::try_from(max).unwrap_or(i64::MAX)
+    {
+        return Err(quotas::Refusal::new(
+            Quota::SessionMaxQueuedTurns,
+            max,
+            quotas::QUEUE_FULL_RETRY,
+        ));
+    }
+    if let Some(budget) = limits.session_tokens {
+        quotas::budget_left(Quota::SessionDailyTokens, budget, session.spent, now)?;
+    }
+    let author = users.get_mut(new.author.as_str());
+    if let (Some(budget), Some(author)) = (limits.user_tokens, author.as_deref()) {
+        quotas::budget_left(Quota::UserDailyTokens, budget, author.spent, now)?;
+    }
+    if let (Some(limit), Some(author)) = (limits.per_minute, author) {
+        let period = Quota::UserTurnsPerMinute
+            .period()
+            .unwrap_or(std::time::Duration::from_secs(60));
+        author
+            .bucket
+            .take(now, limit, period)
+            .map_err(|wait| quotas::Refusal::new(Quota::UserTurnsPerMinute, limit, wait))?;
+        author.charged = true;
+    }
+    for (budget, spent, scope) in [
+        (limits.session_tokens, session.spent, "session"),
+        (
+            limits.user_tokens,
+            users.get(new.author.as_str()).map_or(0, |a| a.spent),
+            "user",
+        ),
+    ] {
+        if let Some(budget) = budget
+            && quotas::near_exhaustion(spent, budget)
+        {
+            metrics::counter!(crate::metrics::BUDGET_WARNINGS_TOTAL, "scope" => scope).increment(1);
+        }
+    }
+    Ok(())
 }
 
 /// Turns stored earlier under the batch's idempotency keys, by (session,
@@ -286,6 +458,8 @@ fn plan(
     batch: &[NewTurn<'_>],
     counters: &mut HashMap<Uuid, Counters>,
     stored: &Replays,
+    users: &mut HashMap<String, Author>,
+    limits: TurnQuotas,
 ) -> Vec<Plan> {
     let mut in_batch: HashMap<(Uuid, &str, &str), usize> = HashMap::new();
     let mut plans = Vec::with_capacity(batch.len());
@@ -326,9 +500,14 @@ fn plan(
             ));
             continue;
         }
+        if let Err(refusal) = admit(new, session, users, limits) {
+            plans.push(Plan::Refused(Error::Quota(refusal)));
+            continue;
+        }
         if let Some(key) = new.idempotency_key {
             in_batch.insert((new.session_id, new.author.as_str(), key), i);
         }
+        session.queued += 1;
         plans.push(Plan::Insert {
             id: Uuid::now_v7(),
             job_id: jobs::new_job_id(),
@@ -349,6 +528,7 @@ async fn insert(
     batch: &[NewTurn<'_>],
     plans: &[Plan],
     counters: &HashMap<Uuid, Counters>,
+    users: &HashMap<String, Author>,
 ) -> Result<HashMap<Uuid, (DateTime<Utc>, Event)>> {
     let mut cols = InsertColumns::default();
     for (new, plan) in batch.iter().zip(plans) {
@@ -380,6 +560,15 @@ async fn insert(
         .iter()
         .map(|(s, _)| counters[s].next_event)
         .collect();
+    let (bucket_keys, bucket_tats): (Vec<String>, Vec<DateTime<Utc>>) = users
+        .iter()
+        .filter(|(_, a)| a.charged)
+        .filter_map(|(user, a)| {
+            a.bucket
+                .tat
+                .map(|tat| (quotas::bucket_key(Quota::UserTurnsPerMinute, user), tat))
+        })
+        .unzip();
     let rows = sqlx::query(sqlx::AssertSqlSafe(SUBMIT_MANY_SQL.as_str()))
         .bind(&cols.ids)
         .bind(&cols.sessions)
@@ -395,6 +584,8 @@ async fn insert(
         .bind(&first_seqs)
         .bind(&next_turns)
         .bind(&next_events)
+        .bind(&bucket_keys)
+        .bind(&bucket_tats)
         .fetch_all(tx)
         .await?;
     for row in rows {
@@ -432,6 +623,7 @@ fn answer(
                     created: false,
                     event: None,
                 }),
+                Err(Error::Quota(refusal)) => Err(Error::Quota(refusal.clone())),
                 Err(_) => Err(Error::KeyReused),
             },
             Plan::Insert {
@@ -529,7 +721,8 @@ impl InsertColumns {
 /// `$5` input, `$6` job id, `$7` idempotency key, `$8` max attempts, `$9`
 /// job payload, `$10` event seq; per session touched `$11` id, `$12` its
 /// first new seq, `$13` its next turn seq and `$14` next event seq after
-/// the batch. The session rows are locked by the caller's transaction. A
+/// the batch; `$15` the turn buckets charged and `$16` their new times
+/// (locked by the caller's transaction). The session rows are locked by the caller's transaction. A
 /// turn's `created_at` is `now()`, the transaction's time, as its column
 /// default is; no two CTEs are joined (see `steps` for why).
 static SUBMIT_MANY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -560,6 +753,11 @@ static SUBMIT_MANY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
              INSERT INTO session_queue (session_id, from_seq)
              SELECT * FROM unnest($11::uuid[], $12::bigint[])
              ON CONFLICT (session_id) DO NOTHING
+         ),
+         buckets AS (
+             INSERT INTO quota_buckets (key, tat)
+             SELECT * FROM unnest($15::text[], $16::timestamptz[])
+             ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat
          ),
          counters AS (
              UPDATE campaign_sessions c

@@ -72,6 +72,14 @@ impl Resp {
             .unwrap_or("<no error code>")
     }
 
+    /// A header's value ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
     /// Asserts the status and that the body is our JSON error shape.
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {

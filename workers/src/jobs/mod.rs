@@ -321,6 +321,9 @@ pub struct JobContext {
     pub history_window: i64,
     /// The model provider's limits, shared by every worker.
     pub limiter: Arc<questboard_core::provider_limits::Limiter>,
+    /// Members' quotas (the images a reply asks for are charged to its
+    /// turn's author).
+    pub quotas: questboard_core::quotas::Quotas,
     /// The media provider's limits, shared by every worker.
     pub media_limiter: Arc<questboard_core::provider_limits::Limiter>,
     /// What a turn's prompt may hold (trimmed to fit before each call).

@@ -77,6 +77,7 @@ impl SessionLane {
                 self.ctx.events.clone(),
                 self.ctx.wake.clone(),
                 self.settings.commit,
+                self.ctx.quotas.clone(),
             ),
             renewals: Renewals::sessions(self.ctx.pool.clone(), self.settings.lease_ttl),
             ctx: self.ctx.clone(),

@@ -68,6 +68,7 @@ function Turn({ turn, media }: { turn: TranscriptTurn; media: MediaItem[] }) {
       {media.map((m) => (
         <Media key={m.mediaId} item={m} />
       ))}
+      {turn.mediaNote && <p class="status">{turn.mediaNote}</p>}
     </li>
   );
 }
