@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use questboard_workers::committer::CommitSettings;
 use questboard_workers::jobs::{self, JobContext, PublishDeltas, Registry, prune, reconcile};
+use questboard_workers::providers::fallback::{Endpoint, Endpoints, FallbackSettings};
 use questboard_workers::providers::{self, ProviderSettings, openai::OpenAiSettings};
 use questboard_workers::runtime::{self, Worker, WorkerSettings};
 use questboard_workers::scheduler::{self, Entry, Scheduler, SchedulerSettings};
@@ -180,6 +181,52 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// The primary model endpoint and the fallbacks of `QB_LLM_FALLBACKS`,
+/// each with its own limiter row (`llm:<name>`).
+fn model_endpoints(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    bus: &Bus,
+    provider: Arc<dyn questboard_workers::providers::ModelProvider>,
+    limiter: Arc<Limiter>,
+) -> anyhow::Result<Endpoints> {
+    let mut fallbacks = Vec::new();
+    for endpoint in config.llm_fallbacks()? {
+        // A name lives as long as the process (metrics labels take
+        // `&'static str`); a handful, once, at start.
+        let name: &'static str = endpoint.name.leak();
+        let provider = providers::openai::OpenAi::new(OpenAiSettings {
+            name,
+            base_url: endpoint.base_url,
+            model: endpoint.model,
+            api_key: endpoint.api_key,
+            timeout: Duration::from_millis(config.llm_timeout_ms),
+            tools: config.llm_tools,
+            max_tokens: config.llm_max_tokens,
+        })
+        .map_err(anyhow::Error::msg)?;
+        let limiter = Limiter::new(
+            pool.clone(),
+            Some(bus.clone()),
+            &format!("llm:{name}"),
+            Limits {
+                requests_per_minute: endpoint.requests_per_minute,
+                tokens_per_minute: endpoint.tokens_per_minute,
+            },
+        );
+        fallbacks.push(Endpoint::new(Arc::new(provider), limiter));
+    }
+    Ok(Endpoints::new(
+        Endpoint::new(provider, limiter),
+        fallbacks,
+        FallbackSettings {
+            after_failures: config.llm_fallback_after_failures,
+            after_pause: Duration::from_millis(config.llm_fallback_after_pause_ms),
+            cooldown: Duration::from_millis(config.llm_fallback_cooldown_ms),
+        },
+    ))
+}
+
 /// Builds a worker for every registered kind from the configuration, on
 /// an existing pool and `bus`.
 pub fn worker(config: &Config, pool: sqlx::PgPool, bus: &Bus) -> anyhow::Result<Worker> {
@@ -214,15 +261,15 @@ pub fn job_context(config: &Config, pool: sqlx::PgPool, bus: &Bus) -> anyhow::Re
             tokens_per_minute: None,
         },
     );
+    let llm = Arc::new(model_endpoints(config, &pool, bus, provider, limiter)?);
     let quotas = questboard_core::quotas::Quotas::start(&pool, config.quota_defaults());
     Ok(JobContext {
         quotas,
         pool,
         storage,
         wake,
-        provider,
+        llm,
         media,
-        limiter,
         media_limiter,
         media_limits: upload_limits(config),
         sinks: Arc::new(PublishDeltas(events.clone())),
@@ -300,8 +347,8 @@ pub fn worker_with(
     questboard_core::metrics::register_known(&questboard_core::metrics::Known {
         kinds: &kinds,
         storage_backend: ctx.storage.backend(),
-        provider: ctx.provider.name(),
-        model: ctx.provider.model(),
+        provider: ctx.llm.primary().provider.name(),
+        model: ctx.llm.primary().provider.model(),
         media: Some({
             let [image, speech] = ctx.media.models();
             (ctx.media.name(), image, speech)
@@ -385,6 +432,7 @@ pub fn provider_settings(config: &Config) -> ProviderSettings {
             latency: Duration::from_millis(config.scripted_latency_ms),
         },
         LlmProvider::Openai => ProviderSettings::OpenAi(OpenAiSettings {
+            name: "openai",
             base_url: config.llm_base_url.clone(),
             model: config.llm_model.clone(),
             api_key: config.llm_api_key.as_ref().map(|k| k.expose().to_owned()),

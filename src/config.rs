@@ -329,6 +329,28 @@ pub struct Config {
     #[arg(long, env = "QB_LLM_TOKENS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_tokens_per_minute: Option<u32>,
 
+    /// Fallback model endpoints, tried in order when the primary keeps
+    /// failing or is paused past `QB_LLM_FALLBACK_AFTER_PAUSE_MS`: a JSON
+    /// array of `{"name", "base_url", "model", "api_key"?, "api_key_env"?,
+    /// "requests_per_minute"?, "tokens_per_minute"?}` (OpenAI-compatible
+    /// servers; `api_key_env` names the variable holding the key).
+    #[arg(long, env = "QB_LLM_FALLBACKS", hide_env_values = true)]
+    pub llm_fallbacks: Option<String>,
+
+    /// Failed attempts in a row after which a model endpoint is left alone
+    /// (its calls go to the next) for `QB_LLM_FALLBACK_COOLDOWN_MS`.
+    #[arg(long, env = "QB_LLM_FALLBACK_AFTER_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_fallback_after_failures: u32,
+
+    /// A pause a provider asks for longer than this hands the call to the
+    /// next endpoint at once.
+    #[arg(long, env = "QB_LLM_FALLBACK_AFTER_PAUSE_MS", default_value_t = 10_000)]
+    pub llm_fallback_after_pause_ms: u64,
+
+    /// How long a failing endpoint is left alone.
+    #[arg(long, env = "QB_LLM_FALLBACK_COOLDOWN_MS", default_value_t = 60_000)]
+    pub llm_fallback_cooldown_ms: u64,
+
     /// Turns one user may submit per minute, across sessions (0: no
     /// limit). Operators may override it at run time (`/api/admin/quotas`).
     #[arg(long, env = "QB_USER_TURNS_PER_MINUTE", default_value_t = 60)]
@@ -434,6 +456,50 @@ impl Config {
         self.database_url
             .as_ref()
             .map_or(DEFAULT_DATABASE_URL, Secret::expose)
+    }
+
+    /// The fallback endpoints of `QB_LLM_FALLBACKS`, checked: names of
+    /// 1 to 32 lowercase letters, digits, `-` or `_`, unique and not a
+    /// primary's (`openai`, `scripted`); http(s) base URLs; keys from
+    /// `api_key_env` read now.
+    pub fn llm_fallbacks(&self) -> anyhow::Result<Vec<FallbackEndpoint>> {
+        let Some(raw) = self
+            .llm_fallbacks
+            .as_deref()
+            .filter(|r| !r.trim().is_empty())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut list: Vec<FallbackEndpoint> = serde_json::from_str(raw).map_err(|e| {
+            anyhow::anyhow!("QB_LLM_FALLBACKS is not a JSON array of endpoints: {e}")
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for endpoint in &mut list {
+            let name = endpoint.name.as_str();
+            let valid = (1..=32).contains(&name.len())
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid || ["openai", "scripted"].contains(&name) || !seen.insert(name.to_owned()) {
+                anyhow::bail!(
+                    "QB_LLM_FALLBACKS: {name:?} is not a valid endpoint name (1 to 32 of a-z, 0-9, - and _, unique, not openai or scripted)"
+                );
+            }
+            if !(endpoint.base_url.starts_with("http://")
+                || endpoint.base_url.starts_with("https://"))
+            {
+                anyhow::bail!("QB_LLM_FALLBACKS: {name}'s base_url must be an http(s) URL");
+            }
+            if let Some(var) = &endpoint.api_key_env {
+                let key = std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!(
+                        "QB_LLM_FALLBACKS: {name}'s api_key_env names {var}, which is not set"
+                    )
+                })?;
+                endpoint.api_key = Some(key);
+            }
+        }
+        Ok(list)
     }
 
     /// Members' quotas and budgets as the environment sets them (the
@@ -542,5 +608,42 @@ impl Config {
             config: Config,
         }
         <Only as clap::Parser>::try_parse_from(["questboard"]).map(|o| o.config)
+    }
+}
+
+/// A fallback model endpoint of `QB_LLM_FALLBACKS`.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackEndpoint {
+    /// Its name in usage, metrics and limits.
+    pub name: String,
+    /// The OpenAI-compatible base URL.
+    pub base_url: String,
+    /// The model it asks.
+    pub model: String,
+    /// Its key.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The variable holding its key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Its requests per minute across every worker.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Its tokens per minute across every worker.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+}
+
+impl std::fmt::Debug for FallbackEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackEndpoint")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .finish()
     }
 }

@@ -22,6 +22,9 @@
 //!   through the library, one by one and batched.
 //! - [`pipeline`]: end-to-end turns per second over 1,000, 10 and 1
 //!   sessions against raw apalis-postgres in the same run; idle pickup.
+//! - [`limited`]: turns under a provider limit shared by the workers
+//!   (600 requests a minute over 100 sessions): turns per second and the
+//!   time turns waited for the limiter.
 //! - [`plain`]: the plain lane: a no-op kind registered only here
 //!   ([`noop`]) against raw apalis-postgres at batch 100, same run.
 //! - [`realwork`]: turns with a real (5 ms) scripted reply, 200 sessions,
@@ -53,6 +56,7 @@ use questboard::config::Config;
 pub mod baseline;
 pub mod console;
 pub mod enqueue;
+pub mod limited;
 pub mod media;
 pub mod migration;
 pub mod noop;
@@ -223,6 +227,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     if args.wants("pipeline") {
         figures.extend(pipeline::run(config, args).await?);
+    }
+    if args.wants("limited") {
+        figures.extend(limited::run(config, args).await?);
     }
     if args.wants("plain") {
         figures.extend(plain::run(config, args).await?);

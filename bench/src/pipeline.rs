@@ -35,7 +35,13 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         };
         let total = turns_for(sessions, args.quick);
         let mut ours = Figure::new(
-            format!("end to end, {sessions} session(s), {total} turns, {w} worker processes x {k}"),
+            format!(
+                "end to end, {sessions} session(s), {total} turns, {w} worker processes x {k}{}",
+                config
+                    .llm_requests_per_minute
+                    .map(|rpm| format!(", limit {rpm} requests/min"))
+                    .unwrap_or_default()
+            ),
             "turns/s",
         );
         let mut cpu = cpu_figures("turns");
@@ -173,7 +179,7 @@ pub async fn submit_batch(
 /// Commits `total` turns over `sessions` sessions, then runs them with
 /// `args.workers` worker processes. Returns turns per second (first start
 /// to last completion, database clock) and the CPU spent meanwhile.
-async fn throughput(
+pub(crate) async fn throughput(
     scratch: &Scratch,
     config: &Config,
     args: &BenchArgs,
@@ -186,7 +192,12 @@ async fn throughput(
     let workers = Processes::workers(
         scratch,
         config,
-        &WorkerOptions::turns(args.workers, args.concurrency),
+        &WorkerOptions {
+            // The workers' shared limit: `--llm-requests-per-minute`
+            // (`QB_LLM_REQUESTS_PER_MINUTE`) of this command.
+            llm_requests_per_minute: config.llm_requests_per_minute,
+            ..WorkerOptions::turns(args.workers, args.concurrency)
+        },
     )?;
     let cpu = CpuMeter::start(&workers.pids());
     // Every turn is finished once no session is runnable (the scripted

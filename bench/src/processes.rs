@@ -54,6 +54,8 @@ pub struct WorkerOptions {
     pub kinds: Option<&'static str>,
     /// Serve `/metrics` on this port (None: any free one, unknown).
     pub metrics_port: Option<u16>,
+    /// `QB_LLM_REQUESTS_PER_MINUTE` (None: unset, no limit).
+    pub llm_requests_per_minute: Option<u32>,
 }
 
 impl WorkerOptions {
@@ -65,6 +67,7 @@ impl WorkerOptions {
             latency_ms: 0,
             kinds: None,
             metrics_port: None,
+            llm_requests_per_minute: None,
         }
     }
 }
@@ -125,6 +128,9 @@ impl Processes {
                 .env("QB_LEASE_TTL_MS", "30000");
             if let Some(kinds) = options.kinds {
                 command.env("QB_WORKER_KINDS", kinds);
+            }
+            if let Some(rpm) = options.llm_requests_per_minute {
+                command.env("QB_LLM_REQUESTS_PER_MINUTE", rpm.to_string());
             }
             if let Some(port) = options.metrics_port {
                 command.env("QB_METRICS_ADDR", format!("127.0.0.1:{port}"));

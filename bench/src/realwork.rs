@@ -52,8 +52,8 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
                     count: 1,
                     concurrency: slots,
                     latency_ms: latency,
-                    kinds: None,
                     metrics_port: Some(port),
+                    ..WorkerOptions::turns(1, slots)
                 },
             )?;
             let meter = CpuMeter::start(&worker.pids());

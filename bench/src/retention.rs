@@ -194,7 +194,7 @@ async fn measure(scratch: &Scratch, config: &Config, rows: usize) -> anyhow::Res
             concurrency: 1,
             latency_ms: 0,
             kinds: Some(Prune::SPEC.kind),
-            metrics_port: None,
+            ..WorkerOptions::turns(1, 1)
         },
     )?;
     let pool = scratch.pool.clone();

@@ -89,7 +89,26 @@ pub struct Limiter {
     /// the order they came (Tokio's mutex is fair): a session's next turn
     /// queues behind the turns of other sessions that were already waiting.
     line: tokio::sync::Mutex<()>,
+    /// Callers waiting behind the head of the line.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Calls the head of the line paid for on behalf of those behind it.
+    prepaid: Mutex<Prepaid>,
 }
+
+/// Calls paid for in one statement by the head of the line for the callers
+/// behind it: at most a burst's worth, usable for [`PREPAID_FOR`]; what is
+/// not used by then is lost (charged, never spent: the limit holds).
+#[derive(Debug, Default)]
+struct Prepaid {
+    calls: u64,
+    tokens: u64,
+    until: Option<Instant>,
+}
+
+/// How long a prepaid call stays usable.
+const PREPAID_FOR: Duration = Duration::from_millis(100);
+/// The most calls one statement pays for.
+const MOST_PREPAID: u64 = 256;
 
 /// The bus channel a provider's pauses are published on.
 pub fn channel(provider: &str) -> String {
@@ -109,6 +128,8 @@ impl Limiter {
             bus: bus.clone(),
             ready: tokio::sync::OnceCell::new(),
             line: tokio::sync::Mutex::new(()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            prepaid: Mutex::new(Prepaid::default()),
         });
         if let (Some(bus), Ok(runtime)) = (bus, tokio::runtime::Handle::try_current()) {
             runtime.spawn(listen(Arc::downgrade(&limiter), bus));
@@ -140,6 +161,12 @@ impl Limiter {
     /// The provider's name.
     pub fn provider(&self) -> &str {
         &self.provider
+    }
+
+    /// How much longer the provider is paused, as this process knows it
+    /// (None: not paused).
+    pub fn paused_for(&self) -> Option<Duration> {
+        self.paused()
     }
 
     fn paused(&self) -> Option<Duration> {
@@ -177,7 +204,11 @@ impl Limiter {
         let started = Instant::now();
         self.ready().await?;
         let _turn = if self.limits.any() {
-            Some(self.line.lock().await)
+            use std::sync::atomic::Ordering;
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let turn = self.line.lock().await;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            Some(turn)
         } else {
             None
         };
@@ -186,10 +217,26 @@ impl Limiter {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            if !self.limits.any() {
+            if !self.limits.any() || self.use_prepaid(tokens) {
                 return Ok(started.elapsed());
             }
-            let wait = self.try_take(tokens).await?;
+            // The head of the line pays for those behind it too, in one
+            // statement, when they all fit (a limit far above the rate
+            // then costs one statement per group, not per call); else
+            // for itself alone.
+            let behind = (self.waiting.load(std::sync::atomic::Ordering::Relaxed) as u64)
+                .min(self.burst_calls().saturating_sub(1))
+                .min(MOST_PREPAID);
+            if behind > 0 && self.try_take(tokens, behind).await? <= 0.0 {
+                let mut prepaid = self.prepaid.lock().unwrap_or_else(|p| p.into_inner());
+                *prepaid = Prepaid {
+                    calls: behind,
+                    tokens: tokens * behind,
+                    until: Some(Instant::now() + PREPAID_FOR),
+                };
+                return Ok(started.elapsed());
+            }
+            let wait = self.try_take(tokens, 0).await?;
             if wait <= 0.0 {
                 return Ok(started.elapsed());
             }
@@ -200,11 +247,36 @@ impl Limiter {
         }
     }
 
-    /// One try: charges the call and returns 0, or returns the seconds to
-    /// wait (including the provider's pause as the row knows it).
-    async fn try_take(&self, tokens: u64) -> Result<f64, Error> {
+    /// Takes one of the calls paid for by an earlier head of the line, if
+    /// one is left, still usable, with tokens enough.
+    fn use_prepaid(&self, tokens: u64) -> bool {
+        let mut prepaid = self.prepaid.lock().unwrap_or_else(|p| p.into_inner());
+        let usable = prepaid.calls > 0
+            && prepaid.tokens >= tokens
+            && prepaid.until.is_some_and(|t| t > Instant::now());
+        if usable {
+            prepaid.calls -= 1;
+            prepaid.tokens -= tokens;
+        }
+        usable
+    }
+
+    /// The calls one burst of the request limit holds (a great many when
+    /// only tokens are limited).
+    fn burst_calls(&self) -> u64 {
+        match self.limits.requests_per_minute {
+            Some(n) if n > 0 => (f64::from(n) / 60.0 * BURST_SECONDS).max(1.0) as u64,
+            _ => MOST_PREPAID + 1,
+        }
+    }
+
+    /// One try: charges the call (and `behind` more like it, all or none)
+    /// and returns 0, or returns the seconds to wait (including the
+    /// provider's pause as the row knows it).
+    async fn try_take(&self, tokens: u64, behind: u64) -> Result<f64, Error> {
         let (per_request, request_tolerance) = Limits::cell(self.limits.requests_per_minute);
         let (per_token, token_tolerance) = Limits::cell(self.limits.tokens_per_minute);
+        let calls = (behind + 1) as f64;
         let wait: Option<f64> = sqlx::query_scalar(
             "WITH cur AS (
                  SELECT provider, greatest(requests_tat, now()) AS rt,
@@ -214,8 +286,8 @@ impl Limiter {
              verdict AS (
                  SELECT cur.*, greatest(
                      extract(epoch FROM greatest(paused_until, now()) - now())::float8,
-                     extract(epoch FROM rt - now())::float8 - $3,
-                     extract(epoch FROM tt - now())::float8 - $5,
+                     extract(epoch FROM rt - now())::float8 + $7 - $3,
+                     extract(epoch FROM tt - now())::float8 + $8 - $5,
                      0) AS wait
                  FROM cur
              )
@@ -228,11 +300,15 @@ impl Limiter {
              RETURNING v.wait",
         )
         .bind(&self.provider)
-        .bind(per_request)
+        .bind(per_request * calls)
         .bind(finite(request_tolerance))
         .bind(per_token)
         .bind(finite(token_tolerance))
-        .bind(tokens as f64)
+        .bind(tokens as f64 * calls)
+        // The last of the calls must fit: the bucket is checked that far
+        // ahead.
+        .bind(per_request * (calls - 1.0))
+        .bind(per_token * tokens as f64 * (calls - 1.0))
         .fetch_optional(&self.pool)
         .await?;
         Ok(wait.unwrap_or(0.0))
@@ -294,7 +370,7 @@ fn rand_percent() -> u32 {
 }
 
 /// Holds the limiter's calls while another worker's pause lasts: each
-/// message is the pause in milliseconds from when it was sent. A lost
+/// message says a pause was written, and the row is read. A lost
 /// subscription is renewed and the row read again.
 async fn listen(limiter: std::sync::Weak<Limiter>, bus: Bus) {
     loop {
@@ -329,11 +405,13 @@ async fn listen(limiter: std::sync::Weak<Limiter>, bus: Bus) {
             let Some(limiter) = limiter.upgrade() else {
                 return;
             };
-            let millis = std::str::from_utf8(&message.payload)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok());
-            if let Some(millis) = millis {
-                limiter.hold_until(Duration::from_millis(millis.min(3_600_000)));
+            // The message is a hint: the pause is read from this
+            // deployment's own row (another deployment sharing the Redis
+            // may pause a provider of the same name; its message then only
+            // costs a read).
+            let _ = message;
+            if let Err(err) = limiter.read_pause().await {
+                tracing::warn!(error = %err, "a provider's pause could not be read");
             }
         }
     }

@@ -950,3 +950,126 @@ async fn a_turn_submitted_while_the_api_shuts_down_gets_503() {
         .expect("count");
     assert_eq!(turns, 0);
 }
+
+/// The configuration of a primary `fake` with `backup` as its fallback.
+fn with_fallback<'a>(
+    fake: &'a FakeLlm,
+    backup: &'a FakeLlm,
+) -> impl Fn(&mut questboard::config::Config) + 'a {
+    move |c| {
+        openai(fake)(c);
+        c.job_max_attempts = 5;
+        c.job_backoff_ms = 100;
+        c.llm_fallback_after_failures = 2;
+        c.llm_fallbacks = Some(
+            json!([{
+                "name": "backup",
+                "base_url": backup.base_url,
+                "model": "gm-backup",
+                "api_key": "sk-backup",
+            }])
+            .to_string(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_primary_that_keeps_failing_hands_turns_to_the_fallback() {
+    let fake = FakeLlm::start(|_, _| Reply::Status(500, None)).await;
+    let backup =
+        FakeLlm::start(|_, _| Reply::Stream(vec!["from the ".into(), "backup".into()])).await;
+    let app = TestApp::spawn_with(with_fallback(&fake, &backup)).await;
+    let session = app.create_session("alice", "Fallback").await;
+    let first = app.submit("alice", &session, "one").await;
+    let worker = app.worker(with_fallback(&fake, &backup)).await;
+    let turns = app.wait_finished("alice", &session, 1).await;
+    assert_eq!(turns[0]["status"], "completed", "{}", turns[0]);
+    assert_eq!(turns[0]["output"], "from the backup");
+    // The turn records who answered.
+    assert_eq!(turns[0]["usage"]["provider"], "backup", "{}", turns[0]);
+    assert_eq!(turns[0]["usage"]["model"], "gm-backup");
+    // Two failed attempts on the primary, the third on the fallback.
+    let job = job(&app, "alice", first.body["job_id"].as_str().expect("job")).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("succeeded"), Some(3))
+    );
+    assert_eq!(fake.requests().len(), 2);
+    let asked = backup.requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].authorization.as_deref(), Some("Bearer sk-backup"));
+    assert_eq!(asked[0].body["model"], "gm-backup");
+    // While the primary rests, the next turn goes straight to the fallback.
+    app.submit("alice", &session, "two").await;
+    let turns = app.wait_finished("alice", &session, 2).await;
+    assert_eq!(turns[1]["usage"]["provider"], "backup");
+    assert_eq!(fake.requests().len(), 2);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_primary_paused_past_the_threshold_hands_the_call_on_within_the_attempt() {
+    // A 429 asking for a minute's wait: past the 10 s threshold.
+    let fake = FakeLlm::start(|_, _| Reply::Status(429, Some(60))).await;
+    let backup = FakeLlm::start(|_, _| Reply::Stream(vec!["at once".into()])).await;
+    let app = TestApp::spawn_with(with_fallback(&fake, &backup)).await;
+    let session = app.create_session("alice", "Paused").await;
+    let first = app.submit("alice", &session, "one").await;
+    let worker = app.worker(with_fallback(&fake, &backup)).await;
+    let turns = app.wait_finished("alice", &session, 1).await;
+    assert_eq!(turns[0]["output"], "at once");
+    assert_eq!(turns[0]["usage"]["provider"], "backup");
+    let job = job(&app, "alice", first.body["job_id"].as_str().expect("job")).await;
+    assert_eq!(job["attempts"], 1, "the pause spent no attempt: {job}");
+    // The pause is the primary's, recorded for every worker.
+    let paused: bool = sqlx::query_scalar(
+        "SELECT paused_until > now() + interval '30 seconds' FROM provider_limits WHERE provider = 'llm:openai'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("row");
+    assert!(paused);
+    app.submit("alice", &session, "two").await;
+    let turns = app.wait_finished("alice", &session, 2).await;
+    assert_eq!(turns[1]["usage"]["provider"], "backup");
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "the paused primary was not asked again"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn bad_fallback_lists_are_refused_at_start() {
+    let mut config = TestApp::spawn().await.config.clone();
+    for (list, why) in [
+        ("not json", "not a JSON array"),
+        (
+            r#"[{"name": "openai", "base_url": "http://x/v1", "model": "m"}]"#,
+            "valid endpoint name",
+        ),
+        (
+            r#"[{"name": "a", "base_url": "ftp://x", "model": "m"}]"#,
+            "http(s) URL",
+        ),
+        (
+            r#"[{"name": "a", "base_url": "http://x/v1", "model": "m", "api_key_env": "QB_NOT_SET_ANYWHERE"}]"#,
+            "not set",
+        ),
+        (
+            r#"[{"name": "a", "base_url": "http://x/v1", "model": "m", "key": "k"}]"#,
+            "unknown field",
+        ),
+    ] {
+        config.llm_fallbacks = Some(list.into());
+        let err = config.llm_fallbacks().expect_err(list).to_string();
+        assert!(err.contains(why), "{list}: {err}");
+    }
+    // A key may come from a variable the operator names.
+    config.llm_fallbacks = Some(
+        r#"[{"name": "b", "base_url": "http://x/v1", "model": "m", "api_key_env": "PATH"}]"#.into(),
+    );
+    let list = config.llm_fallbacks().expect("valid");
+    assert_eq!(list[0].api_key, std::env::var("PATH").ok());
+}

@@ -202,7 +202,7 @@ pub async fn submit_many(
     let stored = earlier_with_keys(&mut tx, batch).await?;
     let mut users = authors(&mut tx, batch, limits).await?;
     let plans = plan(batch, &mut counters, &stored, &mut users, limits);
-    let created = insert(&mut tx, batch, &plans, &counters, &users).await?;
+    let created = insert(&mut tx, batch, &plans, &counters, &users, limits).await?;
     tx.commit().await?;
     Ok(answer(batch, plans, created))
 }
@@ -227,8 +227,9 @@ struct Counters {
 /// deadlock) and reads their counters, status and members among the
 /// authors, and what the `limits` need: turns waiting or running, tokens
 /// spent today. Unfinished turns are those from the session's `from_seq`
-/// on, counted on the (session_id, seq) index, and only up to the limit:
-/// at most that many rows.
+/// on: their number is at most the turns numbered since (no row read),
+/// and only when that bound reaches the limit are they counted, on the
+/// (session_id, seq) index and up to the limit.
 async fn lock_sessions(
     tx: &mut sqlx::PgConnection,
     batch: &[NewTurn<'_>],
@@ -243,12 +244,16 @@ async fn lock_sessions(
         "SELECT c.id, c.status, c.next_turn_seq, c.next_event_seq,
                 array(SELECT m.user_id FROM campaign_session_members m
                       WHERE m.session_id = c.id AND m.user_id = ANY($2)) AS members,
-                CASE WHEN $3 > 0 THEN (
-                    SELECT count(*) FROM (
-                        SELECT 1 FROM session_queue q
-                        JOIN turns t ON t.session_id = q.session_id AND t.seq >= q.from_seq
-                        WHERE q.session_id = c.id AND t.status IN ('queued', 'running')
-                        LIMIT $3) u)
+                CASE WHEN $3 > 0 THEN coalesce((
+                    SELECT CASE WHEN c.next_turn_seq - q.from_seq < $3
+                                THEN c.next_turn_seq - q.from_seq
+                                ELSE (SELECT count(*) FROM (
+                                          SELECT 1 FROM turns t
+                                          WHERE t.session_id = c.id AND t.seq >= q.from_seq
+                                            AND t.status IN ('queued', 'running')
+                                          LIMIT $3) u)
+                           END
+                    FROM session_queue q WHERE q.session_id = c.id), 0)
                 ELSE 0 END AS queued,
                 CASE WHEN $4 THEN (
                     SELECT coalesce(sum(d.prompt_tokens + d.completion_tokens), 0)::bigint
@@ -292,17 +297,16 @@ async fn lock_sessions(
 
 /// An author of a batch, as the per-user limits see them.
 struct Author {
-    /// Their turns-per-minute bucket, locked (under that limit).
+    /// Their turns-per-minute bucket as read (under that limit).
     bucket: Bucket,
-    /// Whether the bucket moved.
-    charged: bool,
+    /// Turns of theirs this batch admits.
+    charged: u32,
     /// Tokens their turns spent today (under a user budget).
     spent: i64,
 }
 
-/// Reads the per-user state the `limits` need for the batch's authors,
-/// locking their turn buckets (in user order: no deadlock between
-/// batches). A bucket used for the first time is created first.
+/// Reads the per-user state the `limits` need for the batch's authors:
+/// their turn buckets (not locked: see [`insert`]) and tokens spent today.
 async fn authors(
     tx: &mut sqlx::PgConnection,
     batch: &[NewTurn<'_>],
@@ -316,54 +320,31 @@ async fn authors(
     ids.sort_unstable();
     ids.dedup();
     let prefix = format!("{}:", Quota::UserTurnsPerMinute.name());
-    for first in [true, false] {
-        let rows: Vec<(String, Option<DateTime<Utc>>, bool, i64)> = sqlx::query_as(
-            "SELECT u.user_id, b.tat, b.key IS NOT NULL,
-                    CASE WHEN $3 THEN (
-                        SELECT coalesce(sum(d.prompt_tokens + d.completion_tokens), 0)::bigint
-                        FROM usage_daily d
-                        WHERE d.user_id = u.user_id AND d.day = (now() AT TIME ZONE 'UTC')::date)
-                    ELSE 0 END
-             FROM unnest($1::text[]) WITH ORDINALITY AS u(user_id, n)
-             LEFT JOIN LATERAL (
-                 SELECT key, tat FROM quota_buckets
-                 WHERE $2 AND key = $4 || u.user_id FOR UPDATE
-             ) b ON true
-             ORDER BY u.n",
-        )
-        .bind(&ids)
-        .bind(limits.per_minute.is_some())
-        .bind(limits.user_tokens.is_some())
-        .bind(&prefix)
-        .fetch_all(&mut *tx)
-        .await?;
-        let missing: Vec<String> = rows
-            .iter()
-            .filter(|r| !r.2)
-            .map(|r| format!("{prefix}{}", r.0))
-            .collect();
-        if first && limits.per_minute.is_some() && !missing.is_empty() {
-            sqlx::query(
-                "INSERT INTO quota_buckets (key, tat)
-                 SELECT k, now() - interval '1 day' FROM unnest($1::text[]) AS k
-                 ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(&missing)
-            .execute(&mut *tx)
-            .await?;
-            continue;
-        }
-        for (user, tat, _, spent) in rows {
-            users.insert(
-                user,
-                Author {
-                    bucket: Bucket { tat },
-                    charged: false,
-                    spent,
-                },
-            );
-        }
-        break;
+    let rows: Vec<(String, Option<DateTime<Utc>>, i64)> = sqlx::query_as(
+        "SELECT u.user_id,
+                CASE WHEN $2 THEN (SELECT tat FROM quota_buckets b WHERE b.key = $4 || u.user_id) END,
+                CASE WHEN $3 THEN (
+                    SELECT coalesce(sum(d.prompt_tokens + d.completion_tokens), 0)::bigint
+                    FROM usage_daily d
+                    WHERE d.user_id = u.user_id AND d.day = (now() AT TIME ZONE 'UTC')::date)
+                ELSE 0 END
+         FROM unnest($1::text[]) AS u(user_id)",
+    )
+    .bind(&ids)
+    .bind(limits.per_minute.is_some())
+    .bind(limits.user_tokens.is_some())
+    .bind(&prefix)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (user, tat, spent) in rows {
+        users.insert(
+            user,
+            Author {
+                bucket: Bucket { tat },
+                charged: 0,
+                spent,
+            },
+        );
     }
     Ok(users)
 }
@@ -401,7 +382,7 @@ fn admit(
             .bucket
             .take(now, limit, period)
             .map_err(|wait| quotas::Refusal::new(Quota::UserTurnsPerMinute, limit, wait))?;
-        author.charged = true;
+        author.charged += 1;
     }
     for (budget, spent, scope) in [
         (limits.session_tokens, session.spent, "session"),
@@ -529,6 +510,7 @@ async fn insert(
     plans: &[Plan],
     counters: &HashMap<Uuid, Counters>,
     users: &HashMap<String, Author>,
+    limits: TurnQuotas,
 ) -> Result<HashMap<Uuid, (DateTime<Utc>, Event)>> {
     let mut cols = InsertColumns::default();
     for (new, plan) in batch.iter().zip(plans) {
@@ -560,13 +542,18 @@ async fn insert(
         .iter()
         .map(|(s, _)| counters[s].next_event)
         .collect();
-    let (bucket_keys, bucket_tats): (Vec<String>, Vec<DateTime<Utc>>) = users
+    // Each author's bucket moves on by the turns admitted, relative to
+    // where it stands when this statement runs: a batch committed
+    // meanwhile for the same author is charged too, never overwritten.
+    let per_turn = limits.per_minute.map_or(0.0, |limit| 60.0 / limit as f64);
+    let (bucket_keys, bucket_secs): (Vec<String>, Vec<f64>) = users
         .iter()
-        .filter(|(_, a)| a.charged)
-        .filter_map(|(user, a)| {
-            a.bucket
-                .tat
-                .map(|tat| (quotas::bucket_key(Quota::UserTurnsPerMinute, user), tat))
+        .filter(|(_, a)| a.charged > 0)
+        .map(|(user, a)| {
+            (
+                quotas::bucket_key(Quota::UserTurnsPerMinute, user),
+                f64::from(a.charged) * per_turn,
+            )
         })
         .unzip();
     let rows = sqlx::query(sqlx::AssertSqlSafe(SUBMIT_MANY_SQL.as_str()))
@@ -585,7 +572,7 @@ async fn insert(
         .bind(&next_turns)
         .bind(&next_events)
         .bind(&bucket_keys)
-        .bind(&bucket_tats)
+        .bind(&bucket_secs)
         .fetch_all(tx)
         .await?;
     for row in rows {
@@ -721,8 +708,8 @@ impl InsertColumns {
 /// `$5` input, `$6` job id, `$7` idempotency key, `$8` max attempts, `$9`
 /// job payload, `$10` event seq; per session touched `$11` id, `$12` its
 /// first new seq, `$13` its next turn seq and `$14` next event seq after
-/// the batch; `$15` the turn buckets charged and `$16` their new times
-/// (locked by the caller's transaction). The session rows are locked by the caller's transaction. A
+/// the batch; `$15` the turn buckets charged and `$16` the seconds each
+/// moves on. The session rows are locked by the caller's transaction. A
 /// turn's `created_at` is `now()`, the transaction's time, as its column
 /// default is; no two CTEs are joined (see `steps` for why).
 static SUBMIT_MANY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -755,9 +742,10 @@ static SUBMIT_MANY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
              ON CONFLICT (session_id) DO NOTHING
          ),
          buckets AS (
-             INSERT INTO quota_buckets (key, tat)
-             SELECT * FROM unnest($15::text[], $16::timestamptz[])
-             ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat
+             INSERT INTO quota_buckets AS b (key, tat)
+             SELECT k, now() + make_interval(secs => secs)
+             FROM unnest($15::text[], $16::float8[]) AS u(k, secs)
+             ON CONFLICT (key) DO UPDATE SET tat = greatest(b.tat, now()) + (EXCLUDED.tat - now())
          ),
          counters AS (
              UPDATE campaign_sessions c

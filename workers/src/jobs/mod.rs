@@ -31,7 +31,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::providers::{ChunkSink, ModelProvider};
+use crate::providers::ChunkSink;
 
 pub mod asset_migration;
 pub mod legacy_import;
@@ -307,8 +307,9 @@ pub struct JobContext {
     pub events: EventPublisher,
     /// Wakes workers when a handler enqueues more work.
     pub wake: wakeups::Publisher,
-    /// The game master.
-    pub provider: Arc<dyn ModelProvider>,
+    /// The game master: the primary model endpoint and its fallbacks,
+    /// each with its limits shared by every worker.
+    pub llm: Arc<crate::providers::fallback::Endpoints>,
     /// Who makes images and narration.
     pub media: Arc<dyn crate::providers::media::MediaProvider>,
     /// Size limits of maps and notes (uploads and migrated assets alike).
@@ -319,8 +320,6 @@ pub struct JobContext {
     pub system_prompt: Arc<str>,
     /// How many earlier exchanges a turn's prompt carries.
     pub history_window: i64,
-    /// The model provider's limits, shared by every worker.
-    pub limiter: Arc<questboard_core::provider_limits::Limiter>,
     /// Members' quotas (the images a reply asks for are charged to its
     /// turn's author).
     pub quotas: questboard_core::quotas::Quotas,

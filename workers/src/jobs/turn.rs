@@ -169,7 +169,10 @@ pub async fn run(
             };
         }
     }
-    let provider = ctx.provider.name();
+    // The endpoint asked: the primary, or the first fallback fit to take
+    // the call (see `providers::fallback`).
+    let endpoints = &ctx.llm;
+    let mut at = endpoints.choose(0);
     // What the call may cost, charged to the tokens-per-minute limit before
     // it and corrected by the provider's count after.
     let estimate = prompt.estimated_tokens() + ctx.context.max_tokens;
@@ -177,9 +180,11 @@ pub async fn run(
     let mut waited = Duration::ZERO;
     let mut pauses = 0;
     let result = loop {
+        let endpoint = endpoints.get(at);
+        let provider = endpoint.provider.name();
         // The provider's limits, shared by every worker.
         let acquired = tokio::select! {
-            acquired = ctx.limiter.acquire(estimate) => acquired,
+            acquired = endpoint.limiter.acquire(estimate) => acquired,
             () = &mut interrupted => {
                 tracing::info!(turn_id = %turn.id, "worker stopping: handing the turn back");
                 return Settle::HandedBack;
@@ -201,7 +206,7 @@ pub async fn run(
         }
         let asked = Instant::now();
         let result = tokio::select! {
-            result = ctx.provider.complete(&prompt, sink.as_mut()) => result,
+            result = endpoint.provider.complete(&prompt, sink.as_mut()) => result,
             () = &mut interrupted => {
                 tracing::info!(turn_id = %turn.id, "worker stopping: handing the turn back");
                 return Settle::HandedBack;
@@ -216,28 +221,42 @@ pub async fn run(
         match result {
             // The provider asked everyone to wait: paused for every worker,
             // and asked again after, within this attempt (at most
-            // MAX_PAUSES_PER_ATTEMPT times: then it is a failed attempt).
+            // MAX_PAUSES_PER_ATTEMPT times: then it is a failed attempt);
+            // a pause past the fallback threshold hands the call to the
+            // next endpoint at once (nothing was streamed yet).
             Err(ProviderError::Limited {
                 reason,
                 retry_after,
             }) if pauses < MAX_PAUSES_PER_ATTEMPT => {
                 pauses += 1;
                 metrics::counter!(m::PROVIDER_PAUSES_TOTAL, "provider" => provider).increment(1);
-                tracing::info!(turn_id = %turn.id, ?retry_after, reason, "provider paused");
-                if let Err(err) = ctx.limiter.pause(retry_after, &reason).await {
+                tracing::info!(turn_id = %turn.id, provider, ?retry_after, reason, "provider paused");
+                let next = endpoints.after_pause(at, retry_after);
+                if let Err(err) = endpoint.limiter.pause(retry_after, &reason).await {
                     tracing::warn!(error = %err, "the pause could not be recorded");
-                    tokio::time::sleep(retry_after).await;
+                    if next.is_none() {
+                        tokio::time::sleep(retry_after).await;
+                    }
+                }
+                if let Some(next) = next {
+                    tracing::info!(turn_id = %turn.id, from = provider,
+                        to = endpoints.get(next).provider.name(),
+                        "the provider is paused for longer than the fallback threshold: asking the next endpoint");
+                    at = next;
                 }
             }
             other => break other,
         }
     };
+    let endpoint = endpoints.get(at);
+    let provider = endpoint.provider.name();
     let err = match result {
         Ok(mut reply) => {
+            endpoints.succeeded(at);
             if let Some(usage) = &mut reply.usage {
                 usage.limiter_wait_ms = waited.as_millis().min(i64::MAX as u128) as i64;
                 let counted = (usage.prompt_tokens + usage.completion_tokens).max(0) as u64;
-                if let Err(err) = ctx.limiter.correct(estimate, counted).await {
+                if let Err(err) = endpoint.limiter.correct(estimate, counted).await {
                     tracing::warn!(error = %err, "the token charge could not be corrected");
                 }
             }
@@ -259,6 +278,12 @@ pub async fn run(
         }
         Err(err) => err,
     };
+    // A failure of the provider's (not of the request) counts against the
+    // endpoint: one that keeps failing is left alone for a while and the
+    // retry goes to the next.
+    if !matches!(err, ProviderError::Fatal { .. }) {
+        endpoints.failed(at);
+    }
     metrics::counter!(m::PROVIDER_ERRORS_TOTAL, "provider" => provider, "kind" => err.kind())
         .increment(1);
     match err {

@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 use questboard_core::state::Proposal;
 pub use questboard_core::usage::TokenUsage;
 
+pub mod fallback;
 pub mod media;
 pub mod openai;
 pub mod scripted;

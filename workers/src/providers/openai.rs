@@ -63,6 +63,9 @@ pub const IMAGE_TOOL: &str = "show_image";
 /// Settings of an OpenAI-compatible provider.
 #[derive(Clone)]
 pub struct OpenAiSettings {
+    /// The endpoint's name in usage, metrics and limits (`openai` for the
+    /// primary, the configured name for a fallback).
+    pub name: &'static str,
     /// Base URL, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
     pub base_url: String,
     /// Model name.
@@ -80,6 +83,7 @@ pub struct OpenAiSettings {
 impl std::fmt::Debug for OpenAiSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiSettings")
+            .field("name", &self.name)
             .field("base_url", &self.base_url)
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
@@ -181,7 +185,7 @@ impl OpenAi {
     fn usage(&self, rounds: impl IntoIterator<Item = Option<Counted>>) -> Option<TokenUsage> {
         rounds.into_iter().flatten().fold(None, |sum, counted| {
             let mut sum = sum.unwrap_or_else(|| TokenUsage {
-                provider: "openai".into(),
+                provider: self.settings.name.into(),
                 model: self.settings.model.clone(),
                 prompt_tokens: 0,
                 completion_tokens: 0,
@@ -351,7 +355,7 @@ impl OpenAi {
 
 impl ModelProvider for OpenAi {
     fn name(&self) -> &'static str {
-        "openai"
+        self.settings.name
     }
 
     fn model(&self) -> &str {

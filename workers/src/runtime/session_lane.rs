@@ -349,7 +349,7 @@ impl Drain {
             // read plus one.
             let shared = self.shared.clone();
             let mut prompt = turn::prompt(&shared.ctx, &turn, &self.history);
-            if shared.ctx.provider.sees_state() {
+            if shared.ctx.llm.primary().provider.sees_state() {
                 prompt = turn::with_state(&shared.ctx, prompt, self.claimed.session_id).await;
             }
             let gate = turn::Gate::new(shared.ctx.sinks.sink(self.claimed.session_id, turn.id));
