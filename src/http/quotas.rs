@@ -42,8 +42,9 @@ pub struct QuotasPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaInput {
-    /// The limit (0: no limit).
+    /// The limit (0: no limit); a whole number (`5` or `5.0`).
     #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[serde(deserialize_with = "super::extract::required_whole_number")]
     pub value: u64,
 }
 

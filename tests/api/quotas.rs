@@ -225,6 +225,14 @@ async fn operators_only_change_quotas_and_bad_changes_are_refused() {
         .await
         .expect("count");
     assert_eq!(unchanged, 0);
+    put(op.clone(), "user_max_sockets", json!({"value": 2.5}))
+        .await
+        .assert_error(422, "validation_failed");
+    // JSON Schema's integer: 262143.0 is a whole number (the contract run
+    // sends such).
+    let whole = put(op.clone(), "user_max_sockets", json!({"value": 262143.0})).await;
+    assert_eq!(whole.status, 200, "{}", whole.text);
+    assert_eq!(whole.body["quotas"][5]["value"], 262_143);
 }
 
 #[tokio::test]

@@ -2098,7 +2098,7 @@ export interface components {
         QuotaInput: {
             /**
              * Format: int64
-             * @description The limit (0: no limit).
+             * @description The limit (0: no limit); a whole number (`5` or `5.0`).
              */
             value: number;
         };
