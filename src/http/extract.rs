@@ -305,16 +305,22 @@ where
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
-    let whole = number.as_i64().or_else(|| {
-        number
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
-            .map(|f| f as i64)
-    });
-    let whole = whole.ok_or_else(|| D::Error::custom("expected a whole number"))?;
-    T::try_from(whole)
-        .map(Some)
-        .map_err(|_| D::Error::custom("the number is out of range"))
+    let out_of_range = || D::Error::custom("the number is out of range");
+    let whole = match number.as_i64() {
+        Some(whole) => whole,
+        None if number.is_u64() => return Err(out_of_range()),
+        None => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            if float.fract() != 0.0 || !float.is_finite() {
+                return Err(D::Error::custom("expected a whole number"));
+            }
+            if float.abs() > 9_007_199_254_740_992.0 {
+                return Err(out_of_range());
+            }
+            float as i64
+        }
+    };
+    T::try_from(whole).map(Some).map_err(|_| out_of_range())
 }
 
 /// The request's `Idempotency-Key`, if it sent one: 1 to 255 visible ASCII
@@ -556,5 +562,13 @@ mod whole_number_tests {
             assert_eq!(via_value.version, want);
         }
         assert!(serde_json::from_str::<V>("{\"version\": 82.5}").is_err());
+    }
+
+    #[test]
+    fn numbers_past_i64_or_2_53_are_out_of_range() {
+        for text in ["{\"version\": 9223372036854775808}", "{\"version\": 1e300}"] {
+            let err = serde_json::from_str::<V>(text).expect_err(text);
+            assert!(err.to_string().contains("out of range"), "{text}: {err}");
+        }
     }
 }

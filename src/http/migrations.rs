@@ -82,10 +82,13 @@ pub struct StartMigration {
     /// Abort when more than this percentage of the assets so far failed (1).
     #[schema(minimum = 0, maximum = 100)]
     pub max_failure_percent: Option<f64>,
-    /// Assets to see before the threshold can abort the run (100).
-    #[schema(minimum = 0)]
+    /// Assets to see before the threshold can abort the run (100), at most
+    /// 1,000,000,000.
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub min_sample: Option<u64>,
     /// Source rows read per page (100).
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     #[schema(minimum = 1, maximum = 10000)]
     pub batch: Option<i64>,
 }

@@ -725,6 +725,21 @@ async fn operators_start_follow_and_roll_back_runs_over_the_admin_api() {
             serde_json::json!({ "source_url": source.db.url, "mapping": [mapping[0], mapping[0]] }),
             "twice",
         ),
+        (
+            serde_json::json!({ "source_url": source.db.url, "mapping": mapping,
+                                "min_sample": 9_223_372_036_854_775_808_u64 }),
+            "out of range",
+        ),
+        (
+            serde_json::json!({ "source_url": source.db.url, "mapping": mapping,
+                                "min_sample": 2_000_000_000 }),
+            "at most 1,000,000,000",
+        ),
+        (
+            serde_json::json!({ "source_url": source.db.url, "mapping": mapping,
+                                "batch": 2.5 }),
+            "whole number",
+        ),
     ] {
         let resp = app
             .op(Method::POST, "/api/admin/migrations/assets", Some(bad))

@@ -2438,7 +2438,8 @@ export interface components {
             max_failure_percent?: number | null;
             /**
              * Format: int64
-             * @description Assets to see before the threshold can abort the run (100).
+             * @description Assets to see before the threshold can abort the run (100), at most
+             *     1,000,000,000.
              */
             min_sample?: number | null;
             /** @description A column of the source rows holding their session's id. */

@@ -102,6 +102,11 @@ pub struct Options {
 fn default_max_failure_percent() -> f64 {
     1.0
 }
+/// The largest `min_sample` a run takes: a billion assets is past any
+/// campaign store, and the bound keeps the number inside what JSON and
+/// Postgres carry exactly.
+const MAX_MIN_SAMPLE: u64 = 1_000_000_000;
+
 fn default_min_sample() -> u64 {
     100
 }
@@ -155,6 +160,11 @@ impl Options {
         if !(0.0..=100.0).contains(&self.max_failure_percent) {
             return Err(Error::Invalid(
                 "the failure threshold is a percentage, 0 to 100".into(),
+            ));
+        }
+        if self.min_sample > MAX_MIN_SAMPLE {
+            return Err(Error::Invalid(
+                "the sample before the threshold applies is at most 1,000,000,000 assets".into(),
             ));
         }
         if !(1..=10_000).contains(&self.batch) {
