@@ -36,6 +36,14 @@ pub struct TokenUsage {
     /// worker) and pauses, in milliseconds; absent when it did not wait.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub limiter_wait_ms: i64,
+    /// True when the provider reported no counts for some request of the
+    /// reply (llama-cpp-python's server sends none in a stream) and
+    /// questboard's estimate stands in for them (a token per four
+    /// characters, four per message); absent when every count is the
+    /// provider's. Estimated tokens count towards budgets and limits like
+    /// reported ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -47,6 +55,7 @@ impl TokenUsage {
     pub fn add(&mut self, other: &TokenUsage) {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
+        self.estimated |= other.estimated;
     }
 }
 
@@ -242,6 +251,7 @@ mod tests {
             prompt_tokens: 10,
             completion_tokens: 2,
             limiter_wait_ms: 0,
+            estimated: false,
         };
         usage.add(&TokenUsage {
             provider: "openai".into(),
@@ -249,8 +259,13 @@ mod tests {
             prompt_tokens: 15,
             completion_tokens: 7,
             limiter_wait_ms: 0,
+            estimated: true,
         });
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (25, 9));
         assert_eq!(usage.provider, "openai");
+        assert!(
+            usage.estimated,
+            "one estimated round makes the sum an estimate"
+        );
     }
 }

@@ -227,6 +227,7 @@ async fn a_batch_of_steps_applies_the_live_ones_and_nothing_of_a_fenced_out_one(
                     prompt_tokens: 120,
                     completion_tokens: 30,
                     limiter_wait_ms: 0,
+                    estimated: false,
                 }),
             },
         )),

@@ -32,6 +32,7 @@ mod legacy_import;
 mod limits;
 mod media;
 mod media_generation;
+mod model_server;
 mod outage;
 mod pages;
 mod proxy;

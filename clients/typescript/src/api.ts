@@ -2611,6 +2611,15 @@ export interface components {
              */
             completion_tokens: number;
             /**
+             * @description True when the provider reported no counts for some request of the
+             *     reply (llama-cpp-python's server sends none in a stream) and
+             *     questboard's estimate stands in for them (a token per four
+             *     characters, four per message); absent when every count is the
+             *     provider's. Estimated tokens count towards budgets and limits like
+             *     reported ones.
+             */
+            estimated?: boolean;
+            /**
              * Format: int64
              * @description How long the call waited for the provider's limits (shared by every
              *     worker) and pauses, in milliseconds; absent when it did not wait.

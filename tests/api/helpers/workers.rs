@@ -183,7 +183,19 @@ impl TestApp {
 
     /// Waits until every turn of the session is finished (completed or failed).
     pub async fn wait_finished(&self, user: &str, session: &str, count: usize) -> Vec<Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        self.wait_finished_within(user, session, count, Duration::from_secs(60))
+            .await
+    }
+
+    /// Like [`TestApp::wait_finished`], failing after `wait`.
+    pub async fn wait_finished_within(
+        &self,
+        user: &str,
+        session: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + wait;
         loop {
             let turns = self.turns(user, session).await;
             let finished = turns

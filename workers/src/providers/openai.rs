@@ -7,7 +7,9 @@
 //! .content` carrying text, `data: [DONE]` at the end), asking for the
 //! token counts (`stream_options: {"include_usage": true}`: a last chunk
 //! carries `usage`, which becomes the reply's [`Reply::usage`], summed over
-//! both requests of a tool round). HTTP 429 and 5xx,
+//! both requests of a tool round; a server that sends none, as
+//! llama-cpp-python's does in a stream, is charged questboard's estimate,
+//! marked `estimated`). HTTP 429 and 5xx,
 //! timeouts and dropped connections are retryable (honouring `Retry-After`);
 //! other 4xx are fatal. Response bodies are logged for operators but never
 //! put into the error a player sees.
@@ -33,8 +35,9 @@
 //! that ends without a single chunk while tools were offered is a server
 //! that cannot stream tool calls (llama-cpp-python's function-calling chat
 //! format answers 200 and closes): the same round is asked again at once
-//! without streaming, and from then on this process asks tool rounds that
-//! way (the reply then arrives in one piece). A stream that ends with
+//! without streaming, on a new connection (that server resets the one that
+//! carried the empty stream), and from then on this process asks tool
+//! rounds that way (the reply then arrives in one piece). A stream that ends with
 //! nothing without tools, an empty reply, a 400 or 422 (a context-length
 //! refusal named as such) are certain to repeat: the turn fails at once
 //! instead of spending its attempts. Every refusal is logged with the
@@ -52,7 +55,10 @@ use serde::Deserialize;
 use questboard_core::state::Proposal;
 use serde_json::{Value, json};
 
-use super::{ChunkSink, ModelProvider, Prompt, ProviderError, Reply, TokenUsage};
+use super::{
+    ChunkSink, ModelProvider, Prompt, ProviderError, Reply, TOKENS_PER_MESSAGE, TokenUsage,
+    estimate_tokens,
+};
 
 /// The state tool's name.
 pub const STATE_TOOL: &str = "update_game_state";
@@ -100,17 +106,38 @@ pub struct OpenAi {
     settings: OpenAiSettings,
     client: reqwest::Client,
     url: String,
+    /// A client that keeps no connection open: for the request after an
+    /// empty stream, whose connection the server may have dropped.
+    unpooled: reqwest::Client,
     /// The server answered a streamed request offering tools with an empty
     /// stream: tool rounds are asked without streaming from then on.
     tools_unstreamed: AtomicBool,
 }
 
+/// Which connection a request goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// One kept open from an earlier request, or a new one.
+    Pooled,
+    /// A new one: llama-cpp-python's server resets the connection that
+    /// carried its empty answer to a streamed tool request, and a request
+    /// sent on it at once fails with "connection reset".
+    Fresh,
+}
+
 impl OpenAi {
     /// A client for `settings`.
     pub fn new(settings: OpenAiSettings) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(Duration::from_secs(10))
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(settings.timeout)
+                .connect_timeout(Duration::from_secs(10))
+        };
+        let client = builder()
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let unpooled = builder()
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         let url = format!(
@@ -120,6 +147,7 @@ impl OpenAi {
         Ok(Self {
             settings,
             client,
+            unpooled,
             url,
             tools_unstreamed: AtomicBool::new(false),
         })
@@ -139,6 +167,7 @@ impl OpenAi {
             .collect();
         let mut index = 0u32;
         let first = self.round(&messages, true, sink, &mut index).await?;
+        let first_cost = cost(&messages, &first);
         if first.calls.is_empty() && first.text.trim().is_empty() {
             // Asked the same, a model answers the same.
             return Err(empty_reply());
@@ -147,7 +176,7 @@ impl OpenAi {
             return Ok(Reply {
                 state: proposal(&first.calls),
                 images: images(&first.calls),
-                usage: self.usage([first.usage]),
+                usage: self.usage([first_cost]),
                 text: first.text,
             });
         }
@@ -170,31 +199,33 @@ impl OpenAi {
             }));
         }
         let second = self.round(&messages, false, sink, &mut index).await?;
+        let second_cost = cost(&messages, &second);
         let mut calls = first.calls;
         calls.extend(second.calls);
         Ok(Reply {
             state: proposal(&calls),
             images: images(&calls),
-            usage: self.usage([first.usage, second.usage]),
+            usage: self.usage([first_cost, second_cost]),
             text: second.text,
         })
     }
 
-    /// The reply's usage: the sum of what its requests reported; None if
-    /// none did.
-    fn usage(&self, rounds: impl IntoIterator<Item = Option<Counted>>) -> Option<TokenUsage> {
-        rounds.into_iter().flatten().fold(None, |sum, counted| {
-            let mut sum = sum.unwrap_or_else(|| TokenUsage {
-                provider: self.settings.name.into(),
-                model: self.settings.model.clone(),
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                limiter_wait_ms: 0,
-            });
-            sum.prompt_tokens += counted.prompt_tokens;
-            sum.completion_tokens += counted.completion_tokens;
-            Some(sum)
-        })
+    /// The reply's usage: the sum of its requests' costs.
+    fn usage<const N: usize>(&self, rounds: [Cost; N]) -> Option<TokenUsage> {
+        let mut sum = TokenUsage {
+            provider: self.settings.name.into(),
+            model: self.settings.model.clone(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            limiter_wait_ms: 0,
+            estimated: false,
+        };
+        for round in rounds {
+            sum.prompt_tokens += round.counted.prompt_tokens;
+            sum.completion_tokens += round.counted.completion_tokens;
+            sum.estimated |= round.estimated;
+        }
+        Some(sum)
     }
 
     /// One request of a reply: streamed, unless tool rounds must not be
@@ -208,7 +239,9 @@ impl OpenAi {
     ) -> Result<Round, ProviderError> {
         let tools = self.settings.tools && may_call;
         if tools && self.tools_unstreamed.load(Ordering::Relaxed) {
-            return self.whole(messages, may_call, sink, index).await;
+            return self
+                .whole(messages, may_call, sink, index, Connection::Pooled)
+                .await;
         }
         match self.stream(messages, may_call, sink, index).await? {
             Streamed::Round(round) => Ok(round),
@@ -218,7 +251,8 @@ impl OpenAi {
                         "the model provider answered a streamed request offering tools with an \
                          empty stream; tool rounds are asked without streaming from now on");
                 }
-                self.whole(messages, may_call, sink, index).await
+                self.whole(messages, may_call, sink, index, Connection::Fresh)
+                    .await
             }
             Streamed::Nothing => Err(ProviderError::Fatal {
                 reason: "the model provider ended the stream without sending anything".into(),
@@ -245,8 +279,16 @@ impl OpenAi {
     }
 
     /// Sends `body`; a refusal becomes the error it is classified as.
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
-        let mut request = self.client.post(&self.url).json(body);
+    async fn send(
+        &self,
+        body: &Value,
+        connection: Connection,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let client = match connection {
+            Connection::Pooled => &self.client,
+            Connection::Fresh => &self.unpooled,
+        };
+        let mut request = client.post(&self.url).json(body);
         if let Some(key) = &self.settings.api_key {
             request = request.bearer_auth(key);
         }
@@ -275,8 +317,11 @@ impl OpenAi {
         may_call: bool,
         sink: &mut dyn ChunkSink,
         index: &mut u32,
+        connection: Connection,
     ) -> Result<Round, ProviderError> {
-        let response = self.send(&self.body(messages, may_call, false)).await?;
+        let response = self
+            .send(&self.body(messages, may_call, false), connection)
+            .await?;
         let bytes = response.bytes().await.map_err(transport_error)?;
         let completion: Completion =
             serde_json::from_slice(&bytes).map_err(|_| ProviderError::Retryable {
@@ -312,7 +357,9 @@ impl OpenAi {
         sink: &mut dyn ChunkSink,
         index: &mut u32,
     ) -> Result<Streamed, ProviderError> {
-        let response = self.send(&self.body(messages, may_call, true)).await?;
+        let response = self
+            .send(&self.body(messages, may_call, true), Connection::Pooled)
+            .await?;
         let mut round = Round::default();
         let mut saw_data = false;
         let mut buffer: Vec<u8> = Vec::new();
@@ -593,6 +640,45 @@ struct Counted {
     completion_tokens: i64,
 }
 
+/// What one request of a reply cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cost {
+    counted: Counted,
+    /// The server reported nothing (llama-cpp-python's ignores
+    /// `stream_options` and streams no usage): `counted` is questboard's
+    /// estimate of the messages sent and the reply received, so budgets
+    /// and limits still see the request.
+    estimated: bool,
+}
+
+/// What a request of `messages` answered by `round` cost: the server's
+/// count, or the estimate when it sent none.
+fn cost(messages: &[Value], round: &Round) -> Cost {
+    if let Some(counted) = round.usage {
+        return Cost {
+            counted,
+            estimated: false,
+        };
+    }
+    let prompt: u64 = messages
+        .iter()
+        .map(|m| estimate_tokens(m["content"].as_str().unwrap_or_default()) + TOKENS_PER_MESSAGE)
+        .sum();
+    let completion = estimate_tokens(&round.text)
+        + round
+            .calls
+            .iter()
+            .map(|c| estimate_tokens(&c.name) + estimate_tokens(&c.arguments))
+            .sum::<u64>();
+    Cost {
+        counted: Counted {
+            prompt_tokens: i64::try_from(prompt).unwrap_or(i64::MAX),
+            completion_tokens: i64::try_from(completion).unwrap_or(i64::MAX),
+        },
+        estimated: true,
+    }
+}
+
 #[derive(Deserialize)]
 struct Choice {
     #[serde(default)]
@@ -767,6 +853,40 @@ fn go_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_the_server_did_not_count_is_charged_the_estimate() {
+        let messages = [
+            json!({"role": "system", "content": "12345678"}),
+            json!({"role": "user", "content": "abcd"}),
+        ];
+        let round = Round {
+            text: "twelve chars".into(),
+            ..Round::default()
+        };
+        // (2 + 4) + (1 + 4) for the messages, 3 for the reply.
+        let estimated = cost(&messages, &round);
+        assert_eq!(
+            (
+                estimated.counted.prompt_tokens,
+                estimated.counted.completion_tokens,
+                estimated.estimated
+            ),
+            (11, 3, true)
+        );
+        let counted = Round {
+            usage: Some(Counted {
+                prompt_tokens: 40,
+                completion_tokens: 9,
+            }),
+            ..round
+        };
+        let reported = cost(&messages, &counted);
+        assert_eq!(
+            (reported.counted.prompt_tokens, reported.estimated),
+            (40, false)
+        );
+    }
 
     #[test]
     fn parses_sse_lines() {

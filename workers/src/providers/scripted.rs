@@ -129,6 +129,7 @@ impl Scripted {
             prompt_tokens: prompt.estimated_tokens() as i64,
             completion_tokens: estimate_tokens(&text) as i64,
             limiter_wait_ms: 0,
+            estimated: false,
         };
         Reply {
             text,
