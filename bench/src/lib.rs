@@ -42,6 +42,8 @@
 //!   filesystem and on S3 (moto).
 //! - [`console`]: the operators' console's reads (overview, job list with
 //!   its filters) over a million job rows, p50 and p95, with the plans.
+//! - [`history`]: the turn path's rate and latency on 0, 1 million and 10
+//!   million rows of history (turns, events, finished jobs).
 //! - [`processes`]: starting and stopping the processes measured.
 
 use std::collections::HashMap;
@@ -56,6 +58,7 @@ use questboard::config::Config;
 pub mod baseline;
 pub mod console;
 pub mod enqueue;
+pub mod history;
 pub mod limited;
 pub mod media;
 pub mod migration;
@@ -110,8 +113,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Only these groups (comma-separated): `baseline`, `enqueue`,
-    /// `pipeline`, `plain`, `realwork`, `retention`, `realtime`, `state`,
-    /// `media`, `migration` (default: all).
+    /// `pipeline`, `limited`, `plain`, `realwork`, `retention`, `realtime`,
+    /// `state`, `media`, `migration`, `console`, `history` (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Session counts of the end-to-end throughput scenario (comma-separated).
@@ -133,6 +136,10 @@ pub struct BenchArgs {
     /// Job rows of the console scenario.
     #[arg(long, default_value_t = 1_000_000)]
     pub console_rows: usize,
+    /// Rows of history (in each of turns, events and finished jobs) of the
+    /// history scenario (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,1000000,10000000")]
+    pub history_rows: Vec<usize>,
     /// Internal: run as a raw apalis-postgres noop worker with this batch
     /// size against DATABASE_URL until killed (the baseline starts these).
     #[arg(long, hide = true)]
@@ -254,6 +261,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     if args.wants("console") {
         figures.extend(console::run(config, args).await?);
+    }
+    if args.wants("history") {
+        figures.extend(history::run(config, args).await?);
     }
     Ok(figures)
 }

@@ -216,11 +216,14 @@ pub(crate) async fn throughput(
     .await?;
     let cpu = cpu.stop();
     workers.stop();
+    // Only these sessions' turns: the database may hold history (the
+    // `history` scenario).
     let (completed, span): (i64, f64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'completed'),
                 coalesce(extract(epoch FROM max(completed_at) - min(started_at))::float8, 0)
-         FROM turns",
+         FROM turns WHERE session_id = ANY($1)",
     )
+    .bind(&ids)
     .fetch_one(&scratch.pool)
     .await?;
     anyhow::ensure!(

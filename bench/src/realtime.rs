@@ -138,14 +138,14 @@ pub(crate) async fn connect(
     Ok(tokio_tungstenite::connect_async(request).await?.0)
 }
 
-struct Latency {
-    max: f64,
-    rate: f64,
-    p50: f64,
-    p95: f64,
-    p99: f64,
+pub(crate) struct Latency {
+    pub(crate) max: f64,
+    pub(crate) rate: f64,
+    pub(crate) p50: f64,
+    pub(crate) p95: f64,
+    pub(crate) p99: f64,
     /// p50 and p99 of commit -> started and started -> completed (database clock).
-    waits: (f64, f64, f64, f64),
+    pub(crate) waits: (f64, f64, f64, f64),
     /// Cores busy during the open loop: questboard processes, Postgres,
     /// Redis, this process, everything else.
     cores: [f64; 5],
@@ -175,7 +175,9 @@ async fn post(
     Ok(())
 }
 
-async fn latency(
+/// The closed-loop maximum, then the open loop at `args.rate` (or half the
+/// maximum), on [`SESSIONS`] fresh sessions of `scratch`.
+pub(crate) async fn latency(
     scratch: &Scratch,
     config: &Config,
     args: &BenchArgs,

@@ -105,7 +105,7 @@ async fn load(scratch: &Scratch, rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rand_bits(i: usize) -> u128 {
+pub(crate) fn rand_bits(i: usize) -> u128 {
     // Distinct, well spread low bits; ids only need to be unique.
     (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) >> 48
 }

@@ -35,8 +35,15 @@ fn installed() -> (String, String) {
     (get("QB_TEST_LLAMA_PYTHON"), get("QB_TEST_LLAMA_MODEL"))
 }
 
+/// One model server at a time: each takes a core while it answers, and the
+/// suite's timing-sensitive tests (the scheduler's ticks) share the
+/// machine's two.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A running llama-cpp-python server.
 struct ModelServer {
+    /// Held while the server lives (see [`ONE_AT_A_TIME`]).
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     child: Option<Child>,
     port: u16,
     context: u32,
@@ -50,6 +57,7 @@ impl ModelServer {
     /// until it answers.
     async fn start(context: u32, chat_format: Option<&'static str>) -> ModelServer {
         let mut server = ModelServer {
+            _turn: ONE_AT_A_TIME.lock().await,
             child: None,
             port: free_port(),
             context,

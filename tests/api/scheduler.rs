@@ -288,8 +288,14 @@ async fn a_scheduler_down_for_three_ticks_catches_up_once_or_skips() {
 
     for (entry, expected) in [("tick-once", 1), ("tick-skip", 0)] {
         let all = ticks(&app, entry).await;
-        let catch_ups: Vec<(&DateTime<Utc>, &(String, bool))> =
-            all.iter().filter(|(_, (_, c))| *c).collect();
+        // The downtime's catch-ups (a tick before the restart). Under
+        // `once`, a tick the restarted scheduler itself fired late, on a
+        // starved machine, is another miss and may be caught up too: not
+        // counted here. Under `skip` no tick is ever caught up.
+        let catch_ups: Vec<(&DateTime<Utc>, &(String, bool))> = all
+            .iter()
+            .filter(|(t, (_, c))| *c && (expected == 0 || **t < restarted))
+            .collect();
         assert_eq!(catch_ups.len(), expected, "{entry}: {all:#?}");
         // Ticks of the downtime (after the last before the stop, before the
         // restart) fired only as that one catch-up, never as a flood.

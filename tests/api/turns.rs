@@ -866,6 +866,49 @@ async fn a_server_that_will_not_stream_tool_calls_is_asked_without_streaming() {
 }
 
 #[tokio::test]
+async fn a_model_that_says_nothing_when_offered_tools_is_asked_once_without_them() {
+    // Offered the tools, it answers with neither words nor a call; told it
+    // may not call them, it speaks. Without tools it never speaks.
+    let fake = FakeLlm::start(|body, _| {
+        let said = FakeLlm::last_user_message(body);
+        if body["tool_choice"] == "auto" || said.contains("mute") {
+            return Reply::Stream(vec![" ".into()]);
+        }
+        Reply::Stream(vec!["The door ".into(), "creaks.".into()])
+    })
+    .await;
+    let app = TestApp::spawn_with(openai(&fake)).await;
+    // On purpose: the mute turn fails for good.
+    app.db.expect_failed_jobs();
+    let session = app.ai_gm_session("alice", &["bob"]).await;
+    let worker = app.worker(openai(&fake)).await;
+    app.submit("bob", &session, "I open the door").await;
+    app.wait_finished("bob", &session, 1).await;
+    app.submit("bob", &session, "a mute turn").await;
+    let turns = app.wait_finished("bob", &session, 2).await;
+    assert_eq!(turns[0]["status"], "completed", "{}", turns[0]);
+    assert_eq!(turns[0]["output"], "The door creaks.");
+    // Both requests are counted.
+    let requests = fake.requests();
+    let (a, b) = (
+        requests[0].usage.expect("usage"),
+        requests[1].usage.expect("usage"),
+    );
+    assert_eq!(turns[0]["usage"]["prompt_tokens"], a.0 + b.0);
+    // Silent both ways: failed as an empty reply after one attempt of two
+    // requests, not retried.
+    assert_eq!(turns[1]["status"], "failed");
+    assert_eq!(turns[1]["error"], "the model answered with an empty reply");
+    let requests = fake.requests();
+    let choices: Vec<&str> = requests
+        .iter()
+        .map(|r| r.body["tool_choice"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(choices, ["auto", "none", "auto", "none"]);
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn a_stopping_worker_hands_unfinished_turns_back_and_releases_the_lease() {
     let app = TestApp::spawn().await;
     let session = app.create_session("alice", "Shutdown").await;

@@ -38,7 +38,8 @@
 //! without streaming, on a new connection (that server resets the one that
 //! carried the empty stream), and from then on this process asks tool
 //! rounds that way (the reply then arrives in one piece). A stream that ends with
-//! nothing without tools, an empty reply, a 400 or 422 (a context-length
+//! nothing without tools, an empty reply (with tools offered, asked once
+//! more with `tool_choice: "none"` first), a 400 or 422 (a context-length
 //! refusal named as such) are certain to repeat: the turn fails at once
 //! instead of spending its attempts. Every refusal is logged with the
 //! provider's status and the start of its body.
@@ -169,8 +170,25 @@ impl OpenAi {
         let first = self.round(&messages, true, sink, &mut index).await?;
         let first_cost = cost(&messages, &first);
         if first.calls.is_empty() && first.text.trim().is_empty() {
-            // Asked the same, a model answers the same.
-            return Err(empty_reply());
+            if !self.settings.tools {
+                // Asked the same, a model answers the same.
+                return Err(empty_reply());
+            }
+            // Offered the tools, the model said nothing and called nothing
+            // (SmolLM2 under llama-cpp-python's function-calling format
+            // does): the request is changed, not repeated; asked once
+            // more with `tool_choice: "none"`, it has to speak.
+            let words = self.round(&messages, false, sink, &mut index).await?;
+            if words.text.trim().is_empty() {
+                return Err(empty_reply());
+            }
+            let words_cost = cost(&messages, &words);
+            return Ok(Reply {
+                state: None,
+                images: Vec::new(),
+                usage: self.usage([first_cost, words_cost]),
+                text: words.text,
+            });
         }
         if first.calls.is_empty() || !first.text.trim().is_empty() {
             return Ok(Reply {
