@@ -182,34 +182,8 @@ async fn load(scratch: &Scratch, rows: usize) -> anyhow::Result<()> {
 async fn jobs(scratch: &Scratch, rows: usize) -> anyhow::Result<()> {
     let week_ms = chrono::TimeDelta::days(7).num_milliseconds() as f64;
     let start = Utc::now() - chrono::TimeDelta::days(7);
-    const BATCH: usize = 50_000;
-    for first in (0..rows).step_by(BATCH) {
-        let n = (first + BATCH).min(rows) - first;
-        let mut ids = Vec::with_capacity(n);
-        let mut times = Vec::with_capacity(n);
-        for i in first..first + n {
-            let at =
-                start + chrono::TimeDelta::milliseconds((i as f64 / rows as f64 * week_ms) as i64);
-            ids.push(
-                ulid::Ulid::from_parts(
-                    at.timestamp_millis() as u64,
-                    super::retention::rand_bits(i),
-                )
-                .to_string(),
-            );
-            times.push(at);
-        }
-        sqlx::query(
-            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
-                                      lock_at, done_at, priority, last_result)
-             SELECT i.id, 'questboard.turn', '\\x7b7d'::bytea, 'Done', 1, 5, i.at, i.at,
-                    i.at + interval '1 second', 0, '{\"Ok\": {}}'::jsonb
-             FROM unnest($1::text[], $2::timestamptz[]) AS i(id, at)",
-        )
-        .bind(&ids)
-        .bind(&times)
-        .execute(&scratch.pool)
-        .await?;
-    }
-    Ok(())
+    super::retention::finished_jobs(&scratch.pool, rows, |i| {
+        start + chrono::TimeDelta::milliseconds((i as f64 / rows as f64 * week_ms) as i64)
+    })
+    .await
 }

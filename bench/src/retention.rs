@@ -77,35 +77,48 @@ async fn load(scratch: &Scratch, rows: usize) -> anyhow::Result<()> {
     let nine_days_ago = Utc::now() - chrono::TimeDelta::days(9);
     let recent = Utc::now() - chrono::TimeDelta::hours(1);
     for (count, base) in [(rows, nine_days_ago), (rows / 10, recent)] {
-        for first in (0..count).step_by(20_000) {
-            let n = (first + 20_000).min(count) - first;
-            let mut ids = Vec::with_capacity(n);
-            let mut times = Vec::with_capacity(n);
-            for i in 0..n {
-                let at = base + chrono::TimeDelta::milliseconds(((first + i) / 10) as i64);
-                ids.push(
-                    ulid::Ulid::from_parts(at.timestamp_millis() as u64, rand_bits(first + i))
-                        .to_string(),
-                );
-                times.push(at);
-            }
-            sqlx::query(
-                "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
-                                          lock_at, done_at, priority, last_result)
-                 SELECT i.id, 'questboard.turn', '\\x7b7d'::bytea, 'Done', 1, 5, i.at, i.at,
-                        i.at + interval '1 second', 0, '{\"Ok\": {}}'::jsonb
-                 FROM unnest($1::text[], $2::timestamptz[]) AS i(id, at)",
-            )
-            .bind(&ids)
-            .bind(&times)
-            .execute(&scratch.pool)
-            .await?;
-        }
+        finished_jobs(&scratch.pool, count, |i| {
+            base + chrono::TimeDelta::milliseconds((i / 10) as i64)
+        })
+        .await?;
     }
     Ok(())
 }
 
-pub(crate) fn rand_bits(i: usize) -> u128 {
+/// Inserts `count` finished turn jobs, the `i`-th done at `at(i)`, with
+/// ids of their time, 20,000 per statement.
+pub(crate) async fn finished_jobs(
+    pool: &sqlx::PgPool,
+    count: usize,
+    at: impl Fn(usize) -> chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    for first in (0..count).step_by(20_000) {
+        let n = (first + 20_000).min(count) - first;
+        let mut ids = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        for i in first..first + n {
+            let at = at(i);
+            ids.push(
+                ulid::Ulid::from_parts(at.timestamp_millis() as u64, rand_bits(i)).to_string(),
+            );
+            times.push(at);
+        }
+        sqlx::query(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
+                                      lock_at, done_at, priority, last_result)
+             SELECT i.id, 'questboard.turn', '\\x7b7d'::bytea, 'Done', 1, 5, i.at, i.at,
+                    i.at + interval '1 second', 0, '{\"Ok\": {}}'::jsonb
+             FROM unnest($1::text[], $2::timestamptz[]) AS i(id, at)",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+fn rand_bits(i: usize) -> u128 {
     // Distinct, well spread low bits; ids only need to be unique.
     (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) >> 48
 }

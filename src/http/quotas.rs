@@ -8,7 +8,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use questboard_core::quotas::{Quota, Setting};
+use questboard_core::quotas::{MAX_VALUE, Quota, Setting};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,9 +16,6 @@ use super::AppState;
 use super::audit::{Action, audited};
 use super::error::{Error, ErrorBody, Result};
 use super::extract::{Json, Operator, Path, Viewer};
-
-/// The largest value a quota may be set to.
-pub const MAX_VALUE: u64 = 1_000_000_000_000;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()

@@ -328,6 +328,56 @@ async fn the_command_line_mints_operators_and_runs_the_same_controls() {
         "{out}"
     );
     let (ok, _, _) = cli(&app, &["admin", "queues", "resume", "reconcile"]).await;
+    assert!(ok);
+    // Quotas: listed, overridden (the API sees it), refused when unknown or
+    // too large, reset.
+    let (ok, out, err) = cli(&app, &["admin", "quotas"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 9, "{out}");
+    let (ok, out, err) = cli(
+        &app,
+        &["admin", "quotas", "set", "user_turns_per_minute", "5"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("user_turns_per_minute") && l.contains(" 5 ")),
+        "{out}"
+    );
+    let seen = app.op(Method::GET, "/api/admin/quotas", None).await;
+    let turns = seen.body["quotas"]
+        .as_array()
+        .expect("quotas")
+        .iter()
+        .find(|q| q["name"] == "user_turns_per_minute")
+        .expect("quota")
+        .clone();
+    assert_eq!(
+        (turns["value"].clone(), turns["overridden"].clone()),
+        (json!(5), json!(true))
+    );
+    let (ok, _, err) = cli(&app, &["admin", "quotas", "set", "nope", "1"]).await;
+    assert!(!ok && err.contains("unknown quota"), "{err}");
+    let (ok, _, err) = cli(
+        &app,
+        &[
+            "admin",
+            "quotas",
+            "set",
+            "user_turns_per_minute",
+            "1000000000001",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("at most"), "{err}");
+    let (ok, out, err) = cli(&app, &["admin", "quotas", "reset", "user_turns_per_minute"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("user_turns_per_minute") && l.contains(" no ")),
+        "{out}"
+    );
     // Every command that acted is in the audit log, as `cli:$USER`; the
     // ones that only read are not.
     let audit = app.op(Method::GET, "/api/admin/audit?limit=50", None).await;
@@ -352,6 +402,10 @@ async fn the_command_line_mints_operators_and_runs_the_same_controls() {
         ("job.retry", job.as_str(), "ok"),
         ("queue.pause", "reconcile", "ok"),
         ("queue.resume", "reconcile", "ok"),
+        ("quota.set", "user_turns_per_minute", "ok"),
+        ("quota.set", "nope", "failed"),
+        ("quota.set", "user_turns_per_minute", "failed"),
+        ("quota.reset", "user_turns_per_minute", "ok"),
     ]
     .iter()
     .map(|(a, t, o)| ((*a).to_owned(), (*t).to_owned(), (*o).to_owned()))

@@ -175,6 +175,9 @@ impl Quota {
     }
 }
 
+/// The largest value an operator may set a quota to (0 turns it off).
+pub const MAX_VALUE: u64 = 1_000_000_000_000;
+
 /// A value for every quota (0: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Values([u64; 8]);

@@ -18,7 +18,9 @@
 //!   run completed (or was rolled back);
 //! - `admin import-legacy run --source URL --mapping FILE [--dry-run]
 //!   [--strict]`, `rollback --run ID [--force]`, `show --run ID`: legacy layout
-//!   imports ([`legacy`]; `docs/runbooks/legacy-import.md`).
+//!   imports ([`legacy`]; `docs/runbooks/legacy-import.md`);
+//! - `admin quotas`, `admin quotas set NAME VALUE`, `admin quotas reset
+//!   NAME`: members' quotas and budgets ([`quotas`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,9 +39,11 @@ mod follow;
 mod jobs;
 pub mod legacy;
 mod migrate;
+mod quotas;
 
 pub use jobs::JobsCommand;
 pub use migrate::{MigrateArgs, MigrateCommand};
+pub use quotas::QuotasCommand;
 
 /// The operators' commands.
 #[derive(Debug, clap::Subcommand)]
@@ -55,6 +59,12 @@ pub enum AdminCommand {
     },
     /// The schedule: entries, next fire times, last ticks, the leader.
     Schedule,
+    /// Members' quotas and budgets; or override one, or reset it.
+    Quotas {
+        /// Set or reset a quota (none: list them).
+        #[command(subcommand)]
+        action: Option<QuotasCommand>,
+    },
     /// Prune now: enqueue a `prune` job and wait for a worker to run it.
     Prune {
         /// Report what would go; change nothing.
@@ -118,6 +128,13 @@ fn audit_record(command: &AdminCommand) -> Option<(&'static str, String, serde_j
         AdminCommand::Jobs(JobsCommand::Retry { id }) => ("job.retry", id.clone(), none()),
         AdminCommand::Jobs(JobsCommand::Cancel { id }) => ("job.cancel", id.clone(), none()),
         AdminCommand::Jobs(_) | AdminCommand::Schedule => return None,
+        AdminCommand::Quotas { action: None } => return None,
+        AdminCommand::Quotas {
+            action: Some(QuotasCommand::Set { name, value }),
+        } => ("quota.set", name.clone(), json!({ "value": value })),
+        AdminCommand::Quotas {
+            action: Some(QuotasCommand::Reset { name }),
+        } => ("quota.reset", name.clone(), none()),
         AdminCommand::Queues { action: None } => return None,
         AdminCommand::Queues {
             action: Some(QueuesCommand::Pause { kind }),
@@ -249,6 +266,9 @@ async fn act(config: &Config, pool: &sqlx::PgPool, command: AdminCommand) -> any
                 if paused { "paused" } else { "running" }
             );
             Ok(())
+        }
+        AdminCommand::Quotas { action } => {
+            quotas::run(&pool, config.quota_defaults(), action).await
         }
         AdminCommand::Schedule => {
             let entries = crate::app::schedule(config, &registry)?;

@@ -187,7 +187,9 @@ impl OpenAi {
                 state: None,
                 images: Vec::new(),
                 usage: self.usage([first_cost, words_cost]),
-                text: words.text,
+                // The first round's blanks were streamed: the reply is what
+                // the chunks spell.
+                text: first.text + &words.text,
             });
         }
         if first.calls.is_empty() || !first.text.trim().is_empty() {
@@ -224,7 +226,9 @@ impl OpenAi {
             state: proposal(&calls),
             images: images(&calls),
             usage: self.usage([first_cost, second_cost]),
-            text: second.text,
+            // Blanks the first round streamed with its call come first, as
+            // the chunks do.
+            text: first.text + &second.text,
         })
     }
 
