@@ -107,12 +107,11 @@ impl Prompt {
         self
     }
 
-    /// What the prompt costs in tokens, by [`estimate_tokens`] per message
-    /// plus [`TOKENS_PER_MESSAGE`] for each message's framing.
+    /// What the prompt costs in tokens, by [`estimate_message`].
     pub fn estimated_tokens(&self) -> u64 {
         self.messages
             .iter()
-            .map(|m| estimate_tokens(&m.content) + TOKENS_PER_MESSAGE)
+            .map(|m| estimate_message(&m.content))
             .sum()
     }
 
@@ -173,7 +172,7 @@ impl Prompt {
     /// are dropped. Returns what was left out.
     pub fn fit(&mut self, budget: ContextBudget) -> Result<Trimmed, TooLong> {
         let available = budget.for_prompt();
-        let cost = |m: &Message| estimate_tokens(&m.content) + TOKENS_PER_MESSAGE;
+        let cost = |m: &Message| estimate_message(&m.content);
         let mut trimmed = Trimmed::default();
         let total: u64 = self.messages.iter().map(cost).sum();
         if total <= available {
@@ -253,6 +252,12 @@ pub const TOKENS_PER_MESSAGE: u64 = 4;
 /// master reports it as its count.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
+}
+
+/// The tokens a chat message with `content` is estimated to cost: its
+/// text by [`estimate_tokens`] plus [`TOKENS_PER_MESSAGE`] of framing.
+pub fn estimate_message(content: &str) -> u64 {
+    estimate_tokens(content) + TOKENS_PER_MESSAGE
 }
 
 /// The largest game state a prompt carries, in bytes of JSON.

@@ -57,7 +57,7 @@ use questboard_core::state::Proposal;
 use serde_json::{Value, json};
 
 use super::{
-    ChunkSink, ModelProvider, Prompt, ProviderError, Reply, TOKENS_PER_MESSAGE, TokenUsage,
+    ChunkSink, ModelProvider, Prompt, ProviderError, Reply, TokenUsage, estimate_message,
     estimate_tokens,
 };
 
@@ -186,7 +186,7 @@ impl OpenAi {
             return Ok(Reply {
                 state: None,
                 images: Vec::new(),
-                usage: self.usage([first_cost, words_cost]),
+                usage: Some(self.usage([first_cost, words_cost])),
                 // The first round's blanks were streamed: the reply is what
                 // the chunks spell.
                 text: first.text + &words.text,
@@ -196,7 +196,7 @@ impl OpenAi {
             return Ok(Reply {
                 state: proposal(&first.calls),
                 images: images(&first.calls),
-                usage: self.usage([first_cost]),
+                usage: Some(self.usage([first_cost])),
                 text: first.text,
             });
         }
@@ -225,7 +225,7 @@ impl OpenAi {
         Ok(Reply {
             state: proposal(&calls),
             images: images(&calls),
-            usage: self.usage([first_cost, second_cost]),
+            usage: Some(self.usage([first_cost, second_cost])),
             // Blanks the first round streamed with its call come first, as
             // the chunks do.
             text: first.text + &second.text,
@@ -233,7 +233,7 @@ impl OpenAi {
     }
 
     /// The reply's usage: the sum of its requests' costs.
-    fn usage<const N: usize>(&self, rounds: [Cost; N]) -> Option<TokenUsage> {
+    fn usage<const N: usize>(&self, rounds: [Cost; N]) -> TokenUsage {
         let mut sum = TokenUsage {
             provider: self.settings.name.into(),
             model: self.settings.model.clone(),
@@ -247,7 +247,7 @@ impl OpenAi {
             sum.completion_tokens += round.counted.completion_tokens;
             sum.estimated |= round.estimated;
         }
-        Some(sum)
+        sum
     }
 
     /// One request of a reply: streamed, unless tool rounds must not be
@@ -684,7 +684,7 @@ fn cost(messages: &[Value], round: &Round) -> Cost {
     }
     let prompt: u64 = messages
         .iter()
-        .map(|m| estimate_tokens(m["content"].as_str().unwrap_or_default()) + TOKENS_PER_MESSAGE)
+        .map(|m| estimate_message(m["content"].as_str().unwrap_or_default()))
         .sum();
     let completion = estimate_tokens(&round.text)
         + round
