@@ -92,6 +92,9 @@ pub async fn api_state_with(
         schedule,
         events,
         bridge,
+        ws_openings: Arc::new(tokio::sync::Semaphore::new(
+            config.db_max_connections.max(1) as usize,
+        )),
         ws_allowed_origins: config
             .ws_allowed_origins
             .as_ref()

@@ -13,6 +13,11 @@
 //! POST -> `turn.completed` latency at a fixed offered load (`--rate`,
 //! default 400 turns/s) on 100 fresh sessions (as `realtime`). The load is
 //! done once per size; the runs share it.
+//!
+//! [`idle`] runs the same measurements on an empty database, then beside
+//! 100,000 idle sessions of ten finished turns each (`--idle-sessions`):
+//! what a platform with many dormant campaigns and a thousand active ones
+//! asks of the turn path.
 
 use chrono::Utc;
 
@@ -23,6 +28,45 @@ use questboard::config::Config;
 /// low enough for every size to carry it.
 const DEFAULT_RATE: f64 = 400.0;
 
+/// How the history is spread over sessions.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Long campaigns (ten at most) and the turns of each.
+    long: (i64, i64),
+    /// Other sessions and the turns of each.
+    short: (i64, i64),
+}
+
+impl Shape {
+    /// `rows` turns: a tenth in ten long campaigns, the rest 100 each.
+    fn history(rows: usize) -> Self {
+        let rows = rows as i64;
+        if rows == 0 {
+            return Self {
+                long: (0, 0),
+                short: (0, 0),
+            };
+        }
+        let long = (rows / 100).max(1);
+        Self {
+            long: (10, long),
+            short: (((rows - 10 * long) / 100).max(0), 100),
+        }
+    }
+
+    /// `sessions` idle sessions of ten turns each.
+    fn idle(sessions: usize) -> Self {
+        Self {
+            long: (0, 0),
+            short: (sessions as i64, 10),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        (self.long.0 * self.long.1 + self.short.0 * self.short.1) as usize
+    }
+}
+
 /// Runs the scenario and prints its rows.
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let sizes: Vec<usize> = if args.quick {
@@ -30,6 +74,38 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     } else {
         args.history_rows.clone()
     };
+    let cases = sizes
+        .into_iter()
+        .map(|rows| (format!("history {rows} rows"), Shape::history(rows)))
+        .collect();
+    measure(config, args, cases).await
+}
+
+/// The same measurements beside `--idle-sessions` idle sessions.
+pub async fn idle(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let idle = if args.quick {
+        2_000
+    } else {
+        args.idle_sessions
+    };
+    let shape = Shape::idle(idle);
+    // The empty database first: the comparison is within one run of the
+    // benchmark, as the machine's speed drifts between hours.
+    let cases = vec![
+        ("no idle sessions".to_owned(), Shape::idle(0)),
+        (
+            format!("{idle} idle sessions ({} turns)", shape.rows()),
+            shape,
+        ),
+    ];
+    measure(config, args, cases).await
+}
+
+async fn measure(
+    config: &Config,
+    args: &BenchArgs,
+    cases: Vec<(String, Shape)>,
+) -> anyhow::Result<Vec<Figure>> {
     let (sessions, total) = if args.quick {
         (50, 500)
     } else {
@@ -43,8 +119,8 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     let mut fixed = args.clone();
     fixed.rate = Some(args.rate.unwrap_or(DEFAULT_RATE));
     let mut figures = Vec::new();
-    for rows in sizes {
-        let mut load_time = Figure::new(format!("history {rows} rows: loading it"), "s");
+    for (label, shape) in cases {
+        let mut load_time = Figure::new(format!("{label}: loading it"), "s");
         let mut rate = Figure::new(
             format!("  ... end to end, {sessions} fresh sessions, {total} turns (workers)"),
             "turns/s",
@@ -68,7 +144,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         );
         Scratch::scoped(config, async |scratch| {
             let began = std::time::Instant::now();
-            load(scratch, rows).await?;
+            load(scratch, shape).await?;
             super::analyze(&scratch.pool).await?;
             load_time.values.push(began.elapsed().as_secs_f64());
             for _ in 0..runs(args) {
@@ -105,41 +181,32 @@ async fn wal_position(scratch: &Scratch) -> anyhow::Result<f64> {
     )
 }
 
-/// Writes `rows` turns, `rows` events and `rows` finished jobs of history.
-async fn load(scratch: &Scratch, rows: usize) -> anyhow::Result<()> {
+/// Writes the shape's turns, as many events and as many finished jobs.
+async fn load(scratch: &Scratch, shape: Shape) -> anyhow::Result<()> {
+    let rows = shape.rows();
     if rows == 0 {
         return Ok(());
     }
-    let rows = rows as i64;
-    // Ten long campaigns with a tenth of the turns; the rest 100 each.
-    let long = (rows / 100).max(1);
-    let short = ((rows - 10 * long) / 100).max(0);
     let mut tx = scratch.pool.begin().await?;
     sqlx::query(
         "CREATE TEMP TABLE history ON COMMIT DROP AS
          SELECT n, gen_random_uuid() AS id,
-                CASE WHEN n <= 10 THEN $1 ELSE 100 END::bigint AS turns
-         FROM generate_series(1, 10 + $2) AS n",
+                CASE WHEN n <= $1 THEN $2 ELSE $4 END::bigint AS turns
+         FROM generate_series(1, $1 + $3) AS n",
     )
-    .bind(long)
-    .bind(short)
+    .bind(shape.long.0)
+    .bind(shape.long.1)
+    .bind(shape.short.0)
+    .bind(shape.short.1)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO campaign_sessions (id, name, owner_user_id, storage_prefix, created_at,
-                                        updated_at, last_active_at, next_turn_seq, next_event_seq)
-         SELECT id, 'history ' || n, 'player' || (n % 5000), 'sessions/' || id,
-                now() - interval '60 days', now() - interval '1 day', now() - interval '1 day',
-                turns + 1, turns + 1
-         FROM history",
+    insert_sessions(
+        &mut tx,
+        "history",
+        "'60 days'",
+        "'1 day'",
+        ("turns + 1", "turns + 1"),
     )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO campaign_session_members (session_id, user_id, role)
-         SELECT id, 'player' || (n % 5000), 'owner' FROM history",
-    )
-    .execute(&mut *tx)
     .await?;
     sqlx::query(
         "INSERT INTO turns (id, session_id, seq, author_user_id, input, status, output, job_id,
@@ -175,7 +242,38 @@ async fn load(scratch: &Scratch, rows: usize) -> anyhow::Result<()> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    jobs(scratch, rows as usize).await
+    jobs(scratch, rows).await
+}
+
+/// Inserts a session for every row `(n, id, ...)` of the temporary table
+/// `rows`, named after it, created `created` ago and last active `active`
+/// ago (SQL intervals), with its next turn and event seqs (SQL over the
+/// table's columns); owned by one of 5,000 players, who is its member.
+/// Every argument is a literal of this crate, never outside input.
+pub(crate) async fn insert_sessions(
+    tx: &mut sqlx::PgConnection,
+    rows: &str,
+    created: &str,
+    active: &str,
+    (next_turn, next_event): (&str, &str),
+) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO campaign_sessions (id, name, owner_user_id, storage_prefix, created_at,
+                                        updated_at, last_active_at, next_turn_seq, next_event_seq)
+         SELECT id, '{rows} ' || n, 'player' || (n % 5000), 'sessions/' || id,
+                now() - interval {created}, now() - interval {active},
+                now() - interval {active}, {next_turn}, {next_event}
+         FROM {rows}",
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO campaign_session_members (session_id, user_id, role)
+         SELECT id, 'player' || (n % 5000), 'owner' FROM {rows}",
+    )))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Finished turn jobs over the last seven days, ids of their time.

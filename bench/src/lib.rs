@@ -43,7 +43,15 @@
 //! - [`console`]: the operators' console's reads (overview, job list with
 //!   its filters) over a million job rows, p50 and p95, with the plans.
 //! - [`history`]: the turn path's rate and latency on 0, 1 million and 10
-//!   million rows of history (turns, events, finished jobs).
+//!   million rows of history (turns, events, finished jobs), and beside
+//!   100,000 idle sessions.
+//! - [`workers`]: 1, 2, 4 and 8 worker processes on one database, with
+//!   what Postgres' busy backends wait on.
+//! - [`resume`]: a socket resuming after 1,000 and 100,000 missed events.
+//! - [`sockets`]: 20,000 sockets over two API processes, fan-out to them,
+//!   and one process restarting under half of them.
+//! - [`retention::events`]: pruning 10 million old session events while
+//!   turns run.
 //! - [`processes`]: starting and stopping the processes measured.
 
 use std::collections::HashMap;
@@ -68,8 +76,11 @@ pub mod plain;
 pub mod processes;
 pub mod realtime;
 pub mod realwork;
+pub mod resume;
 pub mod retention;
+pub mod sockets;
 pub mod state;
+pub mod workers;
 
 /// The benchmark's command line.
 #[derive(Debug, clap::Parser)]
@@ -114,7 +125,8 @@ pub struct BenchArgs {
     pub batch: usize,
     /// Only these groups (comma-separated): `baseline`, `enqueue`,
     /// `pipeline`, `limited`, `plain`, `realwork`, `retention`, `realtime`,
-    /// `state`, `media`, `migration`, `console`, `history` (default: all).
+    /// `state`, `media`, `migration`, `console`, `history`, `idle`,
+    /// `workers`, `resume`, `sockets`, `prune-events` (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Session counts of the end-to-end throughput scenario (comma-separated).
@@ -140,10 +152,29 @@ pub struct BenchArgs {
     /// history scenario (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "0,1000000,10000000")]
     pub history_rows: Vec<usize>,
+    /// Idle sessions (ten finished turns each) of the idle scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub idle_sessions: usize,
+    /// Worker process counts of the workers scenario (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub worker_counts: Vec<usize>,
+    /// Missed events a socket resumes after (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
+    pub resume_events: Vec<usize>,
+    /// Sockets of the two-API-process scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub sockets: usize,
+    /// Old session events of the event-pruning scenario.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub prune_event_rows: usize,
     /// Internal: run as a raw apalis-postgres noop worker with this batch
     /// size against DATABASE_URL until killed (the baseline starts these).
     #[arg(long, hide = true)]
     pub apalis_worker: Option<usize>,
+    /// Internal: run as a process of socket clients for the sockets
+    /// scenario (its sockets as a JSON line on stdin).
+    #[arg(long, hide = true)]
+    pub socket_clients: bool,
     /// Internal: run as a questboard worker serving only the no-op kind
     /// against DATABASE_URL until killed (the plain scenario starts these).
     #[arg(long, hide = true)]
@@ -221,6 +252,10 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
         noop::serve(config).await?;
         return Ok(Vec::new());
     }
+    if args.socket_clients {
+        sockets::serve_clients().await?;
+        return Ok(Vec::new());
+    }
     processes::use_questboard(args.questboard.clone())?;
     Scratch::drop_stale(config).await;
     println!("| scenario | median | min .. max | runs |");
@@ -264,6 +299,21 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
     }
     if args.wants("history") {
         figures.extend(history::run(config, args).await?);
+    }
+    if args.wants("idle") {
+        figures.extend(history::idle(config, args).await?);
+    }
+    if args.wants("workers") {
+        figures.extend(workers::run(config, args).await?);
+    }
+    if args.wants("resume") {
+        figures.extend(resume::run(config, args).await?);
+    }
+    if args.wants("sockets") {
+        figures.extend(sockets::run(config, args).await?);
+    }
+    if args.wants("prune-events") {
+        figures.extend(retention::events(config, args).await?);
     }
     Ok(figures)
 }

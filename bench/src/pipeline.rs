@@ -189,7 +189,7 @@ pub(crate) async fn throughput(
     let ids = make_sessions(&scratch.pool, sessions).await?;
     preload(&scratch.pool, &ids, total).await?;
     super::analyze(&scratch.pool).await?;
-    let workers = Processes::workers(
+    drain(
         scratch,
         config,
         &WorkerOptions {
@@ -198,13 +198,17 @@ pub(crate) async fn throughput(
             llm_requests_per_minute: config.llm_requests_per_minute,
             ..WorkerOptions::turns(args.workers, args.concurrency)
         },
-    )?;
-    let cpu = CpuMeter::start(&workers.pids());
-    // Every turn is finished once no session is runnable (the scripted
-    // game master never fails): a cheap check, where counting finished
-    // turns would scan the table on every poll.
-    let pool = scratch.pool.clone();
-    wait_for(Duration::from_secs(600), Duration::from_millis(50), || {
+        &ids,
+        total,
+    )
+    .await
+}
+
+/// Waits until every committed turn is finished: no session is runnable
+/// (the scripted game master never fails). A cheap check, where counting
+/// finished turns would scan the table on every poll.
+pub(crate) async fn until_drained(pool: &PgPool, limit: Duration) -> anyhow::Result<()> {
+    wait_for(limit, Duration::from_millis(50), || {
         let pool = pool.clone();
         async move {
             let runnable: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM session_queue)")
@@ -213,7 +217,21 @@ pub(crate) async fn throughput(
             Ok(!runnable)
         }
     })
-    .await?;
+    .await
+}
+
+/// Runs the `total` turns committed on sessions `ids` with worker
+/// processes started as `options` says; returns as [`throughput`].
+pub(crate) async fn drain(
+    scratch: &Scratch,
+    config: &Config,
+    options: &WorkerOptions,
+    ids: &[uuid::Uuid],
+    total: usize,
+) -> anyhow::Result<(f64, CpuUse)> {
+    let workers = Processes::workers(scratch, config, options)?;
+    let cpu = CpuMeter::start(&workers.pids());
+    until_drained(&scratch.pool, Duration::from_secs(600)).await?;
     let cpu = cpu.stop();
     workers.stop();
     // Only these sessions' turns: the database may hold history (the
@@ -223,7 +241,7 @@ pub(crate) async fn throughput(
                 coalesce(extract(epoch FROM max(completed_at) - min(started_at))::float8, 0)
          FROM turns WHERE session_id = ANY($1)",
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_one(&scratch.pool)
     .await?;
     anyhow::ensure!(

@@ -56,6 +56,8 @@ pub struct WorkerOptions {
     pub metrics_port: Option<u16>,
     /// `QB_LLM_REQUESTS_PER_MINUTE` (None: unset, no limit).
     pub llm_requests_per_minute: Option<u32>,
+    /// `QB_DB_MAX_CONNECTIONS` of each process.
+    pub db_connections: u32,
 }
 
 impl WorkerOptions {
@@ -68,6 +70,7 @@ impl WorkerOptions {
             kinds: None,
             metrics_port: None,
             llm_requests_per_minute: None,
+            db_connections: 12,
         }
     }
 }
@@ -124,7 +127,7 @@ impl Processes {
                 .arg("work")
                 .env("QB_WORKER_CONCURRENCY", options.concurrency.to_string())
                 .env("QB_SCRIPTED_LATENCY_MS", options.latency_ms.to_string())
-                .env("QB_DB_MAX_CONNECTIONS", "12")
+                .env("QB_DB_MAX_CONNECTIONS", options.db_connections.to_string())
                 .env("QB_LEASE_TTL_MS", "30000");
             if let Some(kinds) = options.kinds {
                 command.env("QB_WORKER_KINDS", kinds);
@@ -217,6 +220,18 @@ impl Processes {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let processes = Self::api_on(scratch, config, port, env).await?;
+        Ok((processes, ([127, 0, 0, 1], port).into()))
+    }
+
+    /// Like [`Processes::api_with`], on `port` (a restart on the same
+    /// address).
+    pub async fn api_on(
+        scratch: &Scratch,
+        config: &Config,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut command = Self::base(questboard()?, scratch, config);
         command.envs(env.iter().copied());
@@ -240,7 +255,7 @@ impl Processes {
         })
         .await
         .context("the API process did not come up")?;
-        Ok((processes, addr))
+        Ok(processes)
     }
 
     /// One `questboard work` process serving only `kinds`, with these

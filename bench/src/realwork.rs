@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::pipeline::{make_sessions, preload};
 use super::processes::{Processes, WorkerOptions, free_port, histogram_mean};
-use super::{BenchArgs, CpuMeter, Figure, Scratch, cpu_figures, runs, wait_for};
+use super::{BenchArgs, CpuMeter, Figure, Scratch, cpu_figures, runs};
 use questboard::config::Config;
 
 /// Sessions, turns, slots and the scripted reply's latency.
@@ -57,18 +57,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<Vec<Figure
                 },
             )?;
             let meter = CpuMeter::start(&worker.pids());
-            let pool = scratch.pool.clone();
-            wait_for(Duration::from_secs(600), Duration::from_millis(50), || {
-                let pool = pool.clone();
-                async move {
-                    let runnable: bool =
-                        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM session_queue)")
-                            .fetch_one(&pool)
-                            .await?;
-                    Ok(!runnable)
-                }
-            })
-            .await?;
+            super::pipeline::until_drained(&scratch.pool, Duration::from_secs(600)).await?;
             let used = meter.stop();
             let timings = (
                 histogram_mean(port, "questboard_provider_request_seconds").await? * 1000.0,

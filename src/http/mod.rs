@@ -89,6 +89,11 @@ pub struct AppState {
     pub events: questboard_core::events::EventPublisher,
     /// Delivers Redis session channels to this process's WebSockets.
     pub bridge: crate::bridge::Bridge,
+    /// Session sockets opening right now (the checks before the upgrade
+    /// and the first catch-up): at most as many as the pool has
+    /// connections, so that in a reconnect storm the openings let in finish
+    /// instead of all timing out on the pool ([`ws`]).
+    pub ws_openings: Arc<tokio::sync::Semaphore>,
     /// Origins allowed to open session sockets (None: any).
     pub ws_allowed_origins: Option<Arc<[String]>>,
     /// Bearer token verification.

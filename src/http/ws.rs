@@ -38,6 +38,17 @@
 //! reply (`unauthorized`, or `forbidden` for another user's token) that
 //! leaves the old expiry in force.
 //!
+//! **Openings are admitted a few at a time.** Opening a socket reads
+//! Postgres three times (membership, the user's socket count, the first
+//! replay page); at most as many openings as the pool has connections
+//! (`QB_DB_MAX_CONNECTIONS`) run at once, from the membership check until
+//! the first catch-up is sent. One that waits [`OPENING_WAIT`] for its
+//! turn gets 503 `unavailable` with `Retry-After`, before any database
+//! work. Without it, 10,000 clients reconnecting to a restarted process
+//! each took a connection for the first check and queued for the next
+//! behind all the others: nearly every opening timed out on the pool
+//! half done, and they did not converge (BENCHMARKS.md, "Scale").
+//!
 //! Events older than the retention period are pruned: a client resuming
 //! from a seq that was pruned first gets `{"type": "reset", "session_id",
 //! "seq", "reason": "events_pruned", "pruned_through"}`, never a silent
@@ -113,6 +124,8 @@ pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 pub const SOCKET_BUFFER: usize = 4096;
 /// Events read from Postgres per page when replaying.
 const REPLAY_PAGE: i64 = 500;
+/// Longest an opening waits for its turn (see the module docs).
+pub const OPENING_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/ws/sessions/{session_id}", get(ws_session))
@@ -170,6 +183,13 @@ async fn ws_session(
             ));
         }
     }
+    let opening = tokio::time::timeout(OPENING_WAIT, state.ws_openings.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(std::result::Result::ok)
+        .ok_or_else(|| {
+            Error::Unavailable("too many sockets are opening right now; retry shortly".into())
+        })?;
     let (membership, last_seq) =
         sessions::require_member_at_seq(&state.pool, session_id, &user).await?;
     let after = params.after_seq.unwrap_or(0);
@@ -220,6 +240,7 @@ async fn ws_session(
                 archived: membership.session.status == sessions::SessionStatus::Archived,
                 expires: expiry(caller.expires_at),
                 held: Held::default(),
+                opening: Some(opening),
             }
             .run()
             .await;
@@ -242,6 +263,9 @@ struct Socket {
     expires: tokio::time::Instant,
     /// Live messages that came ahead of an event not sent yet.
     held: Held,
+    /// This socket's place among the openings, given back once the
+    /// first catch-up is sent.
+    opening: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How long a live event that skips ahead waits for the ones before it
@@ -329,7 +353,9 @@ impl Socket {
     async fn run(mut self) {
         // Subscribe before reading history, so nothing falls in between.
         let mut live = self.state.bridge.subscribe(self.session_id);
-        let end = match Box::pin(self.catch_up("resume")).await {
+        let caught_up = Box::pin(self.catch_up("resume")).await;
+        self.opening = None;
+        let end = match caught_up {
             Err(end) => end,
             Ok(()) if self.archived => ARCHIVED,
             Ok(()) => self.serve(&mut live).await,

@@ -611,3 +611,63 @@ async fn clients_resuming_from_pruned_events_are_told_to_reset() {
         .await;
     assert_eq!(replay[0]["seq"], 3);
 }
+
+/// Old events spread thin over many sessions go in a few steps, not one
+/// step per session (each step pauses and writes progress): 40 sessions
+/// with 3 old events each are pruned in at most 3 steps, every old event
+/// goes, and the newer events of the same sessions stay.
+#[tokio::test]
+async fn events_of_many_sessions_are_pruned_in_few_steps() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let mut sessions = Vec::new();
+    for n in 0..40 {
+        sessions.push(app.create_session("alice", &format!("Thin {n}")).await);
+    }
+    let ids: Vec<uuid::Uuid> = sessions.iter().map(|s| s.parse().expect("uuid")).collect();
+    let kept_before: i64 = sqlx::query_scalar("SELECT count(*) FROM session_events")
+        .fetch_one(pool)
+        .await
+        .expect("count");
+    // Three events of each session from 40 days ago, before its own.
+    for sql in [
+        "UPDATE session_events SET seq = seq + 1000000 WHERE session_id = ANY($1)",
+        "UPDATE session_events SET seq = seq - 1000000 + 3 WHERE session_id = ANY($1)",
+        "INSERT INTO session_events (session_id, seq, type, at, data)
+         SELECT s, g, 'session.updated', now() - interval '40 days', '{}'
+         FROM unnest($1::uuid[]) AS s, generate_series(1, 3) AS g",
+        "UPDATE campaign_sessions SET next_event_seq = next_event_seq + 3 WHERE id = ANY($1)",
+    ] {
+        sqlx::query(sql).bind(&ids).execute(pool).await.expect(sql);
+    }
+    let _worker = app
+        .jobs_worker(|c| c.worker_kinds = Some(vec!["prune".into()]))
+        .await;
+    let id = app.start_job("prune", json!({ "only": ["events"] })).await;
+    let job = app
+        .wait_job(&id, "the prune to finish", |j| {
+            matches!(j["status"].as_str(), Some("succeeded" | "failed"))
+        })
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let report = &job["result"];
+    assert_eq!(report["events"], 120, "{report:#}");
+    let steps = report["statements"].as_u64().expect("statements");
+    assert!(steps <= 3, "{steps} steps for 40 thin sessions: {report:#}");
+    let (old, kept): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE at < now() - interval '30 days'), count(*)
+         FROM session_events",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count");
+    assert_eq!((old, kept), (0, kept_before));
+    let pruned: Vec<i64> = sqlx::query_scalar(
+        "SELECT events_pruned_through FROM campaign_sessions WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+    .expect("marks");
+    assert!(pruned.iter().all(|&p| p == 3), "{pruned:?}");
+}

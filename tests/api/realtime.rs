@@ -675,3 +675,99 @@ async fn a_client_reconnecting_every_second_or_two_assembles_the_whole_log(app: 
     }
     worker.stop().await;
 }
+
+/// Socket openings are admitted a few at a time (as many as the pool has
+/// connections): with a pool of one, an opening whose first catch-up is
+/// stuck (a client that does not read a backlog of 30 MB) holds the only
+/// place; another opening is refused with 503 and `Retry-After` once it
+/// has waited its turn, and no event is lost to it; when the stuck client
+/// goes, openings are admitted again and the backlog replays in full.
+#[tokio::test]
+async fn socket_openings_wait_their_turn_and_are_refused_with_503_past_it() {
+    let app = TestApp::spawn_with(|c| c.db_max_connections = 1).await;
+    let session = app.create_session("alice", "Crowded").await;
+    let id: uuid::Uuid = session.parse().expect("session id");
+    let backlog: i64 = 60_000;
+    let mut tx = app.db.pool.begin().await.expect("begin");
+    for sql in [
+        "ALTER TABLE session_events DISABLE TRIGGER session_events_outbox",
+        "INSERT INTO session_events (session_id, seq, type, data)
+         SELECT $1, s.next_event_seq - 1 + g, 'session.updated',
+                jsonb_build_object('name', repeat('a long story ', 40))
+         FROM campaign_sessions s, generate_series(1, $2::bigint) AS g WHERE s.id = $1",
+        "UPDATE campaign_sessions SET next_event_seq = next_event_seq + $2 WHERE id = $1",
+        "ALTER TABLE session_events ENABLE TRIGGER session_events_outbox",
+    ] {
+        sqlx::query(sql)
+            .bind(id)
+            .bind(backlog)
+            .execute(&mut *tx)
+            .await
+            .expect(sql);
+    }
+    tx.commit().await.expect("commit");
+    let newest: i64 =
+        sqlx::query_scalar("SELECT next_event_seq - 1 FROM campaign_sessions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("newest");
+
+    // Never read: the server's first catch-up blocks once the buffers fill.
+    let stuck = app
+        .ws("alice", &session, Some(0))
+        .await
+        .expect("first socket");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = app.ws("alice", &session, Some(newest)).await;
+    assert_eq!(
+        refused.err(),
+        Some(503),
+        "the second opening must wait, then be refused"
+    );
+    let response = app
+        .client
+        .get(app.url(&format!("/ws/sessions/{session}")))
+        .bearer_auth(app.token("alice"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .expect("plain upgrade request");
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = response.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+    drop(stuck);
+    // The place comes back once the stuck socket's send fails.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut socket = loop {
+        match app.ws("alice", &session, Some(newest - 2_000)).await {
+            Ok(socket) => break socket,
+            Err(503) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("opening after the stuck socket went: {status}"),
+        }
+    };
+    let mut last = newest - 2_000;
+    while last < newest {
+        match socket.next(WAIT).await {
+            Some(WsItem::Json(event)) => {
+                let seq = event["seq"].as_i64().expect("seq");
+                assert_eq!(seq, last + 1, "replayed out of order");
+                last = seq;
+            }
+            other => panic!("the replay ended early at {last}: {other:?}"),
+        }
+    }
+}

@@ -28,7 +28,8 @@
 //!
 //! Shaped like River's job cleaner: each category is a [`Sweep`] in a
 //! file of its own, every step one statement of at most `batch` rows
-//! (1,000), run by the one loop in [`crate::sweep`] (pause between steps,
+//! (1,000; events: statements of one session each, up to a batch in all),
+//! run by the one loop in [`crate::sweep`] (pause between steps,
 //! stop when a batch comes back short), so pruning never holds long locks
 //! against live traffic. Every step is idempotent: a run killed halfway is
 //! simply run again. With `dry_run` nothing changes and the result says
@@ -207,7 +208,8 @@ pub struct Report {
     pub turns_deleted: u64,
     /// Objects deleted from storage.
     pub objects_deleted: u64,
-    /// Statements run (steps).
+    /// Steps run: each one statement of at most `batch` rows (events:
+    /// statements of one session each, up to a batch in all).
     pub statements: u64,
     /// How long the run took.
     pub seconds: f64,
